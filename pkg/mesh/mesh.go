@@ -1,0 +1,122 @@
+// Package mesh holds bearkong's model of the mesh: an immutable snapshot of the meshed
+// Services, their ready endpoints, and the proxies (pods) that serve them.
+//
+// pkg/discovery builds snapshots from the Kubernetes API; pkg/translate turns them into
+// Envoy resources. Neither side mutates a snapshot once it is published.
+package mesh
+
+import (
+	"sort"
+	"strings"
+	"time"
+)
+
+// Well-known labels, annotations and ports of the mesh contract.
+const (
+	// MeshedLabel marks a Service as part of the mesh when its value is MeshedValue.
+	MeshedLabel = "meshed"
+	MeshedValue = "enabled"
+
+	// AnnotationPrefix is the prefix of the Service annotations that carry mesh policy.
+	// Annotations without it are not part of a snapshot, so changing them changes nothing.
+	AnnotationPrefix = "mesh-"
+
+	// InboundPort is the sidecar's inbound listener port on every pod.
+	InboundPort = 8000
+	// OutboundPort is the sidecar's outbound listener port; requests are routed by the
+	// "service" header.
+	OutboundPort = 8001
+	// AdminPort is the sidecar's Envoy admin port.
+	AdminPort = 8081
+	// AppPort is the port the application listens on inside the pod.
+	AppPort = 9090
+
+	// ServiceHeader is the request header the outbound listener routes on.
+	ServiceHeader = "service"
+)
+
+// Snapshot is an immutable view of the mesh at one moment.
+type Snapshot struct {
+	// Services are the meshed Services, sorted by namespace then name.
+	Services []*Service
+	// Proxies are the pods that select into at least one meshed Service, keyed by
+	// "namespace/name".
+	Proxies map[string]*Proxy
+	// ChangedAt is when the control plane observed the earliest Kubernetes change folded
+	// into this snapshot. It is the start of the convergence clock.
+	ChangedAt time.Time
+}
+
+// Service is one meshed Kubernetes Service.
+type Service struct {
+	Namespace string
+	Name      string
+	// Annotations holds only the annotations with AnnotationPrefix.
+	Annotations map[string]string
+	// Ports are the Service's ports, in the Service's order.
+	Ports []ServicePort
+	// Endpoints are the ready endpoints, sorted by IP, without duplicates.
+	Endpoints []Endpoint
+}
+
+// Key returns "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ServicePort is one port of a Service as the user declared it.
+type ServicePort struct {
+	Name       string
+	Port       int32
+	TargetPort string // number or named port, as written; "" when unset (defaults to Port)
+	Protocol   string
+}
+
+// Endpoint is a ready endpoint of a Service: a pod's address.
+type Endpoint struct {
+	IP  string
+	Pod string // pod name, "" when the EndpointSlice does not say
+}
+
+// Proxy is a pod that runs (or should run) a sidecar because meshed Services select it.
+type Proxy struct {
+	Namespace string
+	Name      string
+	IP        string
+	// Services are the keys ("namespace/name") of the meshed Services whose selector
+	// matches this pod, sorted.
+	Services []string
+}
+
+// Key returns "namespace/name".
+func (p *Proxy) Key() string { return p.Namespace + "/" + p.Name }
+
+// Service returns the Service with the given namespace and name, or nil.
+func (s *Snapshot) Service(namespace, name string) *Service {
+	i := sort.Search(len(s.Services), func(i int) bool {
+		svc := s.Services[i]
+		if svc.Namespace != namespace {
+			return svc.Namespace >= namespace
+		}
+		return svc.Name >= name
+	})
+	if i < len(s.Services) && s.Services[i].Namespace == namespace && s.Services[i].Name == name {
+		return s.Services[i]
+	}
+	return nil
+}
+
+// Proxy returns the proxy for the pod namespace/name, or nil.
+func (s *Snapshot) Proxy(namespace, name string) *Proxy {
+	if s == nil || s.Proxies == nil {
+		return nil
+	}
+	return s.Proxies[namespace+"/"+name]
+}
+
+// SplitKey splits "namespace/name".
+func SplitKey(key string) (namespace, name string) {
+	ns, n, ok := strings.Cut(key, "/")
+	if !ok {
+		return "", key
+	}
+	return ns, n
+}
