@@ -1,0 +1,130 @@
+package ads
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// Metrics are the xDS server's Prometheus metrics. The registry is passed in, so tests
+// and embedders own it. A nil *Metrics records nothing.
+type Metrics struct {
+	connected   prometheus.Gauge
+	streams     prometheus.Counter
+	pushes      *prometheus.CounterVec
+	acks        *prometheus.CounterVec
+	nacks       *prometheus.CounterVec
+	staleNonces *prometheus.CounterVec
+	resources   *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	convergence *prometheus.HistogramVec
+	resolveErrs prometheus.Counter
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	byType := []string{"type"}
+	m := &Metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bearkong_xds_connected_streams", Help: "ADS streams currently connected.",
+		}),
+		streams: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bearkong_xds_streams_total", Help: "ADS streams opened since start.",
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_push_total", Help: "DiscoveryResponses sent, by type.",
+		}, byType),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_ack_total", Help: "Responses ACKed by proxies, by type.",
+		}, byType),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_nack_total", Help: "Responses rejected (NACKed) by proxies, by type.",
+		}, byType),
+		staleNonces: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_stale_nonce_total", Help: "Requests ignored because their nonce was not the latest sent, by type.",
+		}, byType),
+		resources: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_resources_sent_total", Help: "Resources sent in DiscoveryResponses, by type.",
+		}, byType),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_bytes_sent_total", Help: "Serialized resource bytes sent in DiscoveryResponses, by type.",
+		}, byType),
+		convergence: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "bearkong_xds_convergence_seconds",
+			Help:    "From the Kubernetes change the control plane saw to the proxy's ACK of the push it caused, by type.",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}, byType),
+		resolveErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bearkong_xds_config_errors_total", Help: "Streams refused because no config could be built for their node.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs)
+	}
+	// Every type appears from the start, so a query for a type never comes back empty.
+	for _, t := range resource.Types {
+		l := t.String()
+		m.pushes.WithLabelValues(l)
+		m.acks.WithLabelValues(l)
+		m.nacks.WithLabelValues(l)
+		m.staleNonces.WithLabelValues(l)
+		m.resources.WithLabelValues(l)
+		m.bytes.WithLabelValues(l)
+	}
+	return m
+}
+
+func (m *Metrics) push(t resource.Type, n, size int) {
+	if m == nil {
+		return
+	}
+	l := t.String()
+	m.pushes.WithLabelValues(l).Inc()
+	m.resources.WithLabelValues(l).Add(float64(n))
+	m.bytes.WithLabelValues(l).Add(float64(size))
+}
+
+func (m *Metrics) ack(t resource.Type) {
+	if m != nil {
+		m.acks.WithLabelValues(t.String()).Inc()
+	}
+}
+
+func (m *Metrics) nack(t resource.Type) {
+	if m != nil {
+		m.nacks.WithLabelValues(t.String()).Inc()
+	}
+}
+
+func (m *Metrics) stale(t resource.Type) {
+	if m != nil {
+		m.staleNonces.WithLabelValues(t.String()).Inc()
+	}
+}
+
+func (m *Metrics) converged(t resource.Type, d time.Duration) {
+	if m != nil {
+		m.convergence.WithLabelValues(t.String()).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) streamOpened() {
+	if m != nil {
+		m.connected.Inc()
+		m.streams.Inc()
+	}
+}
+
+func (m *Metrics) streamClosed() {
+	if m != nil {
+		m.connected.Dec()
+	}
+}
+
+func (m *Metrics) resolveError() {
+	if m != nil {
+		m.resolveErrs.Inc()
+	}
+}

@@ -1,0 +1,284 @@
+// Package ads is bearkong's hand-written state-of-the-world Aggregated Discovery Service.
+//
+// It knows nothing of Kubernetes or of the mesh: it serves resources (type, name,
+// serialized bytes, content hash) that a Config resolves for each proxy's node, and it
+// tracks, per stream and per type, the version and nonce sent, the ACKs and the NACKs.
+//
+// Each stream has one receive goroutine and one loop. The loop owns the stream's protocol
+// state (a session), so that state needs no lock. A new Config only wakes the loops; each
+// loop resolves its proxy's resources and sends the types whose content changed for that
+// proxy, in CDS, EDS, LDS, RDS order. A slow proxy delays only its own stream.
+//
+// Protocol: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
+package ads
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// Config is what the server serves: a way to resolve any proxy's resources. A Config is
+// immutable; the server swaps whole Configs.
+type Config struct {
+	// Resolve returns the resources of the proxy that identifies itself with node. It is
+	// called from many stream loops at once and must be safe for concurrent use.
+	Resolve func(node *corev3.Node) (*resource.Proxy, error)
+	// ChangedAt is when the change that produced this Config was first observed; it
+	// starts the convergence clock. Zero means unknown.
+	ChangedAt time.Time
+}
+
+// Options configure a Server.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *Metrics // may be nil
+}
+
+// Server implements the ADS gRPC service.
+type Server struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+
+	log     *slog.Logger
+	metrics *Metrics
+	config  atomic.Pointer[Config]
+	nextID  atomic.Uint64
+
+	mu      sync.Mutex
+	streams map[uint64]*stream
+}
+
+// NewServer returns a Server with no config: streams are accepted, and their requests are
+// answered once the first Config arrives.
+func NewServer(o Options) *Server {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{log: log, metrics: o.Metrics, streams: map[uint64]*stream{}}
+}
+
+// Register adds the ADS service to g.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s)
+}
+
+// SetConfig makes c the config and wakes every stream. It never blocks on a stream.
+func (s *Server) SetConfig(c *Config) {
+	s.config.Store(c)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.streams {
+		select {
+		case st.wake <- struct{}{}:
+		default: // already woken; the loop reads the newest config anyway
+		}
+	}
+}
+
+// HasConfig reports whether a Config has been set.
+func (s *Server) HasConfig() bool { return s.config.Load() != nil }
+
+// DeltaAggregatedResources is not supported: bearkong speaks state of the world.
+func (s *Server) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "bearkong serves state-of-the-world ADS only; use GRPC, not DELTA_GRPC, in the bootstrap's ads_config")
+}
+
+type stream struct {
+	id          uint64
+	peer        string
+	connectedAt time.Time
+	wake        chan struct{}
+	info        atomic.Pointer[StreamInfo] // published by the loop for /debug/streams
+}
+
+// StreamAggregatedResources serves one proxy's ADS stream.
+func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	ctx := gs.Context()
+	st := &stream{id: s.nextID.Add(1), connectedAt: time.Now(), wake: make(chan struct{}, 1)}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		st.peer = p.Addr.String()
+	}
+	s.mu.Lock()
+	s.streams[st.id] = st
+	s.mu.Unlock()
+	s.metrics.streamOpened()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st.id)
+		s.mu.Unlock()
+		s.metrics.streamClosed()
+	}()
+
+	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := gs.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	l := &loop{srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
+	err := l.run(ctx, reqs, recvErr)
+	if err != nil {
+		l.log.Info("stream closed", "node", l.nodeID, "err", err)
+	} else {
+		l.log.Info("stream closed", "node", l.nodeID)
+	}
+	return err
+}
+
+// loop is one stream's send loop. It owns the session.
+type loop struct {
+	srv    *Server
+	st     *stream
+	gs     discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer
+	sess   *session
+	log    *slog.Logger
+	node   *corev3.Node
+	nodeID string
+	config *Config // the config sess.cur was resolved from
+	serves []string
+}
+
+func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryRequest, recvErr <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case req := <-reqs:
+			if err := l.onRequest(req); err != nil {
+				return err
+			}
+		case <-l.st.wake:
+			if err := l.onWake(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
+	if l.node == nil {
+		// The node comes on the first request only (set_node_on_first_message_only).
+		if req.GetNode() == nil || req.GetNode().GetId() == "" {
+			return status.Error(codes.InvalidArgument, "the first DiscoveryRequest on a stream must carry the node with its id")
+		}
+		l.node = req.GetNode()
+		l.nodeID = l.node.GetId()
+		l.log = l.log.With("node", l.nodeID)
+		l.log.Info("stream opened", "peer", l.st.peer)
+		// Resolve the current config before answering, so the first answer is complete.
+		if err := l.refresh(); err != nil {
+			return err
+		}
+	}
+	t, ok := resource.TypeFromURL(req.GetTypeUrl())
+	if !ok {
+		// Envoy may ask for types bearkong does not serve (secrets, runtime). Leaving
+		// them unanswered is what the protocol allows for unknown types.
+		l.log.Debug("ignoring request for an unserved type", "type_url", req.GetTypeUrl())
+		return nil
+	}
+	out, resps := l.sess.onRequest(t, req)
+	switch out.kind {
+	case NACK:
+		l.log.Warn("proxy rejected config", "type", t, "version", l.sess.types[t].version,
+			"nonce", req.GetResponseNonce(), "error", req.GetErrorDetail().GetMessage())
+	case Stale:
+		l.log.Debug("ignoring stale request", "type", t, "nonce", req.GetResponseNonce())
+	case ACK:
+		l.log.Debug("ack", "type", t, "version", req.GetVersionInfo(), "nonce", req.GetResponseNonce())
+	}
+	return l.send(resps)
+}
+
+func (l *loop) onWake() error {
+	if l.node == nil {
+		return nil // nothing to resolve for yet; the first request resolves
+	}
+	return l.refresh()
+}
+
+// refresh resolves the proxy's resources from the newest config and sends what changed.
+func (l *loop) refresh() error {
+	c := l.srv.config.Load()
+	if c == nil || c == l.config {
+		return nil
+	}
+	p, err := c.Resolve(l.node)
+	if err != nil {
+		l.srv.metrics.resolveError()
+		l.log.Error("cannot build config for proxy", "err", err)
+		return status.Errorf(codes.InvalidArgument, "bearkong cannot build config for node %q: %v", l.nodeID, err)
+	}
+	l.config = c
+	l.serves = p.Serves
+	return l.send(l.sess.onConfig(p, c.ChangedAt))
+}
+
+func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
+	for _, r := range resps {
+		if err := l.gs.Send(r); err != nil {
+			return err
+		}
+		l.log.Debug("sent", "type", typeName(r.GetTypeUrl()), "version", r.GetVersionInfo(), "nonce", r.GetNonce(), "resources", len(r.GetResources()))
+	}
+	l.publish()
+	return nil
+}
+
+func typeName(url string) string {
+	if t, ok := resource.TypeFromURL(url); ok {
+		return t.String()
+	}
+	return url
+}
+
+// Streams returns the state of every connected stream, sorted by id. With node set, only
+// the streams of that node id.
+func (s *Server) Streams(node string) []*StreamInfo {
+	s.mu.Lock()
+	out := make([]*StreamInfo, 0, len(s.streams))
+	for _, st := range s.streams {
+		info := st.info.Load()
+		if info == nil {
+			info = &StreamInfo{ID: st.id, Peer: st.peer, ConnectedAt: st.connectedAt}
+		}
+		if node != "" && info.Node != node {
+			continue
+		}
+		out = append(out, info)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
