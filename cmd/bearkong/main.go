@@ -1,0 +1,173 @@
+// Command bearkong is a small service-mesh control plane for Envoy sidecars on Kubernetes.
+//
+//	bearkong cp         run the control plane (Kubernetes -> xDS)
+//	bearkong bootstrap  print the Envoy bootstrap every sidecar uses
+//	bearkong version    print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/bearkong/bearkong/internal/controlplane"
+	"github.com/bearkong/bearkong/pkg/discovery"
+	"github.com/bearkong/bearkong/pkg/translate"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `bearkong: a small service-mesh control plane for Envoy sidecars on Kubernetes.
+
+Usage:
+  bearkong cp [flags]         run the control plane (see 'bearkong cp -h')
+  bearkong bootstrap [flags]  print the Envoy bootstrap for a sidecar (see 'bearkong bootstrap -h')
+  bearkong version            print the version
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "bearkong:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("missing command")
+	}
+	switch args[0] {
+	case "cp":
+		return runCP(ctx, args[1:], stderr)
+	case "bootstrap":
+		return runBootstrap(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "bearkong", version)
+		return nil
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func runCP(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bearkong cp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "path to a kubeconfig; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
+	xdsAddr := fs.String("xds-addr", ":5000", "host:port for the ADS gRPC server")
+	httpAddr := fs.String("http-addr", ":9000", "host:port for /metrics, /debug/streams, /healthz and /readyz")
+	quiet := fs.Duration("quiet-period", 100*time.Millisecond, "coalescing: wait this long after the last Kubernetes event before building a snapshot")
+	maxDelay := fs.Duration("max-delay", time.Second, "coalescing: never wait longer than this after the first event of a burst")
+	resync := fs.Duration("resync-period", 10*time.Minute, "informer resync period (0 disables); resyncs never cause xDS pushes")
+	drain := fs.Duration("drain-timeout", 5*time.Second, "on shutdown, how long xDS streams may take before they are cut")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("cp takes no arguments, got %q", fs.Args())
+	}
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *quiet <= 0 || *maxDelay < *quiet {
+		return fmt.Errorf("need 0 < --quiet-period (%s) <= --max-delay (%s)", *quiet, *maxDelay)
+	}
+	client, err := discovery.NewClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	reg := controlplane.NewRegistry()
+	disc := discovery.New(client, discovery.Options{
+		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
+	})
+	cp := controlplane.New(disc, controlplane.Options{
+		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
+	})
+	if err := cp.Listen(); err != nil {
+		return err
+	}
+	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
+	return cp.Serve(ctx)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, got %q", format)
+}
+
+func runBootstrap(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bearkong bootstrap", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o translate.BootstrapOptions
+	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the pod's name (default $POD_NAME, from the downward API)")
+	fs.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the pod's namespace (default $POD_NAMESPACE, from the downward API)")
+	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", "0.0.0.0"), "address the inbound (8000) and outbound (8001) listeners bind")
+	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
+	fs.StringVar(&o.AdminAddress, "admin-address", envOr("ADMIN_ADDRESS", "127.0.0.1:8081"), "host:port of Envoy's admin listener")
+	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server")
+	out := fs.String("o", "-", "write the bootstrap to this file instead of stdout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("bootstrap takes no arguments, got %q", fs.Args())
+	}
+	b, err := translate.Bootstrap(o)
+	if err != nil {
+		return err
+	}
+	js, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("encode bootstrap: %w", err)
+	}
+	js = append(js, '\n')
+	if *out == "-" {
+		_, err = stdout.Write(js)
+		return err
+	}
+	if !strings.HasSuffix(*out, ".json") && !strings.HasSuffix(*out, ".yaml") {
+		return fmt.Errorf("-o %s: Envoy picks the format from the extension; use .json or .yaml", *out)
+	}
+	if err := os.WriteFile(*out, js, 0o644); err != nil {
+		return fmt.Errorf("write bootstrap: %w", err)
+	}
+	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,256 @@
+// Package controlplane wires bearkong together: snapshots from discovery go through
+// translate into the ADS server, which Envoys reach over gRPC; metrics, debug and health
+// are served over HTTP. It holds no mesh logic of its own.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
+	"github.com/bearkong/bearkong/pkg/translate"
+)
+
+// Source produces mesh snapshots: pkg/discovery in production, anything in tests.
+type Source interface {
+	// Run produces snapshots until ctx ends.
+	Run(ctx context.Context) error
+	// Snapshots delivers the newest snapshot; a slow reader skips to the latest.
+	Snapshots() <-chan *mesh.Snapshot
+	// HasSynced reports whether the source has seen the whole initial state.
+	HasSynced() bool
+}
+
+// Options configure a ControlPlane.
+type Options struct {
+	// XDSAddr and HTTPAddr are host:port to listen on; port 0 picks a free port.
+	XDSAddr  string
+	HTTPAddr string
+	// DrainTimeout bounds the graceful stop of the gRPC server. xDS streams never end
+	// by themselves, so after it the remaining streams are cut.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+	// Registry receives every metric; a new one is made when nil.
+	Registry *prometheus.Registry
+}
+
+// ControlPlane is one running bearkong.
+type ControlPlane struct {
+	opts    Options
+	src     Source
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	ads     *ads.Server
+	metrics *metrics
+
+	xdsLis, httpLis net.Listener
+}
+
+type metrics struct {
+	translations  prometheus.Counter
+	translateTime prometheus.Histogram
+	translateErrs prometheus.Counter
+	generation    prometheus.Gauge
+}
+
+// NewRegistry returns a registry with the Go runtime and process collectors: memory, CPU
+// and goroutines are what a user looks at first.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// New prepares a control plane; Listen and Serve run it.
+func New(src Source, o Options) *ControlPlane {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = NewRegistry()
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 5 * time.Second
+	}
+	m := &metrics{
+		translations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bearkong_translations_total", Help: "Snapshots translated into Envoy resources.",
+		}),
+		translateTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "bearkong_translate_seconds", Help: "Time to build and marshal the shared resources of one snapshot.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		translateErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bearkong_translate_errors_total", Help: "Snapshots that could not be translated; the previous config stays in force.",
+		}),
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bearkong_config_generation", Help: "Number of configs handed to the xDS server since start.",
+		}),
+	}
+	o.Registry.MustRegister(m.translations, m.translateTime, m.translateErrs, m.generation)
+	return &ControlPlane{
+		opts: o, src: src, log: o.Logger, reg: o.Registry, metrics: m,
+		ads: ads.NewServer(ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry)}),
+	}
+}
+
+// ADS returns the xDS server, for tests.
+func (cp *ControlPlane) ADS() *ads.Server { return cp.ads }
+
+// Listen binds the xDS and HTTP addresses.
+func (cp *ControlPlane) Listen() error {
+	var err error
+	if cp.xdsLis, err = net.Listen("tcp", cp.opts.XDSAddr); err != nil {
+		return fmt.Errorf("listen for xDS on %s: %w", cp.opts.XDSAddr, err)
+	}
+	if cp.httpLis, err = net.Listen("tcp", cp.opts.HTTPAddr); err != nil {
+		cp.xdsLis.Close()
+		return fmt.Errorf("listen for HTTP on %s: %w", cp.opts.HTTPAddr, err)
+	}
+	return nil
+}
+
+// XDSAddr is the bound xDS address (after Listen).
+func (cp *ControlPlane) XDSAddr() string { return cp.xdsLis.Addr().String() }
+
+// HTTPAddr is the bound HTTP address (after Listen).
+func (cp *ControlPlane) HTTPAddr() string { return cp.httpLis.Addr().String() }
+
+// Serve runs until ctx ends, then stops within the drain timeout. Listen must come first.
+func (cp *ControlPlane) Serve(ctx context.Context) error {
+	if cp.xdsLis == nil {
+		if err := cp.Listen(); err != nil {
+			return err
+		}
+	}
+	g := grpc.NewServer(
+		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
+		// grpc-go's default policy would answer pings more often than every 5 minutes
+		// with GOAWAY and drop the stream.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	cp.ads.Register(g)
+	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 4)
+	go func() { errs <- wrap("xDS server", g.Serve(cp.xdsLis)) }()
+	go func() {
+		if err := httpSrv.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errs <- wrap("HTTP server", err)
+			return
+		}
+		errs <- nil
+	}()
+	go func() { errs <- wrap("discovery", cp.src.Run(ctx)) }()
+	go func() { cp.translateLoop(ctx); errs <- nil }()
+	cp.log.Info("control plane serving", "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
+
+	var first error
+	select {
+	case <-ctx.Done():
+	case first = <-errs:
+		// One part stopped on its own: that is fatal for the whole.
+		if first == nil {
+			first = errors.New("a component stopped unexpectedly")
+		}
+	}
+	cancel()
+	cp.stop(g, httpSrv)
+	return first
+}
+
+func wrap(what string, err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func (cp *ControlPlane) stop(g *grpc.Server, httpSrv *http.Server) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(cp.opts.DrainTimeout):
+		g.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cp.opts.DrainTimeout)
+	defer cancel()
+	_ = httpSrv.Shutdown(sctx)
+	cp.log.Info("control plane stopped")
+}
+
+// translateLoop turns every snapshot into a config for the ADS server.
+func (cp *ControlPlane) translateLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case snap := <-cp.src.Snapshots():
+			cp.apply(snap)
+		}
+	}
+}
+
+func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
+	start := time.Now()
+	tr, err := translate.New(snap)
+	if err != nil {
+		// Keep the last good config: a bad snapshot must not take the mesh down.
+		cp.metrics.translateErrs.Inc()
+		cp.log.Error("cannot translate snapshot; keeping the previous config", "err", err)
+		return
+	}
+	cp.metrics.translateTime.Observe(time.Since(start).Seconds())
+	cp.metrics.translations.Inc()
+	cp.metrics.generation.Inc()
+	cp.ads.SetConfig(&ads.Config{
+		ChangedAt: snap.ChangedAt,
+		Resolve: func(node *corev3.Node) (*resource.Proxy, error) {
+			n, err := translate.ParseNode(node)
+			if err != nil {
+				return nil, err
+			}
+			return tr.Proxy(n)
+		},
+	})
+	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
+}
+
+// Handler serves /metrics, /debug/streams, /healthz and /readyz.
+func (cp *ControlPlane) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /debug/streams", cp.ads.DebugHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case !cp.src.HasSynced():
+			http.Error(w, "not ready: Kubernetes caches not synced", http.StatusServiceUnavailable)
+		case !cp.ads.HasConfig():
+			http.Error(w, "not ready: no config built yet", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok")
+		}
+	})
+	return mux
+}

@@ -1,0 +1,144 @@
+package translate
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+// benchSnapshot returns a snapshot of services Services spread over namespaces
+// namespaces, each with endpoints ready endpoints and one proxy per endpoint.
+func benchSnapshot(services, namespaces, endpoints int) *mesh.Snapshot {
+	snap := &mesh.Snapshot{Proxies: make(map[string]*mesh.Proxy, services*endpoints)}
+	for i := range services {
+		svc := &mesh.Service{
+			Namespace: fmt.Sprintf("ns-%03d", i%namespaces),
+			Name:      fmt.Sprintf("svc-%05d", i),
+			Ports:     []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
+		}
+		for e := range endpoints {
+			ip := fmt.Sprintf("10.%d.%d.%d", e, i/250, i%250+1)
+			pod := fmt.Sprintf("%s-%d", svc.Name, e)
+			svc.Endpoints = append(svc.Endpoints, mesh.Endpoint{IP: ip, Pod: pod})
+			p := &mesh.Proxy{Namespace: svc.Namespace, Name: pod, IP: ip, Services: []string{svc.Key()}}
+			snap.Proxies[p.Key()] = p
+		}
+		sort.Slice(svc.Endpoints, func(a, b int) bool { return svc.Endpoints[a].IP < svc.Endpoints[b].IP })
+		snap.Services = append(snap.Services, svc)
+	}
+	sort.Slice(snap.Services, func(a, b int) bool {
+		x, y := snap.Services[a], snap.Services[b]
+		if x.Namespace != y.Namespace {
+			return x.Namespace < y.Namespace
+		}
+		return x.Name < y.Name
+	})
+	return snap
+}
+
+// benchSizes are the mesh sizes of the benchmarks: 100 services per namespace.
+var benchSizes = []int{1000, 10000}
+
+// BenchmarkNew measures what every snapshot costs before any proxy asks: building and
+// marshalling the shared clusters and ClusterLoadAssignments.
+func BenchmarkNew(b *testing.B) {
+	for _, n := range benchSizes {
+		snap := benchSnapshot(n, n/100, 3)
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := New(snap); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkProxy measures Proxy: "cached" is the common case (every piece already built
+// by an earlier proxy, as for all but the first proxy of a namespace), "parallel" the
+// same from many goroutines, "first" the first proxy after a snapshot, which marshals the
+// routes shared by every namespace, and "new-namespace" the first proxy of each further
+// namespace, which assembles its namespace's outbound routes from those.
+func BenchmarkProxy(b *testing.B) {
+	for _, n := range benchSizes {
+		snap := benchSnapshot(n, n/100, 3)
+		nodes := make([]Node, 0, len(snap.Services))
+		for _, svc := range snap.Services {
+			nodes = append(nodes, Node{
+				ID:           svc.Name + "-0." + svc.Namespace,
+				PodNamespace: svc.Namespace,
+				PodName:      svc.Name + "-0",
+				ListenIP:     "0.0.0.0",
+				AppAddress:   "127.0.0.1:9090",
+			})
+		}
+		tr, err := New(snap)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, nd := range nodes {
+			if _, err := tr.Proxy(nd); err != nil {
+				b.Fatal(err)
+			}
+		}
+
+		b.Run(fmt.Sprintf("services=%d/cached", n), func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := tr.Proxy(nodes[i%len(nodes)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+		b.Run(fmt.Sprintf("services=%d/parallel", n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					if _, err := tr.Proxy(nodes[i%len(nodes)]); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("services=%d/first", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				fresh, err := New(snap)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if _, err := fresh.Proxy(nodes[i%len(nodes)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("services=%d/new-namespace", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				fresh, err := New(snap)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := fresh.Proxy(nodes[0]); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				// The last service is in another namespace than the first.
+				if _, err := fresh.Proxy(nodes[len(nodes)-1]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

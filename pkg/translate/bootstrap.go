@@ -1,0 +1,191 @@
+package translate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+const (
+	// NodeCluster is node.cluster of every sidecar. Envoy requires a non-empty
+	// node.cluster for some features (for example the health check filter); one value for
+	// the whole mesh keeps it meaningless on purpose: identity is the pod.
+	NodeCluster = "bearkong-mesh"
+	// XDSClusterName is the bootstrap's only cluster: the bearkong control plane.
+	XDSClusterName = "xds"
+
+	// httpProtocolOptionsKey is the typed_extension_protocol_options key under which a
+	// cluster takes its upstream HTTP options:
+	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/upstreams/http/v3/http_protocol_options.proto
+	httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+	// Envoy's HTTP/2 keepalive on the ADS connection: a dead control plane (or a NAT
+	// that dropped the flow) is noticed in about interval+timeout, not at the next TCP
+	// retransmit timeout. pkg/ads must allow pings this often (see DESIGN.md).
+	xdsKeepaliveInterval = 30 * time.Second
+	xdsKeepaliveTimeout  = 5 * time.Second
+)
+
+// DefaultAdminAddress is the admin listener of a sidecar: loopback only, so that nothing
+// outside the pod reaches the admin API (mesh contract: 8081).
+var DefaultAdminAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(mesh.AdminPort))
+
+// BootstrapOptions are the inputs of Bootstrap. PodName and PodNamespace come from the
+// downward API; the addresses are data, so that a real pod and a local process differ
+// only in values, never in code paths.
+type BootstrapOptions struct {
+	PodName      string
+	PodNamespace string
+	// ListenIP is the bind address of the inbound and outbound listeners (default
+	// DefaultListenIP). It travels to the control plane as node metadata.
+	ListenIP string
+	// AppAddress is the local app's host:port (default DefaultAppAddress). It travels to
+	// the control plane as node metadata.
+	AppAddress string
+	// AdminAddress is the admin listener's IP:port (default DefaultAdminAddress).
+	AdminAddress string
+	// XDSAddress is the control plane's host:port. Required. An IP host makes a STATIC
+	// cluster, a DNS name a STRICT_DNS one.
+	XDSAddress string
+}
+
+// Bootstrap returns the Envoy bootstrap of a sidecar: the node identity, the admin
+// listener and a single static cluster to the control plane. Everything else (listeners,
+// routes, clusters, endpoints) comes over ADS, so the bootstrap is one template for every
+// pod. https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto
+//
+// Every malformed option is reported, joined in one error.
+func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
+	if o.ListenIP == "" {
+		o.ListenIP = DefaultListenIP
+	}
+	if o.AppAddress == "" {
+		o.AppAddress = DefaultAppAddress
+	}
+	if o.AdminAddress == "" {
+		o.AdminAddress = DefaultAdminAddress
+	}
+	var errs []error
+	if err := validatePodName("pod name", o.PodName); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateNamespace("pod namespace", o.PodNamespace); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateIP("listen IP", o.ListenIP); err != nil {
+		errs = append(errs, err)
+	}
+	if _, _, err := splitIPPort("app address", o.AppAddress); err != nil {
+		errs = append(errs, err)
+	}
+	adminHost, adminPort, err := splitIPPort("admin address", o.AdminAddress)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	var xds *clusterv3.Cluster
+	if o.XDSAddress == "" {
+		errs = append(errs, errors.New("xds address is required (host:port of the bearkong control plane)"))
+	} else if host, port, err := splitHostPort("xds address", o.XDSAddress); err != nil {
+		errs = append(errs, err)
+	} else if xds, err = xdsCluster(host, port); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("translate: bootstrap: %w", err)
+	}
+
+	// Metadata values are strings only, so that ParseNode reads back exactly what was
+	// written here, whatever the bootstrap's format (JSON, YAML, proto).
+	meta := &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataPodName:      structpb.NewStringValue(o.PodName),
+		MetadataPodNamespace: structpb.NewStringValue(o.PodNamespace),
+		MetadataListenIP:     structpb.NewStringValue(o.ListenIP),
+		MetadataAppAddress:   structpb.NewStringValue(o.AppAddress),
+	}}
+	return &bootstrapv3.Bootstrap{
+		Node: &corev3.Node{
+			Id:       nodeID(o.PodName, o.PodNamespace),
+			Cluster:  NodeCluster,
+			Metadata: meta,
+		},
+		Admin: &bootstrapv3.Admin{Address: socketAddress(adminHost, adminPort)},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Clusters: []*clusterv3.Cluster{xds},
+		},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			// One gRPC stream carries every type, so the control plane can order a push
+			// (CDS, EDS, LDS, RDS) and avoid traffic drops while config changes:
+			// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#aggregated-discovery-service
+			AdsConfig: &corev3.ApiConfigSource{
+				ApiType:             corev3.ApiConfigSource_GRPC,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				GrpcServices: []*corev3.GrpcService{{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName},
+					},
+				}},
+				// The node (with its metadata) is sent once per stream, not on every
+				// request; pkg/ads remembers it from the first request:
+				// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto#envoy-v3-api-field-config-core-v3-apiconfigsource-set-node-on-first-message-only
+				SetNodeOnFirstMessageOnly: true,
+			},
+			CdsConfig: adsConfigSource(),
+			LdsConfig: adsConfigSource(),
+		},
+	}, nil
+}
+
+// xdsCluster is the static cluster to the control plane. A literal IP is a STATIC cluster;
+// a name (a Kubernetes Service, typically) is STRICT_DNS so that Envoy follows its
+// address: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
+func xdsCluster(host string, port uint32) (*clusterv3.Cluster, error) {
+	typ := clusterv3.Cluster_STATIC
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			return nil, fmt.Errorf("xds address host %q: IP zones are not supported", host)
+		}
+	} else if !isDNSSubdomain(host) {
+		return nil, fmt.Errorf("xds address host %q is neither an IP address nor a DNS name", host)
+	} else {
+		typ = clusterv3.Cluster_STRICT_DNS
+	}
+	// ADS is gRPC, so the cluster must speak HTTP/2 to the control plane. The keepalive
+	// pings detect a half-open connection.
+	opts := &upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
+						ConnectionKeepalive: &corev3.KeepaliveSettings{
+							Interval: durationpb.New(xdsKeepaliveInterval),
+							Timeout:  durationpb.New(xdsKeepaliveTimeout),
+						},
+					},
+				},
+			},
+		},
+	}
+	return &clusterv3.Cluster{
+		Name:                 XDSClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: typ},
+		// connect_timeout stays at Envoy's default (5s): the control plane may be
+		// across the network, unlike the sidecars' own clusters.
+		LoadAssignment: staticLoadAssignment(XDSClusterName, host, port),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			httpProtocolOptionsKey: mustAny(opts),
+		},
+	}, nil
+}

@@ -1,0 +1,131 @@
+package translate
+
+import (
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+const (
+	// LocalAppClusterName is the per-proxy cluster of the app in the proxy's own pod.
+	// It has no dot, so it never collides with a service cluster ("<name>.<namespace>").
+	LocalAppClusterName = "local-app"
+
+	// connectTimeout bounds TCP connects from a sidecar to a peer sidecar or to its own
+	// app: both are in the cluster network, so a slow connect means a dead peer and
+	// failing fast lets the router retry or return 503 instead of hanging.
+	connectTimeout = time.Second
+)
+
+// ClusterName is the name of the Envoy cluster, and of its ClusterLoadAssignment, for a
+// meshed Service: "<name>.<namespace>". Kubernetes Service names are RFC 1035 labels (no
+// dots) and namespaces are RFC 1123 labels, so the name is unambiguous.
+func ClusterName(svc *mesh.Service) string { return svc.Name + "." + svc.Namespace }
+
+// Cluster returns the EDS cluster of a meshed Service. Its endpoints come over the same
+// ADS stream (EDS), so a change of endpoints does not touch the cluster and does not
+// make Envoy drain its connection pools:
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-msg-config-cluster-v3-cluster-edsclusterconfig
+func Cluster(svc *mesh.Service) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 ClusterName(svc),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		// service_name is left empty: the ClusterLoadAssignment then has the cluster's
+		// name, one name fewer to keep in step.
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource()},
+		ConnectTimeout:   durationpb.New(connectTimeout),
+		LbPolicy:         clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+// ClusterLoadAssignment returns the endpoints of a meshed Service: each ready endpoint at
+// the sidecar's inbound port (mesh.InboundPort), whatever the Service's targetPort says,
+// because mesh traffic always enters a pod through its sidecar. A Service without ready
+// endpoints still gets an (empty) assignment, so that its cluster finishes warming and
+// requests fail fast with 503 instead of waiting for EDS:
+// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/cluster_manager
+func ClusterLoadAssignment(svc *mesh.Service) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterName(svc)}
+	if len(svc.Endpoints) == 0 {
+		return cla
+	}
+	lbs := make([]*endpointv3.LbEndpoint, len(svc.Endpoints))
+	for i, ep := range svc.Endpoints {
+		lbs[i] = lbEndpoint(ep.IP, mesh.InboundPort)
+	}
+	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	return cla
+}
+
+// LocalAppCluster returns the proxy's cluster of its own app, at n.AppAddress. It is
+// STATIC: the app is in the same pod (or process group), at an address the proxy
+// announced itself, so there is nothing to discover. n must be valid (Node.Validate).
+func LocalAppCluster(n Node) *clusterv3.Cluster {
+	host, port := mustSplitIPPort(n.AppAddress)
+	return &clusterv3.Cluster{
+		Name:                 LocalAppClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		LoadAssignment:       staticLoadAssignment(LocalAppClusterName, host, port),
+	}
+}
+
+// staticLoadAssignment is the inline assignment of a cluster with a single endpoint.
+func staticLoadAssignment(cluster, host string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{
+		ClusterName: cluster,
+		Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)},
+		}},
+	}
+}
+
+func lbEndpoint(host string, port uint32) *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+			Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, port)},
+		},
+	}
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{
+			Protocol:      corev3.SocketAddress_TCP,
+			Address:       host,
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+		},
+	}}
+}
+
+// adsConfigSource says "this resource comes over the ADS stream of the bootstrap", with
+// v3 resources: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto#envoy-v3-api-msg-config-core-v3-aggregatedconfigsource
+func adsConfigSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
+
+// typeURLPrefix is the prefix of every Any type URL Envoy accepts.
+const typeURLPrefix = "type.googleapis.com/"
+
+// mustAny packs m into an Any, deterministically: an Any's bytes are opaque to the outer
+// message's deterministic marshal, so the inner message must be deterministic itself or
+// equal content could hash differently. It panics only on a message that cannot be
+// marshalled at all, which for the fixed, hand-built messages of this package is a bug.
+func mustAny(m proto.Message) *anypb.Any {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic("translate: marshal " + string(m.ProtoReflect().Descriptor().FullName()) + ": " + err.Error())
+	}
+	return &anypb.Any{TypeUrl: typeURLPrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b}
+}

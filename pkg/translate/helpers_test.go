@@ -1,0 +1,208 @@
+package translate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with the current output")
+
+// sampleSnapshot is the mesh of the golden files: three services in two namespaces, one
+// with two endpoints, one with none, and a targetPort that is not the sidecar's port.
+// Every call returns a fresh, equal snapshot.
+func sampleSnapshot() *mesh.Snapshot {
+	return &mesh.Snapshot{
+		Services: []*mesh.Service{
+			{
+				Namespace:   "default",
+				Name:        "app-1",
+				Annotations: map[string]string{"mesh-timeout": "2s"},
+				Ports:       []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
+				Endpoints:   []mesh.Endpoint{{IP: "10.0.0.11", Pod: "app-1-a"}, {IP: "10.0.0.12", Pod: "app-1-b"}},
+			},
+			{
+				Namespace: "default",
+				Name:      "app-2",
+				Ports:     []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "8000", Protocol: "TCP"}},
+				Endpoints: []mesh.Endpoint{{IP: "10.0.0.21", Pod: "app-2-a"}},
+			},
+			{
+				Namespace: "team-b",
+				Name:      "app-3",
+				Ports:     []mesh.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}},
+			},
+		},
+		Proxies: map[string]*mesh.Proxy{
+			"default/app-1-a": {Namespace: "default", Name: "app-1-a", IP: "10.0.0.11", Services: []string{"default/app-1"}},
+			"default/app-1-b": {Namespace: "default", Name: "app-1-b", IP: "10.0.0.12", Services: []string{"default/app-1"}},
+			"default/app-2-a": {Namespace: "default", Name: "app-2-a", IP: "10.0.0.21", Services: []string{"default/app-2"}},
+		},
+	}
+}
+
+// Sample proxies: a pod of app-1 as in a real cluster, and a local process in team-b
+// that no meshed Service selects.
+var (
+	nodeApp1A = Node{ID: "app-1-a.default", PodNamespace: "default", PodName: "app-1-a", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
+	nodeApp1B = Node{ID: "app-1-b.default", PodNamespace: "default", PodName: "app-1-b", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
+	nodeApp2A = Node{ID: "app-2-a.default", PodNamespace: "default", PodName: "app-2-a", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
+	nodeLocal = Node{ID: "debug.team-b", PodNamespace: "team-b", PodName: "debug", ListenIP: "127.0.1.5", AppAddress: "127.0.1.5:9090"}
+)
+
+func mustNew(t testing.TB, snap *mesh.Snapshot) *Translator {
+	t.Helper()
+	tr, err := New(snap)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return tr
+}
+
+func mustProxy(t testing.TB, tr *Translator, n Node) *resource.Proxy {
+	t.Helper()
+	p, err := tr.Proxy(n)
+	if err != nil {
+		t.Fatalf("Proxy(%s): %v", n.ID, err)
+	}
+	return p
+}
+
+// stableJSON marshals m as indented protojson in a byte-stable form: protojson randomizes
+// its whitespace on purpose, so the output is re-indented by encoding/json.
+func stableJSON(t testing.TB, m proto.Message) []byte {
+	t.Helper()
+	b, err := protojson.MarshalOptions{Multiline: true}.Marshal(m)
+	if err != nil {
+		t.Fatalf("protojson: %v", err)
+	}
+	return indent(t, b)
+}
+
+func indent(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		t.Fatalf("json.Indent: %v\n%s", err, b)
+	}
+	out.WriteByte('\n')
+	return out.Bytes()
+}
+
+// viewJSON renders a view as {"sets": [[resource, ...], ...]}, each resource as its Any
+// (with "@type"), so that the golden shows which set each resource comes from.
+func viewJSON(t testing.TB, v resource.View) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	b.WriteString(`{"sets":[`)
+	for i, s := range v {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('[')
+		for j, name := range s.Names() {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			r, _ := s.Get(name)
+			j, err := protojson.Marshal(r.Any)
+			if err != nil {
+				t.Fatalf("protojson %s: %v", name, err)
+			}
+			b.Write(j)
+		}
+		b.WriteByte(']')
+	}
+	b.WriteString(`]}`)
+	return indent(t, b.Bytes())
+}
+
+// golden compares got with testdata/name, or rewrites the file under -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run `go test ./pkg/translate -update` to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("%s differs from the output (-golden +got); run `go test ./pkg/translate -update` if the change is intended:\n%s", path, diff)
+	}
+}
+
+// unpack decodes a resource's Any.
+func unpack(t testing.TB, a *anypb.Any) proto.Message {
+	t.Helper()
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		t.Fatalf("unmarshal %s: %v", a.GetTypeUrl(), err)
+	}
+	return m
+}
+
+// errorContains reports whether err's message has every one of parts; no parts means
+// err must be nil.
+func errorContains(err error, parts []string) bool {
+	if len(parts) == 0 {
+		return err == nil
+	}
+	if err == nil {
+		return false
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			return false
+		}
+	}
+	return true
+}
+
+// envoyBinary returns the Envoy that scripts/install-envoy.sh installs at
+// <repo>/.cache/bin/envoy, or skips the test when it is absent.
+func envoyBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test directory")
+		}
+		dir = parent
+	}
+	bin := filepath.Join(dir, ".cache", "bin", "envoy")
+	if _, err := os.Stat(bin); errors.Is(err, fs.ErrNotExist) {
+		t.Skipf("%s is absent: run scripts/install-envoy.sh to install Envoy and run this test", bin)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
