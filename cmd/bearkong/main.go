@@ -6,7 +6,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -147,11 +149,17 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	js, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
+	raw, err := protojson.Marshal(b)
 	if err != nil {
 		return fmt.Errorf("encode bootstrap: %w", err)
 	}
-	js = append(js, '\n')
+	// protojson's spacing is deliberately unstable; re-indent for a stable, readable file.
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return fmt.Errorf("encode bootstrap: %w", err)
+	}
+	buf.WriteByte('\n')
+	js := buf.Bytes()
 	if *out == "-" {
 		_, err = stdout.Write(js)
 		return err
