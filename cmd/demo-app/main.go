@@ -1,0 +1,72 @@
+// Command demo-app is a tiny HTTP service that answers like nicholasjackson/fake-service:
+// every request gets a JSON document naming the service and the instance that answered.
+// The local mesh runs it as the application behind each Envoy sidecar.
+//
+// Configuration comes from the environment:
+//
+//	NAME                  service name in the response (default "demo-app")
+//	LISTEN_ADDR           address to listen on (default 0.0.0.0:9090)
+//	BODY                  the "body" field (default "Hello World"; MESSAGE is accepted too)
+//	ERROR_RATE            fraction of requests, 0..1, that fail with ERROR_CODE (default 0)
+//	ERROR_CODE            HTTP status of injected errors (default 500)
+//	LATENCY               delay before answering, a Go duration such as 250ms or 3s
+//	TIMING_50_PERCENTILE  fake-service's name for the same delay, used when LATENCY is unset
+//
+// GET /health and /ready answer 200 "OK" and are never delayed or failed.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Getenv); err != nil {
+		fmt.Fprintf(os.Stderr, "demo-app: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(getenv func(string) string) error {
+	cfg, err := configFromEnv(getenv)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	h, err := newHandler(cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	slog.Info("demo-app listening", "name", cfg.Name, "addr", ln.Addr().String(),
+		"error_rate", cfg.ErrorRate, "error_code", cfg.ErrorCode, "latency", cfg.Latency)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,286 @@
+// Command localmesh runs the whole mesh on this machine, for `make run`: a real etcd and
+// kube-apiserver, the bearkong control plane, Prometheus, and three demo apps (app-1 with
+// one replica, app-2 and app-3 with two), each replica a demo app plus an Envoy sidecar on
+// its own loopback address 127.0.1.N. It prints who answers whom, and how to poke at it,
+// then runs until SIGINT or SIGTERM, when it stops everything it started.
+//
+// It builds nothing: the Makefile builds the binaries into .cache/bin first.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bearkong/bearkong/internal/kubeenv"
+	"github.com/bearkong/bearkong/internal/localmesh"
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+// apps are the demo services and their replica counts.
+var apps = []struct {
+	name     string
+	replicas int
+}{{"app-1", 1}, {"app-2", 2}, {"app-3", 2}}
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "localmesh: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	binDir, stateDir string
+	promAddr         string
+	noPrometheus     bool
+	envoyLogLevel    string
+}
+
+func parseFlags(args []string) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("localmesh", flag.ContinueOnError)
+	fs.StringVar(&cfg.binDir, "bin-dir", "", "directory with bearkong, demo-app, envoy, etcd and kube-apiserver (default <repo>/.cache/bin)")
+	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for the cluster's data and every log; wiped at start (default <repo>/.cache/run)")
+	fs.StringVar(&cfg.promAddr, "prometheus-addr", "127.0.0.1:9091", "Prometheus listen address")
+	fs.BoolVar(&cfg.noPrometheus, "no-prometheus", false, "do not start Prometheus")
+	fs.StringVar(&cfg.envoyLogLevel, "envoy-log-level", "warn", "Envoy --log-level")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if cfg.binDir == "" || cfg.stateDir == "" {
+		root, err := kubeenv.RepoRoot()
+		if err != nil {
+			return config{}, fmt.Errorf("%w; run from the repository, or pass -bin-dir and -state-dir", err)
+		}
+		if cfg.binDir == "" {
+			cfg.binDir = filepath.Join(root, ".cache", "bin")
+		}
+		if cfg.stateDir == "" {
+			cfg.stateDir = filepath.Join(root, ".cache", "run")
+		}
+	}
+	return cfg, nil
+}
+
+func run(args []string, out io.Writer) (err error) {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	defer func() { // runs last: an interrupted start fails with noise, not news
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("interrupted (logs under %s)", cfg.stateDir)
+		}
+	}()
+
+	if err := os.MkdirAll(cfg.stateDir, 0o755); err != nil {
+		return err
+	}
+	unlock, err := lock(filepath.Join(cfg.stateDir, "lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := wipeState(cfg.stateDir, "lock"); err != nil {
+		return err
+	}
+	for _, b := range []string{"bearkong", "demo-app", "envoy"} {
+		if _, err := os.Stat(filepath.Join(cfg.binDir, b)); err != nil {
+			return fmt.Errorf("%w (run `make build install` first)", err)
+		}
+	}
+	if !cfg.noPrometheus {
+		l, err := net.Listen("tcp", cfg.promAddr)
+		if err != nil {
+			return fmt.Errorf("prometheus address %s is taken (%w); pass -prometheus-addr or -no-prometheus", cfg.promAddr, err)
+		}
+		l.Close()
+	}
+
+	logf := func(format string, args ...any) { fmt.Fprintf(out, "    "+format+"\n", args...) }
+	step := func(format string, args ...any) { fmt.Fprintf(out, "==> "+format+"\n", args...) }
+	started := time.Now()
+
+	step("starting etcd and kube-apiserver (state in %s)", cfg.stateDir)
+	env, err := kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(cfg.stateDir, "kube"), BinDir: cfg.binDir, Logf: logf})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, env.Stop()) }()
+
+	m, err := localmesh.New(ctx, localmesh.Options{
+		Env:           env,
+		Dir:           filepath.Join(cfg.stateDir, "mesh"),
+		BearkongBin:   filepath.Join(cfg.binDir, "bearkong"),
+		EnvoyBin:      filepath.Join(cfg.binDir, "envoy"),
+		DemoAppBin:    filepath.Join(cfg.binDir, "demo-app"),
+		EnvoyLogLevel: cfg.envoyLogLevel,
+		Logf:          logf,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "==> stopping everything")
+		err = errors.Join(err, m.Close())
+	}()
+
+	step("starting the control plane: bearkong cp")
+	if err := m.StartControlPlane(ctx); err != nil {
+		return err
+	}
+	promURL := ""
+	if !cfg.noPrometheus {
+		step("starting Prometheus on %s", cfg.promAddr)
+		if promURL, err = m.StartPrometheus(ctx, "", cfg.promAddr); err != nil {
+			return err
+		}
+	}
+
+	step("creating services and starting pods (demo app + Envoy each)")
+	for _, a := range apps {
+		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{}); err != nil {
+			return err
+		}
+	}
+	if err := addPods(ctx, m); err != nil {
+		return err
+	}
+	step("waiting until every pod reaches every app")
+	if err := m.WaitAllReachable(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	step("mesh ready after %s", time.Since(started).Round(100*time.Millisecond))
+
+	printTable(ctx, out, m)
+	printHowTo(out, m, env, promURL, cfg.stateDir)
+
+	<-ctx.Done()
+	fmt.Fprintln(out)
+	return nil
+}
+
+// addPods starts every replica, in parallel; names and addresses follow the order of apps,
+// so app-1-0 is always 127.0.1.2.
+func addPods(ctx context.Context, m *localmesh.Mesh) error {
+	var specs []localmesh.PodSpec
+	for _, a := range apps {
+		for range a.replicas {
+			specs = append(specs, localmesh.PodSpec{Service: a.name})
+		}
+	}
+	_, err := m.AddPods(ctx, specs...)
+	return err
+}
+
+// printTable prints who answers a request from each app's first pod to each app.
+func printTable(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
+	fmt.Fprintf(out, "\nRequests through each app's outbound listener (:%d, header %q):\n\n", mesh.OutboundPort, mesh.ServiceHeader+": <to>")
+	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
+	fmt.Fprint(tw, "from \\ to")
+	for _, to := range apps {
+		fmt.Fprintf(tw, "\t%s", to.name)
+	}
+	fmt.Fprintln(tw)
+	for _, from := range apps {
+		pods := m.PodsOf(from.name)
+		if len(pods) == 0 {
+			continue
+		}
+		p := pods[0]
+		fmt.Fprintf(tw, "%s (%s)", p.Name, p.IP)
+		for _, to := range apps {
+			c := m.Call(ctx, p.Name, to.name)
+			switch {
+			case c.Err != nil:
+				fmt.Fprintf(tw, "\terror: %v", c.Err)
+			case c.Pod != "":
+				fmt.Fprintf(tw, "\t%d %s (%s)", c.Status, c.Pod, c.Answer.IP())
+			default:
+				fmt.Fprintf(tw, "\t%d %.40q", c.Status, c.Body)
+			}
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}
+
+// printHowTo prints copy-pasteable commands to poke at the mesh.
+func printHowTo(out io.Writer, m *localmesh.Mesh, env *kubeenv.Env, promURL, stateDir string) {
+	pods := m.Pods()
+	first := pods[0]
+	cp := m.ControlPlaneURL()
+	fmt.Fprintf(out, `
+Poke at it (from %[1]s, whose outbound listener is %[2]s):
+  curl -s -H 'service: app-3' %[2]s
+  curl -s -o /dev/null -w '%%{http_code}\n' -H 'service: no-such-app' %[2]s    # 404
+
+Control plane:
+  curl -s %[3]s/debug/streams
+  curl -s %[3]s/metrics | grep ^bearkong_
+`, first.Name, first.OutboundURL(), cp)
+	if promURL != "" {
+		fmt.Fprintf(out, `
+Prometheus: %[1]s
+  curl -s %[1]s/api/v1/query --data-urlencode 'query=sum by (type) (bearkong_xds_ack_total)'
+  curl -s %[1]s/api/v1/query --data-urlencode 'query=sum by (type) (bearkong_xds_nack_total)'
+`, promURL)
+	}
+	fmt.Fprintf(out, "\nEnvoy admin (/config_dump, /clusters, /stats):\n")
+	for _, p := range pods {
+		fmt.Fprintf(out, "  %-9s %s/\n", p.Name, p.AdminURL())
+	}
+	fmt.Fprintf(out, `
+Kubernetes API: %s
+  export KUBECONFIG=%s
+  kubectl get pods,services,endpointslices -o wide
+
+Logs under %s. Press Ctrl-C to stop everything.
+`, env.Host, env.Kubeconfig, stateDir)
+}
+
+// lock takes an exclusive, non-blocking flock on path, so that a second localmesh fails at
+// once instead of fighting over addresses and state. The lock goes with the process.
+func lock(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another localmesh is already running (it holds %s); stop it with Ctrl-C first", path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// wipeState removes everything in dir except keep: each run starts a fresh cluster.
+func wipeState(dir, keep string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == keep {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("wipe state: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,307 @@
+package localmesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/bearkong/bearkong/internal/kubeenv"
+)
+
+func TestParseEnvoyStats(t *testing.T) {
+	text := []byte("cluster.a.upstream_rq_total: 12\nserver.live: 1\n" +
+		"cluster.a.upstream_rq_time: P0(nan,1) P25(nan,2)\nnot a stat\nhttp.x.rq: -3\n")
+	got := ParseEnvoyStats(text)
+	want := map[string]uint64{"cluster.a.upstream_rq_total": 12, "server.live": 1}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d", k, got[k], v)
+		}
+	}
+}
+
+// TestHarness checks the harness itself against a real API server and real Envoys, with a
+// fake bearkong (testdata/fakebearkong: static bootstrap, no xDS), so that it does not
+// depend on the control plane. The end-to-end tests with the real one are in test/e2e.
+func TestHarness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd, kube-apiserver and Envoys: skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	root, err := kubeenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	toolDir := filepath.Join(root, ".cache", "bin")
+	binDir := t.TempDir()
+	for pkg, out := range map[string]string{
+		"./internal/localmesh/testdata/fakebearkong": "bearkong",
+		"./cmd/demo-app": "demo-app",
+	} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(binDir, out), pkg)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		}
+	}
+
+	env, err := kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(t.TempDir(), "kube"), BinDir: toolDir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Stop()
+	m, err := New(ctx, Options{
+		Env:         env,
+		Dir:         t.TempDir(),
+		BearkongBin: filepath.Join(binDir, "bearkong"),
+		EnvoyBin:    filepath.Join(toolDir, "envoy"),
+		DemoAppBin:  filepath.Join(binDir, "demo-app"),
+		IPPrefix:    "127.0.3.", // away from test/e2e and `make run`, which use 127.0.1.
+		DrainPeriod: time.Second,
+		Logf:        t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			m.Close()
+		}
+	}()
+	if err := m.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.AddService(ctx, "a", ServiceOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.AddPod(ctx, "nope", PodOptions{}); err == nil {
+		t.Error("AddPod for an unknown service succeeded")
+	}
+	p0, err := m.AddPod(ctx, "a", PodOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := m.AddPod(ctx, "a", PodOptions{Env: map[string]string{"BODY": "second"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p0.Name != "a-0" || p1.Name != "a-1" || p0.IP != "127.0.3.2" || p1.IP != "127.0.3.3" {
+		t.Errorf("pods = %+v, %+v", p0, p1)
+	}
+
+	promURL := ""
+	if _, err := exec.LookPath("prometheus"); err == nil {
+		addr := freeAddr(t)
+		if promURL, err = m.StartPrometheus(ctx, "", addr); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		t.Log("prometheus not on PATH: not testing StartPrometheus")
+	}
+
+	t.Run("pod objects", func(t *testing.T) {
+		pod, err := env.Client.CoreV1().Pods("default").Get(ctx, p1.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := false
+		for _, c := range pod.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" {
+				ready = true
+			}
+		}
+		if pod.Status.PodIP != p1.IP || pod.Status.Phase != "Running" || !ready || pod.Labels["app"] != "a" {
+			t.Errorf("pod status %+v, labels %v", pod.Status, pod.Labels)
+		}
+	})
+
+	t.Run("endpoint slice", func(t *testing.T) {
+		s := getSlice(ctx, t, env, "a")
+		if len(s.Endpoints) != 2 {
+			t.Fatalf("endpoints = %+v", s.Endpoints)
+		}
+		for i, want := range []Pod{p0, p1} {
+			e := s.Endpoints[i]
+			if e.Addresses[0] != want.IP || e.TargetRef.Name != want.Name || !*e.Conditions.Ready || !*e.Conditions.Serving || *e.Conditions.Terminating {
+				t.Errorf("endpoint %d = %+v", i, e)
+			}
+		}
+		if s.Labels[discoveryv1.LabelServiceName] != "a" || *s.Ports[0].Port != 9090 {
+			t.Errorf("slice labels %v, ports %+v", s.Labels, s.Ports)
+		}
+	})
+
+	t.Run("inbound reaches the app", func(t *testing.T) {
+		resp, err := http.Get("http://" + p1.InboundAddr() + "/hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var a Answer
+		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+			t.Fatal(err)
+		}
+		if a.Name != "a" || a.IP() != p1.IP || a.Body != "second" {
+			t.Errorf("answer %+v", a)
+		}
+	})
+
+	t.Run("outbound and stats", func(t *testing.T) {
+		status, body, err := m.Get(ctx, p0.Name, "anything")
+		if err != nil || status != http.StatusNotFound {
+			t.Errorf("Get = %d %q %v, want the fake's 404", status, body, err)
+		}
+		stats, err := m.EnvoyStats(ctx, p0.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats["server.live"] != 1 {
+			t.Errorf("server.live = %d (of %d stats)", stats["server.live"], len(stats))
+		}
+	})
+
+	if promURL != "" {
+		t.Run("prometheus scrapes the envoys", func(t *testing.T) {
+			err := Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
+				body, err := m.httpGet(ctx, promURL+"/api/v1/query?query=count(envoy_server_live)")
+				if err != nil {
+					return err
+				}
+				var r struct {
+					Data struct {
+						Result []struct {
+							Value []any `json:"value"`
+						} `json:"result"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(body, &r); err != nil {
+					return err
+				}
+				if len(r.Data.Result) != 1 || r.Data.Result[0].Value[1] != "2" {
+					return fmt.Errorf("count(envoy_server_live) = %s", body)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+
+	t.Run("graceful removal", func(t *testing.T) {
+		done := make(chan error, 1)
+		go func() { done <- m.RemovePod(ctx, p0.Name, true) }()
+		err := Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			s := getSlice(ctx, t, env, "a")
+			for _, e := range s.Endpoints {
+				if e.TargetRef.Name == p0.Name && !*e.Conditions.Ready && *e.Conditions.Serving && *e.Conditions.Terminating {
+					return nil
+				}
+			}
+			return errors.New("endpoint of a-0 not terminating yet")
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		pod, err := env.Client.CoreV1().Pods("default").Get(ctx, p0.Name, metav1.GetOptions{})
+		if err != nil || pod.DeletionTimestamp == nil {
+			t.Errorf("draining pod: err %v, deletionTimestamp %v", err, pod.DeletionTimestamp)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.Client.CoreV1().Pods("default").Get(ctx, p0.Name, metav1.GetOptions{}); err == nil {
+			t.Error("pod still exists after RemovePod")
+		}
+		if s := getSlice(ctx, t, env, "a"); len(s.Endpoints) != 1 || s.Endpoints[0].TargetRef.Name != p1.Name {
+			t.Errorf("endpoints after removal = %+v", s.Endpoints)
+		}
+		if !portsFree(p0.IP, 8000, 8001, 8081, 9090) {
+			t.Error("the removed pod's ports are still bound")
+		}
+	})
+
+	t.Run("slice ports follow the Service's targetPort", func(t *testing.T) {
+		err := m.UpdateService(ctx, "a", func(s *corev1.Service) {
+			s.Spec.Ports[0].TargetPort = intstr.FromString("inbound")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := getSlice(ctx, t, env, "a"); len(s.Ports) != 1 || *s.Ports[0].Port != 8000 || len(s.Endpoints) != 1 {
+			t.Errorf("slice ports %+v, endpoints %+v", s.Ports, s.Endpoints)
+		}
+	})
+
+	t.Run("control plane restart", func(t *testing.T) {
+		if err := m.StopControlPlane(); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.StartControlPlane(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("crash and close", func(t *testing.T) {
+		if err := m.RemovePod(ctx, p1.Name, false); err != nil {
+			t.Fatal(err)
+		}
+		p2, err := m.AddPod(ctx, "a", PodOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p2.IP != "127.0.3.4" {
+			t.Errorf("new pod IP %s, want the next address, 127.0.3.4", p2.IP)
+		}
+		if err := m.DeleteService(ctx, "a"); err != nil {
+			t.Fatal(err)
+		}
+		closed = true
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !portsFree(p2.IP, 8000, 8001, 8081, 9090) {
+			t.Error("ports still bound after Close")
+		}
+		if c, err := net.DialTimeout("tcp", m.opts.HTTPAddr, time.Second); err == nil {
+			c.Close()
+			t.Error("control plane still listening after Close")
+		}
+	})
+}
+
+func getSlice(ctx context.Context, t *testing.T, env *kubeenv.Env, svc string) *discoveryv1.EndpointSlice {
+	t.Helper()
+	s, err := env.Client.DiscoveryV1().EndpointSlices("default").Get(ctx, sliceName(svc), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ports, err := kubeenv.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(ports[0])
+}

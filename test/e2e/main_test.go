@@ -1,0 +1,189 @@
+// Package e2e holds the end-to-end tests (tier 3 in DESIGN.md): a real etcd and
+// kube-apiserver, the real `bearkong cp`, and real Envoys in front of demo apps on loopback
+// addresses, all driven by internal/localmesh.
+//
+// The tests share one mesh, set up on first use: app-1 with one replica, app-2 and app-3
+// with two. Tests that change the mesh must put it back as they found it. With -short the
+// tests are skipped; otherwise a missing binary or tool is a failure, not a skip.
+package e2e
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bearkong/bearkong/internal/kubeenv"
+	"github.com/bearkong/bearkong/internal/localmesh"
+)
+
+// apps are the shared mesh's services and their replica counts.
+var apps = []struct {
+	name     string
+	replicas int
+}{{"app-1", 1}, {"app-2", 2}, {"app-3", 2}}
+
+// shared is the mesh every test uses; set up by the first sharedMesh call.
+var shared struct {
+	once   sync.Once
+	err    error
+	log    strings.Builder // setup progress, replayed into the first test's log
+	logMu  sync.Mutex
+	dir    string
+	cancel context.CancelFunc
+	env    *kubeenv.Env
+	mesh   *localmesh.Mesh
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if err := teardown(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
+		code = 1
+	}
+	if shared.dir != "" {
+		if code != 0 {
+			fmt.Fprintf(os.Stderr, "e2e: logs kept in %s\n", shared.dir)
+		} else {
+			os.RemoveAll(shared.dir)
+		}
+	}
+	os.Exit(code)
+}
+
+// sharedMesh returns the shared mesh, setting it up on first use. It skips the test with
+// -short and fails it when the mesh cannot be set up.
+func sharedMesh(t *testing.T) *localmesh.Mesh {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	first := false
+	shared.once.Do(func() {
+		first = true
+		shared.err = setup()
+	})
+	if first {
+		shared.logMu.Lock()
+		t.Logf("setup:\n%s", shared.log.String())
+		shared.logMu.Unlock()
+	}
+	if shared.err != nil {
+		t.Fatalf("setting up the local mesh: %v", shared.err)
+	}
+	return shared.mesh
+}
+
+func logf(format string, args ...any) {
+	shared.logMu.Lock()
+	defer shared.logMu.Unlock()
+	fmt.Fprintf(&shared.log, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+}
+
+// setup builds bearkong and demo-app, starts the API server, the control plane and the
+// apps, and waits until every pod reaches every app.
+func setup() error {
+	started := time.Now()
+	root, err := kubeenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "bearkong-e2e-")
+	if err != nil {
+		return err
+	}
+	shared.dir = dir
+	ctx, cancel := context.WithCancel(context.Background())
+	shared.cancel = cancel
+
+	binDir := filepath.Join(dir, "bin")
+	for _, pkg := range []string{"bearkong", "demo-app"} {
+		if err := goBuild(ctx, root, filepath.Join(binDir, pkg), "./cmd/"+pkg); err != nil {
+			return err
+		}
+	}
+	logf("built bearkong and demo-app in %s", time.Since(started).Round(time.Millisecond))
+	toolDir := filepath.Join(root, ".cache", "bin")
+	envoy := filepath.Join(toolDir, "envoy")
+	if _, err := os.Stat(envoy); err != nil {
+		return fmt.Errorf("%w (run make install)", err)
+	}
+
+	shared.env, err = kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(dir, "kube"), BinDir: toolDir, Logf: logf})
+	if err != nil {
+		return err
+	}
+	shared.mesh, err = localmesh.New(ctx, localmesh.Options{
+		Env:         shared.env,
+		Dir:         filepath.Join(dir, "mesh"),
+		BearkongBin: filepath.Join(binDir, "bearkong"),
+		EnvoyBin:    envoy,
+		DemoAppBin:  filepath.Join(binDir, "demo-app"),
+		Logf:        logf,
+	})
+	if err != nil {
+		return err
+	}
+	m := shared.mesh
+	if err := m.StartControlPlane(ctx); err != nil {
+		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
+	}
+	for _, a := range apps {
+		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{}); err != nil {
+			return err
+		}
+	}
+	var specs []localmesh.PodSpec
+	for _, a := range apps {
+		for range a.replicas {
+			specs = append(specs, localmesh.PodSpec{Service: a.name})
+		}
+	}
+	if _, err := m.AddPods(ctx, specs...); err != nil {
+		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
+	}
+	if err := m.WaitAllReachable(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	logf("mesh ready after %s", time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+func teardown() error {
+	if shared.cancel == nil {
+		return nil
+	}
+	var errs []error
+	if shared.mesh != nil {
+		errs = append(errs, shared.mesh.Close())
+	}
+	if shared.env != nil {
+		errs = append(errs, shared.env.Stop())
+	}
+	shared.cancel()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// goBuild builds pkg of the module at root into out.
+func goBuild(ctx context.Context, root, out, pkg string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestSmokeEveryAppReachesEveryApp proves the harness and the mesh contract end to end:
+// from every pod, through its outbound listener, every app answers, and an unknown
+// service gets a 404 from Envoy.
+func TestSmokeEveryAppReachesEveryApp(t *testing.T) {
+	m := sharedMesh(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	for _, from := range m.Pods() {
+		for _, to := range apps {
+			c := m.Call(ctx, from.Name, to.name)
+			if c.Err != nil {
+				t.Errorf("%s -> %s: %v", from.Name, to.name, c.Err)
+				continue
+			}
+			if c.Status != http.StatusOK || c.Answer.Name != to.name {
+				t.Errorf("%s -> %s: got %d %q, want 200 from %s", from.Name, to.name, c.Status, c.Body, to.name)
+				continue
+			}
+			answered, ok := m.Pod(c.Pod)
+			if !ok || answered.Service != to.name {
+				t.Errorf("%s -> %s: answered by %q (%s), not a pod of %s", from.Name, to.name, c.Pod, c.Answer.IP(), to.name)
+				continue
+			}
+			t.Logf("%s -> %s: %d from %s (%s)", from.Name, to.name, c.Status, c.Pod, c.Answer.IP())
+		}
+
+		status, body, err := m.Get(ctx, from.Name, "no-such-service")
+		if err != nil {
+			t.Errorf("%s -> no-such-service: %v", from.Name, err)
+		} else if status != http.StatusNotFound {
+			t.Errorf("%s -> no-such-service: got %d %q, want 404", from.Name, status, body)
+		}
+	}
+}
