@@ -144,9 +144,9 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	l := &loop{srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
 	err := l.run(ctx, reqs, recvErr)
 	if err != nil {
-		l.log.Info("stream closed", "node", l.nodeID, "err", err)
+		l.log.Info("stream closed", "err", err)
 	} else {
-		l.log.Info("stream closed", "node", l.nodeID)
+		l.log.Info("stream closed")
 	}
 	return err
 }

@@ -39,7 +39,14 @@ var shared struct {
 	cancel context.CancelFunc
 	env    *kubeenv.Env
 	mesh   *localmesh.Mesh
+	binDir string // bearkong and demo-app, built for this run
+	envoy  string
+	prom   string // Prometheus base URL
 }
+
+// resyncPeriod is the control plane's informer resync in these tests: short, so that the
+// tests see resyncs happen and can check that they push nothing.
+const resyncPeriod = 2 * time.Second
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -104,6 +111,7 @@ func setup() error {
 	shared.cancel = cancel
 
 	binDir := filepath.Join(dir, "bin")
+	shared.binDir = binDir
 	for _, pkg := range []string{"bearkong", "demo-app"} {
 		if err := goBuild(ctx, root, filepath.Join(binDir, pkg), "./cmd/"+pkg); err != nil {
 			return err
@@ -115,18 +123,20 @@ func setup() error {
 	if _, err := os.Stat(envoy); err != nil {
 		return fmt.Errorf("%w (run make install)", err)
 	}
+	shared.envoy = envoy
 
 	shared.env, err = kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(dir, "kube"), BinDir: toolDir, Logf: logf})
 	if err != nil {
 		return err
 	}
 	shared.mesh, err = localmesh.New(ctx, localmesh.Options{
-		Env:         shared.env,
-		Dir:         filepath.Join(dir, "mesh"),
-		BearkongBin: filepath.Join(binDir, "bearkong"),
-		EnvoyBin:    envoy,
-		DemoAppBin:  filepath.Join(binDir, "demo-app"),
-		Logf:        logf,
+		Env:              shared.env,
+		Dir:              filepath.Join(dir, "mesh"),
+		BearkongBin:      filepath.Join(binDir, "bearkong"),
+		EnvoyBin:         envoy,
+		DemoAppBin:       filepath.Join(binDir, "demo-app"),
+		Logf:             logf,
+		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String()},
 	})
 	if err != nil {
 		return err
@@ -150,6 +160,17 @@ func setup() error {
 		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
 	}
 	if err := m.WaitAllReachable(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	promBin, err := exec.LookPath("prometheus")
+	if err != nil {
+		return fmt.Errorf("%w (run make install)", err)
+	}
+	ports, err := kubeenv.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	if shared.prom, err = m.StartPrometheus(ctx, promBin, fmt.Sprintf("127.0.0.1:%d", ports[0])); err != nil {
 		return err
 	}
 	logf("mesh ready after %s", time.Since(started).Round(time.Millisecond))

@@ -1,0 +1,373 @@
+// Package discovery watches the Kubernetes API and turns what it sees into immutable
+// mesh snapshots (pkg/mesh). It is the only bearkong package that imports client-go.
+//
+// It follows kubernetes/sample-controller: shared informers on Services, EndpointSlices
+// and Pods in all namespaces; event handlers that only record that something changed;
+// state read back from the listers; no work before the caches have synced. Like
+// Contour's event coalescing, one worker waits for a quiet period (bounded by a maximum
+// delay) before it builds a snapshot, so that a burst of changes, such as a rollout,
+// costs one snapshot rather than one per event. A snapshot is published only when its
+// meaning differs from the previous one, so resyncs and status noise never reach the
+// proxies.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+// Defaults for Options.
+const (
+	DefaultQuietPeriod = 100 * time.Millisecond
+	DefaultMaxDelay    = time.Second
+)
+
+// Object kinds and event types, as they appear in logs and metric labels.
+const (
+	kindService       = "service"
+	kindEndpointSlice = "endpointslice"
+	kindPod           = "pod"
+
+	eventAdd    = "add"
+	eventUpdate = "update"
+	eventDelete = "delete"
+)
+
+// Options tune a Discovery. The zero value is usable.
+type Options struct {
+	// QuietPeriod is how long the worker waits after the latest event before it builds
+	// a snapshot; every new event restarts the wait. Default DefaultQuietPeriod.
+	QuietPeriod time.Duration
+	// MaxDelay bounds the time from the first event of a burst to its snapshot, so a
+	// stream of events that never goes quiet still converges. Default DefaultMaxDelay.
+	MaxDelay time.Duration
+	// ResyncPeriod is the informers' resync period. 0 (the default) disables resyncs:
+	// everything is rebuilt from the listers, so a resync has nothing to repair, and
+	// resync events are ignored anyway. client-go raises any period below 1s to 1s.
+	ResyncPeriod time.Duration
+	// Logger receives the package's logs. Nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the package's metrics. Nil leaves them unregistered.
+	Registerer prometheus.Registerer
+}
+
+// Discovery watches Services, EndpointSlices and Pods and publishes mesh snapshots.
+type Discovery struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+
+	factory  informers.SharedInformerFactory
+	services corelisters.ServiceLister
+	slices   discoverylisters.EndpointSliceLister
+	pods     corelisters.PodLister
+	// synced reports whether each handler registration has seen its informer's initial
+	// list; it is stricter than the informers' own HasSynced.
+	synced []cache.InformerSynced
+	// regErr is an error from registering a handler, reported by Run.
+	regErr error
+
+	// mu guards the pending-change record the handlers write and the worker takes.
+	mu      sync.Mutex
+	dirty   bool
+	firstAt time.Time // the first change not yet folded into a build
+	lastAt  time.Time // the latest change, for the quiet period
+	// kick wakes the worker; capacity 1 because one wake-up covers any number of events.
+	kick chan struct{}
+
+	out       chan *mesh.Snapshot
+	latest    atomic.Pointer[mesh.Snapshot]
+	hasSynced atomic.Bool
+	running   atomic.Bool
+}
+
+// New returns a Discovery that watches through client. Nothing happens until Run.
+func New(client kubernetes.Interface, opts Options) *Discovery {
+	if opts.QuietPeriod <= 0 {
+		opts.QuietPeriod = DefaultQuietPeriod
+	}
+	if opts.MaxDelay <= 0 {
+		opts.MaxDelay = DefaultMaxDelay
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "discovery")
+	if opts.MaxDelay < opts.QuietPeriod {
+		// A quiet period longer than the maximum delay could never elapse: the maximum
+		// delay would always win. Say so, and make the options tell the truth.
+		log.Warn("quiet period longer than max delay; using max delay for both",
+			"quiet_period", opts.QuietPeriod, "max_delay", opts.MaxDelay)
+		opts.QuietPeriod = opts.MaxDelay
+	}
+	d := &Discovery{
+		opts:    opts,
+		log:     log,
+		metrics: newMetrics(opts.Registerer),
+		factory: informers.NewSharedInformerFactory(client, opts.ResyncPeriod),
+		kick:    make(chan struct{}, 1),
+		out:     make(chan *mesh.Snapshot, 1),
+	}
+
+	svcInf := d.factory.Core().V1().Services()
+	sliceInf := d.factory.Discovery().V1().EndpointSlices()
+	podInf := d.factory.Core().V1().Pods()
+	d.services = svcInf.Lister()
+	d.slices = sliceInf.Lister()
+	d.pods = podInf.Lister()
+
+	for _, inf := range []struct {
+		kind     string
+		informer cache.SharedIndexInformer
+	}{
+		{kindService, svcInf.Informer()},
+		{kindEndpointSlice, sliceInf.Informer()},
+		{kindPod, podInf.Informer()},
+	} {
+		reg, err := inf.informer.AddEventHandler(d.handler(inf.kind))
+		if err != nil {
+			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: add %s event handler: %w", inf.kind, err))
+			continue
+		}
+		d.synced = append(d.synced, reg.HasSynced)
+	}
+	return d
+}
+
+// Snapshots delivers published snapshots. It holds at most one: a reader that falls
+// behind gets the newest snapshot, never a backlog of stale ones.
+func (d *Discovery) Snapshots() <-chan *mesh.Snapshot { return d.out }
+
+// HasSynced reports whether the informer caches have synced and the first snapshot has
+// been published, which is what /readyz needs: from then on Latest is never nil.
+func (d *Discovery) HasSynced() bool { return d.hasSynced.Load() }
+
+// Latest returns the last published snapshot, or nil before the first.
+func (d *Discovery) Latest() *mesh.Snapshot { return d.latest.Load() }
+
+// Run starts the informers, waits for their caches to sync, publishes the first
+// snapshot and then publishes every meaningful change until ctx is done. It returns nil
+// when ctx is cancelled after the caches synced, and an error if they never synced (for
+// example because ctx was cancelled first). Run may be called once.
+func (d *Discovery) Run(ctx context.Context) error {
+	if !d.running.CompareAndSwap(false, true) {
+		return errors.New("discovery: Run called more than once")
+	}
+	if d.regErr != nil {
+		return d.regErr
+	}
+
+	d.factory.Start(ctx.Done())
+	// Shutdown waits for the informer goroutines, so nothing outlives Run. It runs after
+	// ctx is done (Run only returns then), which is what stops the informers.
+	defer d.factory.Shutdown()
+
+	d.log.Info("waiting for informer caches to sync")
+	if !cache.WaitForCacheSync(ctx.Done(), d.synced...) {
+		err := ctx.Err()
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		return fmt.Errorf("discovery: informer caches did not sync: %w", err)
+	}
+	d.log.Info("informer caches synced")
+
+	// The first snapshot goes out unconditionally, even if empty: consumers wait for it.
+	d.flush(true)
+
+	d.loop(ctx)
+	d.log.Info("discovery stopped")
+	return nil
+}
+
+// handler returns the event handler for one kind. It only records the change: building
+// happens in the worker, from the listers, so a handler never blocks the informer.
+func (d *Discovery) handler(kind string) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { d.observe(kind, eventAdd, obj) },
+		UpdateFunc: func(oldObj, newObj any) {
+			// Every write to an object bumps its resourceVersion, so equal versions mean
+			// a resync replaying the cache: nothing happened, not even an event to count.
+			if sameResourceVersion(oldObj, newObj) {
+				return
+			}
+			d.observe(kind, eventUpdate, newObj)
+		},
+		DeleteFunc: func(obj any) { d.observe(kind, eventDelete, obj) },
+	}
+}
+
+// observe records one event: it marks the state dirty and wakes the worker.
+func (d *Discovery) observe(kind, event string, obj any) {
+	now := time.Now()
+	d.metrics.events.WithLabelValues(kind, event).Inc()
+
+	// A watch that missed a delete delivers a tombstone; the object inside is the last
+	// state the cache knew. It is only needed for the log line: the worker rebuilds from
+	// the listers, which already dropped the object, so even an unreadable tombstone is
+	// still worth a rebuild.
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+		if obj == nil {
+			d.log.Warn("tombstone without an object", "kind", kind, "key", tomb.Key)
+		}
+	}
+	if d.log.Enabled(context.Background(), slog.LevelDebug) {
+		d.log.Debug("event", "kind", kind, "event", event, "object", objectKey(obj))
+	}
+
+	d.mu.Lock()
+	if !d.dirty {
+		d.dirty = true
+		d.firstAt = now
+	}
+	d.lastAt = now
+	d.mu.Unlock()
+
+	select {
+	case d.kick <- struct{}{}:
+	default: // a wake-up is already pending; it will see this change too
+	}
+}
+
+// loop is the single worker. It waits for a burst of events to go quiet (or for
+// MaxDelay to pass since the burst began), then builds and maybe publishes.
+func (d *Discovery) loop(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		d.mu.Lock()
+		dirty, first, last := d.dirty, d.firstAt, d.lastAt
+		d.mu.Unlock()
+
+		if !dirty {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.kick:
+				continue
+			}
+		}
+
+		deadline := last.Add(d.opts.QuietPeriod)
+		if limit := first.Add(d.opts.MaxDelay); limit.Before(deadline) {
+			deadline = limit
+		}
+		if wait := time.Until(deadline); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.kick: // a new event moves the quiet deadline; work it out again
+			case <-timer.C:
+			}
+			timer.Stop()
+			continue
+		}
+		d.flush(false)
+	}
+}
+
+// flush takes the pending changes, builds a snapshot from the listers and publishes it
+// if its meaning changed. The first snapshot (first set) is published whatever it holds.
+func (d *Discovery) flush(first bool) {
+	d.mu.Lock()
+	changedAt := d.firstAt
+	// Reset the burst before building: an event that lands during the build starts a new
+	// burst with its own time, and a burst that turns out to change nothing takes its
+	// start time with it instead of leaking it into the next snapshot's ChangedAt.
+	d.dirty = false
+	d.firstAt = time.Time{}
+	d.mu.Unlock()
+
+	start := time.Now()
+	snap, err := build(d.services, d.slices, d.pods)
+	elapsed := time.Since(start)
+	d.metrics.buildSeconds.Observe(elapsed.Seconds())
+	if err != nil {
+		// Listers read an in-memory cache, so this is not expected; keep the last good
+		// snapshot in force rather than publish a partial one.
+		d.metrics.snapshots.WithLabelValues(resultError).Inc()
+		d.log.Error("build snapshot", "err", err)
+		return
+	}
+	if changedAt.IsZero() {
+		// The first snapshot of an empty cluster has no event to date it from.
+		changedAt = start
+	}
+	snap.ChangedAt = changedAt
+
+	if !first && sameMeaning(d.latest.Load(), snap) {
+		d.metrics.snapshots.WithLabelValues(resultUnchanged).Inc()
+		d.log.Debug("snapshot unchanged", "build_duration", elapsed)
+		return
+	}
+	d.publish(snap, first)
+	d.metrics.snapshots.WithLabelValues(resultPublished).Inc()
+	d.log.Info("snapshot published",
+		"services", len(snap.Services),
+		"proxies", len(snap.Proxies),
+		"endpoints", countEndpoints(snap),
+		"changed_at", snap.ChangedAt,
+		"build_duration", elapsed,
+	)
+}
+
+// publish makes snap the latest and hands it to the reader, replacing any snapshot the
+// reader has not taken yet. Only the worker publishes, so after the drain the send
+// cannot block. With the first snapshot it also marks Discovery synced, before the
+// send, so a reader that has the first snapshot also sees HasSynced and Latest.
+func (d *Discovery) publish(snap *mesh.Snapshot, first bool) {
+	d.latest.Store(snap)
+	if first {
+		d.hasSynced.Store(true)
+	}
+	select {
+	case <-d.out:
+	default:
+	}
+	d.out <- snap
+}
+
+func sameResourceVersion(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(metav1.Object)
+	n, ok2 := newObj.(metav1.Object)
+	// An empty resourceVersion proves nothing (only fakes and hand-made objects lack
+	// one); treat it as a real update, which at worst costs an unchanged rebuild.
+	return ok1 && ok2 && o.GetResourceVersion() != "" && o.GetResourceVersion() == n.GetResourceVersion()
+}
+
+func objectKey(obj any) string {
+	if m, ok := obj.(metav1.Object); ok {
+		if m.GetNamespace() == "" {
+			return m.GetName()
+		}
+		return m.GetNamespace() + "/" + m.GetName()
+	}
+	return fmt.Sprintf("%T", obj)
+}
+
+func countEndpoints(s *mesh.Snapshot) int {
+	n := 0
+	for _, svc := range s.Services {
+		n += len(svc.Endpoints)
+	}
+	return n
+}
