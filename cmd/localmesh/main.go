@@ -93,6 +93,11 @@ func run(args []string, out io.Writer) (err error) {
 		return err
 	}
 	defer unlock()
+	defer func() { // runs after every process has stopped
+		if err == nil {
+			fmt.Fprintln(out, "==> stopped; no process of this run is left")
+		}
+	}()
 	if err := wipeState(cfg.stateDir, "lock"); err != nil {
 		return err
 	}
