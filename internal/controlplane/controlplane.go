@@ -5,11 +5,13 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -58,6 +60,9 @@ type ControlPlane struct {
 	metrics *metrics
 
 	xdsLis, httpLis net.Listener
+
+	// snapshot is the latest snapshot received, for /debug/diagnostics.
+	snapshot atomic.Pointer[mesh.Snapshot]
 }
 
 type metrics struct {
@@ -210,6 +215,7 @@ func (cp *ControlPlane) translateLoop(ctx context.Context) {
 }
 
 func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
+	cp.snapshot.Store(snap)
 	start := time.Now()
 	tr, err := translate.New(snap)
 	if err != nil {
@@ -234,11 +240,12 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
 }
 
-// Handler serves /metrics, /debug/streams, /healthz and /readyz.
+// Handler serves /metrics, /debug/streams, /debug/diagnostics, /healthz and /readyz.
 func (cp *ControlPlane) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/streams", cp.ads.DebugHandler())
+	mux.HandleFunc("GET /debug/diagnostics", cp.diagnostics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -253,4 +260,24 @@ func (cp *ControlPlane) Handler() http.Handler {
 		}
 	})
 	return mux
+}
+
+// diagnostics serves /debug/diagnostics: the problems found in the mesh's objects, as
+// JSON, optionally filtered by ?namespace= and ?name=.
+func (cp *ControlPlane) diagnostics(w http.ResponseWriter, r *http.Request) {
+	out := []mesh.Diagnostic{}
+	if snap := cp.snapshot.Load(); snap != nil {
+		ns, name := r.URL.Query().Get("namespace"), r.URL.Query().Get("name")
+		for _, d := range snap.Diagnostics {
+			if (ns == "" || d.Namespace == ns) && (name == "" || d.Name == name) {
+				out = append(out, d)
+			}
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(struct {
+		Diagnostics []mesh.Diagnostic `json:"diagnostics"`
+	}{out})
 }

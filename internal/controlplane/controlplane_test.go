@@ -12,6 +12,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -23,6 +24,7 @@ import (
 	"github.com/bearkong/bearkong/internal/xdstest"
 	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/discovery"
+	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
 // This is the in-process tier: real discovery (over a fake clientset), real translate,
@@ -249,6 +251,48 @@ func TestControlPlaneInProcess(t *testing.T) {
 		h.waitSynced(t, "app-1-0.default")
 		if v := h.metric(t, `bearkong_xds_convergence_seconds_count{type="eds"}`); v < 2 {
 			t.Fatalf("convergence observed %v times for eds, want >= 2", v)
+		}
+	})
+
+	t.Run("a policy change for one service sends RDS to its proxies only", func(t *testing.T) {
+		na, nb := len(a.Received()), len(b.Received())
+		svc := service("app-1")
+		svc.Annotations = map[string]string{"mesh-timeout": "2s"}
+		svc.ResourceVersion = "2"
+		if _, err := h.client.CoreV1().Services("default").Update(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.WaitFor(5*time.Second, func(rs []xdstest.Received) bool { return len(rs) > na }); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		got := a.Received()[na:]
+		if len(got) != 1 || got[0].TypeURL != xdstest.RouteType || strings.Join(got[0].Names, ",") != "inbound" {
+			t.Fatalf("app-1-0 got %+v, want one RDS response with the inbound route", got)
+		}
+		rc := a.Resource(xdstest.RouteType, "inbound").(*routev3.RouteConfiguration)
+		if d := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute().GetTimeout().AsDuration(); d != 2*time.Second {
+			t.Fatalf("inbound timeout %s, want 2s", d)
+		}
+		if got := b.Received()[nb:]; len(got) != 0 {
+			t.Fatalf("app-2-0 got %+v, want nothing", got)
+		}
+	})
+
+	t.Run("diagnostics name the service and the port", func(t *testing.T) {
+		resp, err := http.Get(h.http + "/debug/diagnostics?name=app-3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Diagnostics []mesh.Diagnostic `json:"diagnostics"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		if len(body.Diagnostics) != 1 || body.Diagnostics[0].Reason != mesh.ReasonTargetPortBypasses || !strings.Contains(body.Diagnostics[0].Message, "port 9090 targets 9090") {
+			t.Fatalf("diagnostics: %+v", body.Diagnostics)
 		}
 	})
 

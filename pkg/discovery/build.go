@@ -24,8 +24,9 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 
 // build reads the listers and returns a snapshot of the mesh, without ChangedAt. It
 // reads only; the objects in a lister's cache are shared and must not be modified, so
-// everything in the snapshot is copied out of them.
-func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister) (*mesh.Snapshot, error) {
+// everything in the snapshot is copied out of them. prev is the last published snapshot
+// (or nil): an invalid policy annotation keeps the value it had there.
+func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, prev *mesh.Snapshot) (*mesh.Snapshot, error) {
 	svcs, err := services.List(meshedSelector)
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
@@ -48,6 +49,14 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 			Annotations: meshAnnotations(svc.Annotations),
 			Ports:       servicePorts(svc.Spec.Ports),
 		}
+		var lastGood mesh.Policy
+		if p := prev.Service(svc.Namespace, svc.Name); p != nil {
+			lastGood = p.Policy
+		}
+		var diags []mesh.Diagnostic
+		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
+		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms)...)
 		ms.Endpoints, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name)
 		if err != nil {
 			return nil, err
@@ -78,6 +87,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 	for _, p := range snap.Proxies {
 		sort.Strings(p.Services)
 	}
+	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, nil
 }
 
@@ -178,7 +188,7 @@ func sameMeaning(a, b *mesh.Snapshot) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	if len(a.Services) != len(b.Services) || len(a.Proxies) != len(b.Proxies) {
+	if len(a.Services) != len(b.Services) || len(a.Proxies) != len(b.Proxies) || !slices.Equal(a.Diagnostics, b.Diagnostics) {
 		return false
 	}
 	for i := range a.Services {
@@ -199,6 +209,7 @@ func sameService(a, b *mesh.Service) bool {
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
+		a.Policy == b.Policy &&
 		slices.Equal(a.Ports, b.Ports) &&
 		slices.Equal(a.Endpoints, b.Endpoints)
 }

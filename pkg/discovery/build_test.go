@@ -41,15 +41,18 @@ func buildFrom(t *testing.T, objs ...runtime.Object) *mesh.Snapshot {
 			t.Fatal(err)
 		}
 	}
-	snap, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods))
+	snap, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods), nil)
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}
 	return snap
 }
 
+// snapshotCmp compares the model; policy and diagnostics have tests of their own
+// (TestPolicyAndDiagnostics here, and pkg/mesh).
 var snapshotCmp = []cmp.Option{
-	cmpopts.IgnoreFields(mesh.Snapshot{}, "ChangedAt"),
+	cmpopts.IgnoreFields(mesh.Snapshot{}, "ChangedAt", "Diagnostics"),
+	cmpopts.IgnoreFields(mesh.Service{}, "Policy"),
 	cmpopts.EquateEmpty(),
 }
 

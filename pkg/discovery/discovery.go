@@ -90,6 +90,8 @@ type Discovery struct {
 	// kick wakes the worker; capacity 1 because one wake-up covers any number of events.
 	kick chan struct{}
 
+	reporter *reporter
+
 	out       chan *mesh.Snapshot
 	latest    atomic.Pointer[mesh.Snapshot]
 	hasSynced atomic.Bool
@@ -124,6 +126,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		kick:    make(chan struct{}, 1),
 		out:     make(chan *mesh.Snapshot, 1),
 	}
+	d.reporter = newReporter(d, client)
 
 	svcInf := d.factory.Core().V1().Services()
 	sliceInf := d.factory.Discovery().V1().EndpointSlices()
@@ -187,6 +190,9 @@ func (d *Discovery) Run(ctx context.Context) error {
 		return fmt.Errorf("discovery: informer caches did not sync: %w", err)
 	}
 	d.log.Info("informer caches synced")
+	reporterDone := make(chan struct{})
+	go func() { d.reporter.run(ctx); close(reporterDone) }()
+	defer func() { <-reporterDone }()
 
 	// The first snapshot goes out unconditionally, even if empty: consumers wait for it.
 	d.flush(true)
@@ -298,7 +304,7 @@ func (d *Discovery) flush(first bool) {
 	d.mu.Unlock()
 
 	start := time.Now()
-	snap, err := build(d.services, d.slices, d.pods)
+	snap, err := build(d.services, d.slices, d.pods, d.latest.Load())
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
 	if err != nil {
@@ -335,6 +341,7 @@ func (d *Discovery) flush(first bool) {
 // cannot block. With the first snapshot it also marks Discovery synced, before the
 // send, so a reader that has the first snapshot also sees HasSynced and Latest.
 func (d *Discovery) publish(snap *mesh.Snapshot, first bool) {
+	d.reporter.report(d.latest.Load(), snap)
 	d.latest.Store(snap)
 	if first {
 		d.hasSynced.Store(true)

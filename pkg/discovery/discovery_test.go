@@ -204,6 +204,9 @@ func (h *harness) counter(name string, labels map[string]string) float64 {
 			if m.GetHistogram() != nil {
 				return float64(m.GetHistogram().GetSampleCount())
 			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
 			return m.GetCounter().GetValue()
 		}
 	}

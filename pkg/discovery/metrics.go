@@ -20,6 +20,8 @@ type metrics struct {
 	events       *prometheus.CounterVec
 	snapshots    *prometheus.CounterVec
 	buildSeconds prometheus.Histogram
+	apiWrites    *prometheus.CounterVec
+	diagnostics  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,6 +40,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9), // 100µs .. ~6.5s
 		}),
 	}
+	m.apiWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bearkong_kube_api_writes_total",
+		Help: "Writes bearkong made to the Kubernetes API, by resource, verb and result. In steady state it does not move.",
+	}, []string{"resource", "verb", "result"})
+	m.diagnostics = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bearkong_diagnostics",
+		Help: "Problems found in the mesh's objects (invalid annotations, targetPorts that miss the sidecar); see /debug/diagnostics.",
+	})
+	m.apiWrites = register(reg, m.apiWrites)
+	m.diagnostics = register(reg, m.diagnostics)
 	m.events = register(reg, m.events)
 	m.snapshots = register(reg, m.snapshots)
 	m.buildSeconds = register(reg, m.buildSeconds)
@@ -51,6 +63,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, result := range []string{resultPublished, resultUnchanged, resultError} {
 		m.snapshots.WithLabelValues(result)
 	}
+	m.apiWrites.WithLabelValues("events", "create", "ok")
+	m.apiWrites.WithLabelValues("events", "create", "error")
 	return m
 }
 

@@ -42,6 +42,10 @@ type Snapshot struct {
 	// Proxies are the pods that select into at least one meshed Service, keyed by
 	// "namespace/name".
 	Proxies map[string]*Proxy
+	// Diagnostics are the problems found in the objects behind this snapshot (invalid
+	// annotations, targetPorts that miss the sidecar), sorted. bearkong works around them;
+	// it reports them so that nothing breaks silently.
+	Diagnostics []Diagnostic
 	// ChangedAt is when the control plane observed the earliest Kubernetes change folded
 	// into this snapshot. It is the start of the convergence clock.
 	ChangedAt time.Time
@@ -53,6 +57,8 @@ type Service struct {
 	Name      string
 	// Annotations holds only the annotations with AnnotationPrefix.
 	Annotations map[string]string
+	// Policy is parsed from Annotations; an invalid annotation keeps its last good value.
+	Policy Policy
 	// Ports are the Service's ports, in the Service's order.
 	Ports []ServicePort
 	// Endpoints are the ready endpoints, sorted by IP, without duplicates.
@@ -91,6 +97,9 @@ func (p *Proxy) Key() string { return p.Namespace + "/" + p.Name }
 
 // Service returns the Service with the given namespace and name, or nil.
 func (s *Snapshot) Service(namespace, name string) *Service {
+	if s == nil {
+		return nil
+	}
 	i := sort.Search(len(s.Services), func(i int) bool {
 		svc := s.Services[i]
 		if svc.Namespace != namespace {

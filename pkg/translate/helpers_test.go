@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -32,6 +33,7 @@ func sampleSnapshot() *mesh.Snapshot {
 				Namespace:   "default",
 				Name:        "app-1",
 				Annotations: map[string]string{"mesh-timeout": "2s"},
+				Policy:      mesh.Policy{Timeout: 2 * time.Second},
 				Ports:       []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
 				Endpoints:   []mesh.Endpoint{{IP: "10.0.0.11", Pod: "app-1-a"}, {IP: "10.0.0.12", Pod: "app-1-b"}},
 			},

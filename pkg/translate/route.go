@@ -4,6 +4,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"time"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -147,20 +149,28 @@ func InboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfigura
 	}
 }
 
-// inboundRouteAction is where per-service policy for the traffic a proxy receives plugs
-// in. A future `mesh-timeout: 2s` annotation, for example, sets the action's Timeout
-// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout)
-// from services[i].Annotations; a proxy serving several Services needs a deterministic
-// rule to combine their values (the largest timeout, say).
+// inboundRouteAction carries the policy of the Services a proxy serves for the traffic
+// it receives. `mesh-timeout` sets the route timeout, so the callee's sidecar answers
+// 504 when its app is too slow
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout).
+// A pod served by several Services with different timeouts gets the shortest: each
+// Service's promise holds.
 //
-// Rules for what goes here:
-//   - depend only on services: the result is cached by their keys and shared by proxies;
-//   - never fail: a bad annotation value must not take a proxy's whole config down. Parse
-//     and report bad values where the snapshot is built, and leave the field unset (or at
-//     the last good value) here.
+// It depends only on services (the result is cached by their keys and shared by
+// proxies) and never fails: discovery validated the policy, keeping the last good value
+// of an invalid annotation.
 func inboundRouteAction(services []*mesh.Service) *routev3.RouteAction {
-	_ = services // No policy yet.
-	return &routev3.RouteAction{
+	a := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: LocalAppClusterName},
 	}
+	var timeout time.Duration
+	for _, s := range services {
+		if t := s.Policy.Timeout; t > 0 && (timeout == 0 || t < timeout) {
+			timeout = t
+		}
+	}
+	if timeout > 0 {
+		a.Timeout = durationpb.New(timeout)
+	}
+	return a
 }

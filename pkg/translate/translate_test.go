@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -519,5 +520,33 @@ func TestOutboundRoutesBytes(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestInboundTimeoutFromPolicy(t *testing.T) {
+	svc := func(name string, timeout time.Duration) *mesh.Service {
+		return &mesh.Service{Namespace: "default", Name: name, Policy: mesh.Policy{Timeout: timeout}}
+	}
+	cases := []struct {
+		name     string
+		services []*mesh.Service
+		want     time.Duration // 0: no timeout set (Envoy's default)
+	}{
+		{"no policy", []*mesh.Service{svc("a", 0)}, 0},
+		{"mesh-timeout 2s", []*mesh.Service{svc("a", 2*time.Second)}, 2 * time.Second},
+		{"two services: the shortest wins", []*mesh.Service{svc("a", 5*time.Second), svc("b", 2*time.Second), svc("c", 0)}, 2 * time.Second},
+		{"no services", nil, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rc := InboundRouteConfiguration(c.services)
+			action := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()
+			if got := action.GetTimeout().AsDuration(); got != c.want {
+				t.Fatalf("timeout %s, want %s", got, c.want)
+			}
+			if c.want == 0 && action.GetTimeout() != nil {
+				t.Fatalf("timeout set to %s, want unset", action.GetTimeout().AsDuration())
+			}
+		})
 	}
 }

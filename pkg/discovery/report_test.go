@@ -1,0 +1,142 @@
+package discovery
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+// events lists the Events bearkong wrote in namespace a.
+func (h *harness) events() []string {
+	h.t.Helper()
+	list, err := h.client.EventsV1().Events("a").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []string
+	for _, e := range list.Items {
+		if e.ReportingController != reportingController || e.Type != corev1.EventTypeWarning {
+			h.t.Fatalf("unexpected event %+v", e)
+		}
+		out = append(out, e.Regarding.Name+" "+e.Reason+": "+e.Note)
+	}
+	return out
+}
+
+func (h *harness) waitEvents(n int) []string {
+	h.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		evs := h.events()
+		if len(evs) >= n || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestPolicyAndDiagnostics(t *testing.T) {
+	svc := service("a", "app-1", meshed, withAnnotations("mesh-timeout", "2s"))
+	h := newHarness(t, fastOptions(), svc)
+	s := h.start()
+	if got := s.Services[0].Policy.Timeout; got != 2*time.Second {
+		t.Fatalf("timeout %s, want 2s", got)
+	}
+	if evs := h.events(); len(evs) != 0 {
+		t.Fatalf("events for a valid config: %v", evs)
+	}
+
+	steps := []struct {
+		value       string
+		wantTimeout time.Duration
+		wantErr     string // in the diagnostic and the Event; "" means none
+	}{
+		{"banana", 2 * time.Second, "not a duration"},
+		{"-1s", 2 * time.Second, "greater than 0s"},
+		{"0s", 2 * time.Second, "greater than 0s"},
+		{"2h", 2 * time.Second, "at most 1h0m0s"},
+		{"3s", 3 * time.Second, ""},
+		{"", 0, ""}, // annotation removed: back to the default
+	}
+	wantEvents := 0
+	for _, st := range steps {
+		if st.value == "" {
+			delete(svc.Annotations, mesh.AnnotationTimeout)
+		} else {
+			svc.Annotations[mesh.AnnotationTimeout] = st.value
+		}
+		h.update(svc)
+		s = h.next()
+		if got := s.Services[0].Policy.Timeout; got != st.wantTimeout {
+			t.Fatalf("mesh-timeout=%q: timeout %s, want %s", st.value, got, st.wantTimeout)
+		}
+		var invalid []mesh.Diagnostic
+		for _, d := range s.Diagnostics {
+			if d.Reason == mesh.ReasonInvalidAnnotation {
+				invalid = append(invalid, d)
+			}
+		}
+		if st.wantErr == "" {
+			if len(invalid) != 0 {
+				t.Fatalf("mesh-timeout=%q: diagnostics %v", st.value, invalid)
+			}
+			continue
+		}
+		if len(invalid) != 1 || !strings.Contains(invalid[0].Message, st.wantErr) || invalid[0].Name != "app-1" {
+			t.Fatalf("mesh-timeout=%q: diagnostics %v, want one saying %q", st.value, invalid, st.wantErr)
+		}
+		wantEvents++
+		evs := h.waitEvents(wantEvents)
+		if len(evs) != wantEvents || !containsAny(evs, st.wantErr) {
+			t.Fatalf("mesh-timeout=%q: events %v", st.value, evs)
+		}
+	}
+	if got := h.counter("bearkong_kube_api_writes_total", map[string]string{"resource": "events", "verb": "create", "result": "ok"}); got != float64(wantEvents) {
+		t.Fatalf("api writes %v, want %v", got, wantEvents)
+	}
+
+	// A steady invalid value is reported once, not on every rebuild.
+	svc.Annotations[mesh.AnnotationTimeout] = "banana"
+	h.update(svc)
+	h.next()
+	svc.Annotations["unrelated"] = "x"
+	h.update(svc)
+	h.nothing()
+	if evs := h.waitEvents(wantEvents + 1); len(evs) != wantEvents+1 {
+		t.Fatalf("events %v, want %d", evs, wantEvents+1)
+	}
+}
+
+func containsAny(list []string, sub string) bool {
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestTargetPortDiagnostics(t *testing.T) {
+	h := newHarness(t, fastOptions(),
+		service("a", "app-3", meshed, withPorts(corev1.ServicePort{Name: "http", Port: 9090, TargetPort: intstr.FromInt32(5080)})),
+		service("a", "ok", meshed, withPorts(corev1.ServicePort{Name: "http", Port: 9090, TargetPort: intstr.FromInt32(8000)})),
+	)
+	s := h.start()
+	if len(s.Diagnostics) != 1 {
+		t.Fatalf("diagnostics %+v, want one for app-3", s.Diagnostics)
+	}
+	d := s.Diagnostics[0]
+	if d.Name != "app-3" || d.Reason != mesh.ReasonTargetPortMisses || !strings.Contains(d.Message, "targets 5080") || d.Event {
+		t.Fatalf("diagnostic %+v", d)
+	}
+	if got := h.counter("bearkong_diagnostics", nil); got != 1 {
+		t.Fatalf("bearkong_diagnostics = %v", got)
+	}
+}
