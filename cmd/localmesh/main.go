@@ -28,9 +28,10 @@ import (
 
 // apps are the demo services and their replica counts.
 var apps = []struct {
-	name     string
-	replicas int
-}{{"app-1", 1}, {"app-2", 2}, {"app-3", 2}}
+	name       string
+	replicas   int
+	targetPort int32 // 0: the default, the app's port
+}{{"app-1", 1, 0}, {"app-2", 2, 0}, {"app-3", 2, 5080}} // app-3's targetPort points at nothing, as in the original exercise
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
@@ -156,7 +157,7 @@ func run(args []string, out io.Writer) (err error) {
 
 	step("creating services and starting pods (demo app + Envoy each)")
 	for _, a := range apps {
-		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{}); err != nil {
+		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{TargetPort: a.targetPort}); err != nil {
 			return err
 		}
 	}

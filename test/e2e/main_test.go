@@ -25,9 +25,10 @@ import (
 
 // apps are the shared mesh's services and their replica counts.
 var apps = []struct {
-	name     string
-	replicas int
-}{{"app-1", 1}, {"app-2", 2}, {"app-3", 2}}
+	name       string
+	replicas   int
+	targetPort int32 // 0: the default, the app's port
+}{{"app-1", 1, 0}, {"app-2", 2, 0}, {"app-3", 2, 5080}} // app-3's targetPort points at nothing, as in the original exercise
 
 // shared is the mesh every test uses; set up by the first sharedMesh call.
 var shared struct {
@@ -146,7 +147,7 @@ func setup() error {
 		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
 	}
 	for _, a := range apps {
-		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{}); err != nil {
+		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{TargetPort: a.targetPort}); err != nil {
 			return err
 		}
 	}
