@@ -43,6 +43,8 @@ func main() {
 type config struct {
 	binDir, stateDir string
 	promAddr         string
+	xdsAddr          string
+	httpAddr         string
 	noPrometheus     bool
 	envoyLogLevel    string
 }
@@ -53,6 +55,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.binDir, "bin-dir", "", "directory with bearkong, demo-app, envoy, etcd and kube-apiserver (default <repo>/.cache/bin)")
 	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for the cluster's data and every log; wiped at start (default <repo>/.cache/run)")
 	fs.StringVar(&cfg.promAddr, "prometheus-addr", "127.0.0.1:9091", "Prometheus listen address")
+	fs.StringVar(&cfg.xdsAddr, "xds-addr", "127.0.0.1:5000", "the control plane's xDS address")
+	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:9000", "the control plane's HTTP address (/metrics, /debug/streams, /debug/diagnostics)")
 	fs.BoolVar(&cfg.noPrometheus, "no-prometheus", false, "do not start Prometheus")
 	fs.StringVar(&cfg.envoyLogLevel, "envoy-log-level", "warn", "Envoy --log-level")
 	if err := fs.Parse(args); err != nil {
@@ -107,10 +111,13 @@ func run(args []string, out io.Writer) (err error) {
 			return fmt.Errorf("%w (run `make build install` first)", err)
 		}
 	}
-	if !cfg.noPrometheus {
-		l, err := net.Listen("tcp", cfg.promAddr)
+	for _, a := range []struct{ addr, flag string }{{cfg.xdsAddr, "-xds-addr"}, {cfg.httpAddr, "-http-addr"}, {cfg.promAddr, "-prometheus-addr"}} {
+		if a.flag == "-prometheus-addr" && cfg.noPrometheus {
+			continue
+		}
+		l, err := net.Listen("tcp", a.addr)
 		if err != nil {
-			return fmt.Errorf("prometheus address %s is taken (%w); pass -prometheus-addr or -no-prometheus", cfg.promAddr, err)
+			return fmt.Errorf("address %s is taken (%w); pass %s to use another", a.addr, err, a.flag)
 		}
 		l.Close()
 	}
@@ -133,6 +140,8 @@ func run(args []string, out io.Writer) (err error) {
 		EnvoyBin:      filepath.Join(cfg.binDir, "envoy"),
 		DemoAppBin:    filepath.Join(cfg.binDir, "demo-app"),
 		EnvoyLogLevel: cfg.envoyLogLevel,
+		XDSAddr:       cfg.xdsAddr,
+		HTTPAddr:      cfg.httpAddr,
 		Logf:          logf,
 	})
 	if err != nil {
@@ -235,6 +244,7 @@ Poke at it (from %[1]s, whose outbound listener is %[2]s):
 
 Control plane:
   curl -s %[3]s/debug/streams
+  curl -s %[3]s/debug/diagnostics     # app-3's targetPort 5080 misses the sidecar
   curl -s %[3]s/metrics | grep ^bearkong_
 `, first.Name, first.OutboundURL(), cp)
 	if promURL != "" {
@@ -252,6 +262,8 @@ Prometheus: %[1]s
 Kubernetes API: %s
   export KUBECONFIG=%s
   kubectl get pods,services,endpointslices -o wide
+  kubectl annotate service app-2 mesh-timeout=2s    # only app-2's proxies get a new RDS version
+  kubectl annotate --overwrite service app-2 mesh-timeout=banana && kubectl get events    # rejected
 
 Logs under %s. Press Ctrl-C to stop everything.
 `, env.Host, env.Kubeconfig, stateDir)
