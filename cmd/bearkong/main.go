@@ -95,13 +95,14 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if *quiet <= 0 || *maxDelay < *quiet {
 		return fmt.Errorf("need 0 < --quiet-period (%s) <= --max-delay (%s)", *quiet, *maxDelay)
 	}
-	client, err := discovery.NewClient(*kubeconfig)
+	client, gateway, err := discovery.NewClients(*kubeconfig)
 	if err != nil {
 		return err
 	}
 	reg := controlplane.NewRegistry()
 	disc := discovery.New(client, discovery.Options{
 		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
+		GatewayClient: gateway,
 	})
 	cp := controlplane.New(disc, controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -26,10 +28,10 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 // reads only; the objects in a lister's cache are shared and must not be modified, so
 // everything in the snapshot is copied out of them. prev is the last published snapshot
 // (or nil): an invalid policy annotation keeps the value it had there.
-func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, prev *mesh.Snapshot) (*mesh.Snapshot, error) {
+func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, prev *mesh.Snapshot) (*mesh.Snapshot, []routeStatus, error) {
 	svcs, err := services.List(meshedSelector)
 	if err != nil {
-		return nil, fmt.Errorf("list services: %w", err)
+		return nil, nil, fmt.Errorf("list services: %w", err)
 	}
 	sort.Slice(svcs, func(i, j int) bool {
 		if svcs[i].Namespace != svcs[j].Namespace {
@@ -59,7 +61,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms)...)
 		ms.Endpoints, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		snap.Services = append(snap.Services, ms)
 
@@ -70,7 +72,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		}
 		selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
 		if err != nil {
-			return nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
+			return nil, nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
 		}
 		for _, pod := range selected {
 			key := pod.Namespace + "/" + pod.Name
@@ -87,8 +89,26 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 	for _, p := range snap.Proxies {
 		sort.Strings(p.Services)
 	}
+	var statuses []routeStatus
+	if routes != nil {
+		list, err := routes.List(labels.Everything())
+		if err != nil {
+			return nil, nil, fmt.Errorf("list httproutes: %w", err)
+		}
+		meshed := make(map[string]*mesh.Service, len(snap.Services))
+		for _, s := range snap.Services {
+			meshed[s.Key()] = s
+		}
+		var rules map[string][]mesh.RouteRule
+		var diags []mesh.Diagnostic
+		rules, statuses, diags = routeRules(list, meshed)
+		for k, rs := range rules {
+			meshed[k].Routes = rs
+		}
+		snap.Diagnostics = append(snap.Diagnostics, diags...)
+	}
 	mesh.SortDiagnostics(snap.Diagnostics)
-	return snap, nil
+	return snap, statuses, nil
 }
 
 // meshAnnotations keeps only the annotations that carry mesh policy, so that changing
@@ -210,6 +230,7 @@ func sameService(a, b *mesh.Service) bool {
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
 		a.Policy == b.Policy &&
+		reflect.DeepEqual(a.Routes, b.Routes) &&
 		slices.Equal(a.Ports, b.Ports) &&
 		slices.Equal(a.Endpoints, b.Endpoints)
 }

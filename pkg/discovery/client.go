@@ -6,21 +6,27 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 )
 
-// NewClient returns a Kubernetes client. With kubeconfig empty it uses the in-cluster
-// config when running in a pod, then $KUBECONFIG, then ~/.kube/config.
-func NewClient(kubeconfig string) (kubernetes.Interface, error) {
+// NewClients returns a Kubernetes client and a Gateway API client. With kubeconfig empty
+// it uses the in-cluster config when running in a pod, then $KUBECONFIG, then
+// ~/.kube/config.
+func NewClients(kubeconfig string) (kubernetes.Interface, gwclient.Interface, error) {
 	cfg, err := restConfig(kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.UserAgent = "bearkong"
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return c, nil
+	gw, err := gwclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gateway API client: %w", err)
+	}
+	return c, gw, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,10 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -42,6 +47,7 @@ const (
 	kindService       = "service"
 	kindEndpointSlice = "endpointslice"
 	kindPod           = "pod"
+	kindHTTPRoute     = "httproute"
 
 	eventAdd    = "add"
 	eventUpdate = "update"
@@ -64,6 +70,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the package's metrics. Nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// GatewayClient, when set, makes discovery watch HTTPRoutes (gateway.networking.k8s.io)
+	// attached to meshed Services and write their status. If the Gateway API CRDs are
+	// not installed, HTTPRoutes are ignored, with a log line.
+	GatewayClient gwclient.Interface
 }
 
 // Discovery watches Services, EndpointSlices and Pods and publishes mesh snapshots.
@@ -76,6 +86,12 @@ type Discovery struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	pods     corelisters.PodLister
+	// routes is nil unless HTTPRoutes are watched (see Run).
+	routes       gwlisters.HTTPRouteLister
+	client       kubernetes.Interface
+	gwFactory    gwinformers.SharedInformerFactory
+	routeLister  gwlisters.HTTPRouteLister
+	routesSynced cache.InformerSynced
 	// synced reports whether each handler registration has seen its informer's initial
 	// list; it is stricter than the informers' own HasSynced.
 	synced []cache.InformerSynced
@@ -126,7 +142,8 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		kick:    make(chan struct{}, 1),
 		out:     make(chan *mesh.Snapshot, 1),
 	}
-	d.reporter = newReporter(d, client)
+	d.reporter = newReporter(d, client, opts.GatewayClient)
+	d.client = client
 
 	svcInf := d.factory.Core().V1().Services()
 	sliceInf := d.factory.Discovery().V1().EndpointSlices()
@@ -150,7 +167,37 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		}
 		d.synced = append(d.synced, reg.HasSynced)
 	}
+	if opts.GatewayClient != nil {
+		d.gwFactory = gwinformers.NewSharedInformerFactory(opts.GatewayClient, opts.ResyncPeriod)
+		inf := d.gwFactory.Gateway().V1().HTTPRoutes()
+		d.routeLister = inf.Lister()
+		reg, err := inf.Informer().AddEventHandler(d.handler(kindHTTPRoute))
+		if err != nil {
+			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: add %s event handler: %w", kindHTTPRoute, err))
+		} else {
+			d.routesSynced = reg.HasSynced
+		}
+	}
 	return d
+}
+
+// watchRoutes reports whether the cluster serves HTTPRoutes. Without the Gateway API
+// CRDs an informer would never sync, and bearkong would never become ready.
+func (d *Discovery) watchRoutes() bool {
+	if d.gwFactory == nil {
+		return false
+	}
+	list, err := d.client.Discovery().ServerResourcesForGroupVersion(gwv1.GroupVersion.String())
+	if err == nil {
+		for _, r := range list.APIResources {
+			if r.Name == "httproutes" {
+				return true
+			}
+		}
+	}
+	d.log.Warn("the Gateway API CRDs are not installed: HTTPRoutes are ignored; install them and restart bearkong to use them",
+		"group_version", gwv1.GroupVersion.String(), "err", err)
+	return false
 }
 
 // Snapshots delivers published snapshots. It holds at most one: a reader that falls
@@ -176,13 +223,20 @@ func (d *Discovery) Run(ctx context.Context) error {
 		return d.regErr
 	}
 
+	synced := d.synced
+	if d.watchRoutes() {
+		d.routes = d.routeLister
+		synced = append(slices.Clone(synced), d.routesSynced)
+		d.gwFactory.Start(ctx.Done())
+		defer d.gwFactory.Shutdown()
+	}
 	d.factory.Start(ctx.Done())
 	// Shutdown waits for the informer goroutines, so nothing outlives Run. It runs after
 	// ctx is done (Run only returns then), which is what stops the informers.
 	defer d.factory.Shutdown()
 
 	d.log.Info("waiting for informer caches to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), d.synced...) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		err := ctx.Err()
 		if err == nil {
 			err = errors.New("stopped")
@@ -304,7 +358,7 @@ func (d *Discovery) flush(first bool) {
 	d.mu.Unlock()
 
 	start := time.Now()
-	snap, err := build(d.services, d.slices, d.pods, d.latest.Load())
+	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, d.latest.Load())
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
 	if err != nil {
@@ -319,6 +373,9 @@ func (d *Discovery) flush(first bool) {
 		changedAt = start
 	}
 	snap.ChangedAt = changedAt
+	// Route statuses are compared with what the routes say on every build, published
+	// or not: someone may have changed a status, and only a difference is written.
+	d.reporter.syncRouteStatuses(statuses)
 
 	if !first && sameMeaning(d.latest.Load(), snap) {
 		d.metrics.snapshots.WithLabelValues(resultUnchanged).Inc()

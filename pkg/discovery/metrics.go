@@ -55,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.buildSeconds = register(reg, m.buildSeconds)
 
 	// Create every series up front so that dashboards and rate() see zeros, not gaps.
-	for _, kind := range []string{kindService, kindEndpointSlice, kindPod} {
+	for _, kind := range []string{kindService, kindEndpointSlice, kindPod, kindHTTPRoute} {
 		for _, event := range []string{eventAdd, eventUpdate, eventDelete} {
 			m.events.WithLabelValues(kind, event)
 		}
@@ -65,6 +65,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.apiWrites.WithLabelValues("events", "create", "ok")
 	m.apiWrites.WithLabelValues("events", "create", "error")
+	m.apiWrites.WithLabelValues("httproutes/status", "update", "ok")
+	m.apiWrites.WithLabelValues("httproutes/status", "update", "error")
 	return m
 }
 

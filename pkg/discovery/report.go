@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"reflect"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -23,16 +27,23 @@ const reportingController = "bearkong.dev/control-plane"
 type reporter struct {
 	d        *Discovery
 	client   kubernetes.Interface
+	gw       gwclient.Interface
 	instance string
 	queue    chan mesh.Diagnostic
+
+	// statuses holds the route statuses to write, by "namespace/name"; the newest wins.
+	mu       sync.Mutex
+	statuses map[string]routeStatus
+	kick     chan struct{}
 }
 
-func newReporter(d *Discovery, client kubernetes.Interface) *reporter {
+func newReporter(d *Discovery, client kubernetes.Interface, gw gwclient.Interface) *reporter {
 	instance, err := os.Hostname()
 	if err != nil || instance == "" {
 		instance = "bearkong"
 	}
-	return &reporter{d: d, client: client, instance: instance, queue: make(chan mesh.Diagnostic, 256)}
+	return &reporter{d: d, client: client, gw: gw, instance: instance, queue: make(chan mesh.Diagnostic, 256),
+		statuses: map[string]routeStatus{}, kick: make(chan struct{}, 1)}
 }
 
 // report logs and queues the diagnostics of next that prev did not have.
@@ -69,6 +80,14 @@ func (r *reporter) run(ctx context.Context) {
 			return
 		case dg := <-r.queue:
 			r.writeEvent(ctx, dg)
+		case <-r.kick:
+			r.mu.Lock()
+			pending := r.statuses
+			r.statuses = map[string]routeStatus{}
+			r.mu.Unlock()
+			for _, st := range pending {
+				r.writeRouteStatus(ctx, st)
+			}
 		}
 	}
 }
@@ -109,4 +128,108 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return fmt.Sprintf("%s...", s[:n-3])
+}
+
+// syncRouteStatuses queues the statuses that differ from what the routes in the
+// informer cache say. Equal statuses cost nothing, so a steady mesh writes nothing.
+func (r *reporter) syncRouteStatuses(want []routeStatus) {
+	if r.d.routes == nil {
+		return
+	}
+	queued := false
+	for _, st := range want {
+		rt, err := r.d.routes.HTTPRoutes(st.Namespace).Get(st.Name)
+		if err != nil || sameParents(ours(rt.Status.Parents), st.Parents) {
+			continue
+		}
+		r.mu.Lock()
+		r.statuses[st.Namespace+"/"+st.Name] = st
+		r.mu.Unlock()
+		queued = true
+	}
+	if queued {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ours returns the parent statuses bearkong wrote.
+func ours(parents []gwv1.RouteParentStatus) []gwv1.RouteParentStatus {
+	var out []gwv1.RouteParentStatus
+	for _, p := range parents {
+		if p.ControllerName == ControllerName {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// sameParents compares written statuses with wanted ones, ignoring transition times.
+func sameParents(have []gwv1.RouteParentStatus, want []parentStatus) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i, w := range want {
+		h := have[i]
+		if !reflect.DeepEqual(h.ParentRef, w.Ref) || len(h.Conditions) != 2 {
+			return false
+		}
+		for j, c := range []metav1.Condition{w.Accepted, w.Resolved} {
+			hc := h.Conditions[j]
+			if hc.Type != c.Type || hc.Status != c.Status || hc.Reason != c.Reason || hc.Message != c.Message || hc.ObservedGeneration != c.ObservedGeneration {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// writeRouteStatus replaces bearkong's parent statuses on one route, keeping the other
+// controllers' entries, and each condition's transition time while its status holds.
+func (r *reporter) writeRouteStatus(ctx context.Context, st routeStatus) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	routes := r.gw.GatewayV1().HTTPRoutes(st.Namespace)
+	rt, err := routes.Get(ctx, st.Name, metav1.GetOptions{})
+	if err != nil {
+		return // deleted meanwhile, or the API is away: the next build tries again
+	}
+	if sameParents(ours(rt.Status.Parents), st.Parents) {
+		return
+	}
+	old := ours(rt.Status.Parents)
+	var parents []gwv1.RouteParentStatus
+	for _, p := range rt.Status.Parents {
+		if p.ControllerName != ControllerName {
+			parents = append(parents, p)
+		}
+	}
+	now := metav1.NewTime(time.Now())
+	for _, p := range st.Parents {
+		conds := []metav1.Condition{p.Accepted, p.Resolved}
+		for i := range conds {
+			conds[i].LastTransitionTime = now
+			for _, o := range old {
+				if !reflect.DeepEqual(o.ParentRef, p.Ref) {
+					continue
+				}
+				for _, oc := range o.Conditions {
+					if oc.Type == conds[i].Type && oc.Status == conds[i].Status {
+						conds[i].LastTransitionTime = oc.LastTransitionTime
+					}
+				}
+			}
+		}
+		parents = append(parents, gwv1.RouteParentStatus{ParentRef: p.Ref, ControllerName: ControllerName, Conditions: conds})
+	}
+	rt.Status.Parents = parents
+	if _, err := routes.UpdateStatus(ctx, rt, metav1.UpdateOptions{}); err != nil {
+		r.d.metrics.apiWrites.WithLabelValues("httproutes/status", "update", "error").Inc()
+		r.d.log.Warn("cannot write HTTPRoute status", "route", st.Namespace+"/"+st.Name, "err", err)
+		return
+	}
+	r.d.metrics.apiWrites.WithLabelValues("httproutes/status", "update", "ok").Inc()
+	r.d.log.Info("HTTPRoute status written", "route", st.Namespace+"/"+st.Name)
 }

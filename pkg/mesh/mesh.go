@@ -59,6 +59,9 @@ type Service struct {
 	Annotations map[string]string
 	// Policy is parsed from Annotations; an invalid annotation keeps its last good value.
 	Policy Policy
+	// Routes are the rules of the HTTPRoutes attached to this Service, in precedence
+	// order; nil means plain routing to the Service.
+	Routes []RouteRule
 	// Ports are the Service's ports, in the Service's order.
 	Ports []ServicePort
 	// Endpoints are the ready endpoints, sorted by IP, without duplicates.

@@ -16,6 +16,18 @@ const (
 	AnnotationTimeout = "mesh-timeout"
 	// MaxTimeout is the largest accepted mesh-timeout.
 	MaxTimeout = time.Hour
+
+	// Outlier detection on the Service's cluster, in every caller: ejects an endpoint
+	// after consecutive 5xx answers. Setting any of them turns it on.
+	AnnotationOutlierConsecutive5xx     = "mesh-outlier-consecutive-5xx"      // 1..1000 (Envoy default 5)
+	AnnotationOutlierInterval           = "mesh-outlier-interval"             // duration, (0, 1h] (default 10s)
+	AnnotationOutlierBaseEjectionTime   = "mesh-outlier-base-ejection-time"   // duration, (0, 1h] (default 30s)
+	AnnotationOutlierMaxEjectionPercent = "mesh-outlier-max-ejection-percent" // 1..100 (default 10; one endpoint can always be ejected)
+
+	// Circuit-breaker limits on the Service's cluster, in every caller.
+	AnnotationMaxConnections     = "mesh-max-connections"      // 1..1000000 (Envoy default 1024)
+	AnnotationMaxPendingRequests = "mesh-max-pending-requests" // 1..1000000 (default 1024)
+	AnnotationMaxRequests        = "mesh-max-requests"         // 1..1000000 (default 1024)
 )
 
 // Policy is a Service's mesh policy, parsed and validated. The zero value is the
@@ -23,6 +35,19 @@ const (
 type Policy struct {
 	// Timeout is the inbound request timeout; 0 means Envoy's default (15s).
 	Timeout time.Duration
+	// Outlier detection; zero fields keep Envoy's defaults.
+	Outlier OutlierDetection
+	// Circuit-breaker thresholds; 0 keeps Envoy's default.
+	MaxConnections, MaxPendingRequests, MaxRequests uint32
+}
+
+// OutlierDetection configures ejection of failing endpoints.
+type OutlierDetection struct {
+	Enabled            bool
+	Consecutive5xx     uint32
+	Interval           time.Duration
+	BaseEjectionTime   time.Duration
+	MaxEjectionPercent uint32
 }
 
 // policyField is one annotation: how to parse it into a Policy, and how to keep the last
@@ -33,7 +58,61 @@ type policyField struct {
 	keep  func(dst *Policy, prev Policy)
 }
 
+// durationField and intField build the usual kinds of field.
+func durationField(key string, max time.Duration, set func(*Policy) *time.Duration, outlier bool) policyField {
+	return policyField{
+		key: key,
+		parse: func(v string, p *Policy) error {
+			d, err := parseDuration(v, 0, max)
+			*set(p) = d
+			if err == nil && outlier {
+				p.Outlier.Enabled = true
+			}
+			return err
+		},
+		keep: func(dst *Policy, prev Policy) {
+			*set(dst) = *set(&prev)
+			if outlier && prev.Outlier.Enabled {
+				dst.Outlier.Enabled = true
+			}
+		},
+	}
+}
+
+func intField(key string, min, max uint32, set func(*Policy) *uint32, outlier bool) policyField {
+	return policyField{
+		key: key,
+		parse: func(v string, p *Policy) error {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			if err != nil {
+				return fmt.Errorf("not a whole number")
+			}
+			if uint32(n) < min || uint32(n) > max || n > uint64(max) {
+				return fmt.Errorf("must be from %d to %d", min, max)
+			}
+			*set(p) = uint32(n)
+			if outlier {
+				p.Outlier.Enabled = true
+			}
+			return nil
+		},
+		keep: func(dst *Policy, prev Policy) {
+			*set(dst) = *set(&prev)
+			if outlier && prev.Outlier.Enabled {
+				dst.Outlier.Enabled = true
+			}
+		},
+	}
+}
+
 var policyFields = []policyField{
+	durationField(AnnotationOutlierInterval, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.Interval }, true),
+	durationField(AnnotationOutlierBaseEjectionTime, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.BaseEjectionTime }, true),
+	intField(AnnotationOutlierConsecutive5xx, 1, 1000, func(p *Policy) *uint32 { return &p.Outlier.Consecutive5xx }, true),
+	intField(AnnotationOutlierMaxEjectionPercent, 1, 100, func(p *Policy) *uint32 { return &p.Outlier.MaxEjectionPercent }, true),
+	intField(AnnotationMaxConnections, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxConnections }, false),
+	intField(AnnotationMaxPendingRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxPendingRequests }, false),
+	intField(AnnotationMaxRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxRequests }, false),
 	{
 		key: AnnotationTimeout,
 		parse: func(v string, p *Policy) error {
@@ -106,12 +185,36 @@ func ParsePolicy(namespace, name string, annotations map[string]string, prev Pol
 
 // describe renders the value of one field for messages.
 func describe(key string, p Policy) string {
+	var v any
 	switch key {
 	case AnnotationTimeout:
-		if p.Timeout == 0 {
+		v = p.Timeout
+	case AnnotationOutlierInterval:
+		v = p.Outlier.Interval
+	case AnnotationOutlierBaseEjectionTime:
+		v = p.Outlier.BaseEjectionTime
+	case AnnotationOutlierConsecutive5xx:
+		v = p.Outlier.Consecutive5xx
+	case AnnotationOutlierMaxEjectionPercent:
+		v = p.Outlier.MaxEjectionPercent
+	case AnnotationMaxConnections:
+		v = p.MaxConnections
+	case AnnotationMaxPendingRequests:
+		v = p.MaxPendingRequests
+	case AnnotationMaxRequests:
+		v = p.MaxRequests
+	}
+	switch x := v.(type) {
+	case time.Duration:
+		if x == 0 {
 			return "none: the default"
 		}
-		return p.Timeout.String()
+		return x.String()
+	case uint32:
+		if x == 0 {
+			return "none: the default"
+		}
+		return strconv.FormatUint(uint64(x), 10)
 	}
 	return "?"
 }

@@ -7,7 +7,8 @@ import (
 )
 
 func TestParsePolicy(t *testing.T) {
-	prev := Policy{Timeout: 2 * time.Second}
+	prev := Policy{Timeout: 2 * time.Second, MaxRequests: 7}
+	keepTimeout := Policy{Timeout: 2 * time.Second}
 	cases := []struct {
 		name        string
 		annotations map[string]string
@@ -19,13 +20,24 @@ func TestParsePolicy(t *testing.T) {
 		{"valid timeout", map[string]string{AnnotationTimeout: "3s"}, Policy{Timeout: 3 * time.Second}, nil, ""},
 		{"spaces around a valid value", map[string]string{AnnotationTimeout: " 500ms "}, Policy{Timeout: 500 * time.Millisecond}, nil, ""},
 		{"the maximum", map[string]string{AnnotationTimeout: "1h"}, Policy{Timeout: time.Hour}, nil, ""},
-		{"not a duration keeps the last good value", map[string]string{AnnotationTimeout: "banana"}, prev, []string{ReasonInvalidAnnotation}, "not a duration"},
-		{"negative", map[string]string{AnnotationTimeout: "-1s"}, prev, []string{ReasonInvalidAnnotation}, "greater than 0s"},
-		{"zero", map[string]string{AnnotationTimeout: "0s"}, prev, []string{ReasonInvalidAnnotation}, "greater than 0s"},
-		{"above the maximum", map[string]string{AnnotationTimeout: "61m"}, prev, []string{ReasonInvalidAnnotation}, "at most 1h0m0s"},
-		{"a number without a unit", map[string]string{AnnotationTimeout: "2"}, prev, []string{ReasonInvalidAnnotation}, "not a duration"},
-		{"unknown mesh annotation", map[string]string{"mesh-timout": "2s"}, Policy{}, []string{ReasonUnknownAnnotation}, "known: mesh-timeout"},
+		{"not a duration keeps the last good value", map[string]string{AnnotationTimeout: "banana"}, keepTimeout, []string{ReasonInvalidAnnotation}, "not a duration"},
+		{"negative", map[string]string{AnnotationTimeout: "-1s"}, keepTimeout, []string{ReasonInvalidAnnotation}, "greater than 0s"},
+		{"zero", map[string]string{AnnotationTimeout: "0s"}, keepTimeout, []string{ReasonInvalidAnnotation}, "greater than 0s"},
+		{"above the maximum", map[string]string{AnnotationTimeout: "61m"}, keepTimeout, []string{ReasonInvalidAnnotation}, "at most 1h0m0s"},
+		{"a number without a unit", map[string]string{AnnotationTimeout: "2"}, keepTimeout, []string{ReasonInvalidAnnotation}, "not a duration"},
+		{"unknown mesh annotation", map[string]string{"mesh-timout": "2s"}, Policy{}, []string{ReasonUnknownAnnotation}, "mesh-timeout); it is ignored"},
+		{"outlier detection", map[string]string{AnnotationOutlierConsecutive5xx: "3", AnnotationOutlierInterval: "1s", AnnotationOutlierBaseEjectionTime: "30s", AnnotationOutlierMaxEjectionPercent: "50"},
+			Policy{Outlier: OutlierDetection{Enabled: true, Consecutive5xx: 3, Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 50}}, nil, ""},
+		{"one outlier annotation turns it on", map[string]string{AnnotationOutlierConsecutive5xx: "3"}, Policy{Outlier: OutlierDetection{Enabled: true, Consecutive5xx: 3}}, nil, ""},
+		{"circuit breakers", map[string]string{AnnotationMaxConnections: "10", AnnotationMaxPendingRequests: "5", AnnotationMaxRequests: "20"},
+			Policy{MaxConnections: 10, MaxPendingRequests: 5, MaxRequests: 20}, nil, ""},
+		{"a percent above 100", map[string]string{AnnotationOutlierMaxEjectionPercent: "150"}, Policy{}, []string{ReasonInvalidAnnotation}, "from 1 to 100"},
+		{"a count that is not a number", map[string]string{AnnotationMaxRequests: "lots"}, Policy{MaxRequests: 7}, []string{ReasonInvalidAnnotation}, "not a whole number"},
+		{"a negative count", map[string]string{AnnotationOutlierConsecutive5xx: "-3"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number"},
+		{"an invalid count keeps the last good count", map[string]string{AnnotationMaxRequests: "0"}, Policy{MaxRequests: 7}, []string{ReasonInvalidAnnotation}, "keeping the last valid value (7)"},
+		{"zero connections", map[string]string{AnnotationMaxConnections: "0"}, Policy{}, []string{ReasonInvalidAnnotation}, "from 1 to 1000000"},
 	}
+	// Only the invalid field keeps its last good value; the others follow the annotations.
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			got, diags := ParsePolicy("default", "app-1", c.annotations, prev)

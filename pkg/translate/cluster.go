@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -34,7 +35,7 @@ func ClusterName(svc *mesh.Service) string { return svc.Name + "." + svc.Namespa
 // make Envoy drain its connection pools:
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-msg-config-cluster-v3-cluster-edsclusterconfig
 func Cluster(svc *mesh.Service) *clusterv3.Cluster {
-	return &clusterv3.Cluster{
+	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		// service_name is left empty: the ClusterLoadAssignment then has the cluster's
@@ -43,6 +44,46 @@ func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 		ConnectTimeout:   durationpb.New(connectTimeout),
 		LbPolicy:         clusterv3.Cluster_ROUND_ROBIN,
 	}
+	p := svc.Policy
+	c.OutlierDetection = OutlierDetection(p.Outlier)
+	if p.MaxConnections > 0 || p.MaxPendingRequests > 0 || p.MaxRequests > 0 {
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/circuit_breaker.proto
+		t := &clusterv3.CircuitBreakers_Thresholds{}
+		if p.MaxConnections > 0 {
+			t.MaxConnections = wrapperspb.UInt32(p.MaxConnections)
+		}
+		if p.MaxPendingRequests > 0 {
+			t.MaxPendingRequests = wrapperspb.UInt32(p.MaxPendingRequests)
+		}
+		if p.MaxRequests > 0 {
+			t.MaxRequests = wrapperspb.UInt32(p.MaxRequests)
+		}
+		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
+	}
+	return c
+}
+
+// OutlierDetection returns Envoy's outlier detection for a Service's policy, or nil when
+// it is off. Unset fields keep Envoy's defaults:
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/outlier_detection.proto
+func OutlierDetection(o mesh.OutlierDetection) *clusterv3.OutlierDetection {
+	if !o.Enabled {
+		return nil
+	}
+	od := &clusterv3.OutlierDetection{}
+	if o.Consecutive5xx > 0 {
+		od.Consecutive_5Xx = wrapperspb.UInt32(o.Consecutive5xx)
+	}
+	if o.Interval > 0 {
+		od.Interval = durationpb.New(o.Interval)
+	}
+	if o.BaseEjectionTime > 0 {
+		od.BaseEjectionTime = durationpb.New(o.BaseEjectionTime)
+	}
+	if o.MaxEjectionPercent > 0 {
+		od.MaxEjectionPercent = wrapperspb.UInt32(o.MaxEjectionPercent)
+	}
+	return od
 }
 
 // ClusterLoadAssignment returns the endpoints of a meshed Service: each ready endpoint at

@@ -42,6 +42,27 @@ func sampleSnapshot() *mesh.Snapshot {
 				Name:      "app-2",
 				Ports:     []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "8000", Protocol: "TCP"}},
 				Endpoints: []mesh.Endpoint{{IP: "10.0.0.21", Pod: "app-2-a"}},
+				// Every destination policy, so that the golden files cover them.
+				Policy: mesh.Policy{
+					Outlier:        mesh.OutlierDetection{Enabled: true, Consecutive5xx: 3, Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
+					MaxConnections: 100, MaxPendingRequests: 10, MaxRequests: 200,
+				},
+				// HTTPRoute rules in precedence order: every match kind, a canary split with
+				// a timeout and retries, a per-try timeout, and an invalid backend.
+				Routes: []mesh.RouteRule{
+					{Route: "default/app-2", Rule: 1, Path: mesh.PathMatch{Type: "Exact", Value: "/healthz"}, Method: "GET",
+						Backends: []mesh.Backend{{Namespace: "default", Name: "app-2", Weight: 1, Valid: true}}},
+					{Route: "default/app-2", Rule: 2, Path: mesh.PathMatch{Type: "RegularExpression", Value: "/v[0-9]+/.*"},
+						QueryParams: []mesh.ValueMatch{{Type: "Exact", Name: "debug", Value: "1"}},
+						Backends:    []mesh.Backend{{Namespace: "default", Name: "missing", Weight: 1}}},
+					{Route: "default/app-2", Rule: 0, Path: mesh.PathMatch{Type: "PathPrefix", Value: "/"},
+						Headers:  []mesh.ValueMatch{{Type: "Exact", Name: "X-Version", Value: "v2"}},
+						Backends: []mesh.Backend{{Namespace: "default", Name: "app-2", Weight: 1, Valid: true}}, BackendTimeout: 500 * time.Millisecond},
+					{Route: "default/app-2", Rule: 3, Path: mesh.PathMatch{Type: "PathPrefix", Value: "/"},
+						Backends: []mesh.Backend{{Namespace: "default", Name: "app-1", Weight: 80, Valid: true}, {Namespace: "default", Name: "app-2", Weight: 20, Valid: true}},
+						Timeout:  time.Second, TimeoutSet: true,
+						Retry:    mesh.Retry{Attempts: 5, Codes: []int{503}, Backoff: 25 * time.Millisecond}},
+				},
 			},
 			{
 				Namespace: "team-b",

@@ -1,11 +1,15 @@
 package translate
 
 import (
+	"fmt"
+	"strings"
+	"time"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"time"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -33,7 +37,7 @@ const (
 func OutboundRouteConfiguration(snap *mesh.Snapshot, namespace string) *routev3.RouteConfiguration {
 	var routes []*routev3.Route
 	routes = append(routes, localRoutes(snap.Services, namespace)...)
-	routes = append(routes, serviceRoutes(snap.Services)...)
+	routes = append(routes, fullNameRoutes(snap.Services)...)
 	routes = append(routes, notFoundRoutes...)
 	vh := outboundVirtualHost()
 	vh.Routes = routes
@@ -47,6 +51,10 @@ func outboundRouteConfiguration(vh *routev3.VirtualHost) *routev3.RouteConfigura
 	return &routev3.RouteConfiguration{
 		Name:         OutboundRouteName,
 		VirtualHosts: []*routev3.VirtualHost{vh},
+		// Routes may name clusters that do not exist: the backends an HTTPRoute names
+		// but cannot use, whose share of traffic Envoy answers with 500. That is RDS's
+		// default; saying it keeps an inlined copy of this config valid too.
+		ValidateClusters: wrapperspb.Bool(false),
 	}
 }
 
@@ -64,7 +72,7 @@ func localRoutes(services []*mesh.Service, namespace string) []*routev3.Route {
 	var routes []*routev3.Route
 	for _, svc := range services {
 		if svc.Namespace == namespace {
-			routes = append(routes, serviceRoute(svc.Name, svc))
+			routes = append(routes, serviceRoutes(svc.Name, svc)...)
 		}
 	}
 	return routes
@@ -72,10 +80,10 @@ func localRoutes(services []*mesh.Service, namespace string) []*routev3.Route {
 
 // serviceRoutes returns the full-name route of every Service, in order. These routes are
 // the same in every namespace.
-func serviceRoutes(services []*mesh.Service) []*routev3.Route {
-	routes := make([]*routev3.Route, len(services))
-	for i, svc := range services {
-		routes[i] = serviceRoute(ClusterName(svc), svc)
+func fullNameRoutes(services []*mesh.Service) []*routev3.Route {
+	routes := make([]*routev3.Route, 0, len(services))
+	for _, svc := range services {
+		routes = append(routes, serviceRoutes(ClusterName(svc), svc)...)
 	}
 	return routes
 }
@@ -90,26 +98,135 @@ var notFoundRoutes = []*routev3.Route{
 	notFoundRoute("missing-service-header", MissingServiceHeaderBody),
 }
 
-// serviceRoute sends requests whose "service" header equals value to svc's cluster.
-// Per-service outbound policy (retries, timeouts seen by the caller) would plug in here.
-func serviceRoute(value string, svc *mesh.Service) *routev3.Route {
-	return &routev3.Route{
-		Name: value,
-		Match: &routev3.RouteMatch{
-			PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
-			// string_match, not the deprecated exact_match:
-			// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher
-			Headers: []*routev3.HeaderMatcher{{
-				Name: mesh.ServiceHeader,
-				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-					MatchPattern: &matcherv3.StringMatcher_Exact{Exact: value},
-				}},
+// serviceRoutes returns the routes for requests whose "service" header equals value:
+// one route to svc's cluster, or, when HTTPRoutes are attached to svc, a route per rule
+// match in precedence order and then a 404 for requests that match no rule.
+func serviceRoutes(value string, svc *mesh.Service) []*routev3.Route {
+	if len(svc.Routes) == 0 {
+		return []*routev3.Route{{
+			Name: value,
+			Match: &routev3.RouteMatch{
+				PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				Headers:       []*routev3.HeaderMatcher{serviceHeader(value)},
+			},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
 			}},
-		},
-		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
-		}},
+		}}
 	}
+	routes := make([]*routev3.Route, 0, len(svc.Routes)+1)
+	for _, r := range svc.Routes {
+		routes = append(routes, ruleRoute(value, r))
+	}
+	return append(routes, notFoundRoute(value+"|no-rule",
+		fmt.Sprintf("bearkong: no rule of the HTTPRoutes attached to service %s matches this request\n", svc.Key()),
+		serviceHeader(value)))
+}
+
+// serviceHeader matches the "service" header exactly. string_match, not the deprecated
+// exact_match:
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher
+func serviceHeader(value string) *routev3.HeaderMatcher {
+	return &routev3.HeaderMatcher{
+		Name:                 mesh.ServiceHeader,
+		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact(value)},
+	}
+}
+
+func exact(v string) *matcherv3.StringMatcher {
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: v}}
+}
+
+func stringMatcher(typ, v string) *matcherv3.StringMatcher {
+	if typ == "RegularExpression" {
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: v}}}
+	}
+	return exact(v)
+}
+
+// ruleRoute is the Envoy route of one HTTPRoute rule match, for requests to the Service
+// named value. Gateway API semantics map onto Envoy's route match and action:
+// https://gateway-api.sigs.k8s.io/reference/spec/#httproutematch
+func ruleRoute(value string, r mesh.RouteRule) *routev3.Route {
+	m := &routev3.RouteMatch{Headers: []*routev3.HeaderMatcher{serviceHeader(value)}}
+	switch r.Path.Type {
+	case "Exact":
+		m.PathSpecifier = &routev3.RouteMatch_Path{Path: r.Path.Value}
+	case "RegularExpression":
+		m.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: r.Path.Value}}
+	default:
+		// PathPrefix matches whole path elements: "/foo" matches "/foo" and "/foo/bar",
+		// not "/foobar"; a trailing slash is ignored.
+		if p := strings.TrimRight(r.Path.Value, "/"); p != "" {
+			m.PathSpecifier = &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: p}
+		} else {
+			m.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/"}
+		}
+	}
+	if r.Method != "" {
+		m.Headers = append(m.Headers, &routev3.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact(r.Method)}})
+	}
+	for _, h := range r.Headers {
+		// Envoy keeps header names in lower case; Gateway API header names are case-insensitive.
+		m.Headers = append(m.Headers, &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: stringMatcher(h.Type, h.Value)}})
+	}
+	for _, q := range r.QueryParams {
+		m.QueryParameters = append(m.QueryParameters, &routev3.QueryParameterMatcher{Name: q.Name, QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_StringMatch{StringMatch: stringMatcher(q.Type, q.Value)}})
+	}
+	name := fmt.Sprintf("%s|%s|rule-%d|match-%d", value, r.Route, r.Rule, r.Match)
+
+	var clusters []*routev3.WeightedCluster_ClusterWeight
+	for _, b := range r.Backends {
+		if b.Weight <= 0 {
+			continue
+		}
+		cluster := b.Name + "." + b.Namespace
+		if !b.Valid {
+			// A cluster that never exists: Envoy answers its share with
+			// cluster_not_found_response_code, 500, as the Gateway API asks of an
+			// invalid backendRef.
+			cluster = "unresolved-backend|" + b.Key()
+		}
+		clusters = append(clusters, &routev3.WeightedCluster_ClusterWeight{Name: cluster, Weight: wrapperspb.UInt32(uint32(b.Weight))})
+	}
+	if len(clusters) == 0 {
+		return &routev3.Route{Name: name, Match: m, Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 500,
+			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: fmt.Sprintf("bearkong: HTTPRoute %s rule %d has no backend with a weight\n", r.Route, r.Rule)}},
+		}}}
+	}
+	a := &routev3.RouteAction{ClusterNotFoundResponseCode: routev3.RouteAction_INTERNAL_SERVER_ERROR}
+	if len(clusters) == 1 {
+		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: clusters[0].Name}
+	} else {
+		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
+	}
+	if r.TimeoutSet {
+		a.Timeout = durationpb.New(r.Timeout) // 0 disables the timeout
+	}
+	if r.Retry.Set() || r.BackendTimeout > 0 {
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-retrypolicy
+		rp := &routev3.RetryPolicy{RetryOn: "5xx"}
+		if len(r.Retry.Codes) > 0 {
+			rp.RetryOn = "retriable-status-codes"
+			for _, c := range r.Retry.Codes {
+				rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, uint32(c))
+			}
+		}
+		if r.Retry.Attempts > 0 {
+			rp.NumRetries = wrapperspb.UInt32(uint32(r.Retry.Attempts))
+		} else if !r.Retry.Set() {
+			rp.NumRetries = wrapperspb.UInt32(0) // only the per-try timeout was asked for
+		}
+		if r.Retry.Backoff > 0 {
+			rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(r.Retry.Backoff)}
+		}
+		if r.BackendTimeout > 0 {
+			rp.PerTryTimeout = durationpb.New(r.BackendTimeout)
+		}
+		a.RetryPolicy = rp
+	}
+	return &routev3.Route{Name: name, Match: m, Action: &routev3.Route_Route{Route: a}}
 }
 
 // notFoundRoute answers 404 with body to every request that matches headers.

@@ -84,7 +84,7 @@ func New(snap *mesh.Snapshot) (*Translator, error) {
 		snap:       snap,
 		clusters:   resource.NewSet(clusters...),
 		endpoints:  resource.NewSet(clas...),
-		fullRoutes: sync.OnceValues(func() ([]byte, error) { return appendRoutes(nil, serviceRoutes(snap.Services)) }),
+		fullRoutes: sync.OnceValues(func() ([]byte, error) { return appendRoutes(nil, fullNameRoutes(snap.Services)) }),
 	}, nil
 }
 

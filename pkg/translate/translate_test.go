@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -440,7 +441,7 @@ func TestBuilders(t *testing.T) {
 			},
 		}},
 		{"OutboundRouteConfiguration in shop", OutboundRouteConfiguration(snap, "shop"), &routev3.RouteConfiguration{
-			Name: "outbound",
+			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts: []*routev3.VirtualHost{{
 				Name: "outbound", Domains: []string{"*"},
 				Routes: []*routev3.Route{
@@ -453,7 +454,7 @@ func TestBuilders(t *testing.T) {
 			}},
 		}},
 		{"OutboundRouteConfiguration in a namespace without services", OutboundRouteConfiguration(snap, "empty"), &routev3.RouteConfiguration{
-			Name: "outbound",
+			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts: []*routev3.VirtualHost{{
 				Name: "outbound", Domains: []string{"*"},
 				Routes: []*routev3.Route{
