@@ -61,7 +61,7 @@ func sampleSnapshot() *mesh.Snapshot {
 					{Route: "default/app-2", Rule: 3, Path: mesh.PathMatch{Type: "PathPrefix", Value: "/"},
 						Backends: []mesh.Backend{{Namespace: "default", Name: "app-1", Weight: 80, Valid: true}, {Namespace: "default", Name: "app-2", Weight: 20, Valid: true}},
 						Timeout:  time.Second, TimeoutSet: true,
-						Retry:    mesh.Retry{Attempts: 5, Codes: []int{503}, Backoff: 25 * time.Millisecond}},
+						Retry: mesh.Retry{Attempts: 5, Codes: []int{503}, Backoff: 25 * time.Millisecond}},
 				},
 			},
 			{
