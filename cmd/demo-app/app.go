@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,7 +19,10 @@ type config struct {
 	Body       string
 	ErrorRate  float64
 	ErrorCode  int
-	Latency    time.Duration
+	// ErrorEven spreads errors evenly (every second request at 0.5) instead of at random,
+	// so that a test of retries does not depend on luck.
+	ErrorEven bool
+	Latency   time.Duration
 }
 
 // configFromEnv reads the configuration, rejecting values that do not parse or make no
@@ -58,6 +63,13 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		}
 		cfg.ErrorCode = c
 	}
+	switch v := getenv("ERROR_PATTERN"); v {
+	case "", "random":
+	case "even":
+		cfg.ErrorEven = true
+	default:
+		return config{}, fmt.Errorf("ERROR_PATTERN=%q: want random or even", v)
+	}
 	for _, name := range []string{"TIMING_50_PERCENTILE", "LATENCY"} { // LATENCY wins
 		v := getenv(name)
 		if v == "" {
@@ -94,6 +106,8 @@ type handler struct {
 	rand func() float64
 	// sleep waits for d or until the request is cancelled; tests replace it.
 	sleep func(r *http.Request, d time.Duration)
+	// served counts requests, for ERROR_PATTERN=even.
+	served atomic.Uint64
 }
 
 // timeFormat is fake-service's timestamp format.
@@ -105,6 +119,19 @@ func newHandler(cfg config) (*handler, error) {
 		return nil, err
 	}
 	return &handler{cfg: cfg, ips: ips, rand: rand.Float64, sleep: sleepCtx}, nil
+}
+
+// fail decides whether this request gets the injected error. Evenly: request n fails
+// when floor((n+1)*rate) > floor(n*rate), which is exactly rate of them, spread out.
+func (h *handler) fail() bool {
+	if h.cfg.ErrorRate <= 0 {
+		return false
+	}
+	if h.cfg.ErrorEven {
+		n := float64(h.served.Add(1) - 1)
+		return math.Floor((n+1)*h.cfg.ErrorRate) > math.Floor(n*h.cfg.ErrorRate)
+	}
+	return h.rand() < h.cfg.ErrorRate
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -126,7 +153,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Body:        h.cfg.Body,
 		Code:        http.StatusOK,
 	}
-	if h.cfg.ErrorRate > 0 && h.rand() < h.cfg.ErrorRate {
+	if h.fail() {
 		resp.Code = h.cfg.ErrorCode
 		resp.Error = "Service error automatically injected"
 	}

@@ -179,3 +179,26 @@ func TestServerOverHTTP(t *testing.T) {
 		t.Errorf("got %d %+v", resp.StatusCode, body)
 	}
 }
+
+func TestEvenErrors(t *testing.T) {
+	for _, rate := range []float64{0.5, 0.25, 1} {
+		h := &handler{cfg: config{ErrorRate: rate, ErrorEven: true}}
+		fails, last := 0, false
+		for i := range 100 {
+			f := h.fail()
+			if f {
+				fails++
+			}
+			if rate == 0.5 && i > 0 && f == last {
+				t.Fatalf("rate 0.5: requests %d and %d both fail=%v; want alternation", i-1, i, f)
+			}
+			last = f
+		}
+		if fails != int(rate*100) {
+			t.Fatalf("rate %v: %d of 100 failed", rate, fails)
+		}
+	}
+	if _, err := configFromEnv(func(k string) string { return map[string]string{"ERROR_PATTERN": "sometimes"}[k] }); err == nil {
+		t.Fatal("ERROR_PATTERN=sometimes accepted")
+	}
+}

@@ -9,6 +9,8 @@
 //	BODY                  the "body" field (default "Hello World"; MESSAGE is accepted too)
 //	ERROR_RATE            fraction of requests, 0..1, that fail with ERROR_CODE (default 0)
 //	ERROR_CODE            HTTP status of injected errors (default 500)
+//	ERROR_PATTERN         random (default, as fake-service) or even: exactly ERROR_RATE of the
+//	                      requests fail, spread evenly (at 0.5, every second one)
 //	LATENCY               delay before answering, a Go duration such as 250ms or 3s
 //	TIMING_50_PERCENTILE  fake-service's name for the same delay, used when LATENCY is unset
 //

@@ -223,6 +223,10 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := writeKubeconfig(e.Kubeconfig, e.Host, p); err != nil {
 		return nil, fmt.Errorf("kubeenv: %w", err)
 	}
+	if err := e.InstallGatewayAPICRDs(ctx); err != nil {
+		return nil, fmt.Errorf("kubeenv: install the Gateway API CRDs: %w", err)
+	}
+	opts.Logf("kubeenv: Gateway API CRDs (%s, pinned in go.mod) installed", GatewayAPIModule)
 	if err := e.ensureDefaultServiceAccount(ctx); err != nil {
 		return nil, fmt.Errorf("kubeenv: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -45,7 +46,14 @@ func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 		LbPolicy:         clusterv3.Cluster_ROUND_ROBIN,
 	}
 	p := svc.Policy
-	c.OutlierDetection = OutlierDetection(p.Outlier)
+	if c.OutlierDetection = OutlierDetection(p.Outlier); c.OutlierDetection != nil {
+		// With panic mode on (Envoy's default threshold is 50%), ejecting one of two
+		// endpoints makes Envoy ignore health and keep sending to the bad one. Outlier
+		// detection is asked for to stop exactly that, so panic mode is off, as Istio
+		// does by default (minHealthPercent 0):
+		// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/load_balancing/panic_threshold
+		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 0}}
+	}
 	if p.MaxConnections > 0 || p.MaxPendingRequests > 0 || p.MaxRequests > 0 {
 		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/circuit_breaker.proto
 		t := &clusterv3.CircuitBreakers_Thresholds{}
