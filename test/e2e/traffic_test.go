@@ -78,7 +78,9 @@ func withRoute(t *testing.T, name, parent string, rules ...gwv1.HTTPRouteRule) {
 	if _, err := gw.GatewayV1().HTTPRoutes("default").Create(ctxT(t, 10*time.Second), rt, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = gw.GatewayV1().HTTPRoutes("default").Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = gw.GatewayV1().HTTPRoutes("default").Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
 }
 
 // get makes one request from a pod's outbound listener to a service, with extra headers,
