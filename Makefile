@@ -37,3 +37,85 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+
+# ---------------------------------------------------------------------------------------
+# On a real cluster (k3d). Needs docker, k3d and kubectl; see "Deploying to a cluster" in
+# the README. Typical flow:
+#   make k3d/start run/cp run/apps run/prometheus exec/curl
+# After a code change: make build/docker k3d/import && kubectl -n bearkong-system rollout restart deploy/bearkong
+
+KUBECTL     ?= kubectl
+K3D         ?= k3d
+DOCKER      ?= docker
+K3D_CLUSTER ?= bearkong
+IMAGE       ?= bearkong:dev
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+APP         ?= app-1
+TO          ?= app-3
+APP_NS      ?= default
+ROLLOUT_TIMEOUT ?= 180s
+
+# The netshoot container of one pod of $(APP): curl from inside the pod's network namespace.
+APP_EXEC = $(KUBECTL) -n $(APP_NS) exec deploy/$(APP) -c netshoot --
+
+.PHONY: build/docker k3d/start k3d/import k3d/stop run/crds run/cp run/apps run/prometheus \
+	exec/curl exec/envoy/dump exec/envoy/clusters exec/envoy/stats exec/streams
+
+# The control-plane image (also the sidecars' init container image).
+build/docker:
+	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# A one-node k3d cluster with the image imported (k3d clusters cannot pull a local image).
+k3d/start: build/docker
+	$(K3D) cluster list $(K3D_CLUSTER) >/dev/null 2>&1 || \
+		$(K3D) cluster create $(K3D_CLUSTER) --wait --k3s-arg '--disable=traefik@server:*'
+	$(MAKE) k3d/import
+
+k3d/import:
+	$(K3D) image import $(IMAGE) --cluster $(K3D_CLUSTER)
+
+k3d/stop:
+	$(K3D) cluster delete $(K3D_CLUSTER)
+
+# The Gateway API CRDs (experimental channel, for HTTPRoute retries) of the
+# sigs.k8s.io/gateway-api version pinned in go.mod, from the Go module cache. bearkong looks
+# for them when it starts, so they go first.
+run/crds:
+	$(KUBECTL) apply --server-side -f "$$($(GO) mod download -json sigs.k8s.io/gateway-api | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/config/crd/experimental"
+
+# The control plane: namespace bearkong-system, RBAC, Service, Deployment.
+run/cp: run/crds
+	$(KUBECTL) apply -k manifests/bearkong
+	$(KUBECTL) -n bearkong-system rollout status deploy/bearkong --timeout=$(ROLLOUT_TIMEOUT)
+
+# app-1 (1 replica), app-2 and app-3 (2 each) in the default namespace.
+run/apps:
+	$(KUBECTL) apply -k manifests/apps
+	for app in app-1 app-2 app-3; do \
+		$(KUBECTL) -n $(APP_NS) rollout status deploy/$$app --timeout=$(ROLLOUT_TIMEOUT) || exit 1; \
+	done
+
+# Prometheus in the monitoring namespace, scraping bearkong and every sidecar.
+run/prometheus:
+	$(KUBECTL) apply -k manifests/prometheus
+	$(KUBECTL) -n monitoring rollout status deploy/prometheus --timeout=$(ROLLOUT_TIMEOUT)
+	@echo "kubectl -n monitoring port-forward svc/prometheus 9090  # then http://localhost:9090"
+
+# A request through $(APP)'s outbound listener to $(TO): make exec/curl APP=app-2 TO=app-1
+exec/curl:
+	$(APP_EXEC) curl -s -H 'service: $(TO)' localhost:8001
+
+# $(APP)'s sidecar: its whole config, its clusters and endpoints, its stats.
+exec/envoy/dump:
+	$(APP_EXEC) curl -s 127.0.0.1:8081/config_dump
+
+exec/envoy/clusters:
+	$(APP_EXEC) curl -s 127.0.0.1:8081/clusters
+
+exec/envoy/stats:
+	$(APP_EXEC) curl -s 127.0.0.1:8081/stats
+
+# The control plane's xDS streams (its image has no shell or curl, so ask from a pod):
+# make exec/streams NODE=app-2-xxxx.default filters on one proxy.
+exec/streams:
+	$(APP_EXEC) curl -s 'http://bearkong.bearkong-system.svc:9000/debug/streams$(if $(NODE),?node=$(NODE))'

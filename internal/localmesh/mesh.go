@@ -64,6 +64,10 @@ type Options struct {
 	HTTPAddr string
 	// ControlPlaneArgs are extra arguments for `bearkong cp`.
 	ControlPlaneArgs []string
+	// ControlPlaneKubeconfig is the kubeconfig `bearkong cp` runs with. Default: the
+	// Env's admin kubeconfig. Tests set it to a ServiceAccount's token to prove that the
+	// control plane's RBAC (manifests/bearkong) is enough.
+	ControlPlaneKubeconfig string
 	// DrainPeriod is how long a gracefully removed pod keeps serving while terminating.
 	// Default DefaultDrainPeriod.
 	DrainPeriod time.Duration
@@ -208,8 +212,12 @@ func (m *Mesh) StartControlPlane(ctx context.Context) error {
 		m.mu.Unlock()
 		return errors.New("localmesh: control plane already running")
 	}
+	kubeconfig := m.opts.ControlPlaneKubeconfig
+	if kubeconfig == "" {
+		kubeconfig = m.env.Kubeconfig
+	}
 	args := append([]string{"cp",
-		"--kubeconfig", m.env.Kubeconfig,
+		"--kubeconfig", kubeconfig,
 		"--xds-addr", m.opts.XDSAddr,
 		"--http-addr", m.opts.HTTPAddr,
 	}, m.opts.ControlPlaneArgs...)

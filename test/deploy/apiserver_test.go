@@ -1,0 +1,593 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/bearkong/bearkong/internal/kubeenv"
+	"github.com/bearkong/bearkong/internal/localmesh"
+	bkdiscovery "github.com/bearkong/bearkong/pkg/discovery"
+	"github.com/bearkong/bearkong/pkg/mesh"
+)
+
+// ipPrefix is where this package's local mesh puts its pods: away from test/e2e and
+// `make run` (127.0.1.) and internal/localmesh's tests (127.0.3.).
+const ipPrefix = "127.0.6."
+
+// startEnv starts a real etcd and kube-apiserver for the test.
+func startEnv(ctx context.Context, t *testing.T, b bins) *kubeenv.Env {
+	t.Helper()
+	env, err := kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(t.TempDir(), "kube"), BinDir: b.toolDir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stop kube: %v", err)
+		}
+	})
+	return env
+}
+
+// applier applies manifest objects with server-side apply, as
+// `kubectl apply --server-side` does, with strict field validation, and turns every
+// warning the API server sends into an error.
+type applier struct {
+	dyn    dynamic.Interface
+	mapper meta.RESTMapper
+
+	mu       sync.Mutex
+	warnings []string
+}
+
+func (a *applier) HandleWarningHeader(_ int, _ string, text string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warnings = append(a.warnings, text)
+}
+
+func newApplier(t *testing.T, env *kubeenv.Env) *applier {
+	t.Helper()
+	a := &applier{}
+	cfg := rest.CopyConfig(env.RESTConfig)
+	cfg.WarningHandler = a
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, err := restmapper.GetAPIGroupResources(dc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mapper = restmapper.NewDiscoveryRESTMapper(groups)
+	if a.dyn, err = dynamic.NewForConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// apply applies o; with dryRun, as a server-side dry run (admission and validation run,
+// nothing is stored).
+func (a *applier) apply(ctx context.Context, o object, dryRun bool) error {
+	gvk := o.obj.GroupVersionKind()
+	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o, err)
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(mapping.Resource)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		ri = a.dyn.Resource(mapping.Resource).Namespace(o.obj.GetNamespace())
+	}
+	data, err := json.Marshal(o.obj.Object)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o, err)
+	}
+	force := true
+	opts := metav1.PatchOptions{FieldManager: "bearkong-deploy-test", Force: &force, FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	a.mu.Lock()
+	a.warnings = nil
+	a.mu.Unlock()
+	if _, err := ri.Patch(ctx, o.obj.GetName(), types.ApplyPatchType, data, opts); err != nil {
+		return fmt.Errorf("%s: %w", o, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.warnings) > 0 {
+		return fmt.Errorf("%s: API server warnings: %q", o, a.warnings)
+	}
+	return nil
+}
+
+// TestManifestsServerDryRun applies every manifest object to a real kube-apiserver as a
+// server-side dry run with strict field validation: the namespaces first (then for real,
+// since namespaced objects need them), then everything else. With kubectl on PATH it also
+// runs the users' command, `kubectl apply --server-side --dry-run=server -k`, on each
+// directory.
+func TestManifestsServerDryRun(t *testing.T) {
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	env := startEnv(ctx, t, b)
+	a := newApplier(t, env)
+	objs := loadAll(t)
+
+	namespaces := find(objs, "Namespace", "")
+	for _, o := range namespaces {
+		if err := a.apply(ctx, o, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.apply(ctx, o, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for _, o := range objs {
+		if o.obj.GetKind() == "Namespace" {
+			continue
+		}
+		if err := a.apply(ctx, o, true); err != nil {
+			t.Error(err)
+			continue
+		}
+		n++
+	}
+	t.Logf("%d namespaces applied, %d objects passed a server-side dry-run apply", len(namespaces), n)
+
+	t.Run("dry run stored nothing", func(t *testing.T) {
+		_, err := env.Client.AppsV1().Deployments("bearkong-system").Get(ctx, "bearkong", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("get Deployment bearkong after a dry run: %v, want NotFound", err)
+		}
+	})
+
+	t.Run("a misspelt field fails", func(t *testing.T) {
+		bad := object{file: "(modified copy)", obj: find(objs, "Deployment", "bearkong")[0].obj.DeepCopy()}
+		containers := bad.obj.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
+		c := containers[0].(map[string]any)
+		c["readinesProbe"] = c["readinessProbe"]
+		err := a.apply(ctx, bad, true)
+		if err == nil || !strings.Contains(err.Error(), "readinesProbe") {
+			t.Errorf("dry-run apply with a misspelt field: %v, want a strict-validation error", err)
+		}
+	})
+
+	t.Run("kubectl apply -k", func(t *testing.T) {
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			t.Skip("kubectl not on PATH: the dry run above covers the same objects")
+		}
+		root := repoRoot(t)
+		for _, dir := range append([]string{""}, manifestDirs...) {
+			cmd := exec.CommandContext(ctx, kubectl, "--kubeconfig", env.Kubeconfig,
+				"apply", "--server-side", "--dry-run=server", "-k", filepath.Join("manifests", dir))
+			cmd.Dir = root
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("%s: %v\n%s", cmd, err, out)
+				continue
+			}
+			t.Logf("%s:\n%s", strings.Join(cmd.Args[3:], " "), out)
+		}
+	})
+}
+
+// TestControlPlaneWithItsServiceAccount applies manifests/bearkong for real, mints a token
+// for its ServiceAccount with the TokenRequest API, and runs `bearkong cp` with a
+// kubeconfig that holds that token and the cluster's CA, nothing else. The control plane
+// must serve the local mesh built from manifests/apps (every pod reaches every app through
+// its Envoy), and the token must be refused everything the control plane does not use.
+func TestControlPlaneWithItsServiceAccount(t *testing.T) {
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	env := startEnv(ctx, t, b)
+	root := repoRoot(t)
+
+	a := newApplier(t, env)
+	cpObjs, err := loadDir(root, "bearkong")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range cpObjs {
+		if err := a.apply(ctx, o, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kubeconfig := serviceAccountKubeconfig(ctx, t, env, "bearkong-system", "bearkong")
+	saCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saCfg.QPS, saCfg.Burst = 100, 200 // this test's many access reviews, not the control plane's
+	sa := kubernetes.NewForConfigOrDie(saCfg)
+
+	t.Run("the kubeconfig is the ServiceAccount", func(t *testing.T) {
+		r, err := sa.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := r.Status.UserInfo
+		if u.Username != "system:serviceaccount:bearkong-system:bearkong" || slices.Contains(u.Groups, "system:masters") {
+			t.Fatalf("authenticated as %s %v", u.Username, u.Groups)
+		}
+		t.Logf("authenticated as %s %v", u.Username, u.Groups)
+	})
+
+	as := apps(t)
+	names := slices.Sorted(maps.Keys(as))
+	m, err := localmesh.New(ctx, localmesh.Options{
+		Env:                    env,
+		Dir:                    filepath.Join(t.TempDir(), "mesh"),
+		BearkongBin:            b.bearkong,
+		EnvoyBin:               b.envoy,
+		DemoAppBin:             b.demoApp,
+		Namespace:              as[names[0]].svc.Namespace,
+		IPPrefix:               ipPrefix,
+		ControlPlaneKubeconfig: kubeconfig,
+		Logf:                   t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close mesh: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("control plane log (tail):\n%s", kubeenv.LogTail(m.ControlPlaneLog(), 8192))
+		}
+	})
+	if err := m.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The Services as the manifests declare them; the pods as many as the Deployments'
+	// replicas (localmesh plays the kubelet and the endpoint controller).
+	var specs []localmesh.PodSpec
+	for _, name := range names {
+		svc := as[name].svc
+		if svc.Namespace != m.Namespace() {
+			t.Fatalf("%s is in namespace %s, the others in %s", name, svc.Namespace, m.Namespace())
+		}
+		port := svc.Spec.Ports[0]
+		if port.TargetPort.Type != intstr.Int {
+			t.Fatalf("%s: targetPort %s: only numbers are carried over to the local mesh", name, port.TargetPort.String())
+		}
+		err := m.AddService(ctx, name, localmesh.ServiceOptions{
+			TargetPort:  port.TargetPort.IntVal,
+			PortName:    port.Name,
+			Labels:      svc.Labels,
+			Annotations: svc.Annotations,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range as[name].replicas {
+			specs = append(specs, localmesh.PodSpec{Service: name})
+		}
+	}
+	if _, err := m.AddPods(ctx, specs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitAllReachable(ctx, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("every pod reaches every app", func(t *testing.T) {
+		pods := m.Pods()
+		if len(pods) != len(specs) {
+			t.Fatalf("%d pods, want %d", len(pods), len(specs))
+		}
+		var table strings.Builder
+		fmt.Fprintf(&table, "%-10s", "from\\to")
+		for _, to := range names {
+			fmt.Fprintf(&table, " %-22s", to)
+		}
+		for _, p := range pods {
+			fmt.Fprintf(&table, "\n%-10s", p.Name)
+			for _, to := range names {
+				c := m.Call(ctx, p.Name, to)
+				fmt.Fprintf(&table, " %3d %-18s", c.Status, c.Pod)
+				if c.Err != nil || c.Status != http.StatusOK || c.Answer.Name != to {
+					t.Errorf("%s -> %s: %d %q %v", p.Name, to, c.Status, c.Body, c.Err)
+				}
+			}
+		}
+		t.Logf("status and answering pod, through each pod's outbound listener:\n%s", table.String())
+	})
+
+	t.Run("one stream per pod", func(t *testing.T) {
+		want := fmt.Sprintf("bearkong_xds_connected_streams %d\n", len(specs))
+		err := localmesh.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+			b, err := m.ControlPlaneGet(ctx, "/metrics")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(string(b), want) {
+				return fmt.Errorf("no %q in /metrics", strings.TrimSpace(want))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
+	// The manifests' Services point targetPort at the sidecar (8000), except app-3, which
+	// keeps the original exercise's 5080: that, and only that, is diagnosed.
+	t.Run("diagnostics name app-3's targetPort only", func(t *testing.T) {
+		b, err := m.ControlPlaneGet(ctx, "/debug/diagnostics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct {
+			Diagnostics []mesh.Diagnostic `json:"diagnostics"`
+		}
+		if err := json.Unmarshal(b, &body); err != nil {
+			t.Fatal(err)
+		}
+		ds := body.Diagnostics
+		if len(ds) != 1 || ds[0].Name != "app-3" || ds[0].Reason != mesh.ReasonTargetPortMisses || !strings.Contains(ds[0].Message, "5080") {
+			t.Errorf("diagnostics = %+v, want one %s for app-3 naming 5080", ds, mesh.ReasonTargetPortMisses)
+		}
+	})
+
+	// An invalid annotation makes the control plane write an Event on the Service, with
+	// its own token.
+	t.Run("the control plane writes its Events", func(t *testing.T) {
+		svc := names[0]
+		if err := m.SetServiceAnnotations(ctx, svc, map[string]string{"mesh-timeout": "banana"}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := m.SetServiceAnnotations(ctx, svc, as[svc].svc.Annotations); err != nil {
+				t.Error(err)
+			}
+		}()
+		err := localmesh.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			evs, err := env.Client.EventsV1().Events(m.Namespace()).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs.Items {
+				if ev.ReportingController == "bearkong.dev/control-plane" && ev.Regarding.Kind == "Service" && ev.Regarding.Name == svc {
+					t.Logf("Event %s: %s %s: %s", ev.Name, ev.Type, ev.Reason, ev.Note)
+					return nil
+				}
+			}
+			return fmt.Errorf("no Event from bearkong on Service %s among %d", svc, len(evs.Items))
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
+	// An HTTPRoute attached to a meshed Service gets a parent status from bearkong, which
+	// it writes with its own token (update on httproutes/status).
+	t.Run("the control plane writes HTTPRoute status", func(t *testing.T) {
+		svc := names[len(names)-1]
+		route := object{file: "(test)", obj: &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "gateway.networking.k8s.io/v1",
+			"kind":       "HTTPRoute",
+			"metadata":   map[string]any{"name": svc + "-deploy-test", "namespace": m.Namespace()},
+			"spec": map[string]any{
+				"parentRefs": []any{map[string]any{"group": "", "kind": "Service", "name": svc}},
+				"rules":      []any{map[string]any{"backendRefs": []any{map[string]any{"name": svc, "port": int64(9090)}}}},
+			},
+		}}}
+		if err := a.apply(ctx, route, false); err != nil {
+			t.Fatal(err)
+		}
+		gvr := schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+		routes := a.dyn.Resource(gvr).Namespace(m.Namespace())
+		defer func() {
+			if err := routes.Delete(ctx, route.obj.GetName(), metav1.DeleteOptions{}); err != nil {
+				t.Error(err)
+			}
+		}()
+		err := localmesh.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			got, err := routes.Get(ctx, route.obj.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			parents, _, _ := unstructured.NestedSlice(got.Object, "status", "parents")
+			for _, p := range parents {
+				if pm, ok := p.(map[string]any); ok && pm["controllerName"] == string(bkdiscovery.ControllerName) {
+					t.Logf("HTTPRoute %s: parent status from %s: %v", got.GetName(), pm["controllerName"], pm["conditions"])
+					return nil
+				}
+			}
+			return fmt.Errorf("no parent status from %s on HTTPRoute %s", bkdiscovery.ControllerName, got.GetName())
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("no request was refused", func(t *testing.T) {
+		log, err := os.ReadFile(m.ControlPlaneLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(log)) {
+			if l := strings.ToLower(line); strings.Contains(l, "forbidden") || strings.Contains(l, "unauthorized") {
+				t.Errorf("control plane log: %s", strings.TrimSpace(line))
+			}
+		}
+	})
+
+	t.Run("least privilege", func(t *testing.T) {
+		leastPrivilege(ctx, t, sa, m.Namespace(), names[0])
+	})
+}
+
+// leastPrivilege checks, with the control plane's own client, that its RBAC grants
+// exactly what it uses: read Services, Pods, EndpointSlices and HTTPRoutes; update
+// HTTPRoute statuses; create events.k8s.io Events; and nothing else.
+func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, ns, svcName string) {
+	type access struct {
+		verb, group, resource, namespace string
+		allowed                          bool
+	}
+	var cases []access
+	for _, r := range []struct{ group, resource string }{
+		{"", "services"}, {"", "pods"}, {"discovery.k8s.io", "endpointslices"}, {"gateway.networking.k8s.io", "httproutes"},
+	} {
+		for _, verb := range []string{"get", "list", "watch"} {
+			cases = append(cases, access{verb, r.group, r.resource, "", true}, access{verb, r.group, r.resource, ns, true})
+		}
+		for _, verb := range []string{"create", "update", "patch", "delete", "deletecollection"} {
+			cases = append(cases, access{verb, r.group, r.resource, ns, false})
+		}
+	}
+	cases = append(cases,
+		access{"update", "gateway.networking.k8s.io", "httproutes/status", ns, true},
+		access{"patch", "gateway.networking.k8s.io", "httproutes/status", ns, false},
+		access{"list", "gateway.networking.k8s.io", "gateways", "", false},
+		access{"update", "gateway.networking.k8s.io", "gateways/status", ns, false},
+		access{"create", "events.k8s.io", "events", ns, true},
+		access{"create", "events.k8s.io", "events", "bearkong-system", true},
+		access{"patch", "events.k8s.io", "events", ns, false},
+		access{"update", "events.k8s.io", "events", ns, false},
+		access{"delete", "events.k8s.io", "events", ns, false},
+		access{"get", "events.k8s.io", "events", ns, false},
+		access{"list", "events.k8s.io", "events", "", false},
+		access{"create", "", "events", ns, false}, // core/v1 Events: not used
+		access{"get", "", "secrets", ns, false},
+		access{"list", "", "secrets", "", false},
+		access{"list", "", "configmaps", "", false},
+		access{"list", "", "endpoints", "", false},
+		access{"list", "", "nodes", "", false},
+		access{"list", "", "namespaces", "", false},
+		access{"create", "", "serviceaccounts/token", "bearkong-system", false},
+		access{"update", "", "pods/status", ns, false},
+		access{"create", "coordination.k8s.io", "leases", "bearkong-system", false},
+		access{"list", "apps", "deployments", "", false},
+		access{"bind", "rbac.authorization.k8s.io", "clusterroles", "", false},
+		access{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", false},
+		access{"impersonate", "", "users", "", false},
+		access{"*", "*", "*", "", false},
+	)
+	for _, c := range cases {
+		resource, sub, _ := strings.Cut(c.resource, "/")
+		r, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Group: c.group, Resource: resource, Subresource: sub, Namespace: c.namespace,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.allowed {
+			t.Errorf("%s %s (group %q) in %q: allowed=%t, want %t", c.verb, c.resource, c.group, c.namespace, r.Status.Allowed, c.allowed)
+		}
+	}
+
+	// The same with real requests, where a request is harmless.
+	if _, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list secrets: %v, want Forbidden", err)
+	}
+	svc, err := sa.CoreV1().Services(ns).Get(ctx, svcName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get Service %s: %v", svcName, err)
+	}
+	svc.Annotations = map[string]string{"mesh-timeout": "2s"}
+	if _, err := sa.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("update Service %s: %v, want Forbidden", svcName, err)
+	}
+	ev := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Name: svcName + ".bearkong-deploy-test", Namespace: ns},
+		EventTime:           metav1.NowMicro(),
+		ReportingController: "bearkong.dev/deploy-test",
+		ReportingInstance:   "bearkong-deploy-test",
+		Action:              "Validate",
+		Reason:              "InvalidAnnotation",
+		Type:                corev1.EventTypeWarning,
+		Note:                "mesh-timeout: test event created with the control plane's token",
+		Regarding:           corev1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: ns, Name: svcName, UID: svc.UID},
+	}
+	created, err := sa.EventsV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create an events.k8s.io Event: %v", err)
+	}
+	patch := []byte(`{"note":"changed"}`)
+	if _, err := sa.EventsV1().Events(ns).Patch(ctx, created.Name, types.MergePatchType, patch, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("patch an Event: %v, want Forbidden", err)
+	}
+	if err := sa.EventsV1().Events(ns).Delete(ctx, created.Name, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("delete an Event: %v, want Forbidden", err)
+	}
+	core := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: svcName + ".core-event-test", Namespace: ns},
+		InvolvedObject: corev1.ObjectReference{Kind: "Service", Namespace: ns, Name: svcName},
+		Reason:         "Test", Message: "core/v1 Event", Type: corev1.EventTypeNormal,
+	}
+	if _, err := sa.CoreV1().Events(ns).Create(ctx, core, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("create a core/v1 Event: %v, want Forbidden", err)
+	}
+}
+
+// serviceAccountKubeconfig mints a token for the ServiceAccount with the TokenRequest API
+// and writes a kubeconfig holding only that token and the cluster's CA.
+func serviceAccountKubeconfig(ctx context.Context, t *testing.T, env *kubeenv.Env, ns, name string) string {
+	t.Helper()
+	expiry := int64(time.Hour / time.Second)
+	tr, err := env.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s: %v", ns, name, err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubeenv"] = &clientcmdapi.Cluster{Server: env.Host, CertificateAuthorityData: env.CAData()}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "kubeenv", AuthInfo: name, Namespace: ns}
+	cfg.CurrentContext = name
+	path := filepath.Join(t.TempDir(), name+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), env.AdminToken()) {
+		t.Fatal("the ServiceAccount kubeconfig holds the admin token")
+	}
+	return path
+}

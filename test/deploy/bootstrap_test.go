@@ -1,0 +1,161 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// TestSidecarBootstrap runs each app's init container as its manifest declares it (the
+// bearkong binary with the container's args and only the container's environment, the
+// downward API resolved as the kubelet would, the emptyDir a temporary directory), then
+// checks the bootstrap it wrote and has Envoy, with the sidecar container's own args,
+// validate it. The installed Envoy must be the version of the manifests' sidecar image.
+func TestSidecarBootstrap(t *testing.T) {
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, b.envoy, "--version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("envoy --version: %v\n%s", err, out)
+	}
+	for name, a := range apps(t) {
+		t.Run(name, func(t *testing.T) {
+			spec := a.deploy.Spec.Template.Spec
+			podName := name + "-5d8f7c9b6-x2x4z"
+			namespace := a.deploy.Namespace
+			init := spec.InitContainers[0]
+			sidecar := container(t, spec, "envoy")
+
+			_, tag, _ := strings.Cut(sidecar.Image, ":")
+			if !strings.Contains(string(out), "/"+strings.TrimPrefix(tag, "v")+"/") {
+				t.Errorf("sidecar image %s, but the tests run Envoy %s", sidecar.Image, strings.TrimSpace(string(out)))
+			}
+
+			volumes := map[string]string{} // volume name -> local directory
+			for _, v := range spec.Volumes {
+				if v.EmptyDir == nil {
+					t.Fatalf("volume %s is not an emptyDir", v.Name)
+				}
+				volumes[v.Name] = filepath.Join(t.TempDir(), v.Name)
+				if err := os.MkdirAll(volumes[v.Name], 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			env := []string{}
+			for _, e := range init.Env {
+				v := e.Value
+				if e.ValueFrom != nil {
+					switch f := e.ValueFrom.FieldRef; {
+					case f != nil && f.FieldPath == "metadata.name":
+						v = podName
+					case f != nil && f.FieldPath == "metadata.namespace":
+						v = namespace
+					default:
+						t.Fatalf("env %s: only metadata.name and metadata.namespace are resolved here", e.Name)
+					}
+				}
+				env = append(env, e.Name+"="+v)
+			}
+			cmd := exec.CommandContext(ctx, b.bearkong, localArgs(t, init, volumes)...)
+			cmd.Env = env
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", cmd, err, out)
+			}
+
+			path := localPath(t, sidecar, volumes, "/etc/envoy/envoy.json")
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("the init container wrote no bootstrap where the sidecar reads it: %v", err)
+			}
+			var bs struct {
+				Node struct {
+					ID       string            `json:"id"`
+					Metadata map[string]string `json:"metadata"`
+				} `json:"node"`
+				Admin struct {
+					Address struct {
+						SocketAddress struct {
+							Address   string `json:"address"`
+							PortValue int    `json:"portValue"`
+						} `json:"socketAddress"`
+					} `json:"address"`
+				} `json:"admin"`
+			}
+			if err := json.Unmarshal(raw, &bs); err != nil {
+				t.Fatal(err)
+			}
+			if want := podName + "." + namespace; bs.Node.ID != want {
+				t.Errorf("node id %q, want %q", bs.Node.ID, want)
+			}
+			if md := bs.Node.Metadata; md["listen_ip"] != "0.0.0.0" || md["app_address"] != "127.0.0.1:9090" {
+				t.Errorf("node metadata %v, want listen_ip 0.0.0.0 and app_address 127.0.0.1:9090", md)
+			}
+			if sa := bs.Admin.Address.SocketAddress; sa.Address != "0.0.0.0" || sa.PortValue != 8081 {
+				t.Errorf("admin %s:%d, want 0.0.0.0:8081 (scraped by Prometheus)", sa.Address, sa.PortValue)
+			}
+			if !strings.Contains(string(raw), `"bearkong.bearkong-system.svc"`) || !strings.Contains(string(raw), `"portValue": 5000`) {
+				t.Errorf("the bootstrap does not point at bearkong.bearkong-system.svc:5000:\n%s", raw)
+			}
+
+			args := append(localArgs(t, sidecar, volumes), "--mode", "validate", "--log-level", "warn")
+			vcmd := exec.CommandContext(ctx, b.envoy, args...)
+			if out, err := vcmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", vcmd, err, out)
+			}
+		})
+	}
+}
+
+// container returns the pod's container with that name.
+func container(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
+	t.Helper()
+	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == name })
+	if i < 0 {
+		t.Fatalf("no container %s", name)
+	}
+	return spec.Containers[i]
+}
+
+// localArgs returns the container's args with every path under one of its volume mounts
+// moved to the volume's local directory.
+func localArgs(t *testing.T, c corev1.Container, volumes map[string]string) []string {
+	t.Helper()
+	if len(c.Command) > 0 {
+		t.Fatalf("container %s: command %q overrides the image's entrypoint; this test runs args only", c.Name, c.Command)
+	}
+	out := make([]string, len(c.Args))
+	for i, a := range c.Args {
+		out[i] = a
+		if strings.HasPrefix(a, "/") {
+			out[i] = localPath(t, c, volumes, a)
+		}
+	}
+	return out
+}
+
+// localPath maps a path inside the container to the local directory of the volume mounted
+// there.
+func localPath(t *testing.T, c corev1.Container, volumes map[string]string, path string) string {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		if rel, ok := strings.CutPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/"); ok {
+			dir, ok := volumes[m.Name]
+			if !ok {
+				t.Fatalf("container %s mounts unknown volume %s", c.Name, m.Name)
+			}
+			return filepath.Join(dir, rel)
+		}
+	}
+	t.Fatalf("container %s: %s is on no volume mount", c.Name, path)
+	return ""
+}
