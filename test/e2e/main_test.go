@@ -27,8 +27,8 @@ import (
 var apps = []struct {
 	name       string
 	replicas   int
-	targetPort int32 // 0: the default, the app's port
-}{{"app-1", 1, 0}, {"app-2", 2, 0}, {"app-3", 2, 5080}} // app-3's targetPort points at nothing, as in the original exercise
+	targetPort int32 // 8000, the sidecar, is right; see mesh.CheckTargetPorts
+}{{"app-1", 1, 8000}, {"app-2", 2, 8000}, {"app-3", 2, 5080}} // app-3 keeps the original exercise's targetPort, which points at nothing
 
 // shared is the mesh every test uses; set up by the first sharedMesh call.
 var shared struct {
