@@ -26,12 +26,6 @@ import (
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
-// apps are the demo services and their replica counts.
-var apps = []struct {
-	name       string
-	replicas   int
-	targetPort int32 // 8000, the sidecar, is right; see mesh.CheckTargetPorts
-}{{"app-1", 1, 8000}, {"app-2", 2, 8000}, {"app-3", 2, 5080}} // app-3 keeps the original exercise's targetPort, which points at nothing
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
@@ -165,12 +159,7 @@ func run(args []string, out io.Writer) (err error) {
 	}
 
 	step("creating services and starting pods (demo app + Envoy each)")
-	for _, a := range apps {
-		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{TargetPort: a.targetPort}); err != nil {
-			return err
-		}
-	}
-	if err := addPods(ctx, m); err != nil {
+	if err := m.AddApps(ctx, localmesh.DemoApps); err != nil {
 		return err
 	}
 	step("waiting until every pod reaches every app")
@@ -187,37 +176,24 @@ func run(args []string, out io.Writer) (err error) {
 	return nil
 }
 
-// addPods starts every replica, in parallel; names and addresses follow the order of apps,
-// so app-1-0 is always 127.0.1.2.
-func addPods(ctx context.Context, m *localmesh.Mesh) error {
-	var specs []localmesh.PodSpec
-	for _, a := range apps {
-		for range a.replicas {
-			specs = append(specs, localmesh.PodSpec{Service: a.name})
-		}
-	}
-	_, err := m.AddPods(ctx, specs...)
-	return err
-}
-
 // printTable prints who answers a request from each app's first pod to each app.
 func printTable(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
 	fmt.Fprintf(out, "\nRequests through each app's outbound listener (:%d, header %q):\n\n", mesh.OutboundPort, mesh.ServiceHeader+": <to>")
 	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
 	fmt.Fprint(tw, "from \\ to")
-	for _, to := range apps {
-		fmt.Fprintf(tw, "\t%s", to.name)
+	for _, to := range localmesh.DemoApps {
+		fmt.Fprintf(tw, "\t%s", to.Name)
 	}
 	fmt.Fprintln(tw)
-	for _, from := range apps {
-		pods := m.PodsOf(from.name)
+	for _, from := range localmesh.DemoApps {
+		pods := m.PodsOf(from.Name)
 		if len(pods) == 0 {
 			continue
 		}
 		p := pods[0]
 		fmt.Fprintf(tw, "%s (%s)", p.Name, p.IP)
-		for _, to := range apps {
-			c := m.Call(ctx, p.Name, to.name)
+		for _, to := range localmesh.DemoApps {
+			c := m.Call(ctx, p.Name, to.Name)
 			switch {
 			case c.Err != nil:
 				fmt.Fprintf(tw, "\terror: %v", c.Err)

@@ -23,12 +23,6 @@ import (
 	"github.com/bearkong/bearkong/internal/localmesh"
 )
 
-// apps are the shared mesh's services and their replica counts.
-var apps = []struct {
-	name       string
-	replicas   int
-	targetPort int32 // 8000, the sidecar, is right; see mesh.CheckTargetPorts
-}{{"app-1", 1, 8000}, {"app-2", 2, 8000}, {"app-3", 2, 5080}} // app-3 keeps the original exercise's targetPort, which points at nothing
 
 // shared is the mesh every test uses; set up by the first sharedMesh call.
 var shared struct {
@@ -146,18 +140,7 @@ func setup() error {
 	if err := m.StartControlPlane(ctx); err != nil {
 		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
 	}
-	for _, a := range apps {
-		if err := m.AddService(ctx, a.name, localmesh.ServiceOptions{TargetPort: a.targetPort}); err != nil {
-			return err
-		}
-	}
-	var specs []localmesh.PodSpec
-	for _, a := range apps {
-		for range a.replicas {
-			specs = append(specs, localmesh.PodSpec{Service: a.name})
-		}
-	}
-	if _, err := m.AddPods(ctx, specs...); err != nil {
+	if err := m.AddApps(ctx, localmesh.DemoApps); err != nil {
 		return fmt.Errorf("%w\ncontrol plane log:\n%s", err, kubeenv.LogTail(m.ControlPlaneLog(), 4096))
 	}
 	if err := m.WaitAllReachable(ctx, 60*time.Second); err != nil {

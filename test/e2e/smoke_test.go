@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/bearkong/bearkong/internal/localmesh"
 )
 
 // TestSmokeEveryAppReachesEveryApp proves the harness and the mesh contract end to end:
@@ -16,22 +18,22 @@ func TestSmokeEveryAppReachesEveryApp(t *testing.T) {
 	defer cancel()
 
 	for _, from := range m.Pods() {
-		for _, to := range apps {
-			c := m.Call(ctx, from.Name, to.name)
+		for _, to := range localmesh.DemoApps {
+			c := m.Call(ctx, from.Name, to.Name)
 			if c.Err != nil {
-				t.Errorf("%s -> %s: %v", from.Name, to.name, c.Err)
+				t.Errorf("%s -> %s: %v", from.Name, to.Name, c.Err)
 				continue
 			}
-			if c.Status != http.StatusOK || c.Answer.Name != to.name {
-				t.Errorf("%s -> %s: got %d %q, want 200 from %s", from.Name, to.name, c.Status, c.Body, to.name)
+			if c.Status != http.StatusOK || c.Answer.Name != to.Name {
+				t.Errorf("%s -> %s: got %d %q, want 200 from %s", from.Name, to.Name, c.Status, c.Body, to.Name)
 				continue
 			}
 			answered, ok := m.Pod(c.Pod)
-			if !ok || answered.Service != to.name {
-				t.Errorf("%s -> %s: answered by %q (%s), not a pod of %s", from.Name, to.name, c.Pod, c.Answer.IP(), to.name)
+			if !ok || answered.Service != to.Name {
+				t.Errorf("%s -> %s: answered by %q (%s), not a pod of %s", from.Name, to.Name, c.Pod, c.Answer.IP(), to.Name)
 				continue
 			}
-			t.Logf("%s -> %s: %d from %s (%s)", from.Name, to.name, c.Status, c.Pod, c.Answer.IP())
+			t.Logf("%s -> %s: %d from %s (%s)", from.Name, to.Name, c.Status, c.Pod, c.Answer.IP())
 		}
 
 		status, body, err := m.Get(ctx, from.Name, "no-such-service")
