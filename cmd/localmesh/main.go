@@ -26,7 +26,6 @@ import (
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
-
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "localmesh: %v\n", err)

@@ -23,7 +23,6 @@ import (
 	"github.com/bearkong/bearkong/internal/localmesh"
 )
 
-
 // shared is the mesh every test uses; set up by the first sharedMesh call.
 var shared struct {
 	once   sync.Once
