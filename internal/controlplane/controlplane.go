@@ -142,13 +142,13 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(ads.ServerOptions(),
 		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
 		// grpc-go's default policy would answer pings more often than every 5 minutes
 		// with GOAWAY and drop the stream.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	)...)
 	cp.ads.Register(g)
 	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 

@@ -21,6 +21,16 @@ type Metrics struct {
 	bytes       *prometheus.CounterVec
 	convergence *prometheus.HistogramVec
 	resolveErrs prometheus.Counter
+
+	// byType holds each type's children of the vectors above, looked up once: every
+	// response and every ACK of every proxy counts, and WithLabelValues hashes the
+	// label each time.
+	byType [resource.NumTypes]typeMetrics
+}
+
+type typeMetrics struct {
+	pushes, acks, nacks, stale, resources, bytes prometheus.Counter
+	convergence                                  prometheus.Observer
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -66,12 +76,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	// Every type appears from the start, so a query for a type never comes back empty.
 	for _, t := range resource.Types {
 		l := t.String()
-		m.pushes.WithLabelValues(l)
-		m.acks.WithLabelValues(l)
-		m.nacks.WithLabelValues(l)
-		m.staleNonces.WithLabelValues(l)
-		m.resources.WithLabelValues(l)
-		m.bytes.WithLabelValues(l)
+		m.byType[t] = typeMetrics{
+			pushes:      m.pushes.WithLabelValues(l),
+			acks:        m.acks.WithLabelValues(l),
+			nacks:       m.nacks.WithLabelValues(l),
+			stale:       m.staleNonces.WithLabelValues(l),
+			resources:   m.resources.WithLabelValues(l),
+			bytes:       m.bytes.WithLabelValues(l),
+			convergence: m.convergence.WithLabelValues(l),
+		}
 	}
 	return m
 }
@@ -80,33 +93,33 @@ func (m *Metrics) push(t resource.Type, n, size int) {
 	if m == nil {
 		return
 	}
-	l := t.String()
-	m.pushes.WithLabelValues(l).Inc()
-	m.resources.WithLabelValues(l).Add(float64(n))
-	m.bytes.WithLabelValues(l).Add(float64(size))
+	tm := &m.byType[t]
+	tm.pushes.Inc()
+	tm.resources.Add(float64(n))
+	tm.bytes.Add(float64(size))
 }
 
 func (m *Metrics) ack(t resource.Type) {
 	if m != nil {
-		m.acks.WithLabelValues(t.String()).Inc()
+		m.byType[t].acks.Inc()
 	}
 }
 
 func (m *Metrics) nack(t resource.Type) {
 	if m != nil {
-		m.nacks.WithLabelValues(t.String()).Inc()
+		m.byType[t].nacks.Inc()
 	}
 }
 
 func (m *Metrics) stale(t resource.Type) {
 	if m != nil {
-		m.staleNonces.WithLabelValues(t.String()).Inc()
+		m.byType[t].stale.Inc()
 	}
 }
 
 func (m *Metrics) converged(t resource.Type, d time.Duration) {
 	if m != nil {
-		m.convergence.WithLabelValues(t.String()).Observe(d.Seconds())
+		m.byType[t].convergence.Observe(d.Seconds())
 	}
 }
 

@@ -103,7 +103,7 @@ func start(t *testing.T) *env {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	srv := ads.NewServer(ads.Options{Metrics: ads.NewMetrics(reg)})
-	g := grpc.NewServer()
+	g := grpc.NewServer(ads.ServerOptions()...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

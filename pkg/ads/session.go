@@ -179,14 +179,39 @@ func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) 
 		}
 	}
 	if !t.Wildcard() {
-		names := normalizeNames(req.GetResourceNames())
-		if !slices.Equal(names, ts.names) {
-			ts.names = names
+		// Envoy repeats its whole subscription on every request, ACKs included; it
+		// rarely changes, so compare before normalizing.
+		if names := req.GetResourceNames(); !slices.Equal(names, ts.names) {
+			if names = normalizeNames(names); !slices.Equal(names, ts.names) {
+				ts.names = s.canonicalNames(t, names)
+			}
 		}
 		// An empty list unsubscribes: nothing is sent until names come back.
 		ts.subscribed = len(ts.names) > 0
 	}
 	return out, s.reconcile()
+}
+
+// canonicalNames returns names (sorted, unique) in a form that costs the session no
+// memory of its own where possible: a set's own name list when the subscription is
+// exactly that set (the common case: EDS for every cluster), else a copy whose strings
+// are the resources' names rather than the request's.
+func (s *session) canonicalNames(t resource.Type, names []string) []string {
+	if s.cur == nil || len(names) == 0 {
+		return names
+	}
+	v := s.cur.Views[t]
+	for _, set := range v {
+		if slices.Equal(names, set.Names()) {
+			return set.Names()
+		}
+	}
+	for i, n := range names {
+		if r, ok := v.Get(n); ok {
+			names[i] = r.Name
+		}
+	}
+	return names
 }
 
 // onConfig switches the session to a new config and returns the responses that bring the
@@ -246,10 +271,31 @@ func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.Di
 	v := s.cur.Views[t]
 	version := v.Version()
 	full := ts.needFull
-	if !full && sameSlice(ts.names, ts.sentNames) && ts.sentView != nil && version == ts.sentView.Version() {
+	sameNames := sameSlice(ts.names, ts.sentNames)
+	if !full && sameNames && ts.sentView != nil && version == ts.sentView.Version() {
 		return nil
 	}
 	var send []*resource.Resource
+	switch {
+	case !full && sameNames && ts.sentView != nil:
+		// Same subscription, new content: only what changed since sentView can need
+		// sending. The view diff is computed once per pair of sets and shared by every
+		// proxy, so this costs the size of the change, not of the subscription.
+		if changed, ok := v.Changed(ts.sentView); ok {
+			for _, n := range changed {
+				if _, subscribed := slices.BinarySearch(ts.names, n); !subscribed {
+					continue
+				}
+				if r, ok := v.Get(n); ok {
+					send = append(send, r)
+				}
+			}
+			return s.finishNamed(t, ts, v, version, send)
+		}
+	case full && len(v) == 1 && sameSlice(ts.names, v[0].Names()):
+		// Everything, and the subscription is exactly the set: its shared list.
+		return s.finishNamed(t, ts, v, version, v[0].All())
+	}
 	for _, n := range ts.names {
 		r, ok := v.Get(n)
 		if !ok {
@@ -264,6 +310,12 @@ func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.Di
 		}
 		send = append(send, r)
 	}
+	return s.finishNamed(t, ts, v, version, send)
+}
+
+// finishNamed records that the proxy now has v for its subscription and answers with
+// send, if anything.
+func (s *session) finishNamed(t resource.Type, ts *typeState, v resource.View, version string, send []*resource.Resource) *discoveryv3.DiscoveryResponse {
 	ts.needFull = false
 	ts.sentNames = ts.names
 	ts.sentView = v

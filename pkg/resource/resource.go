@@ -10,7 +10,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
+	"runtime"
+	"slices"
 	"sort"
+	"sync"
+	"weak"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -88,8 +93,23 @@ func New(t Type, name string, msg proto.Message) (*Resource, error) {
 // Set is an immutable group of resources of one type, with unique names.
 type Set struct {
 	version string
-	names   []string // sorted
+	names   []string // sorted; shared with every other live set of the same names
 	byName  map[string]*Resource
+	// list holds the resources in name order, for responses that send the whole set.
+	list []*Resource
+	// nameList keeps names' entry in the intern table alive while the set is.
+	nameList *nameList
+
+	// diffs memoizes Changed: the many proxies that move from one set to the next share
+	// one computation.
+	diffMu sync.Mutex
+	diffs  []setDiff
+}
+
+type setDiff struct {
+	// from is weak: a set must not keep its predecessors (and theirs) alive.
+	from    weak.Pointer[Set]
+	changed []string
 }
 
 // NewSet returns a set of the given resources. A later resource with the same name as an
@@ -99,16 +119,21 @@ func NewSet(rs ...*Resource) *Set {
 	for _, r := range rs {
 		s.byName[r.Name] = r
 	}
-	s.names = make([]string, 0, len(s.byName))
+	names := make([]string, 0, len(s.byName))
 	for n := range s.byName {
-		s.names = append(s.names, n)
+		names = append(names, n)
 	}
-	sort.Strings(s.names)
+	sort.Strings(names)
+	s.nameList = internNames(names)
+	s.names = s.nameList.names
+	s.list = make([]*Resource, len(s.names))
 	h := sha256.New()
-	for _, n := range s.names {
+	for i, n := range s.names {
+		r := s.byName[n]
+		s.list[i] = r
 		h.Write([]byte(n))
 		h.Write([]byte{0})
-		h.Write([]byte(s.byName[n].Hash))
+		h.Write([]byte(r.Hash))
 		h.Write([]byte{0})
 	}
 	s.version = hex.EncodeToString(h.Sum(nil)[:8])
@@ -122,7 +147,54 @@ func (s *Set) Version() string { return s.version }
 func (s *Set) Len() int { return len(s.names) }
 
 // Names returns the sorted names. The caller must not modify the slice.
+//
+// Sets with the same names share one slice, for as long as any of them is alive: a proxy
+// that subscribes to exactly a set's names can keep that slice instead of a copy of its
+// own, and it stays identical (the same backing array) from one snapshot to the next while
+// the names do not change.
 func (s *Set) Names() []string { return s.names }
+
+// All returns the resources sorted by name. The caller must not modify the slice.
+func (s *Set) All() []*Resource { return s.list }
+
+// maxDiffs bounds the memoized diffs of a set. Nearly every proxy moves to a new set
+// from the one set that came before it; a few lagging ones may come from older sets.
+const maxDiffs = 4
+
+// Changed returns the sorted names of the resources of s that old lacks or holds with
+// other content. Names that old has and s has not are not listed. It is nil when s is
+// old.
+//
+// Why: a new snapshot replaces every set, and each proxy works out what changed for it.
+// Walking all names per proxy costs O(names) each time; Changed does it once per pair of
+// sets and the proxies share the result, so a proxy's work is the size of the change.
+func (s *Set) Changed(old *Set) []string {
+	if s == old {
+		return nil
+	}
+	from := weak.Make(old)
+	s.diffMu.Lock()
+	defer s.diffMu.Unlock()
+	for _, d := range s.diffs {
+		if d.from == from {
+			return d.changed
+		}
+	}
+	var changed []string
+	for _, n := range s.names {
+		r := s.byName[n]
+		if o, ok := old.byName[n]; ok && (o == r || o.Hash == r.Hash) {
+			continue
+		}
+		changed = append(changed, n)
+	}
+	if len(s.diffs) == maxDiffs {
+		copy(s.diffs, s.diffs[1:])
+		s.diffs = s.diffs[:maxDiffs-1]
+	}
+	s.diffs = append(s.diffs, setDiff{from: from, changed: changed})
+	return changed
+}
 
 // Get returns the named resource.
 func (s *Set) Get(name string) (*Resource, bool) {
@@ -151,6 +223,30 @@ func (v View) Version() string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
+// Changed returns the sorted names of the resources of v that are new or differ from
+// old's, set by set (see Set.Changed), or ok false when the views do not have the same
+// number of sets. A name that moved from one set of the view to another is listed, even
+// if its content is the same: the list may hold more than what changed, never less.
+func (v View) Changed(old View) (names []string, ok bool) {
+	if len(v) != len(old) {
+		return nil, false
+	}
+	for i, s := range v {
+		c := s.Changed(old[i])
+		if len(c) == 0 {
+			continue
+		}
+		if names == nil {
+			names = c
+			continue
+		}
+		names = append(slices.Clip(names), c...)
+		slices.Sort(names)
+		names = slices.Compact(names)
+	}
+	return names, true
+}
+
 // Get returns the named resource from the first set that has it.
 func (v View) Get(name string) (*Resource, bool) {
 	for _, s := range v {
@@ -171,12 +267,14 @@ func (v View) Len() int {
 }
 
 // All returns every resource in the view, sorted by name within each set, sets in order.
+// The caller must not modify the slice.
 func (v View) All() []*Resource {
+	if len(v) == 1 {
+		return v[0].list
+	}
 	out := make([]*Resource, 0, v.Len())
 	for _, s := range v {
-		for _, n := range s.names {
-			out = append(out, s.byName[n])
-		}
+		out = append(out, s.list...)
 	}
 	return out
 }
@@ -187,4 +285,130 @@ type Proxy struct {
 	// Serves describes what the proxy serves, for diagnostics only (for example
 	// Service keys). pkg/ads shows it and never interprets it.
 	Serves []string
+}
+
+// nameList is a sorted name list shared by every live set with the same names.
+type nameList struct{ names []string }
+
+// nameLists interns name lists by content: a new snapshot rebuilds every set, and most
+// keep their names, so a proxy's subscription (Set.Names) stays the same slice across
+// snapshots. Entries go when no set holds their list any more. It also indexes every
+// name of a live list, for Name.
+var nameLists = struct {
+	sync.RWMutex
+	seed  maphash.Seed
+	lists map[uint64][]weak.Pointer[nameList]
+	names map[string]nameRef
+}{seed: maphash.MakeSeed(), lists: map[uint64][]weak.Pointer[nameList]{}, names: map[string]nameRef{}}
+
+// nameRef is a name of a live set and the number of live lists that hold it.
+type nameRef struct {
+	s    string
+	refs int
+}
+
+// NameListHash computes, name by name, the key under which the index of live name
+// lists (see LookupNames) files a list.
+type NameListHash struct{ h maphash.Hash }
+
+// Reset starts a new list.
+func (x *NameListHash) Reset() { x.h.SetSeed(nameLists.seed) }
+
+// Add adds the next name of the list.
+func (x *NameListHash) Add(name []byte) {
+	x.h.Write(name)
+	x.h.WriteByte(0)
+}
+
+func internNames(names []string) *nameList {
+	var h maphash.Hash
+	h.SetSeed(nameLists.seed)
+	for _, n := range names {
+		h.WriteString(n)
+		h.WriteByte(0)
+	}
+	key := h.Sum64()
+	nameLists.Lock()
+	defer nameLists.Unlock()
+	for _, wp := range nameLists.lists[key] {
+		if nl := wp.Value(); nl != nil && slices.Equal(nl.names, names) {
+			return nl
+		}
+	}
+	for i, n := range names {
+		ref, ok := nameLists.names[n]
+		if !ok {
+			ref.s = n
+		}
+		ref.refs++
+		nameLists.names[n] = ref
+		names[i] = ref.s
+	}
+	nl := &nameList{names: names}
+	nameLists.lists[key] = append(nameLists.lists[key], weak.Make(nl))
+	runtime.AddCleanup(nl, forgetNames, forget{key: key, names: names})
+	return nl
+}
+
+type forget struct {
+	key   uint64
+	names []string
+}
+
+// forgetNames drops the dead lists under f.key and unindexes the names of one.
+func forgetNames(f forget) {
+	nameLists.Lock()
+	defer nameLists.Unlock()
+	live := nameLists.lists[f.key][:0]
+	for _, wp := range nameLists.lists[f.key] {
+		if wp.Value() != nil {
+			live = append(live, wp)
+		}
+	}
+	if len(live) == 0 {
+		delete(nameLists.lists, f.key)
+	} else {
+		nameLists.lists[f.key] = live
+	}
+	for _, n := range f.names {
+		ref := nameLists.names[n]
+		if ref.refs--; ref.refs <= 0 {
+			delete(nameLists.names, n)
+		} else {
+			nameLists.names[n] = ref
+		}
+	}
+}
+
+// NameLookup finds the names of the resources of live sets, and the sets' name lists,
+// without allocating. It is valid only inside the function given to LookupNames.
+type NameLookup struct{}
+
+// Name returns the string of the resource name b, as a live set holds it; ok is false
+// for names no live set holds.
+func (NameLookup) Name(b []byte) (string, bool) {
+	ref, ok := nameLists.names[string(b)]
+	return ref.s, ok
+}
+
+// Lists calls f with each live name list of n names filed under the key of h, until f
+// returns true. The caller must check that a list is the one it wants.
+func (NameLookup) Lists(h *NameListHash, n int, f func(names []string) bool) {
+	for _, wp := range nameLists.lists[h.h.Sum64()] {
+		if nl := wp.Value(); nl != nil && len(nl.names) == n && f(nl.names) {
+			return
+		}
+	}
+}
+
+// LookupNames calls f with a NameLookup; the lookups inside f share one read lock.
+//
+// Why: every Envoy repeats its whole EDS and RDS subscription in each request, ACKs
+// included, so decoding requests would otherwise allocate a string per subscribed name,
+// and a slice of them, per proxy per push. With the lookup, a request's names can be
+// the sets' own strings, or even a set's own name list (Set.Names).
+func LookupNames(f func(NameLookup)) {
+	nameLists.RLock()
+	defer nameLists.RUnlock()
+	f(NameLookup{})
 }

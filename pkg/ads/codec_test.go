@@ -1,0 +1,148 @@
+package ads
+
+import (
+	"bytes"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"unsafe"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// TestCodecBytes holds the codec's promise: its fast path writes exactly the bytes the
+// proto codec writes, so a proxy cannot tell them apart.
+func TestCodecBytes(t *testing.T) {
+	big := res(t, resource.Endpoint, "big", strings.Repeat("x", 70000))
+	small := res(t, resource.Endpoint, "small", "y")
+	var many []*anypb.Any
+	for i := range 3000 {
+		many = append(many, res(t, resource.Cluster, "c", strings.Repeat("z", i%300)).Any)
+	}
+	cases := map[string]*discoveryv3.DiscoveryResponse{
+		"empty":              {},
+		"no resources":       {VersionInfo: "v1", TypeUrl: resource.Cluster.URL(), Nonce: "1"},
+		"one":                {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "12", Resources: []*anypb.Any{small.Any}},
+		"large (pooled)":     {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "99999", Resources: []*anypb.Any{big.Any, small.Any}},
+		"many":               {VersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", Resources: many},
+		"empty any value":    {VersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", Resources: []*anypb.Any{{TypeUrl: resource.Cluster.URL()}}},
+		"empty any":          {Resources: []*anypb.Any{{}}},
+		"no version":         {TypeUrl: resource.Route.URL(), Nonce: "3", Resources: []*anypb.Any{small.Any}},
+		"canary (fallback)":  {VersionInfo: "v", Canary: true, Resources: []*anypb.Any{small.Any}},
+		"control plane":      {VersionInfo: "v", ControlPlane: &corev3.ControlPlane{Identifier: "bearkong"}},
+		"resource errors":    {VersionInfo: "v", ResourceErrors: []*discoveryv3.ResourceError{{ErrorDetail: &status.Status{Message: "x"}}}},
+		"unknown any fields": {VersionInfo: "v", Resources: []*anypb.Any{withUnknown(small.Any)}},
+	}
+	for name, resp := range cases {
+		t.Run(name, func(t *testing.T) {
+			want, err := proto.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bs, err := codec{}.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := bs.Materialize()
+			bs.Free()
+			if !bytes.Equal(got, want) {
+				t.Fatalf("codec wrote %d bytes, proto.Marshal %d; they differ", len(got), len(want))
+			}
+			var back discoveryv3.DiscoveryResponse
+			if err := proto.Unmarshal(got, &back); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmpDiff(resp, &back); d != "" {
+				t.Fatalf("round trip (-sent +decoded):\n%s", d)
+			}
+		})
+	}
+}
+
+func withUnknown(a *anypb.Any) *anypb.Any {
+	c := proto.Clone(a).(*anypb.Any)
+	c.ProtoReflect().SetUnknown([]byte{0x18, 0x01}) // field 3, varint 1
+	return c
+}
+
+func cmpDiff(a, b proto.Message) string { return cmp.Diff(a, b, protocmp.Transform()) }
+
+// The codec's other messages go through the proto codec unchanged.
+func TestCodecOtherMessages(t *testing.T) {
+	in := &discoveryv3.DiscoveryRequest{VersionInfo: "v", ResourceNames: []string{"a", "b"}, TypeUrl: resource.Endpoint.URL()}
+	bs, err := codec{}.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out discoveryv3.DiscoveryRequest
+	if err := (codec{}).Unmarshal(bs, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(in, &out) {
+		t.Fatalf("round trip: got %v, want %v", &out, in)
+	}
+	if _, err := (codec{}).Marshal(wrapperspb.String("x")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCodecRequests holds the request fast path to proto.Unmarshal's result, known names
+// or not, and leaves what it does not handle to the proto codec.
+func TestCodecRequests(t *testing.T) {
+	known := resource.NewSet(res(t, resource.Endpoint, "app-1.default", "1"), res(t, resource.Endpoint, "app-2.default", "1"))
+	defer runtimeKeepAlive(known)
+	node := &corev3.Node{Id: "a.default", Cluster: "mesh"}
+	cases := map[string]*discoveryv3.DiscoveryRequest{
+		"empty":         {},
+		"first":         {Node: node, TypeUrl: resource.Cluster.URL()},
+		"ack":           {VersionInfo: "v1", ResponseNonce: "3", TypeUrl: resource.Endpoint.URL(), ResourceNames: []string{"app-1.default", "app-2.default"}},
+		"unknown names": {TypeUrl: resource.Endpoint.URL(), ResourceNames: []string{"app-1.default", "nope", "ünïcode"}},
+		"nack":          {VersionInfo: "v0", ResponseNonce: "4", TypeUrl: resource.Route.URL(), ResourceNames: []string{"outbound"}, ErrorDetail: &status.Status{Code: 3, Message: "bad"}},
+		"other type":    {TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"},
+		"locators":      {TypeUrl: resource.Endpoint.URL(), ResourceLocators: []*discoveryv3.ResourceLocator{{Name: "x"}}},
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			b, err := proto.Marshal(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := &discoveryv3.DiscoveryRequest{VersionInfo: "stale", ResourceNames: []string{"stale"}}
+			if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, out); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmpDiff(in, out); d != "" {
+				t.Fatalf("(-sent +decoded):\n%s", d)
+			}
+			if name == "ack" && unsafe.SliceData(out.ResourceNames) != unsafe.SliceData(known.Names()) {
+				t.Errorf("a subscription to exactly a set's names is not the set's list")
+			}
+			// Known names are the sets' own strings, not copies.
+			for _, n := range out.ResourceNames {
+				if i, ok := slices.BinarySearch(known.Names(), n); ok && unsafe.StringData(n) != unsafe.StringData(known.Names()[i]) {
+					t.Errorf("name %q was allocated again", n)
+				}
+			}
+		})
+	}
+	// A message proto.Unmarshal rejects is rejected.
+	bad := protowire.AppendString(protowire.AppendTag(nil, fieldReqResourceNames, protowire.BytesType), "\xff")
+	if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &discoveryv3.DiscoveryRequest{}); err == nil {
+		t.Fatal("invalid UTF-8 in a resource name was accepted")
+	}
+}
+
+func runtimeKeepAlive(x any) { runtime.KeepAlive(x) }
