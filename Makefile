@@ -38,6 +38,21 @@ fmt:
 vet:
 	$(GO) vet ./...
 
+# Benchmarks. bench/ is a Go module of its own, so that go-control-plane's cache and
+# server, the peer it compares against, never enter bearkong's go.mod. `make bench` runs
+# the fleet simulator (bearkong and the peer, S=1000 E=3, N=1000 and 5000; a run where 1%
+# of the proxies never ACK; N=500 through a real API server) and prints the table of
+# BENCHMARKS.md, in about 10 minutes; results and logs go to bench/out. `make bench/go`
+# runs the Go benchmarks of translate and of the ADS fan-out.
+.PHONY: bench bench/go
+
+bench:
+	scripts/install-kube.sh
+	cd bench && $(GO) run ./cmd/fleet -out out
+
+bench/go:
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/translate ./pkg/ads
+
 # ---------------------------------------------------------------------------------------
 # On a real cluster (k3d). Needs docker, k3d and kubectl; see "Deploying to a cluster" in
 # the README. Typical flow:

@@ -1,0 +1,642 @@
+// Package sim is the fleet simulator: many ADS clients that behave like Envoy sidecars,
+// lean enough that thousands fit in one process next to nothing else.
+//
+// Each client subscribes to CDS and LDS by wildcard and to EDS and RDS by the names it
+// finds in the clusters and listeners it receives; it decodes every resource before it
+// ACKs, checks that type URLs match and names do not repeat, and can be told to NACK or
+// to never ACK. Per response it records the type, the number of resources, the bytes,
+// when it arrived and when it was ACKed. Unlike internal/xdstest it keeps no decoded
+// resources, only names, so that the simulator's memory stays small and the server's can
+// be measured apart from it.
+package sim
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+)
+
+// Type is an xDS type, in the order Envoy initializes them.
+type Type uint8
+
+// The four types.
+const (
+	CDS Type = iota
+	EDS
+	LDS
+	RDS
+	NumTypes
+)
+
+var typeURLs = [NumTypes]string{
+	"type.googleapis.com/envoy.config.cluster.v3.Cluster",
+	"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+	"type.googleapis.com/envoy.config.listener.v3.Listener",
+	"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+}
+
+var typeNames = [NumTypes]string{"cds", "eds", "lds", "rds"}
+
+func (t Type) String() string { return typeNames[t] }
+
+// URL is the type URL.
+func (t Type) URL() string { return typeURLs[t] }
+
+func typeOf(url string) (Type, bool) {
+	for i, u := range typeURLs {
+		if u == url {
+			return Type(i), true
+		}
+	}
+	return 0, false
+}
+
+// Mode is how a client answers.
+type Mode int
+
+const (
+	// Normal ACKs every response after decoding it.
+	Normal Mode = iota
+	// NeverACK sends the first request of each type, as Envoy does while it initializes,
+	// and then never answers a response: a stuck proxy.
+	NeverACK
+)
+
+// Event is one response as a client got it.
+type Event struct {
+	Type  Type
+	N     int32 // resources
+	Bytes int32 // size of the DiscoveryResponse message
+	Recv  int64 // unix ns, when Recv returned
+	Ack   int64 // unix ns, when the ACK (or NACK) was handed to gRPC; 0 if none
+	NACK  bool
+	// Hit says the response carried the resource the fleet watches (Fleet.Watch).
+	Hit bool
+	// Names are the resource names when there are at most four, to check what a small
+	// push carried.
+	Names []string
+}
+
+// Client is one simulated proxy.
+type Client struct {
+	ID   int
+	Node *corev3.Node
+	Mode Mode
+	// Nack, when set, is asked about every response; a non-empty message NACKs it.
+	Nack func(t Type, names []string) string
+
+	fleet  *Fleet
+	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+
+	// Owned by the receive goroutine.
+	names        [NumTypes][]string // EDS and RDS subscriptions
+	acked        [NumTypes]string
+	nonce        [NumTypes]string
+	requested    [NumTypes]bool
+	ldsRequested bool
+
+	mu       sync.Mutex
+	events   []Event
+	synced   [NumTypes]bool // has ACKed at least one response of the type
+	syncedAt int64          // unix ns when all four were first ACKed
+	done     bool
+	err      error
+}
+
+// Fleet is a set of clients sharing counters.
+type Fleet struct {
+	Clients []*Client
+	conns   []*grpc.ClientConn
+
+	Responses atomic.Int64
+	LastRecv  atomic.Int64 // unix ns of the latest response any client got
+	Decoded   atomic.Int64 // resources decoded
+
+	watch atomic.Pointer[string]
+}
+
+// Watch makes every client flag (Event.Hit) the responses that carry a resource of this
+// name; "" stops it.
+func (f *Fleet) Watch(name string) {
+	if name == "" {
+		f.watch.Store(nil)
+		return
+	}
+	f.watch.Store(&name)
+}
+
+// Options configure Dial.
+type Options struct {
+	// Conns is the number of gRPC connections the clients share, round-robin; 0 gives
+	// each client a connection of its own, as each Envoy has.
+	Conns int
+	// NeverACK is the number of clients (the last ones) that never ACK.
+	NeverACK int
+	// Window is each connection's HTTP/2 stream and connection flow-control window;
+	// 0 leaves gRPC's default, which grows with the measured bandwidth-delay product.
+	//
+	// Why it matters here: Envoy's windows are large (256 MiB), which is right when each
+	// proxy has its own host. Here all proxies share one kernel: with large windows the
+	// server can push a full configuration to every proxy at once, and the loopback
+	// socket buffers of thousands of connections then hold gigabytes, which the kernel
+	// throttles. A 64 KiB window (HTTP/2's initial one) bounds that.
+	Window int
+}
+
+// Dial connects one client per node to addr and starts them all. The clients run until
+// ctx ends or Close.
+func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*Fleet, error) {
+	nconns := o.Conns
+	if nconns <= 0 || nconns > len(nodes) {
+		nconns = len(nodes)
+	}
+	f := &Fleet{}
+	for range nconns {
+		opts := []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.ForceCodecV2(codec{})),
+		}
+		if o.Window > 0 {
+			opts = append(opts, grpc.WithInitialWindowSize(int32(o.Window)), grpc.WithInitialConnWindowSize(int32(o.Window)))
+		}
+		cc, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		f.conns = append(f.conns, cc)
+	}
+	for i, n := range nodes {
+		c := &Client{ID: i, Node: n, fleet: f}
+		if i >= len(nodes)-o.NeverACK {
+			c.Mode = NeverACK
+		}
+		f.Clients = append(f.Clients, c)
+	}
+	// Open the streams from a few goroutines: all at once, like a fleet reconnecting.
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	work := make(chan *Client)
+	for range 16 {
+		wg.Go(func() {
+			for c := range work {
+				cc := f.conns[c.ID%len(f.conns)]
+				s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("client %d: open stream: %w", c.ID, err):
+					default:
+					}
+					continue
+				}
+				c.stream = s
+				go c.run()
+			}
+		})
+	}
+	for _, c := range f.Clients {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return f, err
+	default:
+	}
+	return f, nil
+}
+
+// Close closes every connection.
+func (f *Fleet) Close() {
+	for _, cc := range f.conns {
+		cc.Close()
+	}
+}
+
+// Mark forgets every client's events, to measure from now on.
+func (f *Fleet) Mark() {
+	for _, c := range f.Clients {
+		c.mu.Lock()
+		c.events = c.events[:0:0]
+		c.mu.Unlock()
+	}
+}
+
+// Status is a fleet-wide summary.
+type Status struct {
+	Synced  int // clients that ACKed all four types (never-ACK clients: that got all four)
+	Done    int // clients whose stream ended
+	Err     error
+	Pending int // responses received and not answered, over normal clients
+}
+
+// Status summarizes the clients.
+func (f *Fleet) Status() Status {
+	var st Status
+	for _, c := range f.Clients {
+		c.mu.Lock()
+		if c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+			st.Synced++
+		}
+		if c.done {
+			st.Done++
+			if st.Err == nil && c.err != nil {
+				st.Err = fmt.Errorf("client %d (%s): %w", c.ID, c.Node.GetId(), c.err)
+			}
+		}
+		c.mu.Unlock()
+	}
+	return st
+}
+
+// Events returns a copy of the client's events since the last Mark.
+func (c *Client) Events() []Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.events)
+}
+
+// SyncedAt returns when the client had first ACKed (or, never ACKing, received) all four
+// types, in unix ns; 0 if not yet.
+func (c *Client) SyncedAt() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.syncedAt
+}
+
+func (c *Client) finish(err error) {
+	c.mu.Lock()
+	c.done = true
+	if err != nil && !errors.Is(err, io.EOF) {
+		c.err = err
+	}
+	c.mu.Unlock()
+}
+
+func (c *Client) send(r *discoveryv3.DiscoveryRequest) error {
+	return c.stream.Send(r)
+}
+
+func (c *Client) run() {
+	if err := c.send(&discoveryv3.DiscoveryRequest{Node: c.Node, TypeUrl: CDS.URL()}); err != nil {
+		c.finish(err)
+		return
+	}
+	c.requested[CDS] = true
+	var d decoder
+	for {
+		var resp rawResponse
+		if err := c.stream.RecvMsg(&resp); err != nil {
+			c.finish(err)
+			return
+		}
+		err := c.handle(&d, &resp)
+		resp.release()
+		if err != nil {
+			c.finish(err)
+			return
+		}
+	}
+}
+
+func (c *Client) handle(d *decoder, resp *rawResponse) error {
+	recv := time.Now().UnixNano()
+	c.fleet.Responses.Add(1)
+	c.fleet.LastRecv.Store(recv)
+	t, ok := typeOf(resp.TypeURL)
+	if !ok {
+		return fmt.Errorf("response of unknown type %q", resp.TypeURL)
+	}
+	if !c.requested[t] {
+		return fmt.Errorf("%s response before any %s request", t, t)
+	}
+	ev := Event{Type: t, N: int32(len(resp.Resources)), Bytes: int32(resp.Size), Recv: recv}
+	names, refs, err := d.decode(t, resp)
+	if err != nil {
+		return err
+	}
+	c.fleet.Decoded.Add(int64(len(names)))
+	if len(names) <= 4 {
+		ev.Names = slices.Clone(names)
+	}
+	if w := c.fleet.watch.Load(); w != nil {
+		_, ev.Hit = slices.BinarySearch(names, *w)
+	}
+	nackMsg := ""
+	if c.Nack != nil {
+		nackMsg = c.Nack(t, names)
+	}
+	c.nonce[t] = resp.Nonce
+
+	var follow []*discoveryv3.DiscoveryRequest
+	if nackMsg == "" {
+		c.acked[t] = resp.Version
+		// A new cluster or listener set decides the EDS or RDS subscription, as in Envoy.
+		var dep Type
+		switch t {
+		case CDS:
+			dep = EDS
+		case LDS:
+			dep = RDS
+		}
+		if (t == CDS || t == LDS) && !slices.Equal(refs, c.names[dep]) {
+			c.names[dep] = intern(refs)
+			switch {
+			case !c.requested[dep]:
+				// The first request of a type carries no nonce.
+				follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: dep.URL(), ResourceNames: nonNil(c.names[dep])})
+				c.requested[dep] = true
+			case c.Mode == Normal:
+				// A stuck client only ever makes its first request of each type.
+				follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: dep.URL(), VersionInfo: c.acked[dep], ResponseNonce: c.nonce[dep], ResourceNames: nonNil(c.names[dep])})
+			}
+		}
+		// Envoy asks for listeners once its clusters are initialized: after the first
+		// EDS response, or after CDS when no cluster uses EDS.
+		if !c.ldsRequested && (t == EDS || (t == CDS && len(c.names[EDS]) == 0)) {
+			c.ldsRequested = true
+			c.requested[LDS] = true
+			follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: LDS.URL()})
+		}
+	}
+
+	var ack *discoveryv3.DiscoveryRequest
+	if c.Mode == Normal {
+		ack = &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: c.acked[t], ResponseNonce: resp.Nonce, ResourceNames: c.names[t]}
+		if nackMsg != "" {
+			ack.ErrorDetail = &rpcstatus.Status{Code: 3, Message: nackMsg}
+			ev.NACK = true
+		}
+		ev.Ack = time.Now().UnixNano()
+	}
+	c.mu.Lock()
+	c.events = append(c.events, ev)
+	if nackMsg == "" && (ack != nil || c.Mode == NeverACK) {
+		c.synced[t] = true
+		if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+			c.syncedAt = time.Now().UnixNano()
+		}
+	}
+	c.mu.Unlock()
+
+	if ack != nil {
+		if err := c.send(ack); err != nil {
+			return err
+		}
+	}
+	for _, r := range follow {
+		if err := c.send(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// decoder decodes resources into reused messages.
+type decoder struct {
+	cluster  clusterv3.Cluster
+	cla      endpointv3.ClusterLoadAssignment
+	listener listenerv3.Listener
+	route    routev3.RouteConfiguration
+	hcm      hcmv3.HttpConnectionManager
+}
+
+// decoded is what a resource's bytes say, as far as the simulator cares.
+type decoded struct {
+	name string
+	ref  string   // the EDS name a cluster refers to, if any
+	refs []string // the RDS names a listener refers to
+}
+
+// decodedResponse is what all the resources of a response say: their names, sorted and
+// without duplicates, and the names they refer to, sorted and unique. Shared; read-only.
+type decodedResponse struct {
+	names, refs []string
+}
+
+// Memoized decoding. The first client to receive some bytes unmarshals them; later
+// clients that receive the same bytes (most of a fleet gets the same resources) reuse the
+// result, found by a 64-bit hash of the bytes. Whole responses are memoized the same
+// way, so that a client that gets the same 1000 clusters as the others checks them with
+// one pass of hashing over the bytes instead of 1000 unmarshals.
+var (
+	memoSeed  = maphash.MakeSeed()
+	memo      shardedMap[memoKey, *decoded]
+	respMemo  shardedMap[memoKey, *decodedResponse]
+	hashBytes = func(b []byte) uint64 { return maphash.Bytes(memoSeed, b) }
+)
+
+type memoKey struct {
+	t    Type
+	h    uint64
+	n, m int // length, and resource count for responses
+}
+
+// FullDecode makes every client unmarshal every resource it receives, as each Envoy
+// does, instead of reusing the result for bytes already decoded by another client. On a
+// small machine the simulator then spends most of the CPU time, not the servers.
+var FullDecode = false
+
+// decode checks every resource of resp and returns their names (sorted) and, for CDS
+// and LDS, the EDS or RDS names they refer to (sorted, unique). It fails on a resource
+// whose type URL is not the response's, one that does not unmarshal, one without a name,
+// or a repeated name. The slices are shared: read-only.
+func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err error) {
+	url := t.URL()
+	var rkey memoKey
+	if !FullDecode {
+		var h maphash.Hash
+		h.SetSeed(memoSeed)
+		var n int
+		for _, a := range resp.Resources {
+			if string(a.TypeURL) != url {
+				return nil, nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
+			}
+			var l [8]byte
+			binary.LittleEndian.PutUint64(l[:], uint64(len(a.Value)))
+			h.Write(l[:])
+			h.Write(a.Value)
+			n += len(a.Value)
+		}
+		rkey = memoKey{t: t, h: h.Sum64(), n: n, m: len(resp.Resources)}
+		if r, ok := respMemo.load(rkey); ok {
+			return r.names, r.refs, nil
+		}
+	}
+	names = make([]string, 0, len(resp.Resources))
+	for _, a := range resp.Resources {
+		if string(a.TypeURL) != url {
+			return nil, nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
+		}
+		var r *decoded
+		var key memoKey
+		if !FullDecode {
+			key = memoKey{t: t, h: hashBytes(a.Value), n: len(a.Value)}
+			r, _ = memo.load(key)
+		}
+		if r == nil {
+			if r, err = d.unmarshal(t, a.Value); err != nil {
+				return nil, nil, err
+			}
+			if !FullDecode {
+				memo.store(key, r)
+			}
+		}
+		names = append(names, r.name)
+		if r.ref != "" {
+			refs = append(refs, r.ref)
+		}
+		refs = append(refs, r.refs...)
+	}
+	slices.Sort(names)
+	for i := 1; i < len(names); i++ {
+		if names[i] == names[i-1] {
+			return nil, nil, fmt.Errorf("duplicate %s resource %q in one response", t, names[i])
+		}
+	}
+	slices.Sort(refs)
+	refs = slices.Compact(refs)
+	if !FullDecode {
+		respMemo.store(rkey, &decodedResponse{names: names, refs: refs})
+	}
+	return names, refs, nil
+}
+
+// shardedMap is a map for many concurrent readers.
+type shardedMap[K comparable, V any] struct {
+	shards [64]struct {
+		sync.RWMutex
+		m map[K]V
+	}
+}
+
+func (s *shardedMap[K, V]) shard(k K) int {
+	return int(maphash.Comparable(memoSeed, k) % 64)
+}
+
+func (s *shardedMap[K, V]) load(k K) (V, bool) {
+	sh := &s.shards[s.shard(k)]
+	sh.RLock()
+	v, ok := sh.m[k]
+	sh.RUnlock()
+	return v, ok
+}
+
+func (s *shardedMap[K, V]) store(k K, v V) {
+	sh := &s.shards[s.shard(k)]
+	sh.Lock()
+	if sh.m == nil {
+		sh.m = map[K]V{}
+	}
+	sh.m[k] = v
+	sh.Unlock()
+}
+
+func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
+	r := &decoded{}
+	switch t {
+	case CDS:
+		if err := proto.Unmarshal(b, &d.cluster); err != nil {
+			return nil, fmt.Errorf("decode cluster: %w", err)
+		}
+		r.name = d.cluster.GetName()
+		if d.cluster.GetType() == clusterv3.Cluster_EDS {
+			r.ref = d.cluster.GetEdsClusterConfig().GetServiceName()
+			if r.ref == "" {
+				r.ref = r.name
+			}
+		}
+	case EDS:
+		if err := proto.Unmarshal(b, &d.cla); err != nil {
+			return nil, fmt.Errorf("decode cluster load assignment: %w", err)
+		}
+		r.name = d.cla.GetClusterName()
+	case LDS:
+		if err := proto.Unmarshal(b, &d.listener); err != nil {
+			return nil, fmt.Errorf("decode listener: %w", err)
+		}
+		r.name = d.listener.GetName()
+		for _, fc := range d.listener.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				tc := f.GetTypedConfig()
+				if tc == nil {
+					continue
+				}
+				if err := tc.UnmarshalTo(&d.hcm); err != nil {
+					return nil, fmt.Errorf("decode listener %q filter %q: %w", r.name, f.GetName(), err)
+				}
+				if n := d.hcm.GetRds().GetRouteConfigName(); n != "" {
+					r.refs = append(r.refs, n)
+				}
+			}
+		}
+	case RDS:
+		if err := proto.Unmarshal(b, &d.route); err != nil {
+			return nil, fmt.Errorf("decode route configuration: %w", err)
+		}
+		r.name = d.route.GetName()
+	}
+	if r.name == "" {
+		return nil, fmt.Errorf("%s resource without a name", t)
+	}
+	return r, nil
+}
+
+// intern returns a shared copy of a name list: thousands of clients subscribe to the
+// same names, and the simulator should not cost more memory than the fleet it measures.
+func intern(names []string) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	var h maphash.Hash
+	h.SetSeed(internSeed)
+	for _, n := range names {
+		h.WriteString(n)
+		h.WriteByte(0)
+	}
+	key := h.Sum64()
+	if v, ok := interned.Load(key); ok {
+		if s := v.([]string); slices.Equal(s, names) {
+			return s
+		}
+		return slices.Clone(names)
+	}
+	s := slices.Clone(names)
+	v, _ := interned.LoadOrStore(key, s)
+	if s2 := v.([]string); slices.Equal(s2, names) {
+		return s2
+	}
+	return s
+}
+
+var (
+	internSeed = maphash.MakeSeed()
+	interned   sync.Map // uint64 -> []string
+)
