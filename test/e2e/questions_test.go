@@ -229,7 +229,8 @@ func TestQuestion3MeshTimeout(t *testing.T) {
 	expect504 := func(when string) {
 		t.Helper()
 		status, took := timed(ctx, m, "app-1-0", "slow")
-		if status != 504 || took < 2*time.Second || took >= 3*time.Second {
+		// Envoy's timer may fire a few milliseconds early.
+		if status != 504 || took < 1900*time.Millisecond || took >= 3*time.Second {
 			t.Fatalf("%s: %d after %s, want 504 after the 2s timeout (before the app's 3s)", when, status, took)
 		}
 	}

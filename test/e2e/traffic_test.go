@@ -283,7 +283,7 @@ func TestRequestTimeoutFromHTTPRoute(t *testing.T) {
 	})
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
 		status, _, took, err := get(ctx, m, "app-1-0", "sluggish", "/")
-		if err != nil || status != 504 || took < time.Second || took >= 2*time.Second {
+		if err != nil || status != 504 || took < 900*time.Millisecond || took >= 2*time.Second { // Envoy's timer may fire early by a hair
 			return fmt.Errorf("got %d after %s (%v), want 504 after the 1s timeout", status, took, err)
 		}
 		return nil
