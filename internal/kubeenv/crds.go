@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -69,7 +68,10 @@ func (e *Env) InstallGatewayAPICRDs(ctx context.Context) error {
 	crds := dyn.Resource(crdGVR)
 	var names []string
 	for _, f := range files {
-		objs, err := readYAML(f)
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue // kustomize's index of the CRDs, not an object
+		}
+		objs, err := ReadYAML(f)
 		if err != nil {
 			return err
 		}
@@ -115,8 +117,9 @@ func established(o *unstructured.Unstructured) bool {
 	return false
 }
 
-// readYAML decodes every document of a YAML file.
-func readYAML(path string) ([]*unstructured.Unstructured, error) {
+// ReadYAML decodes every document of a YAML (or JSON) file. Empty documents are skipped;
+// a document without apiVersion, kind or metadata.name is an error.
+func ReadYAML(path string) ([]*unstructured.Unstructured, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -132,9 +135,13 @@ func readYAML(path string) ([]*unstructured.Unstructured, error) {
 			}
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		if len(m) == 0 || strings.TrimSpace(fmt.Sprint(m["kind"])) == "" {
-			continue
+		if len(m) == 0 {
+			continue // an empty document
 		}
-		out = append(out, &unstructured.Unstructured{Object: m})
+		u := &unstructured.Unstructured{Object: m}
+		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
+			return nil, fmt.Errorf("%s: a document without apiVersion, kind or metadata.name", path)
+		}
+		out = append(out, u)
 	}
 }

@@ -17,10 +17,8 @@
 package deploy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -33,7 +31,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
@@ -104,7 +101,7 @@ func loadDir(root, dir string) ([]object, error) {
 	var out []object
 	for _, res := range k.Resources {
 		rel := filepath.Join("manifests", dir, res)
-		objs, err := decodeFile(filepath.Join(root, rel))
+		objs, err := kubeenv.ReadYAML(filepath.Join(root, rel))
 		if err != nil {
 			return nil, err
 		}
@@ -128,33 +125,6 @@ func loadAll(t *testing.T) []object {
 		all = append(all, objs...)
 	}
 	return all
-}
-
-// decodeFile decodes every YAML document of a file.
-func decodeFile(path string) ([]*unstructured.Unstructured, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
-	var out []*unstructured.Unstructured
-	for {
-		var m map[string]any
-		if err := dec.Decode(&m); err != nil {
-			if errors.Is(err, io.EOF) {
-				return out, nil
-			}
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		if m == nil { // an empty document
-			continue
-		}
-		u := &unstructured.Unstructured{Object: m}
-		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
-			return nil, fmt.Errorf("%s: a document without apiVersion, kind or metadata.name", path)
-		}
-		out = append(out, u)
-	}
 }
 
 // find returns the objects of a kind, optionally with a name.
