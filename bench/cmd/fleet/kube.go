@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -75,30 +74,13 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 			nodes = append(nodes, p.Node())
 		}
 	}
-	start := time.Now()
-	f, err := sim.Dial(ctx, ch.ready.XDS, nodes, sim.Options{Conns: c.conns, Window: c.window})
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, Window: c.window}, 3*time.Minute)
 	if f != nil {
 		defer f.Close()
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := waitSynced(ctx, f, 3*time.Minute); err != nil {
-		return nil, err
-	}
-	var syncs []float64
-	for _, cl := range f.Clients {
-		syncs = append(syncs, float64(cl.SyncedAt()-start.UnixNano())/1e9)
-	}
-	slices.Sort(syncs)
-	r.SyncAll, r.SyncP50 = syncs[len(syncs)-1], percentile(syncs, 50)
-	if err := waitQuiet(ctx, f, ch, time.Time{}, time.Minute); err != nil {
-		return nil, err
-	}
-	if r.AfterSync, err = ch.stats(true); err != nil {
-		return nil, err
-	}
-	r.SyncCPU = r.AfterSync.CPU - r.Baseline.CPU
 	logf("informer path: %d proxies synced in %.1fs", n, r.SyncAll)
 
 	nextIP := 1 << 16

@@ -202,30 +202,13 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 	for i, p := range pods {
 		nodes[i] = p.Node()
 	}
-	start := time.Now()
-	f, err := sim.Dial(ctx, ch.ready.XDS, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window})
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window}, 5*time.Minute)
 	if f != nil {
 		defer f.Close()
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := waitSynced(ctx, f, 5*time.Minute); err != nil {
-		return nil, err
-	}
-	var syncs []float64
-	for _, cl := range f.Clients {
-		syncs = append(syncs, float64(cl.SyncedAt()-start.UnixNano())/1e9)
-	}
-	slices.Sort(syncs)
-	r.SyncAll, r.SyncP50 = syncs[len(syncs)-1], percentile(syncs, 50)
-	if err := waitQuiet(ctx, f, ch, time.Time{}, time.Minute); err != nil {
-		return nil, err
-	}
-	if r.AfterSync, err = ch.stats(true); err != nil {
-		return nil, err
-	}
-	r.SyncCPU = r.AfterSync.CPU - r.Baseline.CPU
 	prof := func(string) func() { return func() {} }
 	if c.profile {
 		dir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
@@ -511,3 +494,32 @@ func percentile(xs []float64, p float64) float64 {
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// syncFleet connects a simulated proxy per node to the server in ch, waits until all are
+// synced and the server is quiet, and records the initial sync in r: its duration (all
+// proxies, median proxy), the server's state after it and the CPU it took. The caller
+// closes the fleet, which is returned even with an error when it was dialled.
+func syncFleet(ctx context.Context, c config, ch *child, r *Run, nodes []*corev3.Node, opts sim.Options, timeout time.Duration) (*sim.Fleet, error) {
+	start := time.Now()
+	f, err := sim.Dial(ctx, ch.ready.XDS, nodes, opts)
+	if err != nil {
+		return f, err
+	}
+	if err := waitSynced(ctx, f, timeout); err != nil {
+		return f, err
+	}
+	var syncs []float64
+	for _, cl := range f.Clients {
+		syncs = append(syncs, float64(cl.SyncedAt()-start.UnixNano())/1e9)
+	}
+	slices.Sort(syncs)
+	r.SyncAll, r.SyncP50 = syncs[len(syncs)-1], percentile(syncs, 50)
+	if err := waitQuiet(ctx, f, ch, time.Time{}, time.Minute); err != nil {
+		return f, err
+	}
+	if r.AfterSync, err = ch.stats(true); err != nil {
+		return f, err
+	}
+	r.SyncCPU = r.AfterSync.CPU - r.Baseline.CPU
+	return f, nil
+}
