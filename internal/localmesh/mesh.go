@@ -30,6 +30,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/kubeenv/proc"
@@ -109,6 +110,8 @@ type service struct {
 	// ports are the Service's ports as last written; the slice's ports follow them.
 	ports []corev1.ServicePort
 	slice *discoveryv1.EndpointSlice // last written; keeps UID and creation time
+	// external marks an ExternalName Service: it has no EndpointSlice.
+	external bool
 }
 
 // New checks the options and prepares a mesh; it starts nothing. Processes started later
@@ -189,6 +192,9 @@ func New(ctx context.Context, opts Options) (*Mesh, error) {
 
 // Namespace returns the namespace of the mesh's Services and Pods.
 func (m *Mesh) Namespace() string { return m.opts.Namespace }
+
+// DrainPeriod returns how long a gracefully removed pod keeps serving (Options.DrainPeriod).
+func (m *Mesh) DrainPeriod() time.Duration { return m.opts.DrainPeriod }
 
 // XDSAddr returns the control plane's xDS address.
 func (m *Mesh) XDSAddr() string { return m.opts.XDSAddr }
@@ -304,6 +310,15 @@ type ServiceOptions struct {
 	Annotations map[string]string
 	// NotMeshed leaves out the meshed=enabled label.
 	NotMeshed bool
+	// TargetPortName, when set, is the targetPort as a name, resolved against the pods'
+	// container ports (podContainers: "http" is the app's 9090, "inbound" the sidecar's
+	// 8000). It overrides TargetPort.
+	TargetPortName string
+	// Headless gives the Service clusterIP None.
+	Headless bool
+	// ExternalName, when set, makes the Service of type ExternalName, an alias of that
+	// host: no selector, no cluster IP and, as in a cluster, no EndpointSlice.
+	ExternalName string
 }
 
 // AddService creates a Service selecting app=<name>, port 9090 to opts.TargetPort,
@@ -329,6 +344,10 @@ func (m *Mesh) AddService(ctx context.Context, name string, opts ServiceOptions)
 	}
 	m.mu.Unlock()
 
+	targetPort := intOrString(opts.TargetPort)
+	if opts.TargetPortName != "" {
+		targetPort = intstr.FromString(opts.TargetPortName)
+	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: m.opts.Namespace, Labels: labels, Annotations: opts.Annotations},
 		Spec: corev1.ServiceSpec{
@@ -336,22 +355,30 @@ func (m *Mesh) AddService(ctx context.Context, name string, opts ServiceOptions)
 			Ports: []corev1.ServicePort{{
 				Name:       opts.PortName,
 				Port:       mesh.AppPort,
-				TargetPort: intOrString(opts.TargetPort),
+				TargetPort: targetPort,
 				Protocol:   corev1.ProtocolTCP,
 			}},
 		},
+	}
+	if opts.Headless {
+		svc.Spec.ClusterIP = corev1.ClusterIPNone
+	}
+	if opts.ExternalName != "" {
+		svc.Spec.Type = corev1.ServiceTypeExternalName
+		svc.Spec.ExternalName = opts.ExternalName
+		svc.Spec.Selector = nil
 	}
 	created, err := m.env.Client.CoreV1().Services(m.opts.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("localmesh: create service %s: %w", name, err)
 	}
 	m.mu.Lock()
-	m.services[name] = &service{name: name, uid: string(created.UID), ports: created.Spec.Ports}
+	m.services[name] = &service{name: name, uid: string(created.UID), ports: created.Spec.Ports, external: opts.ExternalName != ""}
 	m.mu.Unlock()
 	if err := m.syncSlice(ctx, name); err != nil {
 		return err
 	}
-	m.opts.Logf("localmesh: service %s created (port %d -> %d)", name, mesh.AppPort, opts.TargetPort)
+	m.opts.Logf("localmesh: service %s created (port %d -> %s)", name, mesh.AppPort, targetPort.String())
 	return nil
 }
 

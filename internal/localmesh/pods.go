@@ -560,7 +560,7 @@ func (m *Mesh) syncSlice(ctx context.Context, svcName string) error {
 
 	m.mu.Lock()
 	svc, ok := m.services[svcName]
-	if !ok {
+	if !ok || svc.external {
 		m.mu.Unlock()
 		return nil
 	}

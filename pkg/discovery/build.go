@@ -58,22 +58,53 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		var diags []mesh.Diagnostic
 		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms)...)
-		ms.Endpoints, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name)
+		snap.Services = append(snap.Services, ms)
+
+		// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
+		// gives it no endpoints, and kube-proxy no rules
+		// (https://kubernetes.io/docs/concepts/services-networking/service/#externalname).
+		// It stays in the mesh, so that a caller gets an answer that names it, but the
+		// mesh has no pod to send its traffic to: say so rather than answer 503 silently.
+		if svc.Spec.Type == corev1.ServiceTypeExternalName {
+			snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
+				Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonExternalName, Event: true,
+				Message: fmt.Sprintf("ExternalName Service (an alias of %q) has no endpoints the mesh can route to: bearkong sends mesh traffic to the sidecars of a Service's pods, so requests for it through the mesh get 503; call %s directly, or give the Service a selector and pods",
+					svc.Spec.ExternalName, svc.Spec.ExternalName),
+			})
+			continue
+		}
+
+		var eps endpoints
+		eps, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name, primaryFamily(svc))
 		if err != nil {
 			return nil, nil, err
 		}
-		snap.Services = append(snap.Services, ms)
+		ms.Endpoints = eps.list
 
 		// A Service without a selector (endpoints managed by hand) selects no pods: an
-		// empty selector would otherwise match every pod in the namespace.
+		// empty selector would otherwise match every pod in the namespace. Its
+		// endpoints are whatever EndpointSlices name it; with none, the mesh has
+		// nowhere to send its traffic. That is how such a Service starts, so it is a
+		// diagnostic but no Event.
 		if len(svc.Spec.Selector) == 0 {
+			if eps.slices == 0 {
+				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
+					Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonNoEndpointSlices,
+					Message: fmt.Sprintf("Service has no selector and no EndpointSlice of IP addresses labelled %s=%s: requests for it through the mesh get 503 until one names its endpoints",
+						discoveryv1.LabelServiceName, svc.Name),
+				})
+			}
+			snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, nil)...)
 			continue
 		}
 		selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
 		if err != nil {
 			return nil, nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
 		}
+		// Pods come from the lister in map order; sort them so that everything built from
+		// them is the same for the same objects.
+		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
+		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, namedPortResolver(selected))...)
 		for _, pod := range selected {
 			key := pod.Namespace + "/" + pod.Name
 			p := snap.Proxies[key]
@@ -89,6 +120,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 	for _, p := range snap.Proxies {
 		sort.Strings(p.Services)
 	}
+	snap.Diagnostics = append(snap.Diagnostics, mesh.CheckPolicyConflicts(snap)...)
 	var statuses []routeStatus
 	if routes != nil {
 		list, err := routes.List(labels.Everything())
@@ -148,29 +180,118 @@ func targetPort(tp intstr.IntOrString) string {
 	return strconv.Itoa(int(tp.IntVal))
 }
 
-// readyEndpoints collects the ready endpoints of one Service from all of its
-// EndpointSlices: a Service can have several (more than 100 endpoints, one per address
-// family, or old and new slices during a handover), and the same address may appear
-// in more than one.
-func readyEndpoints(lister discoverylisters.EndpointSliceLister, namespace, name string) ([]mesh.Endpoint, error) {
+// namedPortResolver resolves a Service port's named targetPort in each of the selected
+// pods, as the endpoint controller does: the first container port with that name and
+// the Service port's protocol.
+func namedPortResolver(pods []*corev1.Pod) func(mesh.ServicePort) []mesh.PodPort {
+	if len(pods) == 0 {
+		return nil
+	}
+	return func(sp mesh.ServicePort) []mesh.PodPort {
+		proto := corev1.Protocol(sp.Protocol)
+		if proto == "" {
+			proto = corev1.ProtocolTCP
+		}
+		out := make([]mesh.PodPort, 0, len(pods))
+		for _, pod := range pods {
+			pp := mesh.PodPort{Pod: pod.Name}
+		find:
+			for _, c := range pod.Spec.Containers {
+				for _, cp := range c.Ports {
+					cpProto := cp.Protocol
+					if cpProto == "" {
+						cpProto = corev1.ProtocolTCP
+					}
+					if cp.Name == sp.TargetPort && cpProto == proto {
+						pp.Port = cp.ContainerPort
+						break find
+					}
+				}
+			}
+			out = append(out, pp)
+		}
+		return out
+	}
+}
+
+// primaryFamily is the address family the mesh uses for a Service: the first of
+// spec.ipFamilies, which the API server sets on every Service that has endpoints and
+// which cannot change afterwards; IPv4 when unset
+// (https://kubernetes.io/docs/concepts/services-networking/dual-stack/#services).
+func primaryFamily(svc *corev1.Service) discoveryv1.AddressType {
+	if len(svc.Spec.IPFamilies) > 0 && svc.Spec.IPFamilies[0] == corev1.IPv6Protocol {
+		return discoveryv1.AddressTypeIPv6
+	}
+	return discoveryv1.AddressTypeIPv4
+}
+
+// endpoints is what readyEndpoints found.
+type endpoints struct {
+	list []mesh.Endpoint
+	// slices counts the Service's EndpointSlices of IP addresses (of either family).
+	slices int
+}
+
+// readyEndpoints collects the endpoints of one Service from all of its EndpointSlices: a
+// Service can have several (more than 100 endpoints, one per address family, or old and
+// new slices during a handover), and the same address may appear in more than one.
+//
+// One address family per Service: the slices of family (the Service's primary one),
+// so that a dual-stack pod is one endpoint, not two. The sidecar's listeners bind one
+// address (translate.Node.ListenIP), so the family must be one the sidecars listen on;
+// see the README. A Service with slices of the other family only (hand-made slices of a
+// selector-less Service, say) uses those rather than nothing.
+//
+// Ready endpoints are used. When none is ready, the serving ones that are terminating
+// are, as kube-proxy does, so that a Service whose pods are all shutting down keeps
+// answering until they are gone
+// (https://kubernetes.io/docs/concepts/services-networking/endpoint-slices/#conditions).
+func readyEndpoints(lister discoverylisters.EndpointSliceLister, namespace, name string, family discoveryv1.AddressType) (endpoints, error) {
 	list, err := lister.EndpointSlices(namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}))
 	if err != nil {
-		return nil, fmt.Errorf("list endpointslices for service %s/%s: %w", namespace, name, err)
+		return endpoints{}, fmt.Errorf("list endpointslices for service %s/%s: %w", namespace, name, err)
 	}
 	// Visit slices in name order so that which duplicate wins does not depend on the
 	// cache's map order.
 	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
 
-	byIP := map[netip.Addr]mesh.Endpoint{}
+	var ipSlices []*discoveryv1.EndpointSlice
+	ofFamily := 0
 	for _, slice := range list {
 		// FQDN slices name hosts, not pods; the mesh routes to pod sidecars by IP.
 		if slice.AddressType != discoveryv1.AddressTypeIPv4 && slice.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
+		ipSlices = append(ipSlices, slice)
+		if slice.AddressType == family {
+			ofFamily++
+		}
+	}
+	if ofFamily == 0 && len(ipSlices) > 0 {
+		family = ipSlices[0].AddressType
+	}
+
+	ready := map[netip.Addr]mesh.Endpoint{}
+	terminating := map[netip.Addr]mesh.Endpoint{}
+	for _, slice := range ipSlices {
+		if slice.AddressType != family {
+			continue
+		}
 		for _, ep := range slice.Endpoints {
-			// Ready nil means ready (the API's own rule). The endpoint controller sets
-			// ready=false for terminating endpoints and for serving-but-not-ready ones.
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+			// The conditions as kube-proxy reads them: ready nil means ready, serving
+			// nil means the same as ready, terminating nil means not terminating. The
+			// endpoint controller sets ready=false for terminating endpoints and for
+			// serving-but-not-ready ones.
+			isReady := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			isServing := ep.Conditions.Serving == nil && isReady || ep.Conditions.Serving != nil && *ep.Conditions.Serving
+			isTerminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			var into map[netip.Addr]mesh.Endpoint
+			switch {
+			case isReady:
+				into = ready
+			case isServing && isTerminating:
+				into = terminating
+			default:
 				continue
 			}
 			// The API calls an endpoint's addresses fungible and allows consumers to
@@ -187,19 +308,23 @@ func readyEndpoints(lister discoverylisters.EndpointSliceLister, namespace, name
 			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
 				pod = ep.TargetRef.Name
 			}
-			if prev, ok := byIP[addr]; ok && (prev.Pod != "" || pod == "") {
+			if prev, ok := into[addr]; ok && (prev.Pod != "" || pod == "") {
 				continue // keep the first, unless only a later one names the pod
 			}
-			byIP[addr] = mesh.Endpoint{IP: addr.String(), Pod: pod}
+			into[addr] = mesh.Endpoint{IP: addr.String(), Pod: pod}
 		}
 	}
-	// Sort by address, numerically (10.0.0.9 before 10.0.0.10; IPv4 before IPv6).
+	byIP := ready
+	if len(ready) == 0 {
+		byIP = terminating
+	}
+	// Sort by address, numerically (10.0.0.9 before 10.0.0.10).
 	addrs := slices.SortedFunc(maps.Keys(byIP), func(a, b netip.Addr) int { return a.Compare(b) })
 	out := make([]mesh.Endpoint, 0, len(addrs))
 	for _, a := range addrs {
 		out = append(out, byIP[a])
 	}
-	return out, nil
+	return endpoints{list: out, slices: len(ipSlices)}, nil
 }
 
 // sameMeaning reports whether two snapshots describe the same mesh: everything but

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -137,7 +138,116 @@ func TestBuild(t *testing.T) {
 			}}},
 		},
 		{
-			name: "several slices, both families, deduplicated and sorted by address",
+			name: "serving terminating endpoints when no endpoint is ready",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withSelector(nil)),
+				endpointSlice("a", "app-1-x", "app-1", ipv4,
+					endpoint("10.0.0.4", "terminating", conditions(ptr(false), ptr(true), ptr(true))),
+					endpoint("10.0.0.5", "terminating-serving-nil", conditions(ptr(false), nil, ptr(true))),
+					endpoint("10.0.0.6", "terminating-not-serving", conditions(ptr(false), ptr(false), ptr(true))),
+					endpoint("10.0.0.7", "serving-not-ready", conditions(ptr(false), ptr(true), ptr(false))),
+				),
+			},
+			// As kube-proxy: serving nil reads as ready (false here), and a serving
+			// endpoint that is not terminating is not ready for a reason of its own.
+			want: &mesh.Snapshot{Services: []*mesh.Service{{
+				Namespace: "a", Name: "app-1", Ports: httpPort(),
+				Endpoints: []mesh.Endpoint{{IP: "10.0.0.4", Pod: "terminating"}},
+			}}},
+		},
+		{
+			name: "terminating endpoints are dropped once one endpoint is ready, in any slice",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withSelector(nil)),
+				endpointSlice("a", "app-1-x", "app-1", ipv4,
+					endpoint("10.0.0.4", "terminating", conditions(ptr(false), ptr(true), ptr(true))),
+				),
+				endpointSlice("a", "app-1-y", "app-1", ipv4, endpoint("10.0.0.9", "new")),
+			},
+			want: &mesh.Snapshot{Services: []*mesh.Service{{
+				Namespace: "a", Name: "app-1", Ports: httpPort(),
+				Endpoints: []mesh.Endpoint{{IP: "10.0.0.9", Pod: "new"}},
+			}}},
+		},
+		{
+			name: "dual-stack: the primary family only, IPv4 first",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withFamilies(corev1.IPv4Protocol, corev1.IPv6Protocol)),
+				endpointSlice("a", "app-1-4", "app-1", ipv4, endpoint("10.0.0.1", "p1"), endpoint("10.0.0.2", "p2")),
+				endpointSlice("a", "app-1-6", "app-1", ipv6, endpoint("fd00::1", "p1"), endpoint("fd00::2", "p2")),
+			},
+			want: &mesh.Snapshot{Services: []*mesh.Service{{
+				Namespace: "a", Name: "app-1", Ports: httpPort(),
+				Endpoints: []mesh.Endpoint{{IP: "10.0.0.1", Pod: "p1"}, {IP: "10.0.0.2", Pod: "p2"}},
+			}}},
+		},
+		{
+			name: "dual-stack: the primary family only, IPv6 first",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withFamilies(corev1.IPv6Protocol, corev1.IPv4Protocol)),
+				endpointSlice("a", "app-1-4", "app-1", ipv4, endpoint("10.0.0.1", "p1"), endpoint("10.0.0.2", "p2")),
+				endpointSlice("a", "app-1-6", "app-1", ipv6, endpoint("fd00::1", "p1"), endpoint("fd00::2", "p2")),
+			},
+			want: &mesh.Snapshot{Services: []*mesh.Service{{
+				Namespace: "a", Name: "app-1", Ports: httpPort(),
+				Endpoints: []mesh.Endpoint{{IP: "fd00::1", Pod: "p1"}, {IP: "fd00::2", Pod: "p2"}},
+			}}},
+		},
+		{
+			name: "IPv6 single-stack",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withFamilies(corev1.IPv6Protocol)),
+				endpointSlice("a", "app-1-6", "app-1", ipv6, endpoint("fd00::1", "p1")),
+			},
+			want: &mesh.Snapshot{Services: []*mesh.Service{{
+				Namespace: "a", Name: "app-1", Ports: httpPort(),
+				Endpoints: []mesh.Endpoint{{IP: "fd00::1", Pod: "p1"}},
+			}}},
+		},
+		{
+			name: "no ipFamilies: IPv4; slices of the other family only are still used",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, withSelector(nil)),
+				service("a", "app-2", meshed, withSelector(nil)),
+				endpointSlice("a", "app-1-4", "app-1", ipv4, endpoint("10.0.0.1", "p1")),
+				endpointSlice("a", "app-1-6", "app-1", ipv6, endpoint("fd00::1", "p1")),
+				endpointSlice("a", "app-2-6", "app-2", ipv6, endpoint("fd00::2", "p2")),
+			},
+			want: &mesh.Snapshot{Services: []*mesh.Service{
+				{Namespace: "a", Name: "app-1", Ports: httpPort(), Endpoints: []mesh.Endpoint{{IP: "10.0.0.1", Pod: "p1"}}},
+				{Namespace: "a", Name: "app-2", Ports: httpPort(), Endpoints: []mesh.Endpoint{{IP: "fd00::2", Pod: "p2"}}},
+			}},
+		},
+		{
+			name: "headless Services are routed like any other",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, headless),
+				endpointSlice("a", "app-1-x", "app-1", ipv4, endpoint("10.0.0.1", "app-1-0")),
+				pod("a", "app-1-0", "10.0.0.1", map[string]string{"app": "app-1"}),
+			},
+			want: &mesh.Snapshot{
+				Services: []*mesh.Service{{
+					Namespace: "a", Name: "app-1", Ports: httpPort(),
+					Endpoints: []mesh.Endpoint{{IP: "10.0.0.1", Pod: "app-1-0"}},
+				}},
+				Proxies: map[string]*mesh.Proxy{
+					"a/app-1-0": {Namespace: "a", Name: "app-1-0", IP: "10.0.0.1", Services: []string{"a/app-1"}},
+				},
+			},
+		},
+		{
+			name: "ExternalName: no endpoints and no proxies, whatever its selector and slices say",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, externalName("app.example.com")),
+				endpointSlice("a", "app-1-x", "app-1", ipv4, endpoint("10.0.0.1", "app-1-0")),
+				pod("a", "app-1-0", "10.0.0.1", map[string]string{"app": "app-1"}),
+			},
+			// Kubernetes ignores an ExternalName Service's selector, and so do kube-proxy
+			// and the endpoint controller.
+			want: &mesh.Snapshot{Services: []*mesh.Service{{Namespace: "a", Name: "app-1", Ports: httpPort()}}},
+		},
+		{
+			name: "several slices, deduplicated and sorted by address",
 			objs: []runtime.Object{
 				service("a", "app-1", meshed, withSelector(nil)),
 				endpointSlice("a", "app-1-b", "app-1", ipv4,
@@ -148,7 +258,7 @@ func TestBuild(t *testing.T) {
 					endpoint("10.0.0.9", ""), // same address, pod unknown: the named one wins
 					endpoint("10.0.0.2", "p2"),
 				),
-				endpointSlice("a", "app-1-c", "app-1", ipv6, endpoint("fd00::1", "p2")),
+				endpointSlice("a", "app-1-c", "app-1", ipv6, endpoint("fd00::1", "p2")), // not the primary family
 				endpointSlice("a", "app-1-d", "app-1", discoveryv1.AddressTypeFQDN, endpoint("app.example.com", "")),
 				// Not this Service's: another Service's slice, and a same-named Service in another namespace.
 				endpointSlice("a", "other-x", "other", ipv4, endpoint("10.0.0.50", "o")),
@@ -160,7 +270,6 @@ func TestBuild(t *testing.T) {
 					{IP: "10.0.0.2", Pod: "p2"},
 					{IP: "10.0.0.9", Pod: "p9"},
 					{IP: "10.0.0.10", Pod: "p10"},
-					{IP: "fd00::1", Pod: "p2"},
 				},
 			}}},
 		},
@@ -287,3 +396,90 @@ func TestSameMeaning(t *testing.T) {
 // cmpDiff compares mesh values the way the tests mean them: ChangedAt aside, and nil
 // equal to empty.
 func cmpDiff(want, got any) string { return cmp.Diff(want, got, snapshotCmp...) }
+
+// TestOddServiceDiagnostics checks what build reports about Services the mesh cannot
+// route as they are, or routes differently from what their owner may think.
+func TestOddServiceDiagnostics(t *testing.T) {
+	ipv4 := discoveryv1.AddressTypeIPv4
+	sidecarPort := withPorts(corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8000), Protocol: corev1.ProtocolTCP})
+	namedPort := func(name string, proto corev1.Protocol) func(*corev1.Service) {
+		return withPorts(corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromString(name), Protocol: proto})
+	}
+	appPod := func(name string) *corev1.Pod {
+		return withContainerPorts(pod("a", name, "10.0.0.1", map[string]string{"app": "app-1"}), "http", 9090, "inbound", 8000)
+	}
+	type want struct{ name, reason, text string }
+	tests := []struct {
+		name      string
+		objs      []runtime.Object
+		want      []want
+		wantEvent map[string]bool // by reason
+	}{
+		{
+			name: "a Service that routes is not reported",
+			objs: []runtime.Object{service("a", "app-1", meshed, sidecarPort), appPod("app-1-0")},
+		},
+		{
+			name: "ExternalName",
+			objs: []runtime.Object{service("a", "ext", meshed, sidecarPort, withSelector(nil), externalName("db.example.com"))},
+			want: []want{{"ext", mesh.ReasonExternalName, `ExternalName Service (an alias of "db.example.com") has no endpoints`}},
+		},
+		{
+			name: "selector-less without EndpointSlices",
+			objs: []runtime.Object{
+				service("a", "manual", meshed, sidecarPort, withSelector(nil)),
+				endpointSlice("a", "manual-fqdn", "manual", discoveryv1.AddressTypeFQDN, endpoint("db.example.com", "")),
+			},
+			want: []want{{"manual", mesh.ReasonNoEndpointSlices, "has no selector and no EndpointSlice of IP addresses labelled kubernetes.io/service-name=manual"}},
+		},
+		{
+			name: "selector-less with hand-made EndpointSlices, even with no ready endpoint, is not reported",
+			objs: []runtime.Object{
+				service("a", "manual", meshed, sidecarPort, withSelector(nil)),
+				endpointSlice("a", "manual-x", "manual", ipv4, endpoint("10.0.0.1", "", conditions(ptr(false), ptr(false), nil))),
+			},
+		},
+		{
+			name: "a named targetPort on the app's port bypasses the sidecar",
+			objs: []runtime.Object{service("a", "app-1", meshed, namedPort("http", corev1.ProtocolTCP)), appPod("app-1-0"), appPod("app-1-1")},
+			want: []want{{"app-1", mesh.ReasonTargetPortBypasses, `port 80 targets "http", which resolves to 9090 in pod app-1-0 and 1 more`}},
+		},
+		{
+			name: "a named targetPort on the sidecar",
+			objs: []runtime.Object{service("a", "app-1", meshed, namedPort("inbound", corev1.ProtocolTCP)), appPod("app-1-0")},
+		},
+		{
+			name: "a named targetPort matches the protocol too",
+			objs: []runtime.Object{service("a", "app-1", meshed, namedPort("inbound", corev1.ProtocolUDP)), appPod("app-1-0")},
+			want: []want{{"app-1", mesh.ReasonTargetPortMisses, "pod app-1-0 declares no container port of that name"}},
+		},
+		{
+			name: "different mesh-timeouts on one pod",
+			objs: []runtime.Object{
+				service("a", "app-1", meshed, sidecarPort, withAnnotations("mesh-timeout", "2s")),
+				service("a", "web", meshed, sidecarPort, withSelector(map[string]string{"tier": "front"}), withAnnotations("mesh-timeout", "1s")),
+				pod("a", "app-1-0", "10.0.0.1", map[string]string{"app": "app-1", "tier": "front"}),
+			},
+			want: []want{
+				{"app-1", mesh.ReasonConflictingPolicies, "Service a/web (mesh-timeout 1s) selects some of the same pods as this Service (mesh-timeout 2s)"},
+				{"web", mesh.ReasonConflictingPolicies, "Service a/app-1 (mesh-timeout 2s) selects some of the same pods as this Service (mesh-timeout 1s)"},
+			},
+			wantEvent: map[string]bool{mesh.ReasonConflictingPolicies: true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := buildFrom(t, tt.objs...).Diagnostics
+			if len(got) != len(tt.want) {
+				t.Fatalf("diagnostics %+v, want %+v", got, tt.want)
+			}
+			for i, w := range tt.want {
+				d := got[i]
+				wantEvent := tt.wantEvent[w.reason] || w.reason == mesh.ReasonExternalName
+				if d.Kind != "Service" || d.Namespace != "a" || d.Name != w.name || d.Reason != w.reason || !strings.Contains(d.Message, w.text) || d.Event != wantEvent {
+					t.Errorf("diagnostic %+v, want %+v (event %t)", d, w, wantEvent)
+				}
+			}
+		})
+	}
+}

@@ -422,9 +422,9 @@ func TestChanges(t *testing.T) {
 			},
 		},
 		{
-			name: "endpoint starts terminating",
+			name: "endpoint terminates and stops serving",
 			change: func(h *harness, _ *corev1.Service, slice *discoveryv1.EndpointSlice, _ *corev1.Pod) {
-				conditions(ptr(false), ptr(true), ptr(true))(&slice.Endpoints[0])
+				conditions(ptr(false), ptr(false), ptr(true))(&slice.Endpoints[0])
 				h.update(slice)
 			},
 			check: func(t *testing.T, s *mesh.Snapshot) {
@@ -436,10 +436,10 @@ func TestChanges(t *testing.T) {
 		{
 			name: "second slice adds an endpoint",
 			change: func(h *harness, _ *corev1.Service, _ *discoveryv1.EndpointSlice, _ *corev1.Pod) {
-				h.create(endpointSlice("default", "app-1-y", "app-1", discoveryv1.AddressTypeIPv6, endpoint("fd00::2", "app-1-1")))
+				h.create(endpointSlice("default", "app-1-y", "app-1", discoveryv1.AddressTypeIPv4, endpoint("10.0.0.2", "app-1-1")))
 			},
 			check: func(t *testing.T, s *mesh.Snapshot) {
-				want := []mesh.Endpoint{{IP: "10.0.0.1", Pod: "app-1-0"}, {IP: "fd00::2", Pod: "app-1-1"}}
+				want := []mesh.Endpoint{{IP: "10.0.0.1", Pod: "app-1-0"}, {IP: "10.0.0.2", Pod: "app-1-1"}}
 				if diff := cmpDiff(want, s.Services[0].Endpoints); diff != "" {
 					t.Errorf("endpoints (-want +got):\n%s", diff)
 				}

@@ -93,3 +93,30 @@ func pod(ns, name, ip string, lbls map[string]string) *corev1.Pod {
 		Status:     corev1.PodStatus{PodIP: ip, Phase: corev1.PodRunning},
 	}
 }
+
+// withFamilies sets spec.ipFamilies, primary first.
+func withFamilies(fams ...corev1.IPFamily) func(*corev1.Service) {
+	return func(svc *corev1.Service) { svc.Spec.IPFamilies = fams }
+}
+
+// externalName makes the Service an ExternalName alias of host, as the API server
+// stores one: no cluster IP, no IP families.
+func externalName(host string) func(*corev1.Service) {
+	return func(svc *corev1.Service) {
+		svc.Spec.Type = corev1.ServiceTypeExternalName
+		svc.Spec.ExternalName = host
+	}
+}
+
+// headless gives the Service clusterIP None.
+func headless(svc *corev1.Service) { svc.Spec.ClusterIP = corev1.ClusterIPNone }
+
+// withContainerPorts gives the pod one container with the given name=port pairs (TCP).
+func withContainerPorts(p *corev1.Pod, kv ...any) *corev1.Pod {
+	c := corev1.Container{Name: "c"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: kv[i].(string), ContainerPort: int32(kv[i+1].(int)), Protocol: corev1.ProtocolTCP})
+	}
+	p.Spec.Containers = append(p.Spec.Containers, c)
+	return p
+}

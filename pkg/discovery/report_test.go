@@ -140,3 +140,41 @@ func TestTargetPortDiagnostics(t *testing.T) {
 		t.Fatalf("bearkong_diagnostics = %v", got)
 	}
 }
+
+// TestOddServiceEvents checks which odd-Service diagnostics become Events: an
+// ExternalName Service and conflicting mesh-timeouts do (they are mistakes to fix), a
+// selector-less Service without slices does not (every such Service starts that way).
+func TestOddServiceEvents(t *testing.T) {
+	sidecar := withPorts(corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8000)})
+	h := newHarness(t, fastOptions(),
+		service("a", "ext", meshed, sidecar, withSelector(nil), externalName("db.example.com")),
+		service("a", "manual", meshed, sidecar, withSelector(nil)),
+		service("a", "app-1", meshed, sidecar, withAnnotations("mesh-timeout", "2s")),
+		service("a", "web", meshed, sidecar, withSelector(map[string]string{"tier": "front"})),
+		pod("a", "app-1-0", "10.0.0.1", map[string]string{"app": "app-1", "tier": "front"}),
+	)
+	s := h.start()
+	reasons := map[string]string{}
+	for _, d := range s.Diagnostics {
+		reasons[d.Name] += d.Reason + " "
+	}
+	want := map[string]string{
+		"ext":    mesh.ReasonExternalName + " ",
+		"manual": mesh.ReasonNoEndpointSlices + " ",
+		"app-1":  mesh.ReasonConflictingPolicies + " ",
+		"web":    mesh.ReasonConflictingPolicies + " ",
+	}
+	if diff := cmpDiff(want, reasons); diff != "" {
+		t.Fatalf("diagnostics by Service (-want +got):\n%s", diff)
+	}
+	evs := h.waitEvents(3)
+	if len(evs) != 3 || !containsAny(evs, "ext "+mesh.ReasonExternalName+": ExternalName Service") ||
+		!containsAny(evs, "app-1 "+mesh.ReasonConflictingPolicies+": Service a/web (no mesh-timeout)") ||
+		!containsAny(evs, "web "+mesh.ReasonConflictingPolicies+": Service a/app-1 (mesh-timeout 2s)") {
+		t.Fatalf("events %v", evs)
+	}
+	time.Sleep(quiet)
+	if evs := h.events(); len(evs) != 3 {
+		t.Fatalf("events %v, want 3 (none for the selector-less Service)", evs)
+	}
+}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -226,6 +227,8 @@ const (
 	ReasonTargetPortBypasses  = "TargetPortBypassesSidecar"
 	ReasonTargetPortMisses    = "TargetPortMissesSidecar"
 	ReasonConflictingPolicies = "ConflictingPolicies"
+	ReasonExternalName        = "ExternalNameService"
+	ReasonNoEndpointSlices    = "NoEndpointSlices"
 )
 
 // Diagnostic is a problem with the user's objects that bearkong works around or
@@ -257,7 +260,25 @@ func SortDiagnostics(ds []Diagnostic) {
 // sidecar's inbound port. Mesh traffic does not depend on it (bearkong sends it to each
 // endpoint's sidecar on InboundPort), but clients that use the Service's cluster IP do:
 // a targetPort on the app's port skips the sidecar, and any other port reaches nothing.
-func CheckTargetPorts(s *Service) []Diagnostic {
+// PodPort is what a named targetPort resolves to in one selected pod: the number of the
+// container port with that name and protocol, or 0 when the pod declares none. The
+// endpoint controller resolves names the same way, pod by pod
+// (https://kubernetes.io/docs/concepts/services-networking/service/#field-spec-ports).
+type PodPort struct {
+	Pod  string
+	Port int32
+}
+
+// CheckTargetPorts reports the Service ports whose targetPort does not reach the
+// sidecar's inbound port. Mesh traffic does not depend on it (bearkong sends it to each
+// endpoint's sidecar on InboundPort), but clients that use the Service's cluster IP do:
+// a targetPort on the app's port skips the sidecar, and any other port reaches nothing.
+//
+// A named targetPort is checked like a number once resolved: named returns, for such a
+// port, what the name resolves to in each of the Service's pods (nil when there are no
+// pods to ask, and then there is nothing to check). Pods may disagree, during a rollout
+// for instance: each outcome other than the sidecar gets its own diagnostic.
+func CheckTargetPorts(s *Service, named func(ServicePort) []PodPort) []Diagnostic {
 	var out []Diagnostic
 	for _, p := range s.Ports {
 		tp := p.TargetPort
@@ -265,25 +286,131 @@ func CheckTargetPorts(s *Service) []Diagnostic {
 			tp = strconv.Itoa(int(p.Port))
 		}
 		n, err := strconv.Atoi(tp)
-		if err != nil {
-			continue // a named port resolves per pod; nothing to check here
-		}
-		var reason, why string
-		switch n {
-		case InboundPort:
+		if err == nil {
+			if d, ok := targetPortDiagnostic(s, p, int32(n), strconv.Itoa(n)+","); ok {
+				out = append(out, d)
+			}
 			continue
-		case AppPort:
-			reason = ReasonTargetPortBypasses
-			why = "the app's own port: clients using the Service's cluster IP skip the sidecar"
-		default:
-			reason = ReasonTargetPortMisses
-			why = fmt.Sprintf("where neither the sidecar (%d) nor the app (%d) listens: clients using the Service's cluster IP reach nothing", InboundPort, AppPort)
+		}
+		if named == nil {
+			continue
+		}
+		// Group the pods by the number the name resolves to, in number order (0, "not
+		// declared", first), so that the diagnostics are stable.
+		byPort := map[int32][]string{}
+		for _, pp := range named(p) {
+			byPort[pp.Port] = append(byPort[pp.Port], pp.Pod)
+		}
+		for _, port := range slices.Sorted(maps.Keys(byPort)) {
+			pods := byPort[port]
+			slices.Sort(pods)
+			which := "pod " + pods[0]
+			if len(pods) > 1 {
+				which += fmt.Sprintf(" and %d more", len(pods)-1)
+			}
+			if port == 0 {
+				out = append(out, Diagnostic{
+					Kind: "Service", Namespace: s.Namespace, Name: s.Name, Reason: ReasonTargetPortMisses,
+					Message: fmt.Sprintf("port %d targets %q, but %s declares no container port of that name (protocol %s): clients using the Service's cluster IP reach nothing there; mesh traffic is not affected: bearkong routes it to each ready endpoint's sidecar on port %d; set targetPort: %d to send every client through the sidecar",
+						p.Port, tp, which, protocolOrTCP(p.Protocol), InboundPort, InboundPort),
+				})
+				continue
+			}
+			if d, ok := targetPortDiagnostic(s, p, port, fmt.Sprintf("%q, which resolves to %d in %s,", tp, port, which)); ok {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+// targetPortDiagnostic judges one resolved targetPort n of port p; target is how the
+// message names it.
+func targetPortDiagnostic(s *Service, p ServicePort, n int32, target string) (Diagnostic, bool) {
+	var reason, why string
+	switch n {
+	case InboundPort:
+		return Diagnostic{}, false
+	case AppPort:
+		reason = ReasonTargetPortBypasses
+		why = "the app's own port: clients using the Service's cluster IP skip the sidecar"
+	default:
+		reason = ReasonTargetPortMisses
+		why = fmt.Sprintf("where neither the sidecar (%d) nor the app (%d) listens: clients using the Service's cluster IP reach nothing", InboundPort, AppPort)
+	}
+	return Diagnostic{
+		Kind: "Service", Namespace: s.Namespace, Name: s.Name, Reason: reason,
+		Message: fmt.Sprintf("port %d targets %s %s; mesh traffic is not affected: bearkong routes it to each ready endpoint's sidecar on port %d; set targetPort: %d to send every client through the sidecar",
+			p.Port, target, why, InboundPort, InboundPort),
+	}, true
+}
+
+// protocolOrTCP is a port's protocol, TCP when unset (the API's default).
+func protocolOrTCP(p string) string {
+	if p == "" {
+		return "TCP"
+	}
+	return p
+}
+
+// CheckPolicyConflicts reports Services whose mesh-timeout differs from that of another
+// Service selecting some of the same pods. mesh-timeout is applied by the callee's
+// inbound route, and a pod has one inbound route for every Service that selects it: a
+// request arriving at the sidecar does not say which Service the caller meant. So the pod
+// applies the shortest mesh-timeout of its Services to every request (a Service without
+// one counts as unlimited), which keeps each Service's promise that no request takes
+// longer than its value, and cuts the other Services' requests short. Both sides are
+// reported, as a Warning Event too: the one whose requests are cut, and the one whose
+// value does the cutting.
+func CheckPolicyConflicts(snap *Snapshot) []Diagnostic {
+	services := make(map[string]*Service, len(snap.Services))
+	for _, s := range snap.Services {
+		services[s.Key()] = s
+	}
+	// others[k] holds the Services that share a pod with k and have another timeout.
+	others := map[string]map[string]bool{}
+	for _, p := range snap.Proxies {
+		for _, a := range p.Services {
+			for _, b := range p.Services {
+				sa, sb := services[a], services[b]
+				if sa == nil || sb == nil || sa.Policy.Timeout == sb.Policy.Timeout {
+					continue
+				}
+				if others[a] == nil {
+					others[a] = map[string]bool{}
+				}
+				others[a][b] = true
+			}
+		}
+	}
+	var out []Diagnostic
+	for _, k := range slices.Sorted(maps.Keys(others)) {
+		s := services[k]
+		shortest := s.Policy.Timeout
+		var names []string
+		for _, o := range slices.Sorted(maps.Keys(others[k])) {
+			t := services[o].Policy.Timeout
+			names = append(names, fmt.Sprintf("Service %s (%s)", o, describeTimeout(t)))
+			if t > 0 && (shortest == 0 || t < shortest) {
+				shortest = t
+			}
+		}
+		verb := "selects"
+		if len(names) > 1 {
+			verb = "select"
 		}
 		out = append(out, Diagnostic{
-			Kind: "Service", Namespace: s.Namespace, Name: s.Name, Reason: reason,
-			Message: fmt.Sprintf("port %d targets %d, %s; mesh traffic is not affected: bearkong routes it to each ready endpoint's sidecar on port %d; set targetPort: %d to send every client through the sidecar",
-				p.Port, n, why, InboundPort, InboundPort),
+			Kind: "Service", Namespace: s.Namespace, Name: s.Name, Reason: ReasonConflictingPolicies, Event: true,
+			Message: fmt.Sprintf("%s %s some of the same pods as this Service (%s); a pod's inbound route serves every Service that selects it and cannot tell their requests apart, so it applies the shortest mesh-timeout, %s, to all of them; give the Services separate pods or the same mesh-timeout",
+				strings.Join(names, ", "), verb, describeTimeout(s.Policy.Timeout), shortest),
 		})
 	}
 	return out
+}
+
+func describeTimeout(t time.Duration) string {
+	if t == 0 {
+		return "no mesh-timeout"
+	}
+	return "mesh-timeout " + t.String()
 }

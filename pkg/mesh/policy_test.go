@@ -60,28 +60,118 @@ func TestParsePolicy(t *testing.T) {
 }
 
 func TestCheckTargetPorts(t *testing.T) {
+	// pods resolves every named targetPort the way the selected pods declare it.
+	pods := func(byName map[string][]PodPort) func(ServicePort) []PodPort {
+		return func(p ServicePort) []PodPort { return byName[p.TargetPort] }
+	}
+	both := func(port int32) []PodPort {
+		return []PodPort{{Pod: "app-3-0", Port: port}, {Pod: "app-3-1", Port: port}}
+	}
 	cases := []struct {
 		name  string
 		ports []ServicePort
+		named map[string][]PodPort
 		want  []string // reasons
-		text  string
+		text  []string // in every message, in this order
 	}{
-		{"the sidecar's inbound port", []ServicePort{{Port: 9090, TargetPort: "8000"}}, nil, ""},
-		{"unset targetPort defaults to the port", []ServicePort{{Port: 8000}}, nil, ""},
-		{"a named port is not checked", []ServicePort{{Port: 9090, TargetPort: "http"}}, nil, ""},
-		{"the app's port bypasses the sidecar", []ServicePort{{Port: 9090, TargetPort: "9090"}}, []string{ReasonTargetPortBypasses}, "skip the sidecar"},
-		{"a port nobody listens on", []ServicePort{{Port: 9090, TargetPort: "5080"}}, []string{ReasonTargetPortMisses}, "port 9090 targets 5080"},
-		{"one diagnostic per port", []ServicePort{{Port: 80, TargetPort: "5080"}, {Port: 81}}, []string{ReasonTargetPortMisses, ReasonTargetPortMisses}, "reach nothing"},
+		{"the sidecar's inbound port", []ServicePort{{Port: 9090, TargetPort: "8000"}}, nil, nil, nil},
+		{"unset targetPort defaults to the port", []ServicePort{{Port: 8000}}, nil, nil, nil},
+		{"the app's port bypasses the sidecar", []ServicePort{{Port: 9090, TargetPort: "9090"}}, nil, []string{ReasonTargetPortBypasses}, []string{"skip the sidecar"}},
+		{"a port nobody listens on", []ServicePort{{Port: 9090, TargetPort: "5080"}}, nil, []string{ReasonTargetPortMisses}, []string{"port 9090 targets 5080"}},
+		{"one diagnostic per port", []ServicePort{{Port: 80, TargetPort: "5080"}, {Port: 81}}, nil, []string{ReasonTargetPortMisses, ReasonTargetPortMisses}, []string{"reach nothing"}},
+		{"a named port with no pods to resolve it is not checked", []ServicePort{{Port: 9090, TargetPort: "http"}}, nil, nil, nil},
+		{"a named port on the sidecar", []ServicePort{{Port: 9090, TargetPort: "inbound"}}, map[string][]PodPort{"inbound": both(8000)}, nil, nil},
+		{"a named port on the app's port bypasses the sidecar", []ServicePort{{Port: 9090, TargetPort: "http"}},
+			map[string][]PodPort{"http": both(9090)}, []string{ReasonTargetPortBypasses},
+			[]string{`port 9090 targets "http"`, "9090 in pod app-3-0 and 1 more", "skip the sidecar", "mesh traffic is not affected"}},
+		{"a named port elsewhere misses the sidecar", []ServicePort{{Port: 9090, TargetPort: "web"}},
+			map[string][]PodPort{"web": {{Pod: "app-3-0", Port: 5080}}}, []string{ReasonTargetPortMisses},
+			[]string{`port 9090 targets "web"`, "5080 in pod app-3-0,", "reach nothing"}},
+		{"a named port that a pod does not declare misses it", []ServicePort{{Port: 9090, TargetPort: "web"}},
+			map[string][]PodPort{"web": {{Pod: "app-3-0", Port: 8000}, {Pod: "app-3-1"}}}, []string{ReasonTargetPortMisses},
+			[]string{`port 9090 targets "web"`, "pod app-3-1 declares no container port of that name", "reach nothing"}},
+		{"pods that disagree: one diagnostic per outcome", []ServicePort{{Port: 9090, TargetPort: "http"}},
+			map[string][]PodPort{"http": {{Pod: "new-0", Port: 8000}, {Pod: "old-0", Port: 9090}, {Pod: "old-1", Port: 9090}, {Pod: "odd-0", Port: 5080}}},
+			[]string{ReasonTargetPortMisses, ReasonTargetPortBypasses}, []string{`targets "http"`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			diags := CheckTargetPorts(&Service{Namespace: "default", Name: "app-3", Ports: c.ports})
+			var named func(ServicePort) []PodPort
+			if c.named != nil {
+				named = pods(c.named)
+			}
+			diags := CheckTargetPorts(&Service{Namespace: "default", Name: "app-3", Ports: c.ports}, named)
 			if len(diags) != len(c.want) {
 				t.Fatalf("diagnostics %+v, want %v", diags, c.want)
 			}
 			for i, d := range diags {
-				if d.Reason != c.want[i] || d.Event || !strings.Contains(d.Message, c.text) || !strings.Contains(d.Message, "mesh traffic is not affected") {
+				if d.Reason != c.want[i] || d.Event || d.Kind != "Service" || d.Name != "app-3" || !strings.Contains(d.Message, "mesh traffic is not affected") {
 					t.Errorf("diagnostic %+v", d)
+				}
+				rest := d.Message
+				for _, s := range c.text {
+					i := strings.Index(rest, s)
+					if i < 0 {
+						t.Errorf("message %q does not say %q (in order)", d.Message, s)
+						break
+					}
+					rest = rest[i+len(s):]
+				}
+			}
+		})
+	}
+}
+
+func TestCheckPolicyConflicts(t *testing.T) {
+	svc := func(name string, timeout time.Duration) *Service {
+		return &Service{Namespace: "a", Name: name, Policy: Policy{Timeout: timeout}}
+	}
+	proxy := func(name string, services ...string) *Proxy {
+		return &Proxy{Namespace: "a", Name: name, Services: services}
+	}
+	cases := []struct {
+		name     string
+		services []*Service
+		proxies  []*Proxy
+		want     []string // "service: text", one per diagnostic, sorted by service
+	}{
+		{"one Service per pod", []*Service{svc("app-1", time.Second), svc("web", 2*time.Second)},
+			[]*Proxy{proxy("p1", "a/app-1"), proxy("p2", "a/web")}, nil},
+		{"the same timeout on a shared pod", []*Service{svc("app-1", time.Second), svc("web", time.Second)},
+			[]*Proxy{proxy("p1", "a/app-1", "a/web")}, nil},
+		{"different timeouts on a shared pod: reported on both", []*Service{svc("app-1", 2*time.Second), svc("web", time.Second)},
+			[]*Proxy{proxy("p1", "a/app-1", "a/web"), proxy("p2", "a/app-1")},
+			[]string{
+				"app-1: Service a/web (mesh-timeout 1s) selects some of the same pods as this Service (mesh-timeout 2s)",
+				"web: Service a/app-1 (mesh-timeout 2s) selects some of the same pods as this Service (mesh-timeout 1s)",
+			}},
+		{"a timeout and none", []*Service{svc("app-1", 0), svc("web", 3*time.Second)},
+			[]*Proxy{proxy("p1", "a/app-1", "a/web")},
+			[]string{
+				"app-1: Service a/web (mesh-timeout 3s) selects some of the same pods as this Service (no mesh-timeout); a pod's inbound route",
+				"web: Service a/app-1 (no mesh-timeout) selects",
+			}},
+		{"three Services: each names the others it conflicts with, and the shortest", []*Service{svc("a1", time.Second), svc("a2", 2*time.Second), svc("a3", 2*time.Second)},
+			[]*Proxy{proxy("p1", "a/a1", "a/a2"), proxy("p2", "a/a2", "a/a3")},
+			[]string{
+				"a1: Service a/a2 (mesh-timeout 2s) selects",
+				"a2: Service a/a1 (mesh-timeout 1s) selects some of the same pods as this Service (mesh-timeout 2s); a pod's inbound route serves every Service that selects it and cannot tell their requests apart, so it applies the shortest mesh-timeout, 1s,",
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			snap := &Snapshot{Services: c.services, Proxies: map[string]*Proxy{}}
+			for _, p := range c.proxies {
+				snap.Proxies[p.Key()] = p
+			}
+			diags := CheckPolicyConflicts(snap)
+			if len(diags) != len(c.want) {
+				t.Fatalf("diagnostics %+v, want %d", diags, len(c.want))
+			}
+			for i, d := range diags {
+				name, text, _ := strings.Cut(c.want[i], ": ")
+				if d.Name != name || d.Namespace != "a" || d.Kind != "Service" || d.Reason != ReasonConflictingPolicies || !d.Event || !strings.Contains(d.Message, text) {
+					t.Errorf("diagnostic %+v, want one on %s saying %q", d, name, text)
 				}
 			}
 		})
