@@ -59,6 +59,8 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms)...)
+		ms.Protocol, diags = mesh.ServiceProtocol(ms)
+		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		ms.Endpoints, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name)
 		if err != nil {
 			return nil, nil, err
@@ -126,12 +128,16 @@ func meshAnnotations(in map[string]string) map[string]string {
 func servicePorts(in []corev1.ServicePort) []mesh.ServicePort {
 	out := make([]mesh.ServicePort, 0, len(in))
 	for _, p := range in {
-		out = append(out, mesh.ServicePort{
+		mp := mesh.ServicePort{
 			Name:       p.Name,
 			Port:       p.Port,
 			TargetPort: targetPort(p.TargetPort),
 			Protocol:   string(p.Protocol),
-		})
+		}
+		if p.AppProtocol != nil {
+			mp.AppProtocol = *p.AppProtocol
+		}
+		out = append(out, mp)
 	}
 	return out
 }
@@ -230,6 +236,7 @@ func sameService(a, b *mesh.Service) bool {
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
 		a.Policy == b.Policy &&
+		a.Protocol == b.Protocol &&
 		reflect.DeepEqual(a.Routes, b.Routes) &&
 		slices.Equal(a.Ports, b.Ports) &&
 		slices.Equal(a.Endpoints, b.Endpoints)
