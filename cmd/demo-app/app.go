@@ -103,6 +103,9 @@ type response struct {
 	Body        string   `json:"body"`
 	Error       string   `json:"error,omitempty"`
 	Code        int      `json:"code"`
+	// Protocol is the HTTP version the request arrived in ("HTTP/1.1", "HTTP/2.0"), so
+	// that a test can see what a sidecar spoke to the app. Not in fake-service.
+	Protocol string `json:"protocol"`
 }
 
 // handler serves the demo app.
@@ -179,6 +182,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		IPAddresses: h.ips,
 		Body:        h.cfg.Body,
 		Code:        http.StatusOK,
+		Protocol:    r.Proto,
 	}
 	if h.fail() {
 		resp.Code = h.cfg.ErrorCode

@@ -351,9 +351,11 @@ func TestServesHTTP1AndH2C(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
+		var body response
+		err = json.NewDecoder(resp.Body).Decode(&body)
 		resp.Body.Close()
-		if resp.Proto != name || resp.StatusCode != 200 {
-			t.Errorf("%s client: %s %d", name, resp.Proto, resp.StatusCode)
+		if err != nil || resp.Proto != name || resp.StatusCode != 200 || body.Protocol != name {
+			t.Errorf("%s client: %s %d, the app saw %q (%v)", name, resp.Proto, resp.StatusCode, body.Protocol, err)
 		}
 	}
 }

@@ -15,7 +15,8 @@
 //	TIMING_50_PERCENTILE  fake-service's name for the same delay, used when LATENCY is unset
 //
 // GET /health and /ready answer 200 "OK" and are never delayed or failed. Any other path
-// answers the JSON document, after LATENCY or, when given, the request's own
+// answers the JSON document (fake-service's, plus "protocol": the HTTP version the
+// request arrived in), after LATENCY or, when given, the request's own
 // ?latency=<duration> (so one instance can serve a 30 s and a 25 s request), and
 // fails as ERROR_RATE says. Besides:
 //

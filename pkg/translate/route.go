@@ -104,7 +104,7 @@ var notFoundRoutes = []*routev3.Route{
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout
 // Time limits come from policy only: mesh-timeout on the callee's side, HTTPRoute
 // timeouts on the caller's. The connection managers' stream idle timeout ends streams
-// on which nothing moves (see streamIdleTimeout).
+// on which nothing moves (see streamIdleTimeout). Read-only: shared by every route.
 var noTimeout = durationpb.New(0)
 
 // serviceRoutes returns the routes for requests whose "service" header equals value:

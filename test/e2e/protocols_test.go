@@ -116,6 +116,27 @@ func TestHTTPRouteZeroTimeoutMeansNone(t *testing.T) {
 	}
 }
 
+// appProtocol makes a plain HTTP/1.1 request from the caller to svc and returns the
+// HTTP version the demo app saw it arrive in (its JSON's "protocol").
+func appProtocol(t *testing.T, m *localmesh.Mesh, svc string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctxT(t, 20*time.Second), http.MethodGet, "http://"+outboundAddr(t, m)+"/", nil)
+	req.Header.Set(mesh.ServiceHeader, svc)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Name     string `json:"name"`
+		Protocol string `json:"protocol"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != 200 || body.Name != svc {
+		t.Fatalf("GET / from %s to %s: %d %+v (%v)", caller, svc, resp.StatusCode, body, err)
+	}
+	return body.Protocol
+}
+
 // grpcMethod is a method of the demo app's gRPC service (cmd/demo-app GRPCService).
 func grpcMethod(name string) string { return "/bearkong.demo.Demo/" + name }
 
@@ -159,6 +180,11 @@ func TestGRPCThroughTheMesh(t *testing.T) {
 				if st.Code() != c || st.Message() != want {
 					t.Errorf("Fail(%s): got %s %q, want %s %q", c, st.Code(), st.Message(), c, want)
 				}
+			}
+			// Any request to a Service declared HTTP/2 reaches its app in HTTP/2, even
+			// one that left the caller in HTTP/1.1.
+			if got := appProtocol(t, m, tc.name); got != "HTTP/2.0" {
+				t.Errorf("an HTTP/1.1 request to %s reached the app in %s, want HTTP/2.0", tc.name, got)
 			}
 			if !tc.stream {
 				return
@@ -243,6 +269,10 @@ func TestLargeBodies(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	base := "http://" + outboundAddr(t, m)
 	const size = 10 << 20
+	// A Service that declares nothing speaks HTTP/1.1 all the way to its app.
+	if got := appProtocol(t, m, "bulk"); got != "HTTP/1.1" {
+		t.Errorf("a request to an undeclared Service reached the app in %s, want HTTP/1.1", got)
+	}
 
 	t.Run("download", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/download?bytes=%d", base, size), nil)
