@@ -77,6 +77,7 @@ func TestLongRequestHasNoDefaultTimeout(t *testing.T) {
 	if err != nil || status != 200 || took < 30*time.Second {
 		t.Fatalf("a 30s request with no policy: %d after %s (%v), want 200 after 30s", status, took, err)
 	}
+	t.Logf("a 30s request with no policy: %d after %s", status, took)
 }
 
 func TestMeshTimeoutAboveEnvoysDefault(t *testing.T) {
@@ -88,6 +89,7 @@ func TestMeshTimeoutAboveEnvoysDefault(t *testing.T) {
 	if err != nil || status != 504 || took < 19500*time.Millisecond || took >= 25*time.Second {
 		t.Fatalf("a 25s request with mesh-timeout 20s: %d after %s (%v), want 504 after 20s", status, took, err)
 	}
+	t.Logf("a 25s request with mesh-timeout 20s: %d after %s", status, took)
 }
 
 func TestHTTPRouteZeroTimeoutMeansNone(t *testing.T) {
@@ -114,6 +116,7 @@ func TestHTTPRouteZeroTimeoutMeansNone(t *testing.T) {
 	if err != nil || status != 200 || took < 20*time.Second {
 		t.Fatalf("a 20s request under timeouts.request 0s: %d after %s (%v), want 200 after 20s", status, took, err)
 	}
+	t.Logf("a 20s request under timeouts.request 0s: %d after %s", status, took)
 }
 
 // appProtocol makes a plain HTTP/1.1 request from the caller to svc and returns the
@@ -217,9 +220,11 @@ func TestGRPCThroughTheMesh(t *testing.T) {
 					t.Fatalf("message %d is %d", n, msg.GetValue())
 				}
 			}
-			if took := time.Since(start); n != seconds || took < seconds*time.Second {
+			took := time.Since(start)
+			if n != seconds || took < seconds*time.Second {
 				t.Fatalf("stream ended after %s with %d messages, want %d over %ds", took, n, seconds, seconds)
 			}
+			t.Logf("server stream: %d messages in order over %s", n, took.Round(time.Millisecond))
 		})
 	}
 }
@@ -257,9 +262,11 @@ func TestWebSocketThroughTheMesh(t *testing.T) {
 			t.Fatalf("echo %d after %s: %q, %v; want %q", i, time.Since(start), got, err, msg)
 		}
 	}
-	if took := time.Since(start); took < seconds*time.Second {
+	took := time.Since(start)
+	if took < seconds*time.Second {
 		t.Fatalf("exchanged %d messages in %s, want %ds", seconds+1, took, seconds)
 	}
+	t.Logf("WebSocket: %d messages echoed over %s", seconds+1, took.Round(time.Millisecond))
 }
 
 func TestLargeBodies(t *testing.T) {
