@@ -1,12 +1,28 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func env(kv map[string]string) func(string) string {
@@ -200,5 +216,196 @@ func TestEvenErrors(t *testing.T) {
 	}
 	if _, err := configFromEnv(func(k string) string { return map[string]string{"ERROR_PATTERN": "sometimes"}[k] }); err == nil {
 		t.Fatal("ERROR_PATTERN=sometimes accepted")
+	}
+}
+
+func TestLatencyFromQuery(t *testing.T) {
+	cfg := config{Name: "slow", ListenAddr: "127.0.0.1:9090", ErrorCode: 500, Latency: 3 * time.Second}
+	for _, tt := range []struct {
+		path   string
+		status int
+		slept  []time.Duration
+	}{
+		{"/?latency=30s", 200, []time.Duration{30 * time.Second}},
+		{"/x?latency=250ms", 200, []time.Duration{250 * time.Millisecond}},
+		{"/?latency=0s", 200, nil},
+		{"/", 200, []time.Duration{3 * time.Second}},
+		{"/?latency=soon", 400, nil},
+		{"/?latency=-1s", 400, nil},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			h, slept := newTestHandler(t, cfg, 0)
+			rec, _ := get(t, h, tt.path)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d (%s)", rec.Code, tt.status, rec.Body)
+			}
+			if fmt.Sprint(*slept) != fmt.Sprint(tt.slept) {
+				t.Errorf("slept %v, want %v", *slept, tt.slept)
+			}
+		})
+	}
+}
+
+// startServer runs the app's real server (HTTP/1.1, h2c and gRPC on one port) on a
+// loopback port, with Tick's interval shortened to every.
+func startServer(t *testing.T, every time.Duration) string {
+	t.Helper()
+	h, err := newHandler(config{Name: "real", ListenAddr: "127.0.0.1:0", Body: "b", ErrorCode: 500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGRPCServer("real", every)
+	srv := newServer(withGRPC(h, g))
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		g.Stop()
+		_ = srv.Close()
+	})
+	return ln.Addr().String()
+}
+
+func TestDownloadAndUpload(t *testing.T) {
+	addr := startServer(t, time.Second)
+	for _, n := range []int64{0, 1, 10 << 20} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			resp, err := http.Get(fmt.Sprintf("http://%s/download?bytes=%d", addr, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			sum := sha256.New()
+			got, err := io.Copy(sum, resp.Body)
+			if err != nil || resp.StatusCode != 200 || got != n {
+				t.Fatalf("download: %d, %d bytes, %v; want 200 and %d bytes", resp.StatusCode, got, err, n)
+			}
+			hexSum := hex.EncodeToString(sum.Sum(nil))
+			if h := resp.Header.Get("X-Content-Sha256"); h != hexSum {
+				t.Fatalf("X-Content-Sha256 %q, body's %q", h, hexSum)
+			}
+			// Upload what was downloaded: the app reports the same size and checksum.
+			up, err := http.Post("http://"+addr+"/upload", "application/octet-stream", content(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer up.Body.Close()
+			var res uploadResult
+			if err := json.NewDecoder(up.Body).Decode(&res); err != nil || up.StatusCode != 200 {
+				t.Fatalf("upload: %d, %v", up.StatusCode, err)
+			}
+			if res.Bytes != n || res.SHA256 != hexSum || res.Name != "real" {
+				t.Errorf("upload answered %+v, want %d bytes with sha256 %s", res, n, hexSum)
+			}
+		})
+	}
+	for _, path := range []string{"/download", "/download?bytes=-1", "/download?bytes=2000000000"} {
+		if resp, err := http.Get("http://" + addr + path); err != nil || resp.StatusCode != 400 {
+			t.Errorf("GET %s: %v %v, want 400", path, resp.StatusCode, err)
+		}
+	}
+	if resp, err := http.Get("http://" + addr + "/upload"); err != nil || resp.StatusCode != 405 {
+		t.Errorf("GET /upload: %v %v, want 405", resp.StatusCode, err)
+	}
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	addr := startServer(t, time.Second)
+	ws, err := websocket.Dial("ws://"+addr+"/ws", "", "http://"+addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	_ = ws.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := range 3 {
+		msg := fmt.Sprintf("hello %d", i)
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("echo of %q: %q, %v", msg, got, err)
+		}
+	}
+	bin := []byte{0, 1, 2, 255}
+	if err := websocket.Message.Send(ws, bin); err != nil {
+		t.Fatal(err)
+	}
+	var got frame
+	if err := frameCodec.Receive(ws, &got); err != nil || !bytes.Equal(got.data, bin) || got.typ != websocket.BinaryFrame {
+		t.Fatalf("binary echo: %v (type %d), %v", got.data, got.typ, err)
+	}
+}
+
+func TestServesHTTP1AndH2C(t *testing.T) {
+	addr := startServer(t, time.Second)
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	for name, c := range map[string]*http.Client{
+		"HTTP/1.1": {},
+		"HTTP/2.0": {Transport: &http.Transport{Protocols: &protocols}},
+	} {
+		resp, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var body response
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if err != nil || resp.Proto != name || resp.StatusCode != 200 || body.Protocol != name {
+			t.Errorf("%s client: %s %d, the app saw %q (%v)", name, resp.Proto, resp.StatusCode, body.Protocol, err)
+		}
+	}
+}
+
+func TestGRPC(t *testing.T) {
+	addr := startServer(t, 10*time.Millisecond)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	out := &wrapperspb.StringValue{}
+	if err := conn.Invoke(ctx, "/"+GRPCService+"/Echo", wrapperspb.String("hi"), out); err != nil || out.GetValue() != "real: hi" {
+		t.Fatalf("Echo: %q, %v", out.GetValue(), err)
+	}
+	for _, c := range []codes.Code{codes.OK, codes.NotFound, codes.PermissionDenied, codes.Unavailable, codes.Unauthenticated} {
+		err := conn.Invoke(ctx, "/"+GRPCService+"/Fail", wrapperspb.Int32(int32(c)), &emptypb.Empty{})
+		st := status.Convert(err)
+		if st.Code() != c || (c != codes.OK && st.Message() != "demo-app real: failing with "+c.String()) {
+			t.Errorf("Fail(%s): %s %q", c, st.Code(), st.Message())
+		}
+	}
+	if err := conn.Invoke(ctx, "/"+GRPCService+"/Fail", wrapperspb.Int32(17), &emptypb.Empty{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("Fail(17): %v, want InvalidArgument", err)
+	}
+
+	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/"+GRPCService+"/Tick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(durationpb.New(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	for {
+		m := &wrapperspb.Int64Value{}
+		if err := stream.RecvMsg(m); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m.GetValue())
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Errorf("Tick(50ms) every 10ms: %v, want [1 2 3 4 5]", got)
 	}
 }

@@ -14,7 +14,20 @@
 //	LATENCY               delay before answering, a Go duration such as 250ms or 3s
 //	TIMING_50_PERCENTILE  fake-service's name for the same delay, used when LATENCY is unset
 //
-// GET /health and /ready answer 200 "OK" and are never delayed or failed.
+// GET /health and /ready answer 200 "OK" and are never delayed or failed. Any other path
+// answers the JSON document (fake-service's, plus "protocol": the HTTP version the
+// request arrived in), after LATENCY or, when given, the request's own
+// ?latency=<duration> (so one instance can serve a 30 s and a 25 s request), and
+// fails as ERROR_RATE says. Besides:
+//
+//	GET /download?bytes=N  N bytes of a fixed pseudo-random sequence, their SHA-256 in
+//	                       the X-Content-Sha256 header
+//	POST /upload           reads the body, answers {"name", "bytes", "sha256"} of it
+//	GET /ws                a WebSocket echo: each message comes back as it went
+//	gRPC                   the service bearkong.demo.Demo (see GRPCService)
+//
+// HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) share the one port; gRPC
+// requests go to the gRPC server, everything else to the HTTP handler.
 package main
 
 import (
@@ -23,7 +36,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -54,7 +66,8 @@ func run(getenv func(string) string) error {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	g := newGRPCServer(cfg.Name, time.Second)
+	srv := newServer(withGRPC(h, g))
 	slog.Info("demo-app listening", "name", cfg.Name, "addr", ln.Addr().String(),
 		"error_rate", cfg.ErrorRate, "error_code", cfg.ErrorCode, "latency", cfg.Latency)
 
@@ -67,6 +80,9 @@ func run(getenv func(string) string) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// Shutdown waits for the requests in flight, and a gRPC stream may run for long: the
+	// gRPC server ends its own streams first.
+	g.Stop()
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("shutdown: %w", err)
 	}

@@ -302,8 +302,12 @@ func stopAll(ps []*proc.Process) error {
 type ServiceOptions struct {
 	// TargetPort is the Service port's targetPort. Default 9090 (mesh.AppPort).
 	TargetPort int32
-	// PortName is the Service port's name. Default "http".
+	// PortName is the Service port's name. Default "http". Its prefix declares the
+	// protocol when AppProtocol is empty ("grpc-api" is gRPC, "http2" HTTP/2).
 	PortName string
+	// AppProtocol is the Service port's appProtocol ("grpc", "kubernetes.io/h2c",
+	// "kubernetes.io/ws", ...); empty leaves it unset.
+	AppProtocol string
 	// Labels are added to the Service's labels.
 	Labels map[string]string
 	// Annotations are the Service's annotations, such as mesh-timeout.
@@ -367,6 +371,9 @@ func (m *Mesh) AddService(ctx context.Context, name string, opts ServiceOptions)
 		svc.Spec.Type = corev1.ServiceTypeExternalName
 		svc.Spec.ExternalName = opts.ExternalName
 		svc.Spec.Selector = nil
+	}
+	if opts.AppProtocol != "" {
+		svc.Spec.Ports[0].AppProtocol = &opts.AppProtocol
 	}
 	created, err := m.env.Client.CoreV1().Services(m.opts.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {

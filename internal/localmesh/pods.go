@@ -665,7 +665,8 @@ func endpointPorts(svcPorts []corev1.ServicePort) []discoveryv1.EndpointPort {
 		if port == 0 {
 			continue
 		}
-		out = append(out, discoveryv1.EndpointPort{Name: ptr(sp.Name), Port: ptr(port), Protocol: ptr(sp.Protocol)})
+		// The endpoint controller copies appProtocol too.
+		out = append(out, discoveryv1.EndpointPort{Name: ptr(sp.Name), Port: ptr(port), Protocol: ptr(sp.Protocol), AppProtocol: sp.AppProtocol})
 	}
 	return out
 }

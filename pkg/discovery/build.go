@@ -58,6 +58,8 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		var diags []mesh.Diagnostic
 		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		ms.Protocol, diags = mesh.ServiceProtocol(ms)
+		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		snap.Services = append(snap.Services, ms)
 
 		// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
@@ -158,12 +160,16 @@ func meshAnnotations(in map[string]string) map[string]string {
 func servicePorts(in []corev1.ServicePort) []mesh.ServicePort {
 	out := make([]mesh.ServicePort, 0, len(in))
 	for _, p := range in {
-		out = append(out, mesh.ServicePort{
+		mp := mesh.ServicePort{
 			Name:       p.Name,
 			Port:       p.Port,
 			TargetPort: targetPort(p.TargetPort),
 			Protocol:   string(p.Protocol),
-		})
+		}
+		if p.AppProtocol != nil {
+			mp.AppProtocol = *p.AppProtocol
+		}
+		out = append(out, mp)
 	}
 	return out
 }
@@ -355,6 +361,7 @@ func sameService(a, b *mesh.Service) bool {
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
 		a.Policy == b.Policy &&
+		a.Protocol == b.Protocol &&
 		reflect.DeepEqual(a.Routes, b.Routes) &&
 		slices.Equal(a.Ports, b.Ports) &&
 		slices.Equal(a.Endpoints, b.Endpoints)

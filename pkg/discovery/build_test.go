@@ -49,11 +49,11 @@ func buildFrom(t *testing.T, objs ...runtime.Object) *mesh.Snapshot {
 	return snap
 }
 
-// snapshotCmp compares the model; policy and diagnostics have tests of their own
-// (TestPolicyAndDiagnostics here, and pkg/mesh).
+// snapshotCmp compares the model; policy, protocol and diagnostics have tests of their
+// own (TestPolicyAndDiagnostics and TestBuildProtocols here, and pkg/mesh).
 var snapshotCmp = []cmp.Option{
 	cmpopts.IgnoreFields(mesh.Snapshot{}, "ChangedAt", "Diagnostics"),
-	cmpopts.IgnoreFields(mesh.Service{}, "Policy"),
+	cmpopts.IgnoreFields(mesh.Service{}, "Policy", "Protocol"),
 	cmpopts.EquateEmpty(),
 }
 
@@ -358,6 +358,8 @@ func TestSameMeaning(t *testing.T) {
 		{"annotation removed", func(s *mesh.Snapshot) { s.Services[0].Annotations = nil }, false},
 		{"annotation value", func(s *mesh.Snapshot) { s.Services[0].Annotations["mesh-timeout"] = "3s" }, false},
 		{"port", func(s *mesh.Snapshot) { s.Services[0].Ports[0].TargetPort = "http" }, false},
+		{"port appProtocol", func(s *mesh.Snapshot) { s.Services[0].Ports[0].AppProtocol = "grpc" }, false},
+		{"protocol", func(s *mesh.Snapshot) { s.Services[0].Protocol = mesh.ProtocolHTTP2 }, false},
 		{"endpoint pod", func(s *mesh.Snapshot) { s.Services[0].Endpoints[0].Pod = "p2" }, false},
 		{"endpoint added", func(s *mesh.Snapshot) {
 			s.Services[0].Endpoints = append(s.Services[0].Endpoints, mesh.Endpoint{IP: "10.0.0.2"})
@@ -481,5 +483,49 @@ func TestOddServiceDiagnostics(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBuildProtocols checks that discovery reads appProtocol and port names into each
+// Service's protocol, and reports ports that disagree. The mapping itself is table-tested
+// in pkg/mesh.
+func TestBuildProtocols(t *testing.T) {
+	appProtocol := func(name, ap string) corev1.ServicePort {
+		p := corev1.ServicePort{Name: name, Port: 80, TargetPort: intstr.FromInt32(8000), Protocol: corev1.ProtocolTCP}
+		if ap != "" {
+			p.AppProtocol = &ap
+		}
+		return p
+	}
+	snap := buildFrom(t,
+		service("a", "grpc-by-app-protocol", meshed, withPorts(appProtocol("api", "grpc"))),
+		service("a", "h2c-by-name", meshed, withPorts(appProtocol("h2c-api", ""))),
+		service("a", "plain", meshed),
+		service("a", "undeclared", meshed, withPorts(appProtocol("api", ""))),
+		service("a", "mixed", meshed, withPorts(appProtocol("web", "kubernetes.io/ws"), appProtocol("rpc", "kubernetes.io/h2c"))),
+	)
+	want := map[string]mesh.Protocol{
+		"grpc-by-app-protocol": mesh.ProtocolHTTP2,
+		"h2c-by-name":          mesh.ProtocolHTTP2,
+		"plain":                mesh.ProtocolHTTP,
+		"undeclared":           mesh.ProtocolUnspecified,
+		"mixed":                mesh.ProtocolHTTP,
+	}
+	for _, s := range snap.Services {
+		if s.Protocol != want[s.Name] {
+			t.Errorf("%s: protocol %q, want %q", s.Name, s.Protocol, want[s.Name])
+		}
+	}
+	if got := snap.Service("a", "grpc-by-app-protocol").Ports[0].AppProtocol; got != "grpc" {
+		t.Errorf("appProtocol read as %q, want grpc", got)
+	}
+	var conflicts []string
+	for _, d := range snap.Diagnostics {
+		if d.Reason == mesh.ReasonConflictingProtocols {
+			conflicts = append(conflicts, d.Name)
+		}
+	}
+	if len(conflicts) != 1 || conflicts[0] != "mixed" {
+		t.Errorf("ConflictingProtocols diagnostics for %v, want [mixed]", conflicts)
 	}
 }

@@ -64,6 +64,9 @@ type Service struct {
 	Routes []RouteRule
 	// Ports are the Service's ports, in the Service's order.
 	Ports []ServicePort
+	// Protocol is the protocol the Service's ports declare (ServiceProtocol): which HTTP
+	// callers speak to its pods.
+	Protocol Protocol
 	// Endpoints are the ready endpoints, sorted by IP, without duplicates.
 	Endpoints []Endpoint
 }
@@ -76,7 +79,9 @@ type ServicePort struct {
 	Name       string
 	Port       int32
 	TargetPort string // number or named port, as written; "" when unset (defaults to Port)
-	Protocol   string
+	Protocol   string // the transport protocol: TCP, UDP or SCTP
+	// AppProtocol is the port's appProtocol as written ("" when unset); see PortProtocol.
+	AppProtocol string
 }
 
 // Endpoint is a ready endpoint of a Service: a pod's address.

@@ -34,7 +34,7 @@ const (
 // Policy is a Service's mesh policy, parsed and validated. The zero value is the
 // default: no policy.
 type Policy struct {
-	// Timeout is the inbound request timeout; 0 means Envoy's default (15s).
+	// Timeout is the inbound request timeout; 0 means none.
 	Timeout time.Duration
 	// Outlier detection; zero fields keep Envoy's defaults.
 	Outlier OutlierDetection

@@ -6,6 +6,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -44,6 +45,12 @@ func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource()},
 		ConnectTimeout:   durationpb.New(connectTimeout),
 		LbPolicy:         clusterv3.Cluster_ROUND_ROBIN,
+	}
+	if svc.Protocol == mesh.ProtocolHTTP2 {
+		// gRPC and h2c apps need HTTP/2 on every hop, so the caller's sidecar speaks it to
+		// the callee's; the callee's sidecar carries it on to the app (LocalAppCluster).
+		// Without options a cluster speaks HTTP/1.1, what every other Service gets.
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: http2ProtocolOptions}
 	}
 	p := svc.Policy
 	if c.OutlierDetection = OutlierDetection(p.Outlier); c.OutlierDetection != nil {
@@ -113,17 +120,49 @@ func ClusterLoadAssignment(svc *mesh.Service) *endpointv3.ClusterLoadAssignment 
 	return cla
 }
 
+// http2ProtocolOptions make a cluster speak HTTP/2 without TLS (h2c, prior knowledge)
+// to its endpoints. Packed once: the same for every HTTP/2 Service.
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/upstreams/http/v3/http_protocol_options.proto
+var http2ProtocolOptions = mustAny(&upstreamhttpv3.HttpProtocolOptions{
+	UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+				Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+			},
+		},
+	},
+})
+
+// downstreamProtocolOptions make a cluster speak to its endpoint the HTTP version the
+// request came in with: HTTP/2 when http2_protocol_options is present and the
+// downstream is HTTP/2, HTTP/1.1 otherwise.
+var downstreamProtocolOptions = mustAny(&upstreamhttpv3.HttpProtocolOptions{
+	UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+		UseDownstreamProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+			HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+		},
+	},
+})
+
 // LocalAppCluster returns the proxy's cluster of its own app, at n.AppAddress. It is
 // STATIC: the app is in the same pod (or process group), at an address the proxy
 // announced itself, so there is nothing to discover. n must be valid (Node.Validate).
+//
+// It speaks to the app the protocol the request arrived in. Callers' sidecars speak
+// HTTP/2 to the Services that declare it (Cluster) and HTTP/1.1 to the others, so the
+// app gets what its Service declares: gRPC stays HTTP/2 end to end, a WebSocket upgrade
+// stays HTTP/1.1. It does not depend on which Services the pod serves, so every proxy
+// with the same app address shares it.
 func LocalAppCluster(n Node) *clusterv3.Cluster {
 	host, port := mustSplitIPPort(n.AppAddress)
 	return &clusterv3.Cluster{
-		Name:                 LocalAppClusterName,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-		ConnectTimeout:       durationpb.New(connectTimeout),
-		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
-		LoadAssignment:       staticLoadAssignment(LocalAppClusterName, host, port),
+		Name:                          LocalAppClusterName,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:                durationpb.New(connectTimeout),
+		LbPolicy:                      clusterv3.Cluster_ROUND_ROBIN,
+		LoadAssignment:                staticLoadAssignment(LocalAppClusterName, host, port),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{httpProtocolOptionsKey: downstreamProtocolOptions},
 	}
 }
 

@@ -67,7 +67,9 @@ func sampleSnapshot() *mesh.Snapshot {
 			{
 				Namespace: "team-b",
 				Name:      "app-3",
-				Ports:     []mesh.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}},
+				// A gRPC Service: its cluster speaks HTTP/2.
+				Ports:    []mesh.ServicePort{{Name: "api", Port: 80, Protocol: "TCP", AppProtocol: "grpc"}},
+				Protocol: mesh.ProtocolHTTP2,
 			},
 		},
 		Proxies: map[string]*mesh.Proxy{

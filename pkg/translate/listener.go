@@ -5,6 +5,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -25,6 +26,21 @@ const (
 	httpConnectionManagerFilterName = "envoy.filters.network.http_connection_manager"
 	routerFilterName                = "envoy.filters.http.router"
 )
+
+// streamIdleTimeout ends a stream on which nothing has moved, either way, for this long.
+// Envoy's default is 5 minutes, which would cut a silent long poll or a quiet gRPC or
+// WebSocket stream, and cut a request before a mesh-timeout above 5 minutes could
+// answer it. One hour is the longest mesh-timeout bearkong accepts (mesh.MaxTimeout),
+// so the idle timer never ends a request that a policy allows, and it still reaps
+// streams whose peer vanished without a word. It matches Envoy's default idle timeout
+// of a connection without streams (common_http_protocol_options.idle_timeout, 1h).
+// https://www.envoyproxy.io/docs/envoy/latest/faq/configuration/timeouts#stream-timeouts
+const streamIdleTimeout = mesh.MaxTimeout
+
+// upgradeConfigs allow WebSocket upgrades through the connection managers, which refuse
+// them by default; the upgrade goes on to the app over HTTP/1.1.
+// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/upgrades
+var upgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 
 // routerFilter is the terminal HTTP filter of every chain. It is the same for every
 // listener, so it is packed once.
@@ -63,6 +79,10 @@ func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection, rou
 			RouteConfigName: routeName,
 		}},
 		HttpFilters: []*hcmv3.HttpFilter{routerFilter},
+		// No route sets a timeout unless a policy asks (see serviceRoutes and
+		// inboundRouteAction); this bounds streams on which nothing happens.
+		StreamIdleTimeout: durationpb.New(streamIdleTimeout),
+		UpgradeConfigs:    upgradeConfigs,
 	}
 	return &listenerv3.Listener{
 		Name:    name,

@@ -98,6 +98,15 @@ var notFoundRoutes = []*routev3.Route{
 	notFoundRoute("missing-service-header", MissingServiceHeaderBody),
 }
 
+// noTimeout disables a route's timeout. Envoy's default, when a route sets none, is
+// 15 s, which would end long requests, long polls and gRPC or WebSocket streams that no
+// policy limits; 0 means no timeout:
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout
+// Time limits come from policy only: mesh-timeout on the callee's side, HTTPRoute
+// timeouts on the caller's. The connection managers' stream idle timeout ends streams
+// on which nothing moves (see streamIdleTimeout). Read-only: shared by every route.
+var noTimeout = durationpb.New(0)
+
 // serviceRoutes returns the routes for requests whose "service" header equals value:
 // one route to svc's cluster, or, when HTTPRoutes are attached to svc, a route per rule
 // match in precedence order and then a 404 for requests that match no rule.
@@ -111,6 +120,7 @@ func serviceRoutes(value string, svc *mesh.Service) []*routev3.Route {
 			},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
+				Timeout:          noTimeout,
 			}},
 		}}
 	}
@@ -195,14 +205,18 @@ func ruleRoute(value string, r mesh.RouteRule) *routev3.Route {
 			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: fmt.Sprintf("bearkong: HTTPRoute %s rule %d has no backend with a weight\n", r.Route, r.Rule)}},
 		}}}
 	}
-	a := &routev3.RouteAction{ClusterNotFoundResponseCode: routev3.RouteAction_INTERNAL_SERVER_ERROR}
+	// timeouts.request bounds the whole request, retries included, as Envoy's route
+	// timeout does; "0s" and no value both mean none (the Gateway API lets the
+	// implementation pick the default, and bearkong's is none, as for a plain route):
+	// https://gateway-api.sigs.k8s.io/reference/spec/#httproutetimeouts
+	a := &routev3.RouteAction{ClusterNotFoundResponseCode: routev3.RouteAction_INTERNAL_SERVER_ERROR, Timeout: noTimeout}
 	if len(clusters) == 1 {
 		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: clusters[0].Name}
 	} else {
 		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
 	}
-	if r.TimeoutSet {
-		a.Timeout = durationpb.New(r.Timeout) // 0 disables the timeout
+	if r.TimeoutSet && r.Timeout > 0 {
+		a.Timeout = durationpb.New(r.Timeout)
 	}
 	if r.Retry.Set() || r.BackendTimeout > 0 {
 		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-retrypolicy
@@ -222,6 +236,8 @@ func ruleRoute(value string, r mesh.RouteRule) *routev3.Route {
 			rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(r.Retry.Backoff)}
 		}
 		if r.BackendTimeout > 0 {
+			// timeouts.backendRequest bounds each try; "0s" means none, which is
+			// Envoy's default for per_try_timeout.
 			rp.PerTryTimeout = durationpb.New(r.BackendTimeout)
 		}
 		a.RetryPolicy = rp
@@ -269,9 +285,10 @@ func InboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfigura
 // inboundRouteAction carries the policy of the Services a proxy serves for the traffic
 // it receives. `mesh-timeout` sets the route timeout, so the callee's sidecar answers
 // 504 when its app is too slow
-// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout).
-// A pod served by several Services with different timeouts gets the shortest: each
-// Service's promise holds.
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-routeaction-timeout);
+// without it the route has no timeout (noTimeout), not Envoy's 15 s. A pod served by
+// several Services with different timeouts gets the shortest: each Service's promise
+// holds.
 //
 // It depends only on services (the result is cached by their keys and shared by
 // proxies) and never fails: discovery validated the policy, keeping the last good value
@@ -279,6 +296,7 @@ func InboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfigura
 func inboundRouteAction(services []*mesh.Service) *routev3.RouteAction {
 	a := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: LocalAppClusterName},
+		Timeout:          noTimeout,
 	}
 	var timeout time.Duration
 	for _, s := range services {

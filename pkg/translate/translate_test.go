@@ -13,10 +13,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -393,7 +397,7 @@ func TestBuilders(t *testing.T) {
 		return &routev3.Route{
 			Name:   header,
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: exact(header)},
-			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
 		}
 	}
 	notFound := func(name, body string, headers []*routev3.HeaderMatcher) *routev3.Route {
@@ -439,6 +443,17 @@ func TestBuilders(t *testing.T) {
 				ClusterName: "local-app",
 				Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{ep("::1", 9091)}}},
 			},
+			// The app gets the HTTP version the request came in with.
+			TypedExtensionProtocolOptions: map[string]*anypb.Any{
+				"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&upstreamhttpv3.HttpProtocolOptions{
+					UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+						UseDownstreamProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+							HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+							Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+						},
+					},
+				}),
+			},
 		}},
 		{"OutboundRouteConfiguration in shop", OutboundRouteConfiguration(snap, "shop"), &routev3.RouteConfiguration{
 			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
@@ -472,7 +487,7 @@ func TestBuilders(t *testing.T) {
 				Routes: []*routev3.Route{{
 					Name:   "local-app",
 					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "local-app"}}},
+					Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "local-app"}, Timeout: durationpb.New(0)}},
 				}},
 			}},
 		}},
@@ -531,10 +546,12 @@ func TestInboundTimeoutFromPolicy(t *testing.T) {
 	cases := []struct {
 		name     string
 		services []*mesh.Service
-		want     time.Duration // 0: no timeout set (Envoy's default)
+		want     time.Duration // 0: no timeout (set to 0s, not left to Envoy's 15s default)
 	}{
 		{"no policy", []*mesh.Service{svc("a", 0)}, 0},
 		{"mesh-timeout 2s", []*mesh.Service{svc("a", 2*time.Second)}, 2 * time.Second},
+		{"mesh-timeout above Envoy's 15s default", []*mesh.Service{svc("a", 20*time.Second)}, 20 * time.Second},
+		{"mesh-timeout at its maximum", []*mesh.Service{svc("a", mesh.MaxTimeout)}, time.Hour},
 		{"two services: the shortest wins", []*mesh.Service{svc("a", 5*time.Second), svc("b", 2*time.Second), svc("c", 0)}, 2 * time.Second},
 		{"no services", nil, 0},
 	}
@@ -542,11 +559,109 @@ func TestInboundTimeoutFromPolicy(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			rc := InboundRouteConfiguration(c.services)
 			action := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()
+			// Unset would mean Envoy's 15 s: the timeout is always explicit.
+			if action.GetTimeout() == nil {
+				t.Fatal("timeout unset: Envoy would apply its 15s default")
+			}
 			if got := action.GetTimeout().AsDuration(); got != c.want {
 				t.Fatalf("timeout %s, want %s", got, c.want)
 			}
-			if c.want == 0 && action.GetTimeout() != nil {
-				t.Fatalf("timeout set to %s, want unset", action.GetTimeout().AsDuration())
+		})
+	}
+}
+
+// TestOutboundRouteTimeouts checks the caller's side: no timeout on a plain route, and
+// HTTPRoute timeouts as the Gateway API defines them ("0s" is no timeout).
+// https://gateway-api.sigs.k8s.io/reference/spec/#httproutetimeouts
+func TestOutboundRouteTimeouts(t *testing.T) {
+	rule := func(timeout time.Duration, set bool, backend time.Duration) mesh.RouteRule {
+		return mesh.RouteRule{
+			Route: "default/r", Path: mesh.PathMatch{Type: "PathPrefix", Value: "/"},
+			Backends: []mesh.Backend{{Namespace: "default", Name: "b", Weight: 1, Valid: true}},
+			Timeout:  timeout, TimeoutSet: set, BackendTimeout: backend,
+		}
+	}
+	for _, tc := range []struct {
+		name        string
+		routes      []mesh.RouteRule
+		wantTimeout time.Duration
+		wantPerTry  time.Duration // 0: no per-try timeout
+	}{
+		{"no HTTPRoute", nil, 0, 0},
+		{"HTTPRoute without timeouts", []mesh.RouteRule{rule(0, false, 0)}, 0, 0},
+		{"timeouts.request 0s means none", []mesh.RouteRule{rule(0, true, 0)}, 0, 0},
+		{"timeouts.request 30s", []mesh.RouteRule{rule(30*time.Second, true, 0)}, 30 * time.Second, 0},
+		{"timeouts.request 1h", []mesh.RouteRule{rule(time.Hour, true, 0)}, time.Hour, 0},
+		{"timeouts.backendRequest alone", []mesh.RouteRule{rule(0, false, 500*time.Millisecond)}, 0, 500 * time.Millisecond},
+		{"both", []mesh.RouteRule{rule(2*time.Second, true, 500*time.Millisecond)}, 2 * time.Second, 500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := &mesh.Service{Namespace: "default", Name: "s", Routes: tc.routes}
+			routes := serviceRoutes("s", svc)
+			a := routes[0].GetRoute()
+			if a.GetTimeout() == nil {
+				t.Fatal("timeout unset: Envoy would apply its 15s default")
+			}
+			if got := a.GetTimeout().AsDuration(); got != tc.wantTimeout {
+				t.Errorf("timeout %s, want %s", got, tc.wantTimeout)
+			}
+			if got := a.GetRetryPolicy().GetPerTryTimeout().AsDuration(); got != tc.wantPerTry {
+				t.Errorf("per-try timeout %s, want %s", got, tc.wantPerTry)
+			}
+		})
+	}
+}
+
+// TestClusterProtocol is the mapping from a Service's protocol to what its cluster
+// speaks upstream: HTTP/2 for h2c and gRPC, Envoy's default (HTTP/1.1) otherwise.
+func TestClusterProtocol(t *testing.T) {
+	http2 := map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+			},
+		},
+	})}
+	for _, tc := range []struct {
+		ports []mesh.ServicePort
+		want  map[string]*anypb.Any // nil: HTTP/1.1
+	}{
+		{[]mesh.ServicePort{{Name: "grpc"}}, http2},
+		{[]mesh.ServicePort{{Name: "api", AppProtocol: "grpc"}}, http2},
+		{[]mesh.ServicePort{{Name: "api", AppProtocol: "kubernetes.io/h2c"}}, http2},
+		{[]mesh.ServicePort{{Name: "http2-web"}}, http2},
+		{[]mesh.ServicePort{{Name: "h2c"}}, http2},
+		{[]mesh.ServicePort{{Name: "http"}}, nil},
+		{[]mesh.ServicePort{{Name: "api", AppProtocol: "kubernetes.io/ws"}}, nil},
+		{[]mesh.ServicePort{{Name: "web"}}, nil},
+		{nil, nil},
+	} {
+		svc := &mesh.Service{Namespace: "default", Name: "s", Ports: tc.ports}
+		svc.Protocol, _ = mesh.ServiceProtocol(svc)
+		t.Run(fmt.Sprintf("%+v", tc.ports), func(t *testing.T) {
+			got := Cluster(svc).GetTypedExtensionProtocolOptions()
+			if diff := cmp.Diff(tc.want, got, protocmp.Transform(), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("protocol options (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestHTTPConnectionManagers checks what both listeners' connection managers carry:
+// WebSocket upgrades and the stream idle timeout.
+func TestHTTPConnectionManagers(t *testing.T) {
+	for _, l := range []*listenerv3.Listener{InboundListener(Node{ListenIP: "127.0.0.1"}), OutboundListener(Node{ListenIP: "127.0.0.1"})} {
+		t.Run(l.GetName(), func(t *testing.T) {
+			hcm := &hcmv3.HttpConnectionManager{}
+			if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+				t.Fatal(err)
+			}
+			if got := hcm.GetStreamIdleTimeout().AsDuration(); got != time.Hour {
+				t.Errorf("stream_idle_timeout %s, want 1h", got)
+			}
+			want := []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+			if diff := cmp.Diff(want, hcm.GetUpgradeConfigs(), protocmp.Transform()); diff != "" {
+				t.Errorf("upgrade_configs (-want +got):\n%s", diff)
 			}
 		})
 	}
