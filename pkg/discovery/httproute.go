@@ -3,7 +3,6 @@ package discovery
 import (
 	"cmp"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -258,10 +257,9 @@ func checkMatch(typ, value string) error {
 	case "Exact", "PathPrefix":
 		return nil
 	case "RegularExpression":
-		if _, err := regexp.Compile(value); err != nil {
-			return fmt.Errorf("invalid regular expression %q: %v", value, err)
-		}
-		return nil
+		// Envoy compiles regexes with RE2 and refuses programs above the size the
+		// sidecar bootstrap allows; mesh.CheckRegex measures the size the way RE2 does.
+		return mesh.CheckRegex(value)
 	}
 	return fmt.Errorf("match type %q is not supported", typ)
 }
