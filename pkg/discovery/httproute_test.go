@@ -45,7 +45,7 @@ func TestRouteRules(t *testing.T) {
 			gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{headerMatch}, BackendRefs: []gwv1.HTTPBackendRef{backend("app-3-v2", 1)}},
 			gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Path: &gwv1.HTTPPathMatch{Type: &exact, Value: ptrTo("/healthz")}}}, BackendRefs: []gwv1.HTTPBackendRef{backend("app-3-v1", 1)}},
 		)
-		rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{rt}, meshed)
+		rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{rt}, meshed, nil)
 		got := rules["a/app-3"]
 		if len(got) != 3 || len(diags) != 0 {
 			t.Fatalf("rules %+v, diagnostics %+v", got, diags)
@@ -93,7 +93,7 @@ func TestRouteRules(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{c.route}, meshed)
+			rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{c.route}, meshed, nil)
 			if _, ok := rules["a/app-3"]; ok != c.attached {
 				t.Fatalf("attached = %v, want %v", ok, c.attached)
 			}

@@ -226,6 +226,9 @@ const (
 	ReasonTargetPortBypasses  = "TargetPortBypassesSidecar"
 	ReasonTargetPortMisses    = "TargetPortMissesSidecar"
 	ReasonConflictingPolicies = "ConflictingPolicies"
+	// ReasonRejectedByEnvoy: the proxies NACKed the config built from the object, so
+	// bearkong left the object out (see pkg/discovery's quarantine).
+	ReasonRejectedByEnvoy = "RejectedByEnvoy"
 )
 
 // Diagnostic is a problem with the user's objects that bearkong works around or
