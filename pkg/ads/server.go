@@ -191,8 +191,9 @@ type loop struct {
 	nodeID string
 	config *Config // the config sess.cur was resolved from
 	serves []string
-	// proxy is the resolved config, and last the latest response of each type with
-	// the view it was built from: what a NACK rejected, for Options.Observe.
+	// proxy is the resolved config, and last the latest response of each type not yet
+	// answered, with the view it was built from: what a NACK rejected, for
+	// Options.Observe (only kept when it is set).
 	proxy *resource.Proxy
 	last  [resource.NumTypes]lastResponse
 }
@@ -267,6 +268,8 @@ func (l *loop) report(kind Kind, t resource.Type, req *discoveryv3.DiscoveryRequ
 		return
 	}
 	last := l.last[t]
+	// The response is answered: let it go, so that a steady stream holds no response.
+	l.last[t] = lastResponse{}
 	r := Report{Kind: kind, Node: l.node, Type: t, Version: last.resp.GetVersionInfo(), AckedVersion: req.GetVersionInfo()}
 	if kind == NACK {
 		r.Message = req.GetErrorDetail().GetMessage()
@@ -314,7 +317,7 @@ func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
 		if err := l.gs.Send(r); err != nil {
 			return err
 		}
-		if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && l.proxy != nil {
+		if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && l.proxy != nil && l.srv.observe != nil {
 			l.last[t] = lastResponse{resp: r, view: l.proxy.Views[t]}
 		}
 		l.log.Debug("sent", "type", typeName(r.GetTypeUrl()), "version", r.GetVersionInfo(), "nonce", r.GetNonce(), "resources", len(r.GetResources()))

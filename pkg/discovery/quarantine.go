@@ -61,6 +61,7 @@ type hold struct {
 	message   string
 
 	// What lifts it: the object as it was rejected.
+	exists      bool              // it was in the informer cache
 	generation  int64             // HTTPRoute
 	annotations map[string]string // Service: its mesh annotations
 	// Service: the policy kept in force, and the one that was rejected.
@@ -363,22 +364,23 @@ func (d *Discovery) describe(h *hold) {
 	case KindHTTPRoute:
 		if d.routes != nil {
 			if rt, err := d.routes.HTTPRoutes(h.ref.Namespace).Get(h.ref.Name); err == nil {
-				h.generation = rt.Generation
+				h.exists, h.generation = true, rt.Generation
 			}
 		}
 	case KindService:
 		if svc, err := d.services.Services(h.ref.Namespace).Get(h.ref.Name); err == nil {
-			h.annotations = meshAnnotations(svc.Annotations)
+			h.exists, h.annotations = true, meshAnnotations(svc.Annotations)
 		}
 	}
 }
 
-// liftQuarantines ends the quarantine of the objects that changed since.
+// liftQuarantines ends the quarantine of the objects that changed since (deleted ones
+// included: a Service created again under the same name starts afresh).
 func (d *Discovery) liftQuarantines() {
 	lifted := d.quarantine.lift(func(h *hold) bool {
 		now := &hold{ref: h.ref}
 		d.describe(now)
-		return now.generation != h.generation || !maps.Equal(now.annotations, h.annotations)
+		return now.exists != h.exists || now.generation != h.generation || !maps.Equal(now.annotations, h.annotations)
 	})
 	for _, h := range lifted {
 		d.log.Info("quarantine lifted: the object changed", "object", h.ref.String())
