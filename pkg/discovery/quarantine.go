@@ -125,14 +125,21 @@ func (q *quarantine) reject(part mesh.ConfigPart, ok, bad *mesh.Snapshot, messag
 		v.confirmed = append(v.confirmed, &h)
 		return v
 	}
+	// The suspect on trial and another change rejected together: neither is proven, so
+	// the one on trial is held back again, first in line.
+	retried := false
+	if q.probe != nil && slices.Contains(sus, q.probe.ref) {
+		q.held[q.probe.ref] = q.probe
+		q.queue = append([]*hold{q.probe}, q.queue...)
+		q.probe = nil
+		retried = true
+	}
 	// Objects already held are not suspects again: this NACK is a late one, of a
 	// config that still had them.
-	sus = slices.DeleteFunc(sus, func(r ObjectRef) bool {
-		return q.held[r] != nil || q.probe != nil && q.probe.ref == r
-	})
-	switch len(sus) {
-	case 0:
-	case 1:
+	sus = slices.DeleteFunc(sus, func(r ObjectRef) bool { return q.held[r] != nil })
+	switch {
+	case len(sus) == 0:
+	case len(sus) == 1 && !retried:
 		h := newHold(sus[0], true)
 		q.held[h.ref] = h
 		v.confirmed = append(v.confirmed, h)

@@ -122,6 +122,19 @@ func TestQuarantine(t *testing.T) {
 			{acked: qsnap(none, routes("good", "x1")), held: "[HTTPRoute a/x2 confirmed]", probe: "HTTPRoute a/x3", wantAcks: true},
 			{acked: qsnap(none, routes("good", "x1", "x3")), held: "[HTTPRoute a/x2 confirmed]"},
 		}},
+		{"the suspect on trial and another change rejected together: both held back", []step{
+			{nack: true, ok: good, bad: qsnap(none, routes("good", "x1", "x2")),
+				held: "[HTTPRoute a/x1 suspect HTTPRoute a/x2 suspect]", wantAcks: true},
+			{acked: good, held: "[HTTPRoute a/x2 suspect]", probe: "HTTPRoute a/x1", wantAcks: true},
+			// Meanwhile a user adds y: the config with x1 and y is rejected.
+			{nack: true, ok: good, bad: qsnap(none, routes("good", "x1", "y")),
+				held: "[HTTPRoute a/x1 suspect HTTPRoute a/x2 suspect HTTPRoute a/y suspect]", wantAcks: true},
+			// Without all three, accepted: x1 goes on trial again, first.
+			{acked: good, held: "[HTTPRoute a/x2 suspect HTTPRoute a/y suspect]", probe: "HTTPRoute a/x1", wantAcks: true},
+			{acked: qsnap(none, routes("good", "x1")), held: "[HTTPRoute a/y suspect]", probe: "HTTPRoute a/x2", wantAcks: true},
+			{acked: qsnap(none, routes("good", "x1", "x2")), held: "[]", probe: "HTTPRoute a/y", wantAcks: true},
+			{nack: true, ok: qsnap(none, routes("good", "x1", "x2")), bad: qsnap(none, routes("good", "x1", "x2", "y")), held: "[HTTPRoute a/y confirmed]"},
+		}},
 		{"a proxy that never accepted routes suspects every route", []step{
 			{nack: true, bad: qsnap(none, routes("good", "bad")), held: "[HTTPRoute a/bad suspect HTTPRoute a/good suspect]", wantAcks: true},
 			{acked: qsnap(none, nil), held: "[HTTPRoute a/good suspect]", probe: "HTTPRoute a/bad", wantAcks: true},

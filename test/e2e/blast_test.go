@@ -131,6 +131,7 @@ func TestNACKedRouteIsQuarantined(t *testing.T) {
 	before := cpMetrics(t, m)
 	withService(t, m, "blasted", nil, map[string]string{})
 	withService(t, m, "blasted-v2", nil, map[string]string{})
+	created := time.Now()
 	createRoute(t, regexRoute("blasted-bad", "blasted", map[string]string{discovery.SkipValidationAnnotation: "true"}))
 
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
@@ -153,6 +154,8 @@ func TestNACKedRouteIsQuarantined(t *testing.T) {
 	if got := mt["bearkong_quarantined_objects"]; got != 1 {
 		t.Fatalf("bearkong_quarantined_objects = %v, want 1", got)
 	}
+	t.Logf("%d proxies NACKed %v times; route quarantined and every proxy SYNCED %s after the route was created",
+		len(m.Pods()), nacks(mt)-nacks(before), time.Since(created).Round(time.Millisecond))
 	b, err := m.ControlPlaneGet(ctxT(t, 10*time.Second), "/debug/diagnostics?name=blasted-bad")
 	if err != nil {
 		t.Fatal(err)
