@@ -82,6 +82,11 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	drain := fs.Duration("drain-timeout", 5*time.Second, "on shutdown, how long xDS streams may take before they are cut")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
+	// bearkong's regex checks (discovery.SkipValidationAnnotation), so that the tests
+	// can send the proxies a config they reject and watch the quarantine work.
+	skipValidation := fs.Bool(unsafeSkipValidationFlag, false, "")
+	fs.Usage = func() { usageWithout(fs, unsafeSkipValidationFlag) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,7 +107,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := controlplane.NewRegistry()
 	disc := discovery.New(client, discovery.Options{
 		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
-		GatewayClient: gateway,
+		GatewayClient: gateway, AllowSkipValidation: *skipValidation,
 	})
 	cp := controlplane.New(disc, controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
@@ -111,7 +116,26 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
+	if *skipValidation {
+		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
+	}
 	return cp.Serve(ctx)
+}
+
+// unsafeSkipValidationFlag names the hidden testing flag of bearkong cp.
+const unsafeSkipValidationFlag = "unsafe-testing-skip-validation"
+
+// usageWithout prints fs's usage without the flag named hidden.
+func usageWithout(fs *flag.FlagSet, hidden string) {
+	fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name())
+	all := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	all.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name != hidden {
+			all.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	all.PrintDefaults()
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

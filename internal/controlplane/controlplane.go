@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +38,23 @@ type Source interface {
 	// HasSynced reports whether the source has seen the whole initial state.
 	HasSynced() bool
 }
+
+// Quarantiner is a Source that can leave out of the config the objects behind what the
+// proxies reject (pkg/discovery). The control plane tells it which snapshots the NACKed
+// and ACKed configs were built from.
+type Quarantiner interface {
+	Rejected(part mesh.ConfigPart, accepted, rejected *mesh.Snapshot, message string)
+	Accepted(part mesh.ConfigPart, snap *mesh.Snapshot)
+	// WantsAcks reports whether Accepted has anything to do right now; ACKs are many.
+	WantsAcks() bool
+}
+
+// historySize is how many recent configs the control plane remembers, to find the
+// snapshot behind the version a proxy ACKs or NACKs. Each holds its translated
+// resources, so it is small. A proxy that last accepted a version older than that counts
+// as one that never accepted any: every object is then a suspect, and the innocent ones
+// are re-admitted one by one.
+const historySize = 8
 
 // Options configure a ControlPlane.
 type Options struct {
@@ -63,6 +82,19 @@ type ControlPlane struct {
 
 	// snapshot is the latest snapshot received, for /debug/diagnostics.
 	snapshot atomic.Pointer[mesh.Snapshot]
+
+	// quarantine, when the source is one, hears about NACKs (and ACKs while it asks),
+	// through reports, handled off the stream loops by handleReports.
+	quarantine Quarantiner
+	reports    chan ads.Report
+	histMu     sync.Mutex
+	history    []configEntry // oldest first, at most historySize
+}
+
+// configEntry is one config handed to the ADS server and the snapshot it came from.
+type configEntry struct {
+	snap *mesh.Snapshot
+	tr   *translate.Translator
 }
 
 type metrics struct {
@@ -107,10 +139,97 @@ func New(src Source, o Options) *ControlPlane {
 		}),
 	}
 	o.Registry.MustRegister(m.translations, m.translateTime, m.translateErrs, m.generation)
-	return &ControlPlane{
-		opts: o, src: src, log: o.Logger, reg: o.Registry, metrics: m,
-		ads: ads.NewServer(ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry)}),
+	cp := &ControlPlane{opts: o, src: src, log: o.Logger, reg: o.Registry, metrics: m}
+	ao := ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry)}
+	if q, ok := src.(Quarantiner); ok {
+		cp.quarantine = q
+		cp.reports = make(chan ads.Report, 4096)
+		ao.Observe = cp.observe
 	}
+	cp.ads = ads.NewServer(ao)
+	return cp
+}
+
+// observe is the ADS server's Observe hook, called from the stream loops: it only queues.
+func (cp *ControlPlane) observe(r ads.Report) {
+	if r.Kind == ads.ACK && !cp.quarantine.WantsAcks() {
+		return
+	}
+	select {
+	case cp.reports <- r:
+	default:
+		cp.log.Warn("too many xDS reports at once; dropping one", "node", r.Node.GetId(), "type", r.Type, "kind", r.Kind)
+	}
+}
+
+// handleReports turns ACKs and NACKs into the snapshots they concern, for the quarantine.
+func (cp *ControlPlane) handleReports(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-cp.reports:
+			cp.handleReport(r)
+		}
+	}
+}
+
+// configPart is the part of the config a type carries that objects contribute to; 0 for
+// the types bearkong cannot attribute to an object (listeners and endpoints come from
+// the mesh contract and from pods, not from user policy).
+func configPart(t resource.Type) mesh.ConfigPart {
+	switch t {
+	case resource.Route:
+		return mesh.RoutesPart
+	case resource.Cluster:
+		return mesh.ClustersPart
+	}
+	return 0
+}
+
+func (cp *ControlPlane) handleReport(r ads.Report) {
+	part := configPart(r.Type)
+	if part == 0 {
+		if r.Kind == ads.NACK {
+			cp.log.Warn("proxy rejected a config no object can be blamed for", "node", r.Node.GetId(), "type", r.Type, "error", r.Message)
+		}
+		return
+	}
+	node, err := translate.ParseNode(r.Node)
+	if err != nil {
+		return
+	}
+	switch r.Kind {
+	case ads.NACK:
+		bad := cp.snapshotOf(node, r.Type, r.Version)
+		if bad == nil {
+			cp.log.Warn("proxy rejected a config too old to examine", "node", r.Node.GetId(), "type", r.Type, "version", r.Version)
+			return
+		}
+		cp.quarantine.Rejected(part, cp.snapshotOf(node, r.Type, r.AckedVersion), bad, r.Message)
+	case ads.ACK:
+		if snap := cp.snapshotOf(node, r.Type, r.Version); snap != nil {
+			cp.quarantine.Accepted(part, snap)
+		}
+	}
+}
+
+// snapshotOf returns the newest remembered snapshot from which node's resources of type
+// t have version, or nil.
+func (cp *ControlPlane) snapshotOf(node translate.Node, t resource.Type, version string) *mesh.Snapshot {
+	if version == "" {
+		return nil
+	}
+	cp.histMu.Lock()
+	hist := slices.Clone(cp.history)
+	cp.histMu.Unlock()
+	for i := len(hist) - 1; i >= 0; i-- {
+		p, err := hist[i].tr.Proxy(node)
+		if err == nil && p.Views[t].Version() == version {
+			return hist[i].snap
+		}
+	}
+	return nil
 }
 
 // ADS returns the xDS server, for tests.
@@ -154,7 +273,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	go func() { errs <- wrap("xDS server", g.Serve(cp.xdsLis)) }()
 	go func() {
 		if err := httpSrv.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -165,6 +284,9 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	}()
 	go func() { errs <- wrap("discovery", cp.src.Run(ctx)) }()
 	go func() { cp.translateLoop(ctx); errs <- nil }()
+	if cp.reports != nil {
+		go func() { cp.handleReports(ctx); errs <- nil }()
+	}
 	cp.log.Info("control plane serving", "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
 
 	var first error
@@ -227,6 +349,14 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.metrics.translateTime.Observe(time.Since(start).Seconds())
 	cp.metrics.translations.Inc()
 	cp.metrics.generation.Inc()
+	if cp.quarantine != nil {
+		cp.histMu.Lock()
+		cp.history = append(cp.history, configEntry{snap: snap, tr: tr})
+		if len(cp.history) > historySize {
+			cp.history = slices.Delete(cp.history, 0, len(cp.history)-historySize)
+		}
+		cp.histMu.Unlock()
+	}
 	cp.ads.SetConfig(&ads.Config{
 		ChangedAt: snap.ChangedAt,
 		Resolve: func(node *corev3.Node) (*resource.Proxy, error) {

@@ -50,6 +50,9 @@ type Client struct {
 	Node *corev3.Node
 	// Nack, when set, is asked about every response; a non-empty message NACKs it.
 	Nack func(typeURL string, names []string) string
+	// Reject, when set, is asked about every response with its decoded resources by
+	// name, as Envoy validates their content; a non-empty message NACKs it.
+	Reject func(typeURL string, resources map[string]proto.Message) string
 	// NoAck, when set, makes the client decode responses but never answer them.
 	NoAck bool
 
@@ -172,6 +175,9 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	var nackMsg string
 	if c.Nack != nil {
 		nackMsg = c.Nack(resp.TypeUrl, rec.Names)
+	}
+	if nackMsg == "" && c.Reject != nil {
+		nackMsg = c.Reject(resp.TypeUrl, decoded)
 	}
 	rec.NACKed = nackMsg != ""
 

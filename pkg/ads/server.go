@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/bearkong/bearkong/pkg/resource"
 )
@@ -47,6 +48,33 @@ type Config struct {
 type Options struct {
 	Logger  *slog.Logger
 	Metrics *Metrics // may be nil
+	// Observe, when set, is told of every ACK and NACK, from the stream loops: it must
+	// be safe for concurrent use and must not block (hand the report to a goroutine).
+	// It is how the layer above learns which config the proxies reject; pkg/ads itself
+	// only records NACKs.
+	Observe func(Report)
+}
+
+// Report is one ACK or NACK, for Options.Observe.
+type Report struct {
+	Kind Kind // ACK or NACK
+	Node *corev3.Node
+	Type resource.Type
+	// Version is the version_info of the response acknowledged or rejected.
+	Version string
+	// AckedVersion is the last version the proxy accepted: Version for an ACK, the
+	// request's version_info for a NACK ("" if it never accepted one).
+	AckedVersion string
+	// Resources are the names and content hashes of the resources in the rejected
+	// response (NACK only).
+	Resources []ResourceRef
+	// Message is Envoy's error_detail (NACK only).
+	Message string
+}
+
+// ResourceRef names one resource of a response and its content.
+type ResourceRef struct {
+	Name, Hash string
 }
 
 // Server implements the ADS gRPC service.
@@ -55,6 +83,7 @@ type Server struct {
 
 	log     *slog.Logger
 	metrics *Metrics
+	observe func(Report)
 	config  atomic.Pointer[Config]
 	nextID  atomic.Uint64
 
@@ -69,7 +98,7 @@ func NewServer(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{log: log, metrics: o.Metrics, streams: map[uint64]*stream{}}
+	return &Server{log: log, metrics: o.Metrics, observe: o.Observe, streams: map[uint64]*stream{}}
 }
 
 // Register adds the ADS service to g.
@@ -162,6 +191,16 @@ type loop struct {
 	nodeID string
 	config *Config // the config sess.cur was resolved from
 	serves []string
+	// proxy is the resolved config, and last the latest response of each type not yet
+	// answered, with the view it was built from: what a NACK rejected, for
+	// Options.Observe (only kept when it is set).
+	proxy *resource.Proxy
+	last  [resource.NumTypes]lastResponse
+}
+
+type lastResponse struct {
+	resp *discoveryv3.DiscoveryResponse
+	view resource.View
 }
 
 func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryRequest, recvErr <-chan error) error {
@@ -213,12 +252,39 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 	case NACK:
 		l.log.Warn("proxy rejected config", "type", t, "version", l.sess.types[t].version,
 			"nonce", req.GetResponseNonce(), "error", req.GetErrorDetail().GetMessage())
+		l.report(NACK, t, req)
 	case Stale:
 		l.log.Debug("ignoring stale request", "type", t, "nonce", req.GetResponseNonce())
 	case ACK:
 		l.log.Debug("ack", "type", t, "version", req.GetVersionInfo(), "nonce", req.GetResponseNonce())
+		l.report(ACK, t, req)
 	}
 	return l.send(resps)
+}
+
+// report tells Options.Observe about an ACK or a NACK of the latest response of type t.
+func (l *loop) report(kind Kind, t resource.Type, req *discoveryv3.DiscoveryRequest) {
+	if l.srv.observe == nil {
+		return
+	}
+	last := l.last[t]
+	// The response is answered: let it go, so that a steady stream holds no response.
+	l.last[t] = lastResponse{}
+	r := Report{Kind: kind, Node: l.node, Type: t, Version: last.resp.GetVersionInfo(), AckedVersion: req.GetVersionInfo()}
+	if kind == NACK {
+		r.Message = req.GetErrorDetail().GetMessage()
+		// The response holds the resources' Anys; the view it was built from names them.
+		byAny := make(map[*anypb.Any]*resource.Resource, last.view.Len())
+		for _, res := range last.view.All() {
+			byAny[res.Any] = res
+		}
+		for _, a := range last.resp.GetResources() {
+			if res, ok := byAny[a]; ok {
+				r.Resources = append(r.Resources, ResourceRef{Name: res.Name, Hash: res.Hash})
+			}
+		}
+	}
+	l.srv.observe(r)
 }
 
 func (l *loop) onWake() error {
@@ -242,6 +308,7 @@ func (l *loop) refresh() error {
 	}
 	l.config = c
 	l.serves = p.Serves
+	l.proxy = p
 	return l.send(l.sess.onConfig(p, c.ChangedAt))
 }
 
@@ -249,6 +316,9 @@ func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
 	for _, r := range resps {
 		if err := l.gs.Send(r); err != nil {
 			return err
+		}
+		if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && l.proxy != nil && l.srv.observe != nil {
+			l.last[t] = lastResponse{resp: r, view: l.proxy.Views[t]}
 		}
 		l.log.Debug("sent", "type", typeName(r.GetTypeUrl()), "version", r.GetVersionInfo(), "nonce", r.GetNonce(), "resources", len(r.GetResources()))
 	}

@@ -99,10 +99,14 @@ type env struct {
 	addr string
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T, observe ...func(ads.Report)) *env {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	srv := ads.NewServer(ads.Options{Metrics: ads.NewMetrics(reg)})
+	o := ads.Options{Metrics: ads.NewMetrics(reg)}
+	if len(observe) > 0 {
+		o.Observe = observe[0]
+	}
+	srv := ads.NewServer(o)
 	g := grpc.NewServer(ads.ServerOptions()...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -253,7 +257,13 @@ func TestADSOverGRPC(t *testing.T) {
 }
 
 func TestNACKIsVisible(t *testing.T) {
-	e := start(t)
+	reports := make(chan ads.Report, 100)
+	e := start(t, func(r ads.Report) {
+		select {
+		case reports <- r:
+		default:
+		}
+	})
 	w := world{endpoints: map[string]int{"app-1": 1}, routeTag: map[string]string{}}
 	e.set(t, w)
 	var rejecting atomic.Bool
@@ -296,6 +306,26 @@ func TestNACKIsVisible(t *testing.T) {
 	}
 	if got := counter(t, e, "bearkong_xds_nack_total", "cds"); got != 1 {
 		t.Fatalf("bearkong_xds_nack_total{type=cds} = %v", got)
+	}
+
+	// Options.Observe heard the ACKs and then the NACK, with what it rejected.
+	var nack *ads.Report
+	acks := 0
+	for len(reports) > 0 {
+		r := <-reports
+		switch r.Kind {
+		case ads.ACK:
+			acks++
+		case ads.NACK:
+			nack = &r
+		}
+	}
+	if acks == 0 || nack == nil {
+		t.Fatalf("observed %d ACKs and NACK %+v", acks, nack)
+	}
+	if nack.Node.GetId() != "n" || nack.Type != resource.Cluster || nack.AckedVersion != acked || nack.Version != cds.VersionSent ||
+		nack.Message != "cluster app-2: unknown field" || fmt.Sprint(nack.Resources) != fmt.Sprint([]ads.ResourceRef{{Name: "app-1", Hash: nack.Resources[0].Hash}, {Name: "app-2", Hash: nack.Resources[1].Hash}}) {
+		t.Fatalf("NACK report: %+v", nack)
 	}
 
 	// The same NACK through the HTTP handler, filtered by node.

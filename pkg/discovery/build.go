@@ -28,7 +28,13 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 // reads only; the objects in a lister's cache are shared and must not be modified, so
 // everything in the snapshot is copied out of them. prev is the last published snapshot
 // (or nil): an invalid policy annotation keeps the value it had there.
-func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, prev *mesh.Snapshot) (*mesh.Snapshot, []routeStatus, error) {
+//
+// o (may be nil) holds the quarantined objects, left out, and the testing hook that
+// skips bearkong's own regex checks.
+func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, prev *mesh.Snapshot, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	if o == nil {
+		o = &buildOptions{}
+	}
 	svcs, err := services.List(meshedSelector)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list services: %w", err)
@@ -58,6 +64,15 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		var diags []mesh.Diagnostic
 		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		if h := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]; h != nil {
+			// Quarantined: the part of the policy the proxies rejected stays as it was
+			// in the last config they accepted.
+			ms.Policy = withPolicyPart(h.part, ms.Policy, h.lastGood)
+			if h.confirmed {
+				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
+					Reason: mesh.ReasonRejectedByEnvoy, Message: rejectedMessage(h), Event: true})
+			}
+		}
 		ms.Protocol, diags = mesh.ServiceProtocol(ms)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		snap.Services = append(snap.Services, ms)
@@ -135,7 +150,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		}
 		var rules map[string][]mesh.RouteRule
 		var diags []mesh.Diagnostic
-		rules, statuses, diags = routeRules(list, meshed)
+		rules, statuses, diags = routeRules(list, meshed, o)
 		for k, rs := range rules {
 			meshed[k].Routes = rs
 		}
@@ -143,6 +158,13 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 	}
 	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, statuses, nil
+}
+
+// buildOptions are the inputs of build beyond the listers.
+type buildOptions struct {
+	held map[ObjectRef]*hold
+	// skipValidation honours SkipValidationAnnotation (Options.AllowSkipValidation).
+	skipValidation bool
 }
 
 // meshAnnotations keeps only the annotations that carry mesh policy, so that changing

@@ -70,6 +70,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the package's metrics. Nil leaves them unregistered.
 	Registerer prometheus.Registerer
+	// AllowSkipValidation honours SkipValidationAnnotation on HTTPRoutes. Testing only.
+	AllowSkipValidation bool
 	// GatewayClient, when set, makes discovery watch HTTPRoutes (gateway.networking.k8s.io)
 	// attached to meshed Services and write their status. If the Gateway API CRDs are
 	// not installed, HTTPRoutes are ignored, with a log line.
@@ -106,7 +108,8 @@ type Discovery struct {
 	// kick wakes the worker; capacity 1 because one wake-up covers any number of events.
 	kick chan struct{}
 
-	reporter *reporter
+	reporter   *reporter
+	quarantine *quarantine
 
 	out       chan *mesh.Snapshot
 	latest    atomic.Pointer[mesh.Snapshot]
@@ -141,6 +144,8 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		factory: informers.NewSharedInformerFactory(client, opts.ResyncPeriod),
 		kick:    make(chan struct{}, 1),
 		out:     make(chan *mesh.Snapshot, 1),
+
+		quarantine: newQuarantine(),
 	}
 	d.reporter = newReporter(d, client, opts.GatewayClient)
 	d.client = client
@@ -291,7 +296,11 @@ func (d *Discovery) observe(kind, event string, obj any) {
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
 		d.log.Debug("event", "kind", kind, "event", event, "object", objectKey(obj))
 	}
+	d.markDirty(now)
+}
 
+// markDirty asks the worker for a new build.
+func (d *Discovery) markDirty(now time.Time) {
 	d.mu.Lock()
 	if !d.dirty {
 		d.dirty = true
@@ -358,7 +367,9 @@ func (d *Discovery) flush(first bool) {
 	d.mu.Unlock()
 
 	start := time.Now()
-	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, d.latest.Load())
+	d.liftQuarantines()
+	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation}
+	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, d.latest.Load(), opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
 	if err != nil {
@@ -373,6 +384,7 @@ func (d *Discovery) flush(first bool) {
 		changedAt = start
 	}
 	snap.ChangedAt = changedAt
+	d.applyVerdict(d.quarantine.skipProbe(snap))
 	// Route statuses are compared with what the routes say on every build, published
 	// or not: someone may have changed a status, and only a difference is written.
 	d.reporter.syncRouteStatuses(statuses)

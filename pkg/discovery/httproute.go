@@ -3,7 +3,6 @@ package discovery
 import (
 	"cmp"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +12,13 @@ import (
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
+
+// SkipValidationAnnotation, set to "true" on an HTTPRoute, makes bearkong skip its RE2
+// program-size check of the route's regexes, so that Envoy gets a regex it will refuse.
+// It is honoured only when Options.AllowSkipValidation is set (the hidden
+// --unsafe-testing-skip-validation flag of bearkong cp): it exists so that tests can
+// drive the NACK path and the quarantine with a real Envoy, and has no other use.
+const SkipValidationAnnotation = "bearkong.dev/unsafe-testing-skip-validation"
 
 // ControllerName is how bearkong signs the HTTPRoute parent statuses it writes.
 const ControllerName gwv1.GatewayController = "bearkong.dev/mesh"
@@ -44,7 +50,11 @@ func isServiceRef(group *gwv1.Group, kind *gwv1.Kind) bool {
 // routeRules turns the HTTPRoutes into rules attached to meshed Services, sorted by the
 // Gateway API's precedence, and works out each route's status and diagnostics.
 // meshed holds the meshed Services by "namespace/name".
-func routeRules(routes []*gwv1.HTTPRoute, meshed map[string]*mesh.Service) (map[string][]mesh.RouteRule, []routeStatus, []mesh.Diagnostic) {
+// o may be nil; routes it holds in quarantine are left out.
+func routeRules(routes []*gwv1.HTTPRoute, meshed map[string]*mesh.Service, o *buildOptions) (map[string][]mesh.RouteRule, []routeStatus, []mesh.Diagnostic) {
+	if o == nil {
+		o = &buildOptions{}
+	}
 	// Oldest first, then by name: the Gateway API's tie-break between routes.
 	routes = slices.Clone(routes)
 	slices.SortFunc(routes, func(a, b *gwv1.HTTPRoute) int {
@@ -57,7 +67,9 @@ func routeRules(routes []*gwv1.HTTPRoute, meshed map[string]*mesh.Service) (map[
 	var statuses []routeStatus
 	var diags []mesh.Diagnostic
 	for _, rt := range routes {
-		rules, ruleErr := convertRules(rt)
+		skip := o.skipValidation && rt.Annotations[SkipValidationAnnotation] == "true"
+		rules, ruleErr := convertRules(rt, skip)
+		quarantined := o.held[ObjectRef{KindHTTPRoute, rt.Namespace, rt.Name}]
 		resolved := resolveBackends(rt, meshed, rules)
 		st := routeStatus{Namespace: rt.Namespace, Name: rt.Name, Generation: rt.Generation}
 		for _, ref := range rt.Spec.ParentRefs {
@@ -79,6 +91,11 @@ func routeRules(routes []*gwv1.HTTPRoute, meshed map[string]*mesh.Service) (map[
 					fmt.Sprintf("parent Service %s does not exist or is not meshed (label %s: %s)", parentKey, mesh.MeshedLabel, mesh.MeshedValue), rt.Generation)
 			case ruleErr != nil:
 				accepted = condition(gwv1.RouteConditionAccepted, false, gwv1.RouteReasonUnsupportedValue, ruleErr.Error(), rt.Generation)
+			case quarantined != nil && quarantined.confirmed:
+				accepted = condition(gwv1.RouteConditionAccepted, false, gwv1.RouteReasonUnsupportedValue, rejectedMessage(quarantined), rt.Generation)
+			case quarantined != nil:
+				// A suspect, held back until its turn to be tried again: its status
+				// stays as it was; it is either re-admitted or confirmed shortly.
 			default:
 				attached[parentKey] = append(attached[parentKey], rules...)
 			}
@@ -149,7 +166,9 @@ func precedence(a, b mesh.RouteRule) int {
 // bearkong cannot honour (filters, invalid regular expressions or durations) makes the
 // whole route unaccepted: a half-applied route would route traffic the user did not ask
 // for.
-func convertRules(rt *gwv1.HTTPRoute) ([]mesh.RouteRule, error) {
+//
+// skipSize skips the RE2 program-size check (SkipValidationAnnotation, for tests).
+func convertRules(rt *gwv1.HTTPRoute, skipSize bool) ([]mesh.RouteRule, error) {
 	key := rt.Namespace + "/" + rt.Name
 	var out []mesh.RouteRule
 	for i, rule := range rt.Spec.Rules {
@@ -218,7 +237,7 @@ func convertRules(rt *gwv1.HTTPRoute) ([]mesh.RouteRule, error) {
 				if m.Path.Value != nil {
 					r.Path.Value = *m.Path.Value
 				}
-				if err := checkMatch(r.Path.Type, r.Path.Value); err != nil {
+				if err := checkMatch(r.Path.Type, r.Path.Value, skipSize); err != nil {
 					return nil, fmt.Errorf("rule %d match %d: path: %w", i, j, err)
 				}
 			}
@@ -230,7 +249,7 @@ func convertRules(rt *gwv1.HTTPRoute) ([]mesh.RouteRule, error) {
 				if h.Type != nil {
 					typ = string(*h.Type)
 				}
-				if err := checkMatch(typ, h.Value); err != nil {
+				if err := checkMatch(typ, h.Value, skipSize); err != nil {
 					return nil, fmt.Errorf("rule %d match %d: header %s: %w", i, j, h.Name, err)
 				}
 				r.Headers = append(r.Headers, mesh.ValueMatch{Type: typ, Name: string(h.Name), Value: h.Value})
@@ -240,7 +259,7 @@ func convertRules(rt *gwv1.HTTPRoute) ([]mesh.RouteRule, error) {
 				if q.Type != nil {
 					typ = string(*q.Type)
 				}
-				if err := checkMatch(typ, q.Value); err != nil {
+				if err := checkMatch(typ, q.Value, skipSize); err != nil {
 					return nil, fmt.Errorf("rule %d match %d: query parameter %s: %w", i, j, q.Name, err)
 				}
 				r.QueryParams = append(r.QueryParams, mesh.ValueMatch{Type: typ, Name: string(q.Name), Value: q.Value})
@@ -253,15 +272,20 @@ func convertRules(rt *gwv1.HTTPRoute) ([]mesh.RouteRule, error) {
 
 // checkMatch rejects what Envoy would reject, so that a bad route is reported on the
 // route instead of being NACKed by every proxy.
-func checkMatch(typ, value string) error {
+func checkMatch(typ, value string, skipSize bool) error {
 	switch typ {
 	case "Exact", "PathPrefix":
 		return nil
 	case "RegularExpression":
-		if _, err := regexp.Compile(value); err != nil {
-			return fmt.Errorf("invalid regular expression %q: %v", value, err)
+		if skipSize {
+			if _, err := mesh.RegexProgramSize(value); err != nil {
+				return fmt.Errorf("invalid regular expression %q: %v", value, err)
+			}
+			return nil
 		}
-		return nil
+		// Envoy compiles regexes with RE2 and refuses programs above the size the
+		// sidecar bootstrap allows; mesh.CheckRegex measures the size the way RE2 does.
+		return mesh.CheckRegex(value)
 	}
 	return fmt.Errorf("match type %q is not supported", typ)
 }

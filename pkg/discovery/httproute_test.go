@@ -45,7 +45,7 @@ func TestRouteRules(t *testing.T) {
 			gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{headerMatch}, BackendRefs: []gwv1.HTTPBackendRef{backend("app-3-v2", 1)}},
 			gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Path: &gwv1.HTTPPathMatch{Type: &exact, Value: ptrTo("/healthz")}}}, BackendRefs: []gwv1.HTTPBackendRef{backend("app-3-v1", 1)}},
 		)
-		rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{rt}, meshed)
+		rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{rt}, meshed, nil)
 		got := rules["a/app-3"]
 		if len(got) != 3 || len(diags) != 0 {
 			t.Fatalf("rules %+v, diagnostics %+v", got, diags)
@@ -81,16 +81,28 @@ func TestRouteRules(t *testing.T) {
 			false, "UnsupportedValue", "ResolvedRefs", ""},
 		{"an invalid regular expression", httpRoute("r", "app-3", 1, gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Path: &gwv1.HTTPPathMatch{Type: ptrTo(gwv1.PathMatchRegularExpression), Value: ptrTo("/(")}}}}),
 			false, "UnsupportedValue", "ResolvedRefs", ""},
+		// Valid for Go's regexp, but over the RE2 program size every sidecar allows.
+		{"a regular expression over the RE2 program-size limit", httpRoute("r", "app-3", 1, gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Path: &gwv1.HTTPPathMatch{Type: ptrTo(gwv1.PathMatchRegularExpression), Value: ptrTo("/[a-z0-9-]{1,400}")}}}}),
+			false, "UnsupportedValue", "ResolvedRefs", ""},
+		{"a header regular expression over the limit", httpRoute("r", "app-3", 1, gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Headers: []gwv1.HTTPHeaderMatch{{Type: ptrTo(gwv1.HeaderMatchRegularExpression), Name: "x-id", Value: `\pL{1,20}`}}}}}),
+			false, "UnsupportedValue", "ResolvedRefs", ""},
+		{"a query regular expression over the limit", httpRoute("r", "app-3", 1, gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{}, {QueryParams: []gwv1.HTTPQueryParamMatch{{Type: ptrTo(gwv1.QueryParamMatchRegularExpression), Name: "q", Value: ".{1,200}"}}}}}),
+			false, "UnsupportedValue", "ResolvedRefs", ""},
+		{"a regular expression under the limit", httpRoute("r", "app-3", 1, gwv1.HTTPRouteRule{Matches: []gwv1.HTTPRouteMatch{{Path: &gwv1.HTTPPathMatch{Type: ptrTo(gwv1.PathMatchRegularExpression), Value: ptrTo("/[a-z0-9-]{1,64}")}}}, BackendRefs: []gwv1.HTTPBackendRef{backend("app-3-v1", 1)}}),
+			true, "Accepted", "ResolvedRefs", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{c.route}, meshed)
+			rules, statuses, diags := routeRules([]*gwv1.HTTPRoute{c.route}, meshed, nil)
 			if _, ok := rules["a/app-3"]; ok != c.attached {
 				t.Fatalf("attached = %v, want %v", ok, c.attached)
 			}
 			p := statuses[0].Parents[0]
 			if p.Accepted.Reason != c.accepted || p.Resolved.Reason != c.resolved {
 				t.Fatalf("conditions %+v / %+v", p.Accepted, p.Resolved)
+			}
+			if strings.Contains(c.name, "over the") && (!strings.Contains(p.Accepted.Message, "rule 0 match") || !strings.Contains(p.Accepted.Message, "over the limit of 1000")) {
+				t.Fatalf("message %q does not name the match and the size against the limit", p.Accepted.Message)
 			}
 			if c.accepted != "Accepted" || c.resolved != "ResolvedRefs" {
 				if len(diags) == 0 || diags[0].Kind != "HTTPRoute" {

@@ -22,6 +22,8 @@ type metrics struct {
 	buildSeconds prometheus.Histogram
 	apiWrites    *prometheus.CounterVec
 	diagnostics  prometheus.Gauge
+	quarantined  prometheus.Gauge
+	quarantines  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,6 +50,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "bearkong_diagnostics",
 		Help: "Problems found in the mesh's objects (invalid annotations, targetPorts that miss the sidecar); see /debug/diagnostics.",
 	})
+	m.quarantined = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bearkong_quarantined_objects",
+		Help: "Objects left out of the config because proxies rejected what bearkong built from them (or held back as suspects while that is worked out).",
+	}))
+	m.quarantines = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bearkong_quarantines_total",
+		Help: "Objects quarantined because proxies rejected the config built from them, by kind (HTTPRoute, Service).",
+	}, []string{"kind"}))
+	m.quarantines.WithLabelValues(KindHTTPRoute)
+	m.quarantines.WithLabelValues(KindService)
 	m.apiWrites = register(reg, m.apiWrites)
 	m.diagnostics = register(reg, m.diagnostics)
 	m.events = register(reg, m.events)

@@ -137,3 +137,26 @@ func SplitKey(key string) (namespace, name string) {
 	}
 	return ns, n
 }
+
+// ConfigPart is a part of the proxies' config that Kubernetes objects contribute to:
+// what a proxy rejects is attributed to the objects behind the part it rejected.
+type ConfigPart int
+
+const (
+	// RoutesPart is the routing config: HTTPRoutes, and the Service policies that set
+	// route options (mesh-timeout).
+	RoutesPart ConfigPart = iota + 1
+	// ClustersPart is the per-Service cluster config: the destination policies
+	// (outlier detection, circuit breakers).
+	ClustersPart
+)
+
+func (p ConfigPart) String() string {
+	switch p {
+	case RoutesPart:
+		return "routes"
+	case ClustersPart:
+		return "clusters"
+	}
+	return "unknown"
+}

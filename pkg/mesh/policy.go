@@ -229,6 +229,9 @@ const (
 	ReasonConflictingPolicies = "ConflictingPolicies"
 	ReasonExternalName        = "ExternalNameService"
 	ReasonNoEndpointSlices    = "NoEndpointSlices"
+	// ReasonRejectedByEnvoy: the proxies NACKed the config built from the object, so
+	// bearkong left the object out (see pkg/discovery's quarantine).
+	ReasonRejectedByEnvoy = "RejectedByEnvoy"
 )
 
 // Diagnostic is a problem with the user's objects that bearkong works around or

@@ -145,7 +145,32 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			CdsConfig: adsConfigSource(),
 			LdsConfig: adsConfigSource(),
 		},
+		LayeredRuntime: layeredRuntime(),
 	}, nil
+}
+
+// Runtime keys bearkong sets in every sidecar.
+const (
+	runtimeRE2ErrorLevel = "re2.max_program_size.error_level"
+	runtimeRE2WarnLevel  = "re2.max_program_size.warn_level"
+)
+
+// layeredRuntime is the sidecar's runtime: one static layer. It pins the RE2 program-size
+// limits to the ones pkg/discovery validates HTTPRoute regexes against
+// (mesh.RegexMaxProgramSize), so that a regex bearkong accepts is one every proxy
+// accepts, whatever Envoy's default of the day:
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/type/matcher/v3/regex.proto
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/operations/runtime
+func layeredRuntime() *bootstrapv3.LayeredRuntime {
+	return &bootstrapv3.LayeredRuntime{
+		Layers: []*bootstrapv3.RuntimeLayer{{
+			Name: "bearkong",
+			LayerSpecifier: &bootstrapv3.RuntimeLayer_StaticLayer{StaticLayer: &structpb.Struct{Fields: map[string]*structpb.Value{
+				runtimeRE2ErrorLevel: structpb.NewNumberValue(mesh.RegexMaxProgramSize),
+				runtimeRE2WarnLevel:  structpb.NewNumberValue(mesh.RegexWarnProgramSize),
+			}}},
+		}},
+	}
 }
 
 // xdsCluster is the static cluster to the control plane. A literal IP is a STATIC cluster;

@@ -124,13 +124,15 @@ func setup() error {
 		return err
 	}
 	shared.mesh, err = localmesh.New(ctx, localmesh.Options{
-		Env:              shared.env,
-		Dir:              filepath.Join(dir, "mesh"),
-		BearkongBin:      filepath.Join(binDir, "bearkong"),
-		EnvoyBin:         envoy,
-		DemoAppBin:       filepath.Join(binDir, "demo-app"),
-		Logf:             logf,
-		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String()},
+		Env:         shared.env,
+		Dir:         filepath.Join(dir, "mesh"),
+		BearkongBin: filepath.Join(binDir, "bearkong"),
+		EnvoyBin:    envoy,
+		DemoAppBin:  filepath.Join(binDir, "demo-app"),
+		Logf:        logf,
+		// --unsafe-testing-skip-validation lets blast_test.go's HTTPRoute opt out of
+		// bearkong's regex checks, so that the proxies get a route Envoy rejects.
+		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation"},
 	})
 	if err != nil {
 		return err
