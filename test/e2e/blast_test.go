@@ -131,6 +131,7 @@ func TestNACKedRouteIsQuarantined(t *testing.T) {
 	before := cpMetrics(t, m)
 	withService(t, m, "blasted", nil, map[string]string{})
 	withService(t, m, "blasted-v2", nil, map[string]string{})
+	rejectedBefore := rejectedStats(t, m)
 	created := time.Now()
 	createRoute(t, regexRoute("blasted-bad", "blasted", map[string]string{discovery.SkipValidationAnnotation: "true"}))
 
@@ -147,6 +148,7 @@ func TestNACKedRouteIsQuarantined(t *testing.T) {
 	})
 	// Every proxy ends SYNCED on every type, without the route.
 	waitAllSynced(t, m)
+	expectRejected(rejectedBefore, rejectedStats(t, m))
 	mt := cpMetrics(t, m)
 	if nacks(mt) <= nacks(before) {
 		t.Fatalf("no NACK counted: the route never reached the proxies (%v -> %v)", nacks(before), nacks(mt))
@@ -213,4 +215,50 @@ func TestNACKedRouteIsQuarantined(t *testing.T) {
 	if got := cpMetrics(t, m)["bearkong_quarantined_objects"]; got != 0 {
 		t.Fatalf("bearkong_quarantined_objects = %v after the fix, want 0", got)
 	}
+}
+
+// rejectedStats reads every pod's Envoy update_rejected counters.
+func rejectedStats(t *testing.T, m *localmesh.Mesh) map[string]map[string]int {
+	t.Helper()
+	out := map[string]map[string]int{}
+	for _, p := range m.Pods() {
+		st, err := m.EnvoyStats(ctxT(t, 10*time.Second), p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[p.Name] = map[string]int{}
+		for name, v := range st {
+			if strings.HasSuffix(name, ".update_rejected") {
+				out[p.Name][name] = int(v)
+			}
+		}
+	}
+	return out
+}
+
+// expectRejected records the rejections between two rejectedStats readings as caused on
+// purpose (see shared.rejected).
+func expectRejected(before, after map[string]map[string]int) {
+	shared.rejectedMu.Lock()
+	defer shared.rejectedMu.Unlock()
+	if shared.rejected == nil {
+		shared.rejected = map[string]map[string]int{}
+	}
+	for pod, st := range after {
+		for name, v := range st {
+			if d := v - before[pod][name]; d > 0 {
+				if shared.rejected[pod] == nil {
+					shared.rejected[pod] = map[string]int{}
+				}
+				shared.rejected[pod][name] += d
+			}
+		}
+	}
+}
+
+// expectedRejected returns how many rejections of stat on pod tests caused on purpose.
+func expectedRejected(pod, stat string) int {
+	shared.rejectedMu.Lock()
+	defer shared.rejectedMu.Unlock()
+	return shared.rejected[pod][stat]
 }

@@ -36,6 +36,13 @@ var shared struct {
 	binDir string // bearkong and demo-app, built for this run
 	envoy  string
 	prom   string // Prometheus base URL
+
+	// rejected counts, per pod and Envoy update_rejected stat, the rejections a test
+	// caused on purpose (TestNACKedRouteIsQuarantined), so that the tests that check
+	// nothing else was ever rejected (TestEnvoysAreSyncedAndAcceptEverything) can tell
+	// them apart, in whatever order the tests run.
+	rejectedMu sync.Mutex
+	rejected   map[string]map[string]int
 }
 
 // resyncPeriod is the control plane's informer resync in these tests: short, so that the
