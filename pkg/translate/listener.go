@@ -99,9 +99,10 @@ func harden(hcm *hcmv3.HttpConnectionManager) {
 	// unset on purpose: since Envoy 1.33 that lists no address, so every request is
 	// external on both listeners and no request header overrides the policy that comes
 	// from Kubernetes objects (mesh-timeout, HTTPRoute timeouts and retries). An empty
-	// internal_address_config would not do: Envoy reads its empty cidr_ranges as "the
-	// private ranges", and a caller could claim one in x-forwarded-for.
-	// TestEnvoyHardening holds this against the pinned Envoy.
+	// internal_address_config would not do: Envoy 1.36 reads its empty cidr_ranges as
+	// the legacy private and loopback ranges (an x-forwarded-for of 10.0.0.1 or
+	// 127.0.0.1 then makes a request internal). TestEnvoyHardening holds this against
+	// the pinned Envoy.
 	// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-envoy-internal
 	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-internal-address-config
 	// RFC 3986 normalisation ("/a/./b/../c" is "/a/c") and "//" merged into "/", before
@@ -112,8 +113,9 @@ func harden(hcm *hcmv3.HttpConnectionManager) {
 	hcm.MergeSlashes = true
 	// Escaped slashes ("%2F", "%5C") are decoded and the request goes on: matched and
 	// forwarded as "/" alike. Kept escaped, "/admin%2Fx" would miss a "/admin" prefix
-	// match while many app frameworks decode it to "/admin/x"; redirecting would break
-	// clients that do not follow redirects (gRPC), and rejecting would break them too.
+	// match while many app frameworks decode it to "/admin/x"; a redirect would fail
+	// clients that do not follow redirects (gRPC), and rejecting would fail every such
+	// request.
 	hcm.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
 }
 
