@@ -80,6 +80,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	maxDelay := fs.Duration("max-delay", time.Second, "coalescing: never wait longer than this after the first event of a burst")
 	resync := fs.Duration("resync-period", 10*time.Minute, "informer resync period (0 disables); resyncs never cause xDS pushes")
 	drain := fs.Duration("drain-timeout", 5*time.Second, "on shutdown, how long xDS streams may take before they are cut")
+	clusterDomain := fs.String("cluster-domain", translate.DefaultClusterDomain, "the cluster's DNS domain: the outbound listener takes 'service: <name>.<namespace>.svc.<cluster-domain>'")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
@@ -100,6 +101,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if *quiet <= 0 || *maxDelay < *quiet {
 		return fmt.Errorf("need 0 < --quiet-period (%s) <= --max-delay (%s)", *quiet, *maxDelay)
 	}
+	if err := translate.ValidateClusterDomain(*clusterDomain); err != nil {
+		return fmt.Errorf("--cluster-domain: %w", err)
+	}
 	client, gateway, err := discovery.NewClients(*kubeconfig)
 	if err != nil {
 		return err
@@ -111,6 +115,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	cp := controlplane.New(disc, controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
+		Translate: translate.Options{ClusterDomain: *clusterDomain},
 	})
 	if err := cp.Listen(); err != nil {
 		return err
@@ -159,7 +164,8 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	var o translate.BootstrapOptions
 	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the pod's name (default $POD_NAME, from the downward API)")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the pod's namespace (default $POD_NAMESPACE, from the downward API)")
-	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", "0.0.0.0"), "address the inbound (8000) and outbound (8001) listeners bind")
+	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", translate.DefaultListenIP), "address the inbound listener (8000) binds")
+	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
 	fs.StringVar(&o.AdminAddress, "admin-address", envOr("ADMIN_ADDRESS", "127.0.0.1:8081"), "host:port of Envoy's admin listener")
 	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server")

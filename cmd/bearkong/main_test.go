@@ -28,6 +28,8 @@ func TestRun(t *testing.T) {
 		{"cp with a missing kubeconfig", []string{"cp", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
+		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
+		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -50,7 +52,7 @@ func TestBootstrapFile(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "envoy.json")
 	var stdout, stderr bytes.Buffer
 	args := []string{"bootstrap", "--pod-name", "app-2-b", "--pod-namespace", "shop", "--listen-ip", "127.0.1.3",
-		"--app-address", "127.0.1.3:9090", "--admin-address", "127.0.1.3:8081", "--xds-address", "127.0.0.1:5000", "-o", out}
+		"--outbound-ip", "127.0.2.3", "--app-address", "127.0.1.3:9090", "--admin-address", "127.0.1.3:8081", "--xds-address", "127.0.0.1:5000", "-o", out}
 	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatal(err, stderr.String())
 	}
@@ -67,7 +69,7 @@ func TestBootstrapFile(t *testing.T) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"pod_name": "app-2-b", "pod_namespace": "shop", "listen_ip": "127.0.1.3", "app_address": "127.0.1.3:9090"}
+	want := map[string]string{"pod_name": "app-2-b", "pod_namespace": "shop", "listen_ip": "127.0.1.3", "outbound_ip": "127.0.2.3", "app_address": "127.0.1.3:9090"}
 	if v.Node.ID != "app-2-b.shop" {
 		t.Errorf("node id %q", v.Node.ID)
 	}

@@ -177,7 +177,7 @@ func run(args []string, out io.Writer) (err error) {
 
 // printTable prints who answers a request from each app's first pod to each app.
 func printTable(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
-	fmt.Fprintf(out, "\nRequests through each app's outbound listener (:%d, header %q):\n\n", mesh.OutboundPort, mesh.ServiceHeader+": <to>")
+	fmt.Fprintf(out, "\nRequests through each app's outbound listener (its pod's own loopback address, :%d, header %q):\n\n", mesh.OutboundPort, mesh.ServiceHeader+": <to>")
 	tw := tabwriter.NewWriter(out, 0, 0, 3, ' ', 0)
 	fmt.Fprint(tw, "from \\ to")
 	for _, to := range localmesh.DemoApps {
@@ -190,7 +190,7 @@ func printTable(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
 			continue
 		}
 		p := pods[0]
-		fmt.Fprintf(tw, "%s (%s)", p.Name, p.IP)
+		fmt.Fprintf(tw, "%s (%s)", p.Name, p.OutboundAddr())
 		for _, to := range localmesh.DemoApps {
 			c := m.Call(ctx, p.Name, to.Name)
 			switch {
@@ -227,6 +227,7 @@ Control plane:
 Prometheus: %[1]s
   curl -s %[1]s/api/v1/query --data-urlencode 'query=sum by (type) (bearkong_xds_ack_total)'
   curl -s %[1]s/api/v1/query --data-urlencode 'query=sum by (type) (bearkong_xds_nack_total)'
+  curl -s %[1]s/api/v1/query --data-urlencode 'query=sum by (envoy_cluster_name) (rate(envoy_cluster_upstream_rq_total[1m]))'
 `, promURL)
 	}
 	fmt.Fprintf(out, "\nEnvoy admin (/config_dump, /clusters, /stats):\n")

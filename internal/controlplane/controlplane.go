@@ -67,6 +67,8 @@ type Options struct {
 	Logger       *slog.Logger
 	// Registry receives every metric; a new one is made when nil.
 	Registry *prometheus.Registry
+	// Translate are the translator's options (the cluster domain).
+	Translate translate.Options
 }
 
 // ControlPlane is one running bearkong.
@@ -339,7 +341,7 @@ func (cp *ControlPlane) translateLoop(ctx context.Context) {
 func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.snapshot.Store(snap)
 	start := time.Now()
-	tr, err := translate.New(snap)
+	tr, err := translate.NewWithOptions(snap, cp.opts.Translate)
 	if err != nil {
 		// Keep the last good config: a bad snapshot must not take the mesh down.
 		cp.metrics.translateErrs.Inc()

@@ -103,8 +103,14 @@ func TestHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p0.Name != "a-0" || p1.Name != "a-1" || p0.IP != "127.0.3.2" || p1.IP != "127.0.3.3" {
+	if p0.Name != "a-0" || p1.Name != "a-1" || p0.IP != "127.0.3.2" || p1.IP != "127.0.3.3" || p0.OutboundIP != "127.0.4.2" || p1.OutboundIP != "127.0.4.3" {
 		t.Errorf("pods = %+v, %+v", p0, p1)
+	}
+	// The outbound listener is on the pod's own loopback address only, as on 127.0.0.1
+	// in a real pod: nothing else reaches it at the pod's address.
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort(p0.IP, "8001"), time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s:8001 accepts connections; the outbound listener must be on %s only", p0.IP, p0.OutboundIP)
 	}
 
 	promURL := ""
@@ -234,7 +240,7 @@ func TestHarness(t *testing.T) {
 		if s := getSlice(ctx, t, env, "a"); len(s.Endpoints) != 1 || s.Endpoints[0].TargetRef.Name != p1.Name {
 			t.Errorf("endpoints after removal = %+v", s.Endpoints)
 		}
-		if !portsFree(p0.IP, 8000, 8001, 8081, 9090) {
+		if !portsFree(p0.IP, 8000, 8001, 8081, 9090) || !portsFree(p0.OutboundIP, 8001) {
 			t.Error("the removed pod's ports are still bound")
 		}
 	})
@@ -278,7 +284,7 @@ func TestHarness(t *testing.T) {
 		if err := m.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if !portsFree(p2.IP, 8000, 8001, 8081, 9090) {
+		if !portsFree(p2.IP, 8000, 8001, 8081, 9090) || !portsFree(p2.OutboundIP, 8001) {
 			t.Error("ports still bound after Close")
 		}
 		if c, err := net.DialTimeout("tcp", m.opts.HTTPAddr, time.Second); err == nil {

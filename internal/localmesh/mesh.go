@@ -59,6 +59,11 @@ type Options struct {
 	// IPPrefix is the first three octets of the pods' addresses, with the final dot.
 	// Default DefaultIPPrefix; pods get IPPrefix+N for N from 2 to 254.
 	IPPrefix string
+	// OutboundIPPrefix is the same for the pods' outbound listeners: the pod at
+	// IPPrefix+N has its outbound listener on OutboundIPPrefix+N, its own loopback
+	// address, as 127.0.0.1 is in a real pod. Default: IPPrefix with its third octet
+	// plus one (127.0.1. gives 127.0.2.).
+	OutboundIPPrefix string
 	// XDSAddr and HTTPAddr are the control plane's listen addresses. Default: free ports
 	// on 127.0.0.1, picked once so that a restarted control plane keeps them.
 	XDSAddr  string
@@ -147,6 +152,13 @@ func New(ctx context.Context, opts Options) (*Mesh, error) {
 	}
 	if ip := net.ParseIP(opts.IPPrefix + "2"); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
 		return nil, fmt.Errorf("localmesh: IPPrefix %q does not give IPv4 loopback addresses", opts.IPPrefix)
+	}
+	if opts.OutboundIPPrefix == "" {
+		ip := net.ParseIP(opts.IPPrefix + "2").To4()
+		opts.OutboundIPPrefix = fmt.Sprintf("%d.%d.%d.", ip[0], ip[1], ip[2]+1)
+	}
+	if ip := net.ParseIP(opts.OutboundIPPrefix + "2"); ip == nil || !ip.IsLoopback() || ip.To4() == nil || opts.OutboundIPPrefix == opts.IPPrefix {
+		return nil, fmt.Errorf("localmesh: OutboundIPPrefix %q does not give IPv4 loopback addresses apart from IPPrefix %q", opts.OutboundIPPrefix, opts.IPPrefix)
 	}
 	if opts.DrainPeriod <= 0 {
 		opts.DrainPeriod = DefaultDrainPeriod

@@ -42,10 +42,19 @@ type Pod struct {
 	Namespace string
 	Service   string
 	IP        string
+	// OutboundIP is the address of the pod's outbound listener: a loopback address of
+	// its own, as 127.0.0.1 is in a real pod, so that <IP>:8001 is closed as it would be
+	// to other pods.
+	OutboundIP string
 }
 
-// OutboundURL is the URL of the pod's outbound listener (port 8001).
-func (p Pod) OutboundURL() string { return "http://" + p.addr(mesh.OutboundPort) + "/" }
+// OutboundAddr is the address of the pod's outbound listener (port 8001).
+func (p Pod) OutboundAddr() string {
+	return net.JoinHostPort(p.OutboundIP, strconv.Itoa(mesh.OutboundPort))
+}
+
+// OutboundURL is the URL of the pod's outbound listener.
+func (p Pod) OutboundURL() string { return "http://" + p.OutboundAddr() + "/" }
 
 // InboundAddr is the address of the pod's inbound listener (port 8000).
 func (p Pod) InboundAddr() string { return p.addr(mesh.InboundPort) }
@@ -200,19 +209,20 @@ func (m *Mesh) reservePod(svc, name string) (*pod, error) {
 	if _, taken := m.pods[name]; taken {
 		return nil, fmt.Errorf("localmesh: add pod: pod %s already exists", name)
 	}
-	ip, err := m.allocateIPLocked()
+	ip, outIP, err := m.allocateIPLocked()
 	if err != nil {
 		return nil, err
 	}
-	p := &pod{Pod: Pod{Name: name, Namespace: m.opts.Namespace, Service: svc, IP: ip}}
+	p := &pod{Pod: Pod{Name: name, Namespace: m.opts.Namespace, Service: svc, IP: ip, OutboundIP: outIP}}
 	m.pods[name] = p
 	return p, nil
 }
 
 // allocateIPLocked returns the next address IPPrefix+N that no pod uses and on which the
-// pod ports are free. Addresses are handed out round-robin, so a removed pod's address is
-// not reused at once.
-func (m *Mesh) allocateIPLocked() (string, error) {
+// pod ports are free, with its outbound address OutboundIPPrefix+N, whose port must be
+// free too. Addresses are handed out round-robin, so a removed pod's address is not
+// reused at once.
+func (m *Mesh) allocateIPLocked() (ip, outIP string, err error) {
 	used := map[string]bool{}
 	for _, p := range m.pods {
 		used[p.IP] = true
@@ -224,11 +234,12 @@ func (m *Mesh) allocateIPLocked() (string, error) {
 			m.nextIP = 2
 		}
 		ip := m.opts.IPPrefix + strconv.Itoa(n)
-		if !used[ip] && portsFree(ip, mesh.InboundPort, mesh.OutboundPort, mesh.AdminPort, mesh.AppPort) {
-			return ip, nil
+		outIP := m.opts.OutboundIPPrefix + strconv.Itoa(n)
+		if !used[ip] && portsFree(ip, mesh.InboundPort, mesh.OutboundPort, mesh.AdminPort, mesh.AppPort) && portsFree(outIP, mesh.OutboundPort) {
+			return ip, outIP, nil
 		}
 	}
-	return "", fmt.Errorf("localmesh: no free address left in %s2-254", m.opts.IPPrefix)
+	return "", "", fmt.Errorf("localmesh: no free address left in %s2-254", m.opts.IPPrefix)
 }
 
 // portsFree reports whether every port can be bound on ip right now.
@@ -367,6 +378,7 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 		"--pod-name", p.Name,
 		"--pod-namespace", p.Namespace,
 		"--listen-ip", p.IP,
+		"--outbound-ip", p.OutboundIP,
 		"--app-address", p.AppAddr(),
 		"--admin-address", p.addr(mesh.AdminPort),
 		"--xds-address", m.opts.XDSAddr,
@@ -407,7 +419,7 @@ func (m *Mesh) waitPodReady(ctx context.Context, p *pod) error {
 		{"demo app", p.app, func(ctx context.Context) error { return m.httpOK(ctx, "http://"+p.AppAddr()+"/health") }},
 		{"envoy", p.envoy, func(ctx context.Context) error { return m.httpOK(ctx, p.AdminURL()+"/ready") }},
 		{"envoy listeners (is the pod served by the control plane?)", p.envoy, func(ctx context.Context) error {
-			for _, addr := range []string{p.InboundAddr(), p.addr(mesh.OutboundPort)} {
+			for _, addr := range []string{p.InboundAddr(), p.OutboundAddr()} {
 				c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
 				if err != nil {
 					return err

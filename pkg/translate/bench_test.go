@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
 )
 
 // benchSnapshot returns a snapshot of services Services spread over namespaces
@@ -124,6 +125,14 @@ func BenchmarkProxy(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("services=%d/new-namespace", n), func(b *testing.B) {
 			b.ReportAllocs()
+			// The size of what every proxy holds and is sent on each route change.
+			p, err := tr.Proxy(nodes[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			if r, ok := p.Views[resource.Route].Get(OutboundRouteName); ok {
+				b.ReportMetric(float64(len(r.Any.GetValue())), "outbound-rds-bytes")
+			}
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				fresh, err := New(snap)

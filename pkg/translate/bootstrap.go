@@ -11,6 +11,8 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	downstreamconnectionsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -49,9 +51,12 @@ var DefaultAdminAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(mesh.AdminP
 type BootstrapOptions struct {
 	PodName      string
 	PodNamespace string
-	// ListenIP is the bind address of the inbound and outbound listeners (default
-	// DefaultListenIP). It travels to the control plane as node metadata.
+	// ListenIP is the bind address of the inbound listener (default DefaultListenIP).
+	// It travels to the control plane as node metadata.
 	ListenIP string
+	// OutboundIP is the bind address of the outbound listener (default
+	// DefaultOutboundIP). It travels to the control plane as node metadata.
+	OutboundIP string
 	// AppAddress is the local app's host:port (default DefaultAppAddress). It travels to
 	// the control plane as node metadata.
 	AppAddress string
@@ -72,6 +77,9 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if o.ListenIP == "" {
 		o.ListenIP = DefaultListenIP
 	}
+	if o.OutboundIP == "" {
+		o.OutboundIP = DefaultOutboundIP
+	}
 	if o.AppAddress == "" {
 		o.AppAddress = DefaultAppAddress
 	}
@@ -86,6 +94,9 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		errs = append(errs, err)
 	}
 	if err := validateIP("listen IP", o.ListenIP); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateIP("outbound IP", o.OutboundIP); err != nil {
 		errs = append(errs, err)
 	}
 	if _, _, err := splitIPPort("app address", o.AppAddress); err != nil {
@@ -113,6 +124,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		MetadataPodName:      structpb.NewStringValue(o.PodName),
 		MetadataPodNamespace: structpb.NewStringValue(o.PodNamespace),
 		MetadataListenIP:     structpb.NewStringValue(o.ListenIP),
+		MetadataOutboundIP:   structpb.NewStringValue(o.OutboundIP),
 		MetadataAppAddress:   structpb.NewStringValue(o.AppAddress),
 	}}
 	return &bootstrapv3.Bootstrap{
@@ -121,7 +133,13 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			Cluster:  NodeCluster,
 			Metadata: meta,
 		},
-		Admin: &bootstrapv3.Admin{Address: socketAddress(adminHost, adminPort)},
+		Admin: &bootstrapv3.Admin{
+			Address: socketAddress(adminHost, adminPort),
+			// The admin listener stays reachable (for /stats, /ready and debugging) when
+			// the connection limit below is reached.
+			IgnoreGlobalConnLimit: true,
+		},
+		OverloadManager: overloadManager(),
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
 			Clusters: []*clusterv3.Cluster{xds},
 		},
@@ -213,4 +231,25 @@ func xdsCluster(host string, port uint32) (*clusterv3.Cluster, error) {
 			httpProtocolOptionsKey: mustAny(opts),
 		},
 	}, nil
+}
+
+// MaxDownstreamConnections is the sidecar's limit on open downstream connections, over
+// both its listeners (the admin listener is not counted). Beyond it Envoy refuses new
+// connections instead of running out of file descriptors or memory. A sidecar serves one
+// pod: its app's outgoing connections and its peers' incoming ones, which Envoy pools, so
+// this is far above what a pod needs and only stops a runaway.
+const MaxDownstreamConnections = 10000
+
+// overloadManager sets Envoy's global downstream connection limit, the resource monitor
+// Envoy asks for at start-up (it warns when none is configured):
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/operations/overload_manager/overload_manager#limiting-active-connections
+func overloadManager() *overloadv3.OverloadManager {
+	return &overloadv3.OverloadManager{
+		ResourceMonitors: []*overloadv3.ResourceMonitor{{
+			Name: "envoy.resource_monitors.global_downstream_max_connections",
+			ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(&downstreamconnectionsv3.DownstreamConnectionsConfig{
+				MaxActiveDownstreamConnections: MaxDownstreamConnections,
+			})},
+		}},
+	}
 }

@@ -41,6 +41,7 @@ func TestBootstrapErrors(t *testing.T) {
 		{"missing namespace", with(func(o *BootstrapOptions) { o.PodNamespace = "" }), []string{"pod namespace is missing"}},
 		{"bad pod name", with(func(o *BootstrapOptions) { o.PodName = "App_1" }), []string{`pod name "App_1" is not a valid Kubernetes pod name`}},
 		{"bad listen IP", with(func(o *BootstrapOptions) { o.ListenIP = "pod.local" }), []string{`listen IP "pod.local" is not an IP address`}},
+		{"bad outbound IP", with(func(o *BootstrapOptions) { o.OutboundIP = "localhost" }), []string{`outbound IP "localhost" is not an IP address`}},
 		{"bad app address", with(func(o *BootstrapOptions) { o.AppAddress = "localhost:9090" }), []string{`app address "localhost:9090": the host must be an IP address`}},
 		{"admin by name", with(func(o *BootstrapOptions) { o.AdminAddress = "localhost:8081" }), []string{`admin address "localhost:8081": the host must be an IP address`}},
 		{"every error at once", BootstrapOptions{ListenIP: "x"}, []string{"pod name is missing", "pod namespace is missing", `listen IP "x"`, "xds address is required"}},
@@ -121,6 +122,7 @@ func TestBootstrapNodeRoundTrip(t *testing.T) {
 				PodName:      tc.opts.PodName,
 				PodNamespace: tc.opts.PodNamespace,
 				ListenIP:     tc.opts.ListenIP,
+				OutboundIP:   tc.opts.OutboundIP,
 				AppAddress:   tc.opts.AppAddress,
 			}.withDefaults()
 			if diff := cmp.Diff(want, got); diff != "" {

@@ -32,6 +32,16 @@ const (
 // dots) and namespaces are RFC 1123 labels, so the name is unambiguous.
 func ClusterName(svc *mesh.Service) string { return svc.Name + "." + svc.Namespace }
 
+// StatName is the name a Service's cluster has in Envoy's stats: "<namespace>/<name>",
+// the Service's Kubernetes key. The cluster name itself will not do: Envoy's default tag
+// extraction takes a cluster stat's name up to the first dot
+// (cluster.<envoy.cluster_name>.<stat>), so "app-3.default" would become the tag "app-3"
+// and the rest would leak into the metric's name. A slash survives, and Prometheus shows
+// envoy_cluster_name="default/app-3":
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-field-config-cluster-v3-cluster-alt-stat-name
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/metrics/v3/stats.proto#envoy-v3-api-field-config-metrics-v3-statsconfig-use-all-default-tags
+func StatName(svc *mesh.Service) string { return svc.Namespace + "/" + svc.Name }
+
 // Cluster returns the EDS cluster of a meshed Service. Its endpoints come over the same
 // ADS stream (EDS), so a change of endpoints does not touch the cluster and does not
 // make Envoy drain its connection pools:
@@ -39,6 +49,7 @@ func ClusterName(svc *mesh.Service) string { return svc.Name + "." + svc.Namespa
 func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
+		AltStatName:          StatName(svc),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		// service_name is left empty: the ClusterLoadAssignment then has the cluster's
 		// name, one name fewer to keep in step.

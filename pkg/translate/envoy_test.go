@@ -58,11 +58,10 @@ func withStaticResources(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.
 // routes on (matches, 404 bodies, endpoints, ports) is unchanged.
 func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *bootstrapv3.Bootstrap {
 	t.Helper()
-	b := &bootstrapv3.Bootstrap{
-		Node:            base.GetNode(),
-		Admin:           base.GetAdmin(),
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{},
-	}
+	// Everything of the bootstrap but its resources (the overload manager, for one).
+	b := proto.Clone(base).(*bootstrapv3.Bootstrap)
+	b.StaticResources = &bootstrapv3.Bootstrap_StaticResources{}
+	b.DynamicResources = nil
 	for _, r := range p.Views[resource.Cluster].All() {
 		c := unpack(t, r.Any).(*clusterv3.Cluster)
 		if c.GetType() == clusterv3.Cluster_EDS {
@@ -98,7 +97,7 @@ func TestEnvoyValidateResources(t *testing.T) {
 	tr := mustNew(t, sampleSnapshot())
 	for _, n := range []Node{nodeApp1A, nodeLocal} {
 		base, err := Bootstrap(BootstrapOptions{
-			PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, AppAddress: n.AppAddress,
+			PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP, AppAddress: n.AppAddress,
 			XDSAddress: "127.0.0.1:18000",
 		})
 		if err != nil {
@@ -124,6 +123,7 @@ func TestEnvoyValidateResources(t *testing.T) {
 func TestEnvoyRouting(t *testing.T) {
 	envoy := envoyBinary(t)
 	ip := freeLoopbackIP(t)
+	outIP := freeLoopbackIP(t) // the pod's own loopback address, as 127.0.0.1 in a pod
 
 	app := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -147,11 +147,11 @@ func TestEnvoyRouting(t *testing.T) {
 		},
 		Proxies: map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}}},
 	}
-	n := Node{ID: "app-1-0.default", PodNamespace: "default", PodName: "app-1-0", ListenIP: ip, AppAddress: ln.Addr().String()}
+	n := Node{ID: "app-1-0.default", PodNamespace: "default", PodName: "app-1-0", ListenIP: ip, OutboundIP: outIP, AppAddress: ln.Addr().String()}
 	p := mustProxy(t, mustNew(t, snap), n)
 	base, err := Bootstrap(BootstrapOptions{
-		PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, AppAddress: n.AppAddress,
-		XDSAddress: "127.0.0.1:18000",
+		PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP,
+		AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,11 @@ func TestEnvoyRouting(t *testing.T) {
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(port int, service string) (int, string, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, strconv.Itoa(port))+"/hello", nil)
+		host := ip
+		if port == mesh.OutboundPort {
+			host = outIP
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, strconv.Itoa(port))+"/hello", nil)
 		if err != nil {
 			return 0, "", err
 		}
@@ -222,6 +226,10 @@ func TestEnvoyRouting(t *testing.T) {
 		{"short name in own namespace", mesh.OutboundPort, "app-1", 200, `app got GET /hello service="app-1"` + "\n"},
 		{"full name in own namespace", mesh.OutboundPort, "app-1.default", 200, `app got GET /hello service="app-1.default"` + "\n"},
 		{"full name in other namespace", mesh.OutboundPort, "app-9.other", 200, `app got GET /hello service="app-9.other"` + "\n"},
+		{"name.ns.svc", mesh.OutboundPort, "app-9.other.svc", 200, `app got GET /hello service="app-9.other.svc"` + "\n"},
+		{"full DNS name", mesh.OutboundPort, "app-1.default.svc.cluster.local", 200, `app got GET /hello service="app-1.default.svc.cluster.local"` + "\n"},
+		{"full DNS name in capitals", mesh.OutboundPort, "APP-9.OTHER.SVC.CLUSTER.LOCAL", 200, `app got GET /hello service="APP-9.OTHER.SVC.CLUSTER.LOCAL"` + "\n"},
+		{"another cluster domain", mesh.OutboundPort, "app-9.other.svc.cluster.remote", 404, UnknownServiceBody},
 		{"short name in other namespace", mesh.OutboundPort, "app-9", 404, UnknownServiceBody},
 		{"unknown service", mesh.OutboundPort, "nope", 404, UnknownServiceBody},
 		{"missing header", mesh.OutboundPort, "", 404, MissingServiceHeaderBody},

@@ -56,6 +56,7 @@ var bootstrapCases = []struct {
 		PodName:      "app-2-0",
 		PodNamespace: "default",
 		ListenIP:     "127.0.1.2",
+		OutboundIP:   "127.0.2.2",
 		AppAddress:   "127.0.1.2:9090",
 		AdminAddress: "127.0.1.2:8081",
 		XDSAddress:   "127.0.0.1:18000",

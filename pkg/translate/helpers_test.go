@@ -86,7 +86,7 @@ var (
 	nodeApp1A = Node{ID: "app-1-a.default", PodNamespace: "default", PodName: "app-1-a", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
 	nodeApp1B = Node{ID: "app-1-b.default", PodNamespace: "default", PodName: "app-1-b", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
 	nodeApp2A = Node{ID: "app-2-a.default", PodNamespace: "default", PodName: "app-2-a", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
-	nodeLocal = Node{ID: "debug.team-b", PodNamespace: "team-b", PodName: "debug", ListenIP: "127.0.1.5", AppAddress: "127.0.1.5:9090"}
+	nodeLocal = Node{ID: "debug.team-b", PodNamespace: "team-b", PodName: "debug", ListenIP: "127.0.1.5", OutboundIP: "127.0.2.5", AppAddress: "127.0.1.5:9090"}
 )
 
 func mustNew(t testing.TB, snap *mesh.Snapshot) *Translator {

@@ -1,11 +1,15 @@
 package translate
 
 import (
+	"fmt"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -56,11 +60,12 @@ func InboundListener(n Node) *listenerv3.Listener {
 	return httpListener(InboundListenerName, n.ListenIP, mesh.InboundPort, corev3.TrafficDirection_INBOUND, InboundRouteName)
 }
 
-// OutboundListener returns the listener on ListenIP:mesh.OutboundPort where the local app
-// sends requests for other meshed services, named by the "service" header; its routes
-// are OutboundRouteConfiguration. n must be valid (Node.Validate).
+// OutboundListener returns the listener on OutboundIP:mesh.OutboundPort where the local
+// app sends requests for other meshed services, named by the "service" header; its
+// routes are OutboundRouteConfiguration. OutboundIP is loopback in a real pod, so that no
+// other pod can use this sidecar as a relay. n must be valid (Node.Validate).
 func OutboundListener(n Node) *listenerv3.Listener {
-	return httpListener(OutboundListenerName, n.ListenIP, mesh.OutboundPort, corev3.TrafficDirection_OUTBOUND, OutboundRouteName)
+	return httpListener(OutboundListenerName, n.OutboundIP, mesh.OutboundPort, corev3.TrafficDirection_OUTBOUND, OutboundRouteName)
 }
 
 // httpListener is a listener with one HTTP connection manager whose routes come over
@@ -84,6 +89,10 @@ func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection, rou
 		StreamIdleTimeout: durationpb.New(streamIdleTimeout),
 		UpgradeConfigs:    upgradeConfigs,
 	}
+	harden(hcm)
+	if dir == corev3.TrafficDirection_OUTBOUND {
+		hcm.LocalReplyConfig = noEndpointReply
+	}
 	return &listenerv3.Listener{
 		Name:    name,
 		Address: socketAddress(ip, port),
@@ -98,3 +107,55 @@ func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection, rou
 		TrafficDirection: dir,
 	}
 }
+
+// harden sets what a sidecar's connection managers owe the app behind them, whoever
+// calls: x-envoy-* request headers are never trusted, and the path a route matches is
+// the path the app gets.
+func harden(hcm *hcmv3.HttpConnectionManager) {
+	// Envoy acts on x-envoy-* request headers (x-envoy-upstream-rq-timeout-ms,
+	// x-envoy-max-retries, x-envoy-retry-on...) only in requests it deems internal, and
+	// strips them from the others: a request is internal when its x-forwarded-for holds
+	// one address that internal_address_config lists. internal_address_config stays
+	// unset on purpose: since Envoy 1.33 that lists no address, so every request is
+	// external on both listeners and no request header overrides the policy that comes
+	// from Kubernetes objects (mesh-timeout, HTTPRoute timeouts and retries). An empty
+	// internal_address_config would not do: Envoy 1.36 reads its empty cidr_ranges as
+	// the legacy private and loopback ranges (an x-forwarded-for of 10.0.0.1 or
+	// 127.0.0.1 then makes a request internal). TestEnvoyHardening holds this against
+	// the pinned Envoy.
+	// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-envoy-internal
+	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-internal-address-config
+	// RFC 3986 normalisation ("/a/./b/../c" is "/a/c") and "//" merged into "/", before
+	// routing, so that an HTTPRoute path match cannot be side-stepped by spelling the
+	// path differently, and the app receives the path that was matched:
+	// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-field-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-normalize-path
+	hcm.NormalizePath = wrapperspb.Bool(true)
+	hcm.MergeSlashes = true
+	// Escaped slashes ("%2F", "%5C") are decoded and the request goes on: matched and
+	// forwarded as "/" alike. Kept escaped, "/admin%2Fx" would miss a "/admin" prefix
+	// match while many app frameworks decode it to "/admin/x"; a redirect would fail
+	// clients that do not follow redirects (gRPC), and rejecting would fail every such
+	// request.
+	hcm.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+}
+
+// NoEndpointBodyFormat is the body of the 503 a caller gets when the Service it names
+// has no ready endpoint, with %s the Service's stat name (StatName: "<namespace>/<name>").
+const NoEndpointBodyFormat = "bearkong: service %s has no ready endpoint\n"
+
+// noEndpointReply makes the outbound listener answer a request for a Service without a
+// ready endpoint with a 503 that names the Service, instead of Envoy's bare "no healthy
+// upstream". Envoy flags such a reply UH; %UPSTREAM_CLUSTER% is the cluster's
+// alt_stat_name when it has one (Envoy 1.36), so the body names "<namespace>/<name>":
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/local_reply
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#format-rules
+var noEndpointReply = &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
+	Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UH"}},
+	}},
+	BodyFormatOverride: &corev3.SubstitutionFormatString{
+		Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+			Specifier: &corev3.DataSource_InlineString{InlineString: fmt.Sprintf(NoEndpointBodyFormat, "%UPSTREAM_CLUSTER%")},
+		}},
+	},
+}}}

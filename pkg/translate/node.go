@@ -21,6 +21,7 @@ const (
 	MetadataPodName      = "pod_name"
 	MetadataPodNamespace = "pod_namespace"
 	MetadataListenIP     = "listen_ip"
+	MetadataOutboundIP   = "outbound_ip"
 	MetadataAppAddress   = "app_address"
 )
 
@@ -29,6 +30,10 @@ var (
 	// DefaultListenIP is where a sidecar in a real pod binds its inbound and outbound
 	// listeners: every interface, because peers reach the inbound port on the pod IP.
 	DefaultListenIP = "0.0.0.0"
+	// DefaultOutboundIP is where a sidecar in a real pod binds its outbound listener:
+	// loopback, so that only the processes of its own pod can send through it. On the
+	// pod IP it would be an open relay into the mesh for any other pod.
+	DefaultOutboundIP = "127.0.0.1"
 	// DefaultAppAddress is where the app listens inside the pod (mesh contract: 9090).
 	DefaultAppAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(mesh.AppPort))
 )
@@ -40,15 +45,20 @@ type Node struct {
 	// PodNamespace and PodName name the proxy's pod, from the downward API.
 	PodNamespace string
 	PodName      string
-	// ListenIP is the bind address of the inbound and outbound listeners: "0.0.0.0" in
-	// a real pod, a loopback address such as "127.0.1.N" when pods are local processes.
+	// ListenIP is the bind address of the inbound listener: "0.0.0.0" in a real pod, a
+	// loopback address such as "127.0.1.N" when pods are local processes.
 	ListenIP string
+	// OutboundIP is the bind address of the outbound listener: "127.0.0.1" in a real
+	// pod, a pod-local loopback address such as "127.0.2.N" when pods are local
+	// processes.
+	OutboundIP string
 	// AppAddress is the host:port of the local app that inbound traffic goes to.
 	AppAddress string
 }
 
 // ParseNode reads node.id and the metadata fields "pod_name", "pod_namespace",
-// "listen_ip" (default DefaultListenIP) and "app_address" (default DefaultAppAddress).
+// "listen_ip" (default DefaultListenIP), "outbound_ip" (default DefaultOutboundIP) and
+// "app_address" (default DefaultAppAddress).
 // A missing node.id defaults to "<pod>.<namespace>". Missing or malformed pod name or
 // namespace, and malformed addresses, are errors that say which field is wrong.
 func ParseNode(n *corev3.Node) (Node, error) {
@@ -73,6 +83,7 @@ func ParseNode(n *corev3.Node) (Node, error) {
 		PodName:      str(MetadataPodName),
 		PodNamespace: str(MetadataPodNamespace),
 		ListenIP:     str(MetadataListenIP),
+		OutboundIP:   str(MetadataOutboundIP),
 		AppAddress:   str(MetadataAppAddress),
 	}.withDefaults()
 	if err := node.Validate(); err != nil {
@@ -88,6 +99,9 @@ func ParseNode(n *corev3.Node) (Node, error) {
 func (n Node) withDefaults() Node {
 	if n.ListenIP == "" {
 		n.ListenIP = DefaultListenIP
+	}
+	if n.OutboundIP == "" {
+		n.OutboundIP = DefaultOutboundIP
 	}
 	if n.AppAddress == "" {
 		n.AppAddress = DefaultAppAddress
@@ -110,6 +124,9 @@ func (n Node) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := validateIP(MetadataListenIP, n.ListenIP); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateIP(MetadataOutboundIP, n.OutboundIP); err != nil {
 		errs = append(errs, err)
 	}
 	if _, _, err := splitIPPort(MetadataAppAddress, n.AppAddress); err != nil {

@@ -25,33 +25,33 @@ func TestParseNode(t *testing.T) {
 	}{
 		{
 			name: "all fields",
-			in:   node("app-1-a.default", map[string]any{"pod_name": "app-1-a", "pod_namespace": "default", "listen_ip": "127.0.1.3", "app_address": "127.0.1.3:9090"}),
-			want: Node{ID: "app-1-a.default", PodName: "app-1-a", PodNamespace: "default", ListenIP: "127.0.1.3", AppAddress: "127.0.1.3:9090"},
+			in:   node("app-1-a.default", map[string]any{"pod_name": "app-1-a", "pod_namespace": "default", "listen_ip": "127.0.1.3", "outbound_ip": "127.0.2.3", "app_address": "127.0.1.3:9090"}),
+			want: Node{ID: "app-1-a.default", PodName: "app-1-a", PodNamespace: "default", ListenIP: "127.0.1.3", OutboundIP: "127.0.2.3", AppAddress: "127.0.1.3:9090"},
 		},
 		{
 			name: "defaults for the addresses",
 			in:   node("x", map[string]any{"pod_name": "app-1-a", "pod_namespace": "default"}),
-			want: Node{ID: "x", PodName: "app-1-a", PodNamespace: "default", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"},
+			want: Node{ID: "x", PodName: "app-1-a", PodNamespace: "default", ListenIP: "0.0.0.0", OutboundIP: "127.0.0.1", AppAddress: "127.0.0.1:9090"},
 		},
 		{
 			name: "empty strings count as missing",
-			in:   node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": "", "app_address": ""}),
-			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"},
+			in:   node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": "", "outbound_ip": "", "app_address": ""}),
+			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "0.0.0.0", OutboundIP: "127.0.0.1", AppAddress: "127.0.0.1:9090"},
 		},
 		{
 			name: "missing id is derived from the pod",
 			in:   node("", map[string]any{"pod_name": "app-1-a", "pod_namespace": "default"}),
-			want: Node{ID: "app-1-a.default", PodName: "app-1-a", PodNamespace: "default", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"},
+			want: Node{ID: "app-1-a.default", PodName: "app-1-a", PodNamespace: "default", ListenIP: "0.0.0.0", OutboundIP: "127.0.0.1", AppAddress: "127.0.0.1:9090"},
 		},
 		{
 			name: "IPv6",
-			in:   node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": "::", "app_address": "[::1]:9090"}),
-			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "::", AppAddress: "[::1]:9090"},
+			in:   node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": "::", "outbound_ip": "::1", "app_address": "[::1]:9090"}),
+			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "::", OutboundIP: "::1", AppAddress: "[::1]:9090"},
 		},
 		{
 			name: "extra metadata is ignored",
 			in:   node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "istio": 1.0}),
-			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"},
+			want: Node{ID: "x", PodName: "p", PodNamespace: "ns", ListenIP: "0.0.0.0", OutboundIP: "127.0.0.1", AppAddress: "127.0.0.1:9090"},
 		},
 		{name: "nil node", in: nil, wantErr: []string{"no node"}},
 		{name: "no metadata", in: &corev3.Node{Id: "x"}, wantErr: []string{"pod_name is missing", "pod_namespace is missing"}},
@@ -61,14 +61,15 @@ func TestParseNode(t *testing.T) {
 		{name: "namespace with a dot", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "a.b"}), wantErr: []string{`pod_namespace "a.b" is not a valid Kubernetes namespace`}},
 		{name: "metadata not a string", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": 1.0}), wantErr: []string{`node metadata "listen_ip" must be a string`}},
 		{name: "listen ip is a name", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "listen_ip": "localhost"}), wantErr: []string{`listen_ip "localhost" is not an IP address`}},
+		{name: "outbound ip is a name", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "outbound_ip": "localhost"}), wantErr: []string{`outbound_ip "localhost" is not an IP address`}},
 		{name: "app address without port", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "app_address": "127.0.0.1"}), wantErr: []string{`app_address "127.0.0.1" is not host:port`}},
 		{name: "app address is a name", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "app_address": "app:9090"}), wantErr: []string{`app_address "app:9090": the host must be an IP address`}},
 		{name: "app address port 0", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "app_address": "127.0.0.1:0"}), wantErr: []string{`port "0" is not in 1-65535`}},
 		{name: "app address port too big", in: node("x", map[string]any{"pod_name": "p", "pod_namespace": "ns", "app_address": "127.0.0.1:65536"}), wantErr: []string{`port "65536" is not in 1-65535`}},
 		{
 			name:    "every error at once",
-			in:      node("x", map[string]any{"listen_ip": "nope", "app_address": "nope"}),
-			wantErr: []string{"pod_name is missing", "pod_namespace is missing", `listen_ip "nope"`, `app_address "nope"`},
+			in:      node("x", map[string]any{"listen_ip": "nope", "outbound_ip": "nope", "app_address": "nope"}),
+			wantErr: []string{"pod_name is missing", "pod_namespace is missing", `listen_ip "nope"`, `outbound_ip "nope"`, `app_address "nope"`},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,11 +2,13 @@ package translate
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -18,27 +20,34 @@ import (
 // one from curl knows what to change without reading Envoy's config.
 const (
 	UnknownServiceBody = `bearkong: no meshed service matches the "service" header` +
-		` (use "<name>" for a service in this namespace or "<name>.<namespace>")` + "\n"
+		` (use "<name>" for a service in this namespace, or "<name>.<namespace>",` +
+		` "<name>.<namespace>.svc" or the service's full DNS name)` + "\n"
 	MissingServiceHeaderBody = `bearkong: the "service" header is missing;` +
 		` set it to the meshed service to call, for example "service: app-1"` + "\n"
+	RepeatedServiceHeaderBody = `bearkong: the "service" header appears more than once (or holds a comma);` +
+		` send it once, naming one meshed service` + "\n"
 )
 
 // OutboundRouteConfiguration returns the "outbound" route configuration of the proxies in
-// namespace: a route per meshed Service that matches the header "service" exactly,
-// against "<name>.<namespace>" for every Service and also against "<name>" for Services
-// in the proxy's own namespace, the way a short DNS name resolves in Kubernetes.
-// A request whose header names no meshed Service, or that has no such header, gets a
-// 404 with a readable body instead of hanging or reaching a random cluster.
+// namespace. The header "service" names the Service to call in any of the forms of its
+// Kubernetes DNS name: "<name>" for Services in the proxy's own namespace (the way a
+// short DNS name resolves in a pod), and "<name>.<namespace>", "<name>.<namespace>.svc"
+// and "<name>.<namespace>.svc.<clusterDomain>" for every Service. As in DNS, case does
+// not matter. A request whose header is missing or empty, repeated, or names no meshed
+// Service gets a 404 with a readable body instead of hanging or reaching a random
+// cluster.
 //
 // Envoy takes the first route that matches, in order:
 // https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/http_routing
-// The service routes cannot overlap (a short name has no dot, a full name has one), so
-// their order does not matter; the two 404 routes come last.
-func OutboundRouteConfiguration(snap *mesh.Snapshot, namespace string) *routev3.RouteConfiguration {
+// The header checks come first (see headerCheckRoutes), then the service routes, which
+// cannot overlap (a short name has no dot, "<name>.<namespace>" one, the longer forms
+// two or three), then the 404 for an unknown Service.
+func OutboundRouteConfiguration(snap *mesh.Snapshot, namespace, clusterDomain string) *routev3.RouteConfiguration {
 	var routes []*routev3.Route
+	routes = append(routes, headerCheckRoutes(clusterDomain)...)
 	routes = append(routes, localRoutes(snap.Services, namespace)...)
 	routes = append(routes, fullNameRoutes(snap.Services)...)
-	routes = append(routes, notFoundRoutes...)
+	routes = append(routes, unknownServiceRoute)
 	vh := outboundVirtualHost()
 	vh.Routes = routes
 	return outboundRouteConfiguration(vh)
@@ -78,24 +87,63 @@ func localRoutes(services []*mesh.Service, namespace string) []*routev3.Route {
 	return routes
 }
 
-// serviceRoutes returns the full-name route of every Service, in order. These routes are
-// the same in every namespace.
+// fullNameRoutes returns the full-name routes of every Service, in order: one that
+// matches "<name>.<namespace>", one that matches "<name>.<namespace>.svc" and, past the
+// header checks, "<name>.<namespace>.svc.<clusterDomain>" (see serviceHeader). These
+// routes are the same in every namespace.
+//
+// Two routes per Service, not one per form, and no regex per Service: at 1000 Services
+// that is a third fewer routes than one per form in every proxy's outbound routes, and
+// Envoy matches each by string comparison. A regex covering the three forms would be one
+// route, but each would embed the Service's name and namespace, whose RE2 program grows
+// with them past Envoy's program-size limit (re2.max_program_size) for long names.
 func fullNameRoutes(services []*mesh.Service) []*routev3.Route {
-	routes := make([]*routev3.Route, 0, len(services))
+	routes := make([]*routev3.Route, 0, 2*len(services))
 	for _, svc := range services {
 		routes = append(routes, serviceRoutes(ClusterName(svc), svc)...)
+		routes = append(routes, serviceRoutes(ClusterName(svc)+".svc", svc)...)
 	}
 	return routes
 }
 
-// notFoundRoutes end the outbound routes: a request that names no meshed Service, then a
-// request that names none at all. Read-only: shared by every route configuration.
-var notFoundRoutes = []*routev3.Route{
-	notFoundRoute("unknown-service", UnknownServiceBody, &routev3.HeaderMatcher{
-		Name:                 mesh.ServiceHeader,
-		HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
-	}),
-	notFoundRoute("missing-service-header", MissingServiceHeaderBody),
+// headerCheckRoutes start the outbound routes: they answer 404 to a request whose
+// "service" header cannot name a Service, so that the service routes after them only
+// ever see one well-formed name.
+//   - Missing or empty: the "missing header" message.
+//   - Repeated: Envoy matches a repeated header against its values joined with a comma
+//     (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher),
+//     and no Service name holds a comma, so a comma means the header came more than
+//     once: refused, since picking one of the values would hide a client bug.
+//   - Not of the shape of a Service's DNS name ("<label>", "<label>.<label>",
+//     "<label>.<label>.svc" or "<label>.<label>.svc.<clusterDomain>", any case): no
+//     meshed service. This check is what lets "<name>.<namespace>.svc" be a prefix
+//     match that covers both the ".svc" and the full DNS form.
+//
+// They depend only on clusterDomain: the same in every namespace.
+func headerCheckRoutes(clusterDomain string) []*routev3.Route {
+	return []*routev3.Route{
+		notFoundRoute("missing-service-header", MissingServiceHeaderBody, &routev3.HeaderMatcher{
+			Name:                 mesh.ServiceHeader,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: false},
+		}),
+		notFoundRoute("empty-service-header", MissingServiceHeaderBody, &routev3.HeaderMatcher{
+			Name:                 mesh.ServiceHeader,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact("")},
+		}),
+		notFoundRoute("repeated-service-header", RepeatedServiceHeaderBody, &routev3.HeaderMatcher{
+			Name: mesh.ServiceHeader,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+				MatchPattern: &matcherv3.StringMatcher_Contains{Contains: ","},
+			}},
+		}),
+		notFoundRoute("malformed-service-header", UnknownServiceBody, &routev3.HeaderMatcher{
+			Name: mesh.ServiceHeader,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+				MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: serviceNameRegex(clusterDomain)}},
+			}},
+			InvertMatch: true,
+		}),
+	}
 }
 
 // noTimeout disables a route's timeout. Envoy's default, when a route sets none, is
@@ -106,6 +154,30 @@ var notFoundRoutes = []*routev3.Route{
 // timeouts on the caller's. The connection managers' stream idle timeout ends streams
 // on which nothing moves (see streamIdleTimeout). Read-only: shared by every route.
 var noTimeout = durationpb.New(0)
+
+// serviceNameRegex matches every form of a Service's DNS name, in any case. Its RE2
+// program grows only with clusterDomain (ValidateClusterDomain bounds it).
+func serviceNameRegex(clusterDomain string) string {
+	return `(?i)[a-z0-9-]+(\.[a-z0-9-]+(\.svc(\.` + regexp.QuoteMeta(clusterDomain) + `)?)?)?`
+}
+
+// MaxClusterDomainLength bounds the cluster domain, so that serviceNameRegex stays well
+// under Envoy's default RE2 program-size limit (100).
+const MaxClusterDomainLength = 40
+
+// ValidateClusterDomain checks a cluster domain: a DNS name (lowercase RFC 1123
+// subdomain) of at most MaxClusterDomainLength characters, such as "cluster.local".
+func ValidateClusterDomain(d string) error {
+	if !isDNSSubdomain(d) || len(d) > MaxClusterDomainLength {
+		return fmt.Errorf("cluster domain %q is not a lowercase DNS name of at most %d characters", d, MaxClusterDomainLength)
+	}
+	return nil
+}
+
+// unknownServiceRoute ends the outbound routes: the header is one well-formed name (the
+// header checks saw to that) that no service route took. Read-only: shared by every
+// route configuration.
+var unknownServiceRoute = notFoundRoute("unknown-service", UnknownServiceBody)
 
 // serviceRoutes returns the routes for requests whose "service" header equals value:
 // one route to svc's cluster, or, when HTTPRoutes are attached to svc, a route per rule
@@ -133,13 +205,21 @@ func serviceRoutes(value string, svc *mesh.Service) []*routev3.Route {
 		serviceHeader(value)))
 }
 
-// serviceHeader matches the "service" header exactly. string_match, not the deprecated
-// exact_match:
+// serviceHeader matches the "service" header against value, one of the names a Service
+// is routed by ("<name>", "<name>.<namespace>" or "<name>.<namespace>.svc"), in any
+// case, as DNS names are: https://www.rfc-editor.org/rfc/rfc4343. "<name>.<namespace>.svc"
+// (the only one with two dots) is a prefix match: past headerCheckRoutes, the values it
+// can meet are that name and that name followed by "." and the cluster domain.
+// string_match, not the deprecated exact_match:
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher
 func serviceHeader(value string) *routev3.HeaderMatcher {
+	m := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: value}, IgnoreCase: true}
+	if strings.Count(value, ".") == 2 {
+		m.MatchPattern = &matcherv3.StringMatcher_Prefix{Prefix: value}
+	}
 	return &routev3.HeaderMatcher{
 		Name:                 mesh.ServiceHeader,
-		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact(value)},
+		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: m},
 	}
 }
 
@@ -240,9 +320,30 @@ func ruleRoute(value string, r mesh.RouteRule) *routev3.Route {
 			// Envoy's default for per_try_timeout.
 			rp.PerTryTimeout = durationpb.New(r.BackendTimeout)
 		}
+		retryOtherHosts(rp)
 		a.RetryPolicy = rp
 	}
 	return &routev3.Route{Name: name, Match: m, Action: &routev3.Route_Route{Route: a}}
+}
+
+// hostSelectionRetryMaxAttempts is how many times Envoy may pick a host for a retry
+// before it settles for one the previous_hosts predicate rejects.
+const hostSelectionRetryMaxAttempts = 5
+
+// previousHostsPredicate is Envoy's previous_hosts retry host predicate. Shared,
+// read-only.
+var previousHostsPredicate = &routev3.RetryPolicy_RetryHostPredicate{
+	Name:       "envoy.retry_host_predicates.previous_hosts",
+	ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: mustAny(&previoushostsv3.PreviousHostsPredicate{})},
+}
+
+// retryOtherHosts makes a retry go to another endpoint than the attempts before it, when
+// there is one: a retry sent back to the endpoint that just failed is the one most
+// likely to fail again. Envoy tries up to hostSelectionRetryMaxAttempts picks per retry:
+// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/http_connection_management#retry-plugin-configuration
+func retryOtherHosts(rp *routev3.RetryPolicy) {
+	rp.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{previousHostsPredicate}
+	rp.HostSelectionRetryMaxAttempts = hostSelectionRetryMaxAttempts
 }
 
 // notFoundRoute answers 404 with body to every request that matches headers.

@@ -10,7 +10,7 @@
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
-// listen IP shares its listeners, every proxy in a namespace shares the outbound routes,
+// listen and outbound IPs shares its listeners, every proxy in a namespace shares the outbound routes,
 // the replicas of an app share their inbound routes. Output is sorted and marshalled
 // deterministically, so equal snapshots give equal versions, across restarts too.
 package translate
@@ -36,6 +36,7 @@ import (
 // caches, and safe for concurrent use.
 type Translator struct {
 	snap *mesh.Snapshot
+	opts Options
 
 	// Shared by every proxy.
 	clusters  *resource.Set // one EDS cluster per Service
@@ -45,17 +46,38 @@ type Translator struct {
 	fullRoutes func() ([]byte, error)
 
 	// Per-proxy pieces, keyed by what they depend on.
-	listeners memo[*resource.Set] // by Node.ListenIP
+	listeners memo[*resource.Set] // by Node.ListenIP and Node.OutboundIP
 	localApps memo[*resource.Set] // by Node.AppAddress
 	outbound  memo[*resource.Set] // by Node.PodNamespace
 	inbound   memo[*resource.Set] // by the keys of the Services the proxy serves
 }
 
-// New checks snap and builds the resources every proxy shares. It fails on a snapshot
+// Options are the inputs of a Translator that do not come from Kubernetes objects: the
+// control plane's own settings.
+type Options struct {
+	// ClusterDomain is the cluster's DNS domain (default DefaultClusterDomain): the
+	// outbound routes accept "service: <name>.<namespace>.svc.<ClusterDomain>".
+	ClusterDomain string
+}
+
+// DefaultClusterDomain is Kubernetes' default cluster domain (the kubelet's
+// --cluster-domain).
+const DefaultClusterDomain = "cluster.local"
+
+// New is NewWithOptions with the default options.
+func New(snap *mesh.Snapshot) (*Translator, error) { return NewWithOptions(snap, Options{}) }
+
+// NewWithOptions checks snap and builds the resources every proxy shares. It fails on a snapshot
 // that breaks the mesh model's promises (unsorted or duplicate Services, names that
 // would make ambiguous cluster names, endpoint addresses that are not IPs): that is a bug
 // upstream, and config built on it would be wrong or rejected by Envoy.
-func New(snap *mesh.Snapshot) (*Translator, error) {
+func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
+	if opts.ClusterDomain == "" {
+		opts.ClusterDomain = DefaultClusterDomain
+	}
+	if err := ValidateClusterDomain(opts.ClusterDomain); err != nil {
+		return nil, fmt.Errorf("translate: %w", err)
+	}
 	if snap == nil {
 		return nil, errors.New("translate: nil snapshot")
 	}
@@ -82,6 +104,7 @@ func New(snap *mesh.Snapshot) (*Translator, error) {
 	}
 	return &Translator{
 		snap:       snap,
+		opts:       opts,
 		clusters:   resource.NewSet(clusters...),
 		endpoints:  resource.NewSet(clas...),
 		fullRoutes: sync.OnceValues(func() ([]byte, error) { return appendRoutes(nil, fullNameRoutes(snap.Services)) }),
@@ -95,7 +118,7 @@ func (t *Translator) Snapshot() *mesh.Snapshot { return t.snap }
 //
 //	Cluster:  [service clusters (shared), local-app (per AppAddress)]
 //	Endpoint: [service ClusterLoadAssignments (shared)]
-//	Listener: [inbound and outbound listeners (per ListenIP)]
+//	Listener: [inbound and outbound listeners (per ListenIP and OutboundIP)]
 //	Route:    [outbound routes (per namespace), inbound routes (per served Services)]
 //
 // Names never repeat across the sets of a view. A proxy whose pod is not in the snapshot
@@ -114,9 +137,9 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 		serves = slices.Clone(p.Services)
 	}
 
-	listenIP, appAddress, namespace := n.ListenIP, n.AppAddress, n.PodNamespace
-	listeners, err := t.listeners.get(listenIP, func() (*resource.Set, error) {
-		n := Node{ListenIP: listenIP}
+	listenIP, outboundIP, appAddress, namespace := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace
+	listeners, err := t.listeners.get(listenIP+" "+outboundIP, func() (*resource.Set, error) {
+		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
 		return newSet(resource.Listener, InboundListener(n), OutboundListener(n))
 	})
 	if err != nil {
@@ -152,7 +175,8 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 	}, nil
 }
 
-// outboundRoutes returns the set holding OutboundRouteConfiguration(snap, namespace),
+// outboundRoutes returns the set holding
+// OutboundRouteConfiguration(snap, namespace, t.opts.ClusterDomain),
 // assembled from pre-marshalled parts.
 //
 // Why: the configuration holds a route per Service in the mesh and there is one per
@@ -173,11 +197,14 @@ func (t *Translator) outboundRoutes(namespace string) (*resource.Set, error) {
 		return nil, err
 	}
 	raw := make([]byte, 0, len(full)+4096)
+	if raw, err = appendRoutes(raw, headerCheckRoutes(t.opts.ClusterDomain)); err != nil {
+		return nil, err
+	}
 	if raw, err = appendRoutes(raw, localRoutes(t.snap.Services, namespace)); err != nil {
 		return nil, err
 	}
 	raw = append(raw, full...)
-	if raw, err = appendRoutes(raw, notFoundRoutes); err != nil {
+	if raw, err = appendRoutes(raw, []*routev3.Route{unknownServiceRoute}); err != nil {
 		return nil, err
 	}
 	vh := outboundVirtualHost()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -388,15 +389,25 @@ func TestBuilders(t *testing.T) {
 	ep := func(ip string, port uint32) *endpointv3.LbEndpoint {
 		return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: addr(ip, port)}}}
 	}
-	exact := func(v string) []*routev3.HeaderMatcher {
-		return []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
-			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: v}},
-		}}}
+	header := func(m *matcherv3.StringMatcher) []*routev3.HeaderMatcher {
+		return []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: m}}}
 	}
-	toCluster := func(name, header string) *routev3.Route {
+	// Service names match in any case; "<name>.<namespace>.svc" as a prefix, so that it
+	// covers "<name>.<namespace>.svc.<cluster-domain>" too.
+	exact := func(v string) []*routev3.HeaderMatcher {
+		return header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: v}, IgnoreCase: true})
+	}
+	prefix := func(v string) []*routev3.HeaderMatcher {
+		return header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: v}, IgnoreCase: true})
+	}
+	toCluster := func(name, value string) *routev3.Route {
+		h := exact(value)
+		if strings.Count(value, ".") == 2 {
+			h = prefix(value)
+		}
 		return &routev3.Route{
-			Name:   header,
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: exact(header)},
+			Name:   value,
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: h},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
 		}
 	}
@@ -409,7 +420,19 @@ func TestBuilders(t *testing.T) {
 			}},
 		}
 	}
-	present := []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}}
+	// The header checks before any service route: missing, empty, repeated, malformed.
+	checks := []*routev3.Route{
+		notFound("missing-service-header", MissingServiceHeaderBody, []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: false}}}),
+		notFound("empty-service-header", MissingServiceHeaderBody, header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: ""}})),
+		notFound("repeated-service-header", RepeatedServiceHeaderBody, header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Contains{Contains: ","}})),
+		notFound("malformed-service-header", UnknownServiceBody, []*routev3.HeaderMatcher{{
+			Name: "service",
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
+				SafeRegex: &matcherv3.RegexMatcher{Regex: `(?i)[a-z0-9-]+(\.[a-z0-9-]+(\.svc(\.corp\.example)?)?)?`},
+			}}},
+			InvertMatch: true,
+		}}),
+	}
 	web := &mesh.Service{
 		Namespace: "shop", Name: "web",
 		// The Service targets 8080; mesh traffic still goes to the sidecar's 8000.
@@ -426,6 +449,7 @@ func TestBuilders(t *testing.T) {
 	}{
 		{"Cluster", Cluster(web), &clusterv3.Cluster{
 			Name:                 "web.shop",
+			AltStatName:          "shop/web",
 			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads},
 			ConnectTimeout:       durationpb.New(1e9),
@@ -455,29 +479,31 @@ func TestBuilders(t *testing.T) {
 				}),
 			},
 		}},
-		{"OutboundRouteConfiguration in shop", OutboundRouteConfiguration(snap, "shop"), &routev3.RouteConfiguration{
+		{"OutboundRouteConfiguration in shop", OutboundRouteConfiguration(snap, "shop", "corp.example"), &routev3.RouteConfiguration{
 			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts: []*routev3.VirtualHost{{
 				Name: "outbound", Domains: []string{"*"},
-				Routes: []*routev3.Route{
+				Routes: append(append([]*routev3.Route{}, checks...),
 					toCluster("web.shop", "web"),
 					toCluster("db.data", "db.data"),
+					toCluster("db.data", "db.data.svc"),
 					toCluster("web.shop", "web.shop"),
-					notFound("unknown-service", UnknownServiceBody, present),
-					notFound("missing-service-header", MissingServiceHeaderBody, nil),
-				},
+					toCluster("web.shop", "web.shop.svc"),
+					notFound("unknown-service", UnknownServiceBody, nil),
+				),
 			}},
 		}},
-		{"OutboundRouteConfiguration in a namespace without services", OutboundRouteConfiguration(snap, "empty"), &routev3.RouteConfiguration{
+		{"OutboundRouteConfiguration in a namespace without services", OutboundRouteConfiguration(snap, "empty", "corp.example"), &routev3.RouteConfiguration{
 			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts: []*routev3.VirtualHost{{
 				Name: "outbound", Domains: []string{"*"},
-				Routes: []*routev3.Route{
+				Routes: append(append([]*routev3.Route{}, checks...),
 					toCluster("db.data", "db.data"),
+					toCluster("db.data", "db.data.svc"),
 					toCluster("web.shop", "web.shop"),
-					notFound("unknown-service", UnknownServiceBody, present),
-					notFound("missing-service-header", MissingServiceHeaderBody, nil),
-				},
+					toCluster("web.shop", "web.shop.svc"),
+					notFound("unknown-service", UnknownServiceBody, nil),
+				),
 			}},
 		}},
 		{"InboundRouteConfiguration", InboundRouteConfiguration([]*mesh.Service{web}), &routev3.RouteConfiguration{
@@ -492,7 +518,7 @@ func TestBuilders(t *testing.T) {
 			}},
 		}},
 		{"InboundListener address", InboundListener(Node{ListenIP: "127.0.1.9"}).GetAddress(), addr("127.0.1.9", 8000)},
-		{"OutboundListener address", OutboundListener(Node{ListenIP: "::"}).GetAddress(), addr("::", 8001)},
+		{"OutboundListener address", OutboundListener(Node{ListenIP: "::", OutboundIP: "::1"}).GetAddress(), addr("::1", 8001)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.want, tc.got, protocmp.Transform()); diff != "" {
@@ -523,7 +549,7 @@ func TestOutboundRoutesBytes(t *testing.T) {
 				if !ok {
 					t.Fatal("no outbound route configuration")
 				}
-				want := OutboundRouteConfiguration(tc.snap, ns)
+				want := OutboundRouteConfiguration(tc.snap, ns, DefaultClusterDomain)
 				wantBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(want)
 				if err != nil {
 					t.Fatal(err)

@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"strconv"
 	"testing"
 	"time"
 
@@ -65,7 +63,7 @@ func outboundAddr(t *testing.T, m *localmesh.Mesh) string {
 	if !ok {
 		t.Fatalf("no pod %s", caller)
 	}
-	return net.JoinHostPort(p.IP, strconv.Itoa(mesh.OutboundPort))
+	return p.OutboundAddr()
 }
 
 func TestLongRequestHasNoDefaultTimeout(t *testing.T) {

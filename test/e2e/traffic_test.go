@@ -214,9 +214,9 @@ func TestRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	retries := stats1["cluster.flaky.default.upstream_rq_retry"] - stats0["cluster.flaky.default.upstream_rq_retry"]
+	retries := stats1["cluster.default/flaky.upstream_rq_retry"] - stats0["cluster.default/flaky.upstream_rq_retry"]
 	if retries < 200 {
-		t.Fatalf("Envoy counted %d retries (cluster.flaky.default.upstream_rq_retry), want about one per request", retries)
+		t.Fatalf("Envoy counted %d retries (cluster.default/flaky.upstream_rq_retry), want about one per request", retries)
 	}
 	t.Logf("without retries %v; with retries %v; Envoy retries %d", without, with, retries)
 }
@@ -240,7 +240,7 @@ func TestOutlierDetection(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if st["cluster.ejecty.default.outlier_detection.ejections_enforced_total"] == 0 {
+		if st["cluster.default/ejecty.outlier_detection.ejections_enforced_total"] == 0 {
 			get(ctx, m, "app-1-0", "ejecty", "/")
 			return fmt.Errorf("no ejection yet")
 		}
@@ -271,7 +271,7 @@ func TestOutlierDetection(t *testing.T) {
 		t.Fatalf("after ejection: %v, want at least 99%% of 200 to succeed", after)
 	}
 	st, _ := m.EnvoyStats(ctxT(t, 10*time.Second), "app-1-0")
-	t.Logf("after ejection: %v; ejections_enforced_consecutive_5xx=%d", after, st["cluster.ejecty.default.outlier_detection.ejections_enforced_consecutive_5xx"])
+	t.Logf("after ejection: %v; ejections_enforced_consecutive_5xx=%d", after, st["cluster.default/ejecty.outlier_detection.ejections_enforced_consecutive_5xx"])
 }
 
 func TestRequestTimeoutFromHTTPRoute(t *testing.T) {

@@ -82,6 +82,7 @@ func bootstrap(args []string) error {
 	pod := fs.String("pod-name", "", "")
 	ns := fs.String("pod-namespace", "", "")
 	ip := fs.String("listen-ip", "", "")
+	outIP := fs.String("outbound-ip", "", "")
 	app := fs.String("app-address", "", "")
 	admin := fs.String("admin-address", "", "")
 	fs.String("xds-address", "", "")
@@ -101,7 +102,7 @@ func bootstrap(args []string) error {
 	if err != nil {
 		return err
 	}
-	outL, err := listener("outbound", net.JoinHostPort(*ip, "8001"),
+	outL, err := listener("outbound", net.JoinHostPort(*outIP, "8001"),
 		obj{"direct_response": obj{"status": 404, "body": obj{"inline_string": "fake: no routes\n"}}})
 	if err != nil {
 		return err
