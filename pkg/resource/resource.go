@@ -24,8 +24,10 @@ import (
 // Type is one of the four xDS resource types bearkong serves.
 type Type int
 
-// The types, in the order a push sends them (make before break: clusters and their
-// endpoints before the listeners and routes that refer to them).
+// The types, in the order a push sends what it adds or changes (make before break:
+// clusters and their endpoints before the listeners and routes that refer to them).
+// Removed clusters go last, after the listeners and routes that stopped naming them; see
+// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations
 const (
 	Cluster Type = iota
 	Endpoint
@@ -34,7 +36,7 @@ const (
 	NumTypes = 4
 )
 
-// Types lists every type in push order.
+// Types lists every type in push order for additions.
 var Types = [NumTypes]Type{Cluster, Endpoint, Listener, Route}
 
 var (
