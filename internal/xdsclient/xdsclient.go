@@ -316,7 +316,7 @@ func (c *Client) resubscribe(t Type, added []string, want map[string]bool) []*di
 }
 
 // Names returns the subscription of t (EDS, RDS) in the order the client sends it.
-func (c *Client) Names(t Type) []string { return c.types[t].names.list }
+func (c *Client) Names(t Type) []string { return c.types[t].names.get() }
 
 // Acked returns the version of the last accepted response of t.
 func (c *Client) Acked(t Type) string { return c.types[t].acked }

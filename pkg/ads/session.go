@@ -305,7 +305,7 @@ func (s *session) reconcile() []*discoveryv3.DiscoveryResponse {
 		}
 	}
 	cds := &s.types[resource.Cluster]
-	var final *discoveryv3.DiscoveryResponse
+	var final func() *discoveryv3.DiscoveryResponse
 	if cds.requested && !cds.sub.empty() {
 		final = s.reconcileClusters(cds, add)
 	} else {
@@ -323,14 +323,17 @@ func (s *session) reconcile() []*discoveryv3.DiscoveryResponse {
 			add(s.reconcileNamed(t, ts))
 		}
 	}
-	add(final)
+	if final != nil {
+		add(final())
+	}
 	return out
 }
 
 // reconcileClusters brings CDS up to date. Added and changed clusters are sent at once
-// (through add) and their names queued for EDS; a response that removes clusters is
-// returned, for the caller to send after the listeners and routes.
-func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.DiscoveryResponse)) (final *discoveryv3.DiscoveryResponse) {
+// (through add) and their names queued for EDS; the response that removes clusters is
+// returned as a function, for the caller to build and send after the listeners and
+// routes.
+func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.DiscoveryResponse)) (final func() *discoveryv3.DiscoveryResponse) {
 	v := s.cur.Views[resource.Cluster]
 	version := v.Version()
 	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil && version == ts.sentView.Version() {
@@ -351,7 +354,7 @@ func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.Discove
 		add(s.reconcileFull(resource.Cluster, ts))
 		return nil
 	case len(changed) == 0:
-		return s.reconcileFull(resource.Cluster, ts)
+		return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
 	}
 	// Both: the new state plus the clusters that are going, now; the new state alone,
 	// last.
@@ -361,7 +364,7 @@ func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.Discove
 		send = append(send, r)
 	}
 	add(s.respond(resource.Cluster, ts, keepVersion(version, send), send))
-	return s.reconcileFull(resource.Cluster, ts)
+	return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
 }
 
 // changedNames lists, sorted, the resources of v in the subscription that the proxy does
