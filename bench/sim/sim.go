@@ -76,6 +76,7 @@ type Event struct {
 	// Names are the resource names when there are at most four, to check what a small
 	// push carried.
 	Names []string
+	nonce string
 }
 
 // Client is one simulated proxy.
@@ -328,37 +329,49 @@ func (c *Client) handle(d *decoder, resp *rawResponse) error {
 	if err != nil {
 		return err
 	}
-	var ack *discoveryv3.DiscoveryRequest
-	var follow []*discoveryv3.DiscoveryRequest
+	var send []*discoveryv3.DiscoveryRequest
 	switch c.Mode {
 	case Normal:
-		ack, follow = reqs[0], reqs[1:]
+		send = reqs
 		ev.NACK = nackMsg != ""
-		ev.Ack = time.Now().UnixNano()
 	case NeverACK:
 		// A stuck client only ever makes its first request of each type.
 		for _, r := range reqs {
 			if r.ResponseNonce == "" {
-				follow = append(follow, r)
+				send = append(send, r)
 			}
 		}
 	}
+	ev.nonce = resp.Nonce
+	now := time.Now().UnixNano()
 	c.mu.Lock()
 	c.events = append(c.events, ev)
-	if nackMsg == "" && (ack != nil || c.Mode == NeverACK) {
-		c.synced[t] = true
-		if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
-			c.syncedAt = time.Now().UnixNano()
+	for _, r := range send {
+		rt, _ := typeOf(r.TypeUrl)
+		if r.ResponseNonce == "" || r.ErrorDetail != nil && r.ResponseNonce != resp.Nonce {
+			continue
 		}
+		// The ACK (or NACK) of a response: of this one, or of an earlier CDS response
+		// whose ACK Envoy held while its clusters warmed.
+		for i := len(c.events) - 1; i >= 0; i-- {
+			if e := &c.events[i]; e.Type == rt && e.nonce == r.ResponseNonce {
+				e.Ack = now
+				break
+			}
+		}
+		if r.ErrorDetail == nil {
+			c.synced[rt] = true
+		}
+	}
+	if c.Mode == NeverACK && nackMsg == "" {
+		c.synced[t] = true
+	}
+	if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+		c.syncedAt = now
 	}
 	c.mu.Unlock()
 
-	if ack != nil {
-		if err := c.send(ack); err != nil {
-			return err
-		}
-	}
-	for _, r := range follow {
+	for _, r := range send {
 		if err := c.send(r); err != nil {
 			return err
 		}

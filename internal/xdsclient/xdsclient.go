@@ -12,6 +12,9 @@
 //     listeners call for (Envoy pauses EDS while it applies CDS, and RDS while it applies
 //     LDS, and resumes them after queueing the ACK).
 //   - LDS is asked for once the clusters of the first CDS response are warm.
+//   - After the initial clusters, a CDS response that leaves clusters warming is ACKed
+//     only once they are all warm: the ACK follows the EDS ACK that warmed the last one
+//     (seen on Envoy 1.36 by TestClientMatchesEnvoy in test/e2e).
 //   - An EDS cluster that is new or whose config changed is warming until a
 //     ClusterLoadAssignment for it arrives after the cluster did; while a modified
 //     cluster warms, its previous version stays in use.
@@ -115,6 +118,8 @@ type Client struct {
 	initializing bool
 	// routes are the route configuration names the listeners refer to.
 	routes map[string]bool
+	// heldAck is the ACK of the latest CDS response, held while its clusters warm.
+	heldAck *discoveryv3.DiscoveryRequest
 }
 
 // New returns a client that has sent nothing.
@@ -186,7 +191,21 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		c.applyNamed(ts, rs)
 	}
 	ack := &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: version, ResponseNonce: nonce, ResourceNames: ts.names.get()}
-	out := append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
+	var out []*discoveryv3.DiscoveryRequest
+	switch {
+	case t == CDS && !c.initializing && len(c.warming) > 0:
+		c.heldAck = ack // sent once the clusters are warm
+		out = follow
+	case t == CDS:
+		c.heldAck = nil
+		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
+	default:
+		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
+	}
+	if t == EDS && c.heldAck != nil && len(c.warming) == 0 {
+		out = append(out, c.heldAck)
+		c.heldAck = nil
+	}
 	// Envoy asks for listeners once its initial clusters are warm.
 	if c.initializing && (t == CDS || t == EDS) && len(c.warming) == 0 {
 		c.initializing = false

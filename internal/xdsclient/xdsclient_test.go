@@ -50,9 +50,14 @@ func TestClient(t *testing.T) {
 		if len(got) != 2 || got[1].typ != LDS {
 			t.Fatalf("after EDS: %+v", got)
 		}
+		// After initialization, the CDS ACK waits until the new cluster is warm.
 		got = mustRespond(t, c, CDS, "c2", []Resource{eds("a", 1), eds("b", 1), eds("c", 1)}, "")
-		if !slices.Equal(got[1].names, []string{"c", "b", "a"}) {
-			t.Fatalf("a new cluster's name is not first: %+v", got)
+		if len(got) != 1 || got[0].typ != EDS || !slices.Equal(got[0].names, []string{"c", "b", "a"}) {
+			t.Fatalf("a new cluster's name is not first, or CDS ACKed while it warms: %+v", got)
+		}
+		got = mustRespond(t, c, EDS, "e2", []Resource{eds("c", 1)}, "")
+		if len(got) != 2 || got[0].typ != EDS || got[1].typ != CDS || !got[1].ack {
+			t.Fatalf("the CDS ACK does not follow the EDS ACK that warmed c: %+v", got)
 		}
 	})
 
@@ -63,7 +68,7 @@ func TestClient(t *testing.T) {
 		mustRespond(t, c, EDS, "e1", []Resource{eds("a", 1), eds("b", 1)}, "")
 		got := mustRespond(t, c, CDS, "c2", []Resource{eds("a", 2), eds("b", 1)}, "")
 		// a's new watch puts its name first.
-		if len(got) != 2 || !slices.Equal(got[1].names, []string{"a", "b"}) {
+		if len(got) != 1 || !slices.Equal(got[0].names, []string{"a", "b"}) {
 			t.Fatalf("after modifying a: %+v", got)
 		}
 		if st, _ := c.Cluster("a"); !st.Warming || !st.Active {
