@@ -36,6 +36,11 @@ import (
 
 // Config is what the server serves: a way to resolve any proxy's resources. A Config is
 // immutable; the server swaps whole Configs.
+//
+// An EDS cluster's ClusterLoadAssignment must have the cluster's name (its
+// eds_cluster_config.service_name left empty): after a CDS push, the server resends the
+// assignments of the clusters that were added or changed by that name, since Envoy keeps
+// such clusters warming until a fresh one arrives.
 type Config struct {
 	// Resolve returns the resources of the proxy that identifies itself with node. It is
 	// called from many stream loops at once and must be safe for concurrent use.

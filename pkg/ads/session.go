@@ -136,7 +136,9 @@ type typeState struct {
 	needFull bool
 	// refresh (EDS) lists, sorted, the names to send at the next reconcile even if their
 	// content did not change: the clusters that the CDS response just sent added or
-	// changed, which Envoy keeps warming until their ClusterLoadAssignment comes.
+	// changed, which Envoy keeps warming until their ClusterLoadAssignment comes. A
+	// cluster's assignment is taken to have the cluster's name, as it does when the
+	// cluster leaves eds_cluster_config.service_name empty (see Config).
 	refresh []string
 
 	nonce         string // latest nonce sent
