@@ -20,9 +20,13 @@ import (
 // a relabel or a redeploy does. Every proxy gets a cluster for every meshed Service, so
 // with all of them out, each proxy's EDS subscription goes empty (an unsubscribe) and
 // Envoy drops its ClusterLoadAssignments; when the Services come back, the control plane
-// must send them again "even if it previously sent those resources". Before that was so,
-// the clusters warmed until Envoy's initial_fetch_timeout (15 s) and then answered 503
-// until the endpoints changed.
+// must send them again "even if it previously sent those resources", or the clusters warm
+// until Envoy's initial_fetch_timeout (15 s) and then answer 503.
+//
+// In this mesh the assignments leave the control plane's view together with the clusters,
+// so even a server that remembered what it sent across the unsubscribe would resend them
+// as changed; the resubscribe rule itself is pinned by pkg/ads's TestSubscriptions and
+// TestResubscribeOverGRPC. This test holds the whole path to a real Envoy.
 func TestRelabelLastMeshedService(t *testing.T) {
 	m := sharedMesh(t)
 	ctx := ctxT(t, 3*time.Minute)
