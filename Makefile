@@ -32,6 +32,14 @@ test: install build
 test/unit:
 	$(GO) test -short ./pkg/...
 
+# Fuzz the ADS session against the Envoy-like client (pkg/ads FuzzSession). `make test`
+# runs its seed corpus only; this explores for FUZZTIME, e.g. `make fuzz FUZZTIME=5m`.
+# A failing input is saved under pkg/ads/testdata/fuzz/ and then runs in every `make test`.
+FUZZTIME ?= 1m
+.PHONY: fuzz
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzSession$$' -fuzztime $(FUZZTIME) ./pkg/ads
+
 fmt:
 	gofmt -w cmd internal pkg test
 

@@ -1,9 +1,11 @@
 // Package sim is the fleet simulator: many ADS clients that behave like Envoy sidecars,
 // lean enough that thousands fit in one process next to nothing else.
 //
-// Each client subscribes to CDS and LDS by wildcard and to EDS and RDS by the names it
-// finds in the clusters and listeners it receives; it decodes every resource before it
-// ACKs, checks that type URLs match and names do not repeat, and can be told to NACK or
+// Each client's protocol is internal/xdsclient's, the one the tests use, which behaves like
+// Envoy 1.36: CDS and LDS by wildcard, EDS and RDS by the names the clusters and listeners
+// refer to, in Envoy's watch order (newest first, not sorted); unsubscribed resources
+// dropped; clusters warming until their endpoints come. It decodes every resource before
+// it ACKs, checks that type URLs match and names do not repeat, and can be told to NACK or
 // to never ACK. Per response it records the type, the number of resources, the bytes,
 // when it arrived and when it was ACKed. Unlike internal/xdstest it keeps no decoded
 // resources, only names, so that the simulator's memory stays small and the server's can
@@ -29,46 +31,26 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/bearkong/bearkong/internal/xdsclient"
 )
 
 // Type is an xDS type, in the order Envoy initializes them.
-type Type uint8
+type Type = xdsclient.Type
 
 // The four types.
 const (
-	CDS Type = iota
-	EDS
-	LDS
-	RDS
-	NumTypes
+	CDS      = xdsclient.CDS
+	EDS      = xdsclient.EDS
+	LDS      = xdsclient.LDS
+	RDS      = xdsclient.RDS
+	NumTypes = xdsclient.NumTypes
 )
 
-var typeURLs = [NumTypes]string{
-	"type.googleapis.com/envoy.config.cluster.v3.Cluster",
-	"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-	"type.googleapis.com/envoy.config.listener.v3.Listener",
-	"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-}
-
-var typeNames = [NumTypes]string{"cds", "eds", "lds", "rds"}
-
-func (t Type) String() string { return typeNames[t] }
-
-// URL is the type URL.
-func (t Type) URL() string { return typeURLs[t] }
-
-func typeOf(url string) (Type, bool) {
-	for i, u := range typeURLs {
-		if u == url {
-			return Type(i), true
-		}
-	}
-	return 0, false
-}
+func typeOf(url string) (Type, bool) { return xdsclient.TypeOf(url) }
 
 // Mode is how a client answers.
 type Mode int
@@ -94,6 +76,7 @@ type Event struct {
 	// Names are the resource names when there are at most four, to check what a small
 	// push carried.
 	Names []string
+	nonce string
 }
 
 // Client is one simulated proxy.
@@ -108,11 +91,7 @@ type Client struct {
 	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 
 	// Owned by the receive goroutine.
-	names        [NumTypes][]string // EDS and RDS subscriptions
-	acked        [NumTypes]string
-	nonce        [NumTypes]string
-	requested    [NumTypes]bool
-	ldsRequested bool
+	proto *xdsclient.Client
 
 	mu       sync.Mutex
 	events   []Event
@@ -298,11 +277,13 @@ func (c *Client) send(r *discoveryv3.DiscoveryRequest) error {
 }
 
 func (c *Client) run() {
-	if err := c.send(&discoveryv3.DiscoveryRequest{Node: c.Node, TypeUrl: CDS.URL()}); err != nil {
+	c.proto = xdsclient.New()
+	first := c.proto.Start()
+	first.Node = c.Node
+	if err := c.send(first); err != nil {
 		c.finish(err)
 		return
 	}
-	c.requested[CDS] = true
 	var d decoder
 	for {
 		var resp rawResponse
@@ -327,14 +308,12 @@ func (c *Client) handle(d *decoder, resp *rawResponse) error {
 	if !ok {
 		return fmt.Errorf("response of unknown type %q", resp.TypeURL)
 	}
-	if !c.requested[t] {
-		return fmt.Errorf("%s response before any %s request", t, t)
-	}
 	ev := Event{Type: t, N: int32(len(resp.Resources)), Bytes: int32(resp.Size), Recv: recv}
-	names, refs, err := d.decode(t, resp)
+	dr, err := d.decode(t, resp)
 	if err != nil {
 		return err
 	}
+	names := dr.names
 	c.fleet.Decoded.Add(int64(len(names)))
 	if len(names) <= 4 {
 		ev.Names = slices.Clone(names)
@@ -346,77 +325,58 @@ func (c *Client) handle(d *decoder, resp *rawResponse) error {
 	if c.Nack != nil {
 		nackMsg = c.Nack(t, names)
 	}
-	c.nonce[t] = resp.Nonce
-
-	var follow []*discoveryv3.DiscoveryRequest
-	if nackMsg == "" {
-		c.acked[t] = resp.Version
-		// A new cluster or listener set decides the EDS or RDS subscription, as in Envoy.
-		var dep Type
-		switch t {
-		case CDS:
-			dep = EDS
-		case LDS:
-			dep = RDS
-		}
-		if (t == CDS || t == LDS) && !slices.Equal(refs, c.names[dep]) {
-			c.names[dep] = intern(refs)
-			switch {
-			case !c.requested[dep]:
-				// The first request of a type carries no nonce.
-				follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: dep.URL(), ResourceNames: nonNil(c.names[dep])})
-				c.requested[dep] = true
-			case c.Mode == Normal:
-				// A stuck client only ever makes its first request of each type.
-				follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: dep.URL(), VersionInfo: c.acked[dep], ResponseNonce: c.nonce[dep], ResourceNames: nonNil(c.names[dep])})
+	reqs, err := c.proto.Response(t, resp.Version, resp.Nonce, dr.res, nackMsg)
+	if err != nil {
+		return err
+	}
+	var send []*discoveryv3.DiscoveryRequest
+	switch c.Mode {
+	case Normal:
+		send = reqs
+		ev.NACK = nackMsg != ""
+	case NeverACK:
+		// A stuck client only ever makes its first request of each type.
+		for _, r := range reqs {
+			if r.ResponseNonce == "" {
+				send = append(send, r)
 			}
 		}
-		// Envoy asks for listeners once its clusters are initialized: after the first
-		// EDS response, or after CDS when no cluster uses EDS.
-		if !c.ldsRequested && (t == EDS || (t == CDS && len(c.names[EDS]) == 0)) {
-			c.ldsRequested = true
-			c.requested[LDS] = true
-			follow = append(follow, &discoveryv3.DiscoveryRequest{TypeUrl: LDS.URL()})
-		}
 	}
-
-	var ack *discoveryv3.DiscoveryRequest
-	if c.Mode == Normal {
-		ack = &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: c.acked[t], ResponseNonce: resp.Nonce, ResourceNames: c.names[t]}
-		if nackMsg != "" {
-			ack.ErrorDetail = &rpcstatus.Status{Code: 3, Message: nackMsg}
-			ev.NACK = true
-		}
-		ev.Ack = time.Now().UnixNano()
-	}
+	ev.nonce = resp.Nonce
+	now := time.Now().UnixNano()
 	c.mu.Lock()
 	c.events = append(c.events, ev)
-	if nackMsg == "" && (ack != nil || c.Mode == NeverACK) {
-		c.synced[t] = true
-		if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
-			c.syncedAt = time.Now().UnixNano()
+	for _, r := range send {
+		rt, _ := typeOf(r.TypeUrl)
+		if r.ResponseNonce == "" || r.ErrorDetail != nil && r.ResponseNonce != resp.Nonce {
+			continue
 		}
+		// The ACK (or NACK) of a response: of this one, or of an earlier CDS response
+		// whose ACK Envoy held while its clusters warmed.
+		for i := len(c.events) - 1; i >= 0; i-- {
+			if e := &c.events[i]; e.Type == rt && e.nonce == r.ResponseNonce {
+				e.Ack = now
+				break
+			}
+		}
+		if r.ErrorDetail == nil {
+			c.synced[rt] = true
+		}
+	}
+	if c.Mode == NeverACK && nackMsg == "" {
+		c.synced[t] = true
+	}
+	if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+		c.syncedAt = now
 	}
 	c.mu.Unlock()
 
-	if ack != nil {
-		if err := c.send(ack); err != nil {
-			return err
-		}
-	}
-	for _, r := range follow {
+	for _, r := range send {
 		if err := c.send(r); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
 
 // decoder decodes resources into reused messages.
@@ -431,6 +391,7 @@ type decoder struct {
 // decoded is what a resource's bytes say, as far as the simulator cares.
 type decoded struct {
 	name string
+	hash uint64   // of the bytes
 	ref  string   // the EDS name a cluster refers to, if any
 	refs []string // the RDS names a listener refers to
 }
@@ -439,6 +400,8 @@ type decoded struct {
 // without duplicates, and the names they refer to, sorted and unique. Shared; read-only.
 type decodedResponse struct {
 	names, refs []string
+	// res are the resources in response order, as the protocol state takes them.
+	res []xdsclient.Resource
 }
 
 // Memoized decoding. The first client to receive some bytes unmarshals them; later
@@ -468,7 +431,7 @@ var FullDecode = false
 // and LDS, the EDS or RDS names they refer to (sorted, unique). It fails on a resource
 // whose type URL is not the response's, one that does not unmarshal, one without a name,
 // or a repeated name. The slices are shared: read-only.
-func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err error) {
+func (d *decoder) decode(t Type, resp *rawResponse) (*decodedResponse, error) {
 	url := t.URL()
 	var rkey memoKey
 	if !FullDecode {
@@ -477,7 +440,7 @@ func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err e
 		var n int
 		for _, a := range resp.Resources {
 			if string(a.TypeURL) != url {
-				return nil, nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
+				return nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
 			}
 			var l [8]byte
 			binary.LittleEndian.PutUint64(l[:], uint64(len(a.Value)))
@@ -487,13 +450,15 @@ func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err e
 		}
 		rkey = memoKey{t: t, h: h.Sum64(), n: n, m: len(resp.Resources)}
 		if r, ok := respMemo.load(rkey); ok {
-			return r.names, r.refs, nil
+			return r, nil
 		}
 	}
-	names = make([]string, 0, len(resp.Resources))
+	names := make([]string, 0, len(resp.Resources))
+	var refs []string
+	res := make([]xdsclient.Resource, 0, len(resp.Resources))
 	for _, a := range resp.Resources {
 		if string(a.TypeURL) != url {
-			return nil, nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
+			return nil, fmt.Errorf("resource of type %s in a %s response", a.TypeURL, t)
 		}
 		var r *decoded
 		var key memoKey
@@ -502,14 +467,17 @@ func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err e
 			r, _ = memo.load(key)
 		}
 		if r == nil {
+			var err error
 			if r, err = d.unmarshal(t, a.Value); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
+			r.hash = hashBytes(a.Value)
 			if !FullDecode {
 				memo.store(key, r)
 			}
 		}
 		names = append(names, r.name)
+		res = append(res, xdsclient.Resource{Name: r.name, Hash: r.hash, EDS: r.ref, Routes: r.refs})
 		if r.ref != "" {
 			refs = append(refs, r.ref)
 		}
@@ -518,15 +486,16 @@ func (d *decoder) decode(t Type, resp *rawResponse) (names, refs []string, err e
 	slices.Sort(names)
 	for i := 1; i < len(names); i++ {
 		if names[i] == names[i-1] {
-			return nil, nil, fmt.Errorf("duplicate %s resource %q in one response", t, names[i])
+			return nil, fmt.Errorf("duplicate %s resource %q in one response", t, names[i])
 		}
 	}
 	slices.Sort(refs)
 	refs = slices.Compact(refs)
+	dr := &decodedResponse{names: names, refs: refs, res: res}
 	if !FullDecode {
-		respMemo.store(rkey, &decodedResponse{names: names, refs: refs})
+		respMemo.store(rkey, dr)
 	}
-	return names, refs, nil
+	return dr, nil
 }
 
 // shardedMap is a map for many concurrent readers.
@@ -608,35 +577,3 @@ func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
 	}
 	return r, nil
 }
-
-// intern returns a shared copy of a name list: thousands of clients subscribe to the
-// same names, and the simulator should not cost more memory than the fleet it measures.
-func intern(names []string) []string {
-	if len(names) == 0 {
-		return nil
-	}
-	var h maphash.Hash
-	h.SetSeed(internSeed)
-	for _, n := range names {
-		h.WriteString(n)
-		h.WriteByte(0)
-	}
-	key := h.Sum64()
-	if v, ok := interned.Load(key); ok {
-		if s := v.([]string); slices.Equal(s, names) {
-			return s
-		}
-		return slices.Clone(names)
-	}
-	s := slices.Clone(names)
-	v, _ := interned.LoadOrStore(key, s)
-	if s2 := v.([]string); slices.Equal(s2, names) {
-		return s2
-	}
-	return s
-}
-
-var (
-	internSeed = maphash.MakeSeed()
-	interned   sync.Map // uint64 -> []string
-)

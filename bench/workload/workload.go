@@ -131,7 +131,10 @@ const (
 	Endpoint   = "endpoint"
 	NewService = "service"
 	Annotation = "annotation"
-	NoOp       = "noop"
+	// Policy sets mesh-max-connections on one Service: its cluster changes, and so
+	// CDS and that one cluster's ClusterLoadAssignment are pushed.
+	Policy = "policy"
+	NoOp   = "noop"
 )
 
 // Apply changes the mesh; seq picks which Service (spread over the mesh).
@@ -176,6 +179,11 @@ func (s *State) Apply(kind string, seq int) (Change, error) {
 		ann := map[string]string{BenchAnnotation: "v" + strconv.Itoa(s.gen)}
 		svc.ann = ann
 		return Change{Kind: kind, Cluster: svc.name + "." + svc.ns}, nil
+	case Policy:
+		svc := pick()
+		ann := map[string]string{mesh.AnnotationMaxConnections: strconv.Itoa(100 + s.gen)}
+		svc.ann = ann
+		return Change{Kind: kind, Cluster: svc.name + "." + svc.ns}, nil
 	case NoOp:
 		return Change{Kind: kind}, nil
 	}
@@ -198,6 +206,7 @@ func (s *State) Snapshot() *mesh.Snapshot {
 		for k, v := range svc.ann {
 			ms.Annotations[k] = v
 		}
+		ms.Policy, _ = mesh.ParsePolicy(ms.Namespace, ms.Name, ms.Annotations, mesh.Policy{})
 		for _, ip := range svc.ips {
 			ms.Endpoints = append(ms.Endpoints, mesh.Endpoint{IP: ip})
 		}

@@ -1,13 +1,17 @@
-// Package xdstest is a test ADS client that plays Envoy's part against an ADS server:
-// it subscribes to CDS and LDS by wildcard, to EDS and RDS by the names it finds in the
-// clusters and listeners it receives, decodes every resource before it ACKs, and can be
-// told to NACK. It records every response and every ACK with their times.
+// Package xdstest is a test ADS client that plays Envoy's part against an ADS server. The
+// protocol is internal/xdsclient's, shared with the fleet simulator: CDS and LDS by
+// wildcard, EDS and RDS by the names the clusters and listeners refer to, in Envoy's watch
+// order; unsubscribed resources dropped; clusters warming until their endpoints come. It
+// decodes every resource before it ACKs, can be told to NACK, and records every response
+// with its time.
 package xdstest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"slices"
 	"sync"
@@ -20,10 +24,11 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/bearkong/bearkong/internal/xdsclient"
 )
 
 // Type URLs, spelled out so that this package depends on nothing of the server's.
@@ -62,22 +67,14 @@ type Client struct {
 	sendMu sync.Mutex
 	first  bool
 
-	ldsRequested bool // touched by the receive loop only
-
 	mu       sync.Mutex
 	cond     *sync.Cond
+	proto    *xdsclient.Client
 	received []Received
-	state    map[string]*typeState
-	err      error
-	done     bool
-}
-
-type typeState struct {
-	acked string   // last accepted version
-	names []string // current subscription (EDS, RDS)
-	// resources holds the latest content per name (for EDS and RDS, names never sent
-	// again keep their last content, as in Envoy).
-	resources map[string]proto.Message
+	// resources holds the decoded content of what proto holds, per type URL.
+	resources map[string]map[string]proto.Message
+	err       error
+	done      bool
 }
 
 // Dial connects to addr and opens an ADS stream for node.
@@ -91,19 +88,17 @@ func Dial(ctx context.Context, addr string, node *corev3.Node) (*Client, error) 
 		conn.Close()
 		return nil, fmt.Errorf("open ADS stream: %w", err)
 	}
-	c := &Client{Node: node, conn: conn, stream: stream, first: true, state: map[string]*typeState{}}
+	c := &Client{Node: node, conn: conn, stream: stream, first: true, proto: xdsclient.New(), resources: map[string]map[string]proto.Message{}}
 	c.cond = sync.NewCond(&c.mu)
-	for _, t := range []string{ClusterType, EndpointType, ListenerType, RouteType} {
-		c.state[t] = &typeState{resources: map[string]proto.Message{}}
-	}
 	return c, nil
 }
 
-// Start subscribes to CDS and handles responses until the stream ends. Like Envoy, it
-// subscribes to LDS once the clusters are initialized: after the first CDS response if
-// no cluster uses EDS, else after the first EDS response.
+// Start subscribes to CDS and handles responses until the stream ends.
 func (c *Client) Start() error {
-	if err := c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType}); err != nil {
+	c.mu.Lock()
+	first := c.proto.Start()
+	c.mu.Unlock()
+	if err := c.Send(first); err != nil {
 		return err
 	}
 	go c.recvLoop()
@@ -154,9 +149,16 @@ func (c *Client) recvLoop() {
 	}
 }
 
+var hashSeed = maphash.MakeSeed()
+
 func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	rec := Received{TypeURL: resp.TypeUrl, Version: resp.VersionInfo, Nonce: resp.Nonce, At: time.Now()}
+	t, ok := xdsclient.TypeOf(resp.TypeUrl)
+	if !ok {
+		return fmt.Errorf("response of unknown type %s", resp.TypeUrl)
+	}
 	decoded := map[string]proto.Message{}
+	rs := make([]xdsclient.Resource, 0, len(resp.Resources))
 	for _, a := range resp.Resources {
 		if a.TypeUrl != resp.TypeUrl {
 			return fmt.Errorf("resource of type %s in a %s response", a.TypeUrl, resp.TypeUrl)
@@ -165,10 +167,17 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 		if err != nil {
 			return err
 		}
-		if _, dup := decoded[name]; dup {
-			return fmt.Errorf("duplicate %s resource %q in one response", resp.TypeUrl, name)
-		}
 		decoded[name] = m
+		r := xdsclient.Resource{Name: name, Hash: maphash.Bytes(hashSeed, a.Value)}
+		switch m := m.(type) {
+		case *clusterv3.Cluster:
+			if m.GetType() == clusterv3.Cluster_EDS {
+				r.EDS = cmp.Or(m.GetEdsClusterConfig().GetServiceName(), m.GetName())
+			}
+		case *listenerv3.Listener:
+			r.Routes = routeNames(m)
+		}
+		rs = append(rs, r)
 		rec.Names = append(rec.Names, name)
 		rec.Bytes += len(a.Value)
 	}
@@ -182,26 +191,28 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	rec.NACKed = nackMsg != ""
 
 	c.mu.Lock()
-	st := c.state[resp.TypeUrl]
-	if st == nil {
+	reqs, err := c.proto.Response(t, resp.VersionInfo, resp.Nonce, rs, nackMsg)
+	if err != nil {
 		c.mu.Unlock()
-		return fmt.Errorf("response of unrequested type %s", resp.TypeUrl)
+		return err
 	}
-	var follow *discoveryv3.DiscoveryRequest
 	if !rec.NACKed {
-		st.acked = resp.VersionInfo
-		if resp.TypeUrl == ClusterType || resp.TypeUrl == ListenerType {
-			st.resources = decoded // the full state of the world
-		} else {
-			for n, m := range decoded {
-				st.resources[n] = m
+		// Keep the decoded content of what the protocol state holds, no more.
+		held := c.resources[resp.TypeUrl]
+		if held == nil || t == xdsclient.CDS || t == xdsclient.LDS {
+			held = map[string]proto.Message{}
+			c.resources[resp.TypeUrl] = held
+		}
+		for n, m := range decoded {
+			held[n] = m
+		}
+		for _, tt := range []xdsclient.Type{xdsclient.EDS, xdsclient.RDS} {
+			for n := range c.resources[tt.URL()] {
+				if _, ok := c.proto.Has(tt, n); !ok {
+					delete(c.resources[tt.URL()], n)
+				}
 			}
 		}
-		follow = c.followUp(resp.TypeUrl)
-	}
-	ack := &discoveryv3.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: st.acked, ResponseNonce: resp.Nonce, ResourceNames: st.names}
-	if rec.NACKed {
-		ack.ErrorDetail = &rpcstatus.Status{Code: 3, Message: nackMsg}
 	}
 	c.received = append(c.received, rec)
 	c.cond.Broadcast()
@@ -210,73 +221,12 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	if c.NoAck {
 		return nil
 	}
-	if err := c.Send(ack); err != nil {
-		return err
-	}
-	if follow != nil {
-		if err := c.Send(follow); err != nil {
+	for _, r := range reqs {
+		if err := c.Send(r); err != nil {
 			return err
 		}
 	}
-	if !c.ldsRequested && (resp.TypeUrl == EndpointType || (resp.TypeUrl == ClusterType && len(c.names(EndpointType)) == 0)) {
-		c.ldsRequested = true
-		return c.Send(&discoveryv3.DiscoveryRequest{TypeUrl: ListenerType})
-	}
 	return nil
-}
-
-func (c *Client) names(typeURL string) []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state[typeURL].names
-}
-
-// followUp returns the EDS or RDS request that a new CDS or LDS state calls for, as
-// Envoy does: the names those resources refer to. Called with c.mu held.
-func (c *Client) followUp(typeURL string) *discoveryv3.DiscoveryRequest {
-	var dep string
-	var names []string
-	switch typeURL {
-	case ClusterType:
-		dep = EndpointType
-		for _, m := range c.state[ClusterType].resources {
-			cl := m.(*clusterv3.Cluster)
-			if cl.GetType() == clusterv3.Cluster_EDS {
-				n := cl.GetEdsClusterConfig().GetServiceName()
-				if n == "" {
-					n = cl.GetName()
-				}
-				names = append(names, n)
-			}
-		}
-	case ListenerType:
-		dep = RouteType
-		for _, m := range c.state[ListenerType].resources {
-			names = append(names, routeNames(m.(*listenerv3.Listener))...)
-		}
-	default:
-		return nil
-	}
-	slices.Sort(names)
-	names = slices.Compact(names)
-	st := c.state[dep]
-	if slices.Equal(names, st.names) {
-		return nil
-	}
-	st.names = names
-	if names == nil {
-		names = []string{}
-	}
-	return &discoveryv3.DiscoveryRequest{TypeUrl: dep, VersionInfo: st.acked, ResponseNonce: c.lastNonce(dep), ResourceNames: names}
-}
-
-func (c *Client) lastNonce(typeURL string) string {
-	for i := len(c.received) - 1; i >= 0; i-- {
-		if c.received[i].TypeURL == typeURL {
-			return c.received[i].Nonce
-		}
-	}
-	return ""
 }
 
 func routeNames(l *listenerv3.Listener) []string {
@@ -336,18 +286,34 @@ func (c *Client) Received() []Received {
 	return slices.Clone(c.received)
 }
 
-// Resource returns the latest accepted content of a resource.
+// Resource returns the latest accepted content of a resource the client holds.
 func (c *Client) Resource(typeURL, name string) proto.Message {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.state[typeURL].resources[name]
+	return c.resources[typeURL][name]
 }
 
 // Acked returns the last accepted version of a type.
 func (c *Client) Acked(typeURL string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.state[typeURL].acked
+	t, _ := xdsclient.TypeOf(typeURL)
+	return c.proto.Acked(t)
+}
+
+// Names returns the EDS or RDS subscription, in the order the client sends it.
+func (c *Client) Names(typeURL string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, _ := xdsclient.TypeOf(typeURL)
+	return slices.Clone(c.proto.Names(t))
+}
+
+// Warming returns the clusters that wait for their ClusterLoadAssignment, sorted.
+func (c *Client) Warming() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.proto.Warming()
 }
 
 // Err returns the error that ended the stream, if any.

@@ -84,8 +84,9 @@ const (
 
 // unmarshalRequest decodes b into r (which it resets) as proto.Unmarshal does, except
 // that resource names and type URLs that bearkong knows (see resource.LookupNames) are
-// not allocated again, and a subscription that is exactly a live set's names is that
-// set's own name list (read-only, as every request is to the server). It reports false, having done nothing, for a request with any
+// not allocated again, and a subscription that is exactly a live set's names, in any
+// order, is that set's own name list, in its sorted order (read-only, as every request is
+// to the server). It reports false, having done nothing, for a request with any
 // field it does not handle (resource locators, unknown fields): the proto codec takes
 // those.
 //
@@ -118,11 +119,13 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 	var err error
 	resource.LookupNames(func(lookup resource.NameLookup) {
 		if names > 0 {
-			// The subscription is most often exactly a set's names, in order (EDS for
-			// every cluster): then the request takes that set's list itself.
-			lookup.Lists(&h, names, func(list []string) bool {
+			// The subscription is most often exactly a set's names (EDS for every
+			// cluster), in Envoy's watch order: then the request takes that set's
+			// list itself, in the set's order. The order of resource_names carries no
+			// meaning in xDS.
+			lookup.Lists(&h, names, func(list resource.NameList) bool {
 				if sameNames(b, list) {
-					r.ResourceNames = list
+					r.ResourceNames = list.Names()
 					return true
 				}
 				return false
@@ -176,24 +179,33 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 	return true, err
 }
 
-// sameNames reports whether the resource names in the well-formed request b are list,
-// in order.
-func sameNames(b []byte, list []string) bool {
-	i := 0
+// sameNames reports whether the resource names in the well-formed request b are the
+// names of list, in any order, each once. It does not allocate for lists of up to 4096
+// names.
+func sameNames(b []byte, list resource.NameList) bool {
+	n := len(list.Names())
+	var small [64]uint64
+	seen := small[:]
+	if words := (n + 63) / 64; words > len(small) {
+		seen = make([]uint64, words)
+	}
+	count := 0
 	for len(b) > 0 {
-		num, _, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		b = b[n:]
+		num, _, l := protowire.ConsumeTag(b)
+		b = b[l:]
+		v, l := protowire.ConsumeBytes(b)
+		b = b[l:]
 		if num != fieldReqResourceNames {
 			continue
 		}
-		if i >= len(list) || string(v) != list[i] {
+		i, ok := list.Index(v)
+		if !ok || seen[i/64]&(1<<(i%64)) != 0 {
 			return false
 		}
-		i++
+		seen[i/64] |= 1 << (i % 64)
+		count++
 	}
-	return i == len(list)
+	return count == n
 }
 
 var errInvalidUTF8 = errors.New("proto: DiscoveryRequest: string field contains invalid UTF-8")

@@ -3,6 +3,7 @@ package ads
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -43,7 +44,7 @@ func (ti *TypeInfos) Get(t resource.Type) *TypeInfo {
 // TypeInfo is one type's state on one stream.
 type TypeInfo struct {
 	Status Status `json:"status"`
-	// Subscribed lists the requested names; ["*"] for the wildcard types once requested.
+	// Subscribed lists the requested names, with "*" first for a wildcard subscription.
 	Subscribed    []string   `json:"subscribed"`
 	VersionSent   string     `json:"version_sent"`
 	NonceSent     string     `json:"nonce_sent"`
@@ -74,10 +75,12 @@ func (l *loop) publish() {
 		ti := info.Types.Get(t)
 		ti.Status = ts.status
 		switch {
-		case t.Wildcard() && ts.subscribed:
+		case ts.sub.wildcard && len(ts.sub.names) == 0:
 			ti.Subscribed = wildcardNames
-		case !t.Wildcard():
-			ti.Subscribed = ts.names
+		case ts.sub.wildcard:
+			ti.Subscribed = append(slices.Clone(wildcardNames), ts.sub.names...)
+		default:
+			ti.Subscribed = ts.sub.names
 		}
 		if ti.Subscribed == nil {
 			ti.Subscribed = []string{}

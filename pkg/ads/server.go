@@ -7,7 +7,9 @@
 // Each stream has one receive goroutine and one loop. The loop owns the stream's protocol
 // state (a session), so that state needs no lock. A new Config only wakes the loops; each
 // loop resolves its proxy's resources and sends the types whose content changed for that
-// proxy, in CDS, EDS, LDS, RDS order. A slow proxy delays only its own stream.
+// proxy, make before break: what is added or changed in CDS, EDS, LDS, RDS order, and
+// clusters that go away last, after the routes that named them. A slow proxy delays only
+// its own stream.
 //
 // Protocol: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
 package ads
@@ -35,6 +37,11 @@ import (
 
 // Config is what the server serves: a way to resolve any proxy's resources. A Config is
 // immutable; the server swaps whole Configs.
+//
+// An EDS cluster's ClusterLoadAssignment must have the cluster's name (its
+// eds_cluster_config.service_name left empty): after a CDS push, the server resends the
+// assignments of the clusters that were added or changed by that name, since Envoy keeps
+// such clusters warming until a fresh one arrives.
 type Config struct {
 	// Resolve returns the resources of the proxy that identifies itself with node. It is
 	// called from many stream loops at once and must be safe for concurrent use.

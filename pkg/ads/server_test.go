@@ -256,6 +256,41 @@ func TestADSOverGRPC(t *testing.T) {
 	})
 }
 
+// TestResubscribeOverGRPC: every service goes and comes back, so the client's EDS
+// subscription goes empty and then names the same clusters again. Envoy dropped the
+// assignments when it unsubscribed; the server must send them again.
+func TestResubscribeOverGRPC(t *testing.T) {
+	e := start(t)
+	w := world{endpoints: map[string]int{"app-1": 1, "app-2": 2}, routeTag: map[string]string{}}
+	e.set(t, w)
+	a := e.connect(t, "a", nil)
+	e.waitSynced(t, a)
+
+	e.set(t, world{endpoints: map[string]int{}, routeTag: map[string]string{}})
+	waitUntil(t, 5*time.Second, func() bool { return len(a.Names(xdstest.EndpointType)) == 0 })
+	quiet(a, 0)
+	if a.Resource(xdstest.EndpointType, "app-1") != nil {
+		t.Fatal("the client kept app-1's assignment after unsubscribing")
+	}
+
+	e.set(t, w)
+	waitUntil(t, 5*time.Second, func() bool {
+		return a.Resource(xdstest.EndpointType, "app-1") != nil && a.Resource(xdstest.EndpointType, "app-2") != nil && len(a.Warming()) == 0
+	})
+}
+
+// waitUntil polls cond (which may call the client's methods) until it holds.
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestNACKIsVisible(t *testing.T) {
 	reports := make(chan ads.Report, 100)
 	e := start(t, func(r ads.Report) {

@@ -1,6 +1,8 @@
 package ads
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strconv"
 	"time"
@@ -42,14 +44,19 @@ func (k Kind) String() string {
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// Classify decides what a request means, given the last nonce sent for its type on the
-// stream. It is the one place where ACK, NACK and stale are told apart.
+// Classify decides what a request means, given whether it is the stream's first request
+// for its type and the last nonce sent for that type on the stream. It is the one place
+// where ACK, NACK and stale are told apart.
+//
+// A first request is initial whatever nonce it carries: nonces do not survive a
+// reconnect, and a client that kept one (gRPC's xDS client may) still has nothing of this
+// stream. Istio and go-control-plane do the same.
 //
 // See https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#ack-and-nack-semantics
 // and #resource-updates (the nonce rules).
-func Classify(lastNonce string, req *discoveryv3.DiscoveryRequest) Kind {
+func Classify(first bool, lastNonce string, req *discoveryv3.DiscoveryRequest) Kind {
 	switch {
-	case req.GetResponseNonce() == "":
+	case first || req.GetResponseNonce() == "":
 		return Initial
 	case req.GetResponseNonce() != lastNonce:
 		return Stale
@@ -82,20 +89,57 @@ type Nack struct {
 	At      time.Time `json:"at"`
 }
 
+// subscription is what a proxy asks for of one type on a stream, by the rules of
+// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return
+type subscription struct {
+	// wildcard asks for every resource of the type: with "*" (alone or next to names),
+	// or, for LDS and CDS, in the legacy form: no request for the type on the stream has
+	// named anything yet.
+	wildcard bool
+	// names are the names asked for explicitly, sorted and unique, without "*". The
+	// slice is replaced, never modified in place, so debug views may share it.
+	names []string
+}
+
+func (s subscription) empty() bool { return !s.wildcard && len(s.names) == 0 }
+
+// has reports whether the subscription covers the named resource.
+func (s subscription) has(name string) bool {
+	if s.wildcard {
+		return true
+	}
+	_, ok := slices.BinarySearch(s.names, name)
+	return ok
+}
+
+// same reports whether s and o are the same subscription; names are compared by identity
+// (see sameSlice), which is what an unchanged subscription keeps.
+func (s subscription) same(o subscription) bool {
+	return s.wildcard == o.wildcard && sameSlice(s.names, o.names)
+}
+
 // typeState is one stream's state for one type. It is owned by the stream's loop and
 // needs no lock.
 type typeState struct {
-	subscribed bool
-	// names is the proxy's current subscription, sorted (EDS, RDS only; CDS and LDS are
-	// always wildcard). It is never modified in place, so debug views may share it.
-	names []string
-	// sentNames and sentView are the subscription and the content as of the last
-	// reconcile: for every name in sentNames, the proxy has been sent sentView's
-	// resource of that name (when it had one).
-	sentNames []string
-	sentView  resource.View
+	// requested: a request for the type came on this stream. named: one of them named
+	// resources, which ends legacy wildcard for good.
+	requested, named bool
+	sub              subscription
+	// sentSub and sentView are the subscription and the content as of the last
+	// reconcile: for every name sentSub covers, the proxy has been sent sentView's
+	// resource of that name (when it had one). A nil sentView means nothing is known to
+	// be held: the proxy unsubscribed, or nothing was sent yet. Names that leave the
+	// subscription leave sentSub, so asking for them again gets them again.
+	sentSub  subscription
+	sentView resource.View
 	// needFull asks the next reconcile to send every subscribed resource, changed or not.
 	needFull bool
+	// refresh (EDS) lists, sorted, the names to send at the next reconcile even if their
+	// content did not change: the clusters that the CDS response just sent added or
+	// changed, which Envoy keeps warming until their ClusterLoadAssignment comes. A
+	// cluster's assignment is taken to have the cluster's name, as it does when the
+	// cluster leaves eds_cluster_config.service_name empty (see Config).
+	refresh []string
 
 	nonce         string // latest nonce sent
 	version       string // version_info of the latest response
@@ -108,6 +152,14 @@ type typeState struct {
 
 	pushes, acks, nacks, stale uint64
 	lastNack                   *Nack
+}
+
+// forget drops what the proxy is known to hold of the type: it unsubscribed, and Envoy
+// drops unsubscribed resources from its cache.
+func (ts *typeState) forget() {
+	ts.sentSub = subscription{}
+	ts.sentView = nil
+	ts.refresh = nil
 }
 
 // session is the protocol state of one ADS stream, free of gRPC so that it can be tested
@@ -143,7 +195,7 @@ type outcome struct {
 // onRequest applies one request and returns the responses to send, in order.
 func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) (outcome, []*discoveryv3.DiscoveryResponse) {
 	ts := &s.types[t]
-	kind := Classify(ts.nonce, req)
+	kind := Classify(!ts.requested, ts.nonce, req)
 	out := outcome{typ: t, kind: kind}
 	switch kind {
 	case Stale:
@@ -172,24 +224,40 @@ func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) 
 	case Initial:
 		// A first request, or a reconnect: answer with the full current state whatever
 		// version the proxy says it has.
-		ts.subscribed = true
+		ts.requested = true
 		ts.needFull = true
 		if v := req.GetVersionInfo(); v != "" && ts.ackedVersion == "" {
 			ts.ackedVersion = v
 		}
 	}
-	if !t.Wildcard() {
-		// Envoy repeats its whole subscription on every request, ACKs included; it
-		// rarely changes, so compare before normalizing.
-		if names := req.GetResourceNames(); !slices.Equal(names, ts.names) {
-			if names = normalizeNames(names); !slices.Equal(names, ts.names) {
-				ts.names = s.canonicalNames(t, names)
-			}
-		}
-		// An empty list unsubscribes: nothing is sent until names come back.
-		ts.subscribed = len(ts.names) > 0
-	}
+	s.subscribe(t, ts, req.GetResourceNames())
 	return out, s.reconcile()
+}
+
+// subscribe applies the names of a request to the type's subscription
+// (xds_protocol#how-the-client-specifies-what-resources-to-return).
+func (s *session) subscribe(t resource.Type, ts *typeState, names []string) {
+	if len(names) == 0 {
+		// No names: legacy wildcard for LDS and CDS while no request has named anything;
+		// otherwise, and for EDS and RDS always, it unsubscribes from everything.
+		if ts.sub.wildcard != (t.Wildcard() && !ts.named) || len(ts.sub.names) > 0 {
+			ts.sub = subscription{wildcard: t.Wildcard() && !ts.named}
+		}
+		return
+	}
+	ts.named = true
+	// Envoy repeats its whole subscription on every request, ACKs included, and it
+	// rarely changes: compare before normalizing. The codec hands over a set's own name
+	// list when the request names exactly that set, in whatever order.
+	if !ts.sub.wildcard && (sameSlice(names, ts.sub.names) || slices.Equal(names, ts.sub.names)) {
+		return
+	}
+	sub := subscription{wildcard: slices.Contains(names, "*"), names: normalizeNames(names)}
+	if sub.wildcard == ts.sub.wildcard && slices.Equal(sub.names, ts.sub.names) {
+		return
+	}
+	sub.names = s.canonicalNames(t, sub.names)
+	ts.sub = sub
 }
 
 // canonicalNames returns names (sorted, unique) in a form that costs the session no
@@ -222,107 +290,245 @@ func (s *session) onConfig(p *resource.Proxy, changedAt time.Time) []*discoveryv
 	return s.reconcile()
 }
 
-// reconcile sends, in CDS, EDS, LDS, RDS order, whatever the proxy subscribes to and has
-// not been sent yet. It is idempotent: with nothing new, it returns nothing.
+// reconcile sends whatever the proxy subscribes to and has not been sent yet, make before
+// break (xds_protocol#eventual-consistency-considerations): clusters added or changed go
+// first, then their endpoints, then listeners and routes, which may name the new
+// clusters; clusters removed go last, once the routes no longer name them. When a push
+// both adds and removes clusters, CDS goes twice: first with the removed clusters kept,
+// last without them. It is idempotent: with nothing new, it returns nothing.
 func (s *session) reconcile() []*discoveryv3.DiscoveryResponse {
 	if s.cur == nil {
 		return nil // no config yet: the requests are remembered and answered later
 	}
 	var out []*discoveryv3.DiscoveryResponse
-	cdsSent := false
-	for _, t := range resource.Types {
+	add := func(r *discoveryv3.DiscoveryResponse) {
+		if r != nil {
+			out = append(out, r)
+		}
+	}
+	cds := &s.types[resource.Cluster]
+	var final func() *discoveryv3.DiscoveryResponse
+	if cds.requested && !cds.sub.empty() {
+		final = s.reconcileClusters(cds, add)
+	} else {
+		cds.forget()
+	}
+	for _, t := range resource.Types[1:] {
 		ts := &s.types[t]
-		if !ts.subscribed {
-			continue
+		switch {
+		case !ts.requested:
+		case ts.sub.empty():
+			ts.forget()
+		case t.Wildcard():
+			add(s.reconcileFull(t, ts))
+		default:
+			add(s.reconcileNamed(t, ts))
 		}
-		if t == resource.Endpoint && cdsSent {
-			// After a CDS update Envoy re-initializes the changed clusters and keeps
-			// them warming until it gets their endpoints again, changed or not.
-			ts.needFull = true
+	}
+	if final != nil {
+		add(final())
+	}
+	return out
+}
+
+// reconcileClusters brings CDS up to date. Added and changed clusters are sent at once
+// (through add) and their names queued for EDS; the response that removes clusters is
+// returned as a function, for the caller to build and send after the listeners and
+// routes.
+func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.DiscoveryResponse)) (final func() *discoveryv3.DiscoveryResponse) {
+	v := s.cur.Views[resource.Cluster]
+	version := v.Version()
+	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil && version == ts.sentView.Version() {
+		return nil
+	}
+	eds := &s.types[resource.Endpoint]
+	if ts.needFull || ts.sentView == nil {
+		// The proxy may hold nothing: every cluster warms, every assignment goes.
+		eds.needFull = true
+		add(s.reconcileFull(resource.Cluster, ts))
+		return nil
+	}
+	changed := s.changedNames(ts, v)
+	removed := removedNames(ts, v)
+	eds.refresh = mergeNames(eds.refresh, changed)
+	switch {
+	case len(removed) == 0:
+		add(s.reconcileFull(resource.Cluster, ts))
+		return nil
+	case len(changed) == 0:
+		return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
+	}
+	// Both: the new state plus the clusters that are going, now; the new state alone,
+	// last.
+	send := slices.Clone(subscribed(ts.sub, v))
+	for _, n := range removed {
+		r, _ := ts.sentView.Get(n)
+		send = append(send, r)
+	}
+	add(s.respond(resource.Cluster, ts, keepVersion(version, send), send))
+	return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
+}
+
+// changedNames lists, sorted, the resources of v in the subscription that the proxy does
+// not hold as they are now: new, changed, or newly subscribed.
+func (s *session) changedNames(ts *typeState, v resource.View) []string {
+	if ts.sub.same(ts.sentSub) {
+		if changed, ok := v.Changed(ts.sentView); ok {
+			out := changed
+			if !ts.sub.wildcard {
+				out = nil
+				for _, n := range changed {
+					if ts.sub.has(n) {
+						out = append(out, n)
+					}
+				}
+			}
+			return out
 		}
-		var resp *discoveryv3.DiscoveryResponse
-		if t.Wildcard() {
-			resp = s.reconcileWildcard(t, ts)
-		} else {
-			resp = s.reconcileNamed(t, ts)
+	}
+	var out []string
+	for _, r := range subscribed(ts.sub, v) {
+		if !ts.holds(r) {
+			out = append(out, r.Name)
 		}
-		if resp != nil {
-			out = append(out, resp)
-			if t == resource.Cluster {
-				cdsSent = true
+	}
+	slices.Sort(out)
+	return out
+}
+
+// holds reports whether the proxy was sent r's current content and still subscribes to it.
+func (ts *typeState) holds(r *resource.Resource) bool {
+	if ts.sentView == nil || !ts.sentSub.has(r.Name) || !ts.sub.has(r.Name) {
+		return false
+	}
+	old, ok := ts.sentView.Get(r.Name)
+	return ok && (old == r || old.Hash == r.Hash)
+}
+
+// removedNames lists the resources the proxy was sent and still subscribes to that v no
+// longer has. Sets keep their name list while their names do not change, so the common
+// case costs one comparison per set.
+func removedNames(ts *typeState, v resource.View) []string {
+	if len(v) == len(ts.sentView) {
+		same := true
+		for i := range v {
+			same = same && sameSlice(v[i].Names(), ts.sentView[i].Names())
+		}
+		if same {
+			return nil
+		}
+	}
+	var out []string
+	for _, set := range ts.sentView {
+		for _, n := range set.Names() {
+			if _, ok := v.Get(n); !ok && ts.sentSub.has(n) && ts.sub.has(n) {
+				out = append(out, n)
 			}
 		}
 	}
 	return out
 }
 
-func (s *session) reconcileWildcard(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
-	v := s.cur.Views[t]
-	version := v.Version()
-	if !ts.needFull && version == ts.version {
-		return nil
+// subscribed returns the resources of v that sub covers.
+func subscribed(sub subscription, v resource.View) []*resource.Resource {
+	if sub.wildcard {
+		return v.All()
 	}
-	ts.needFull = false
-	ts.sentView = v
-	return s.respond(t, ts, version, v.All())
+	out := make([]*resource.Resource, 0, len(sub.names))
+	for _, n := range sub.names {
+		if r, ok := v.Get(n); ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
+// keepVersion is the version of a CDS response that keeps removed clusters for a while:
+// a content hash like every version, distinct from the final state's.
+func keepVersion(version string, rs []*resource.Resource) string {
+	h := sha256.New()
+	h.Write([]byte(version))
+	for _, r := range rs {
+		h.Write([]byte{0})
+		h.Write([]byte(r.Name))
+		h.Write([]byte{0})
+		h.Write([]byte(r.Hash))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// reconcileFull handles LDS and CDS, whose responses carry every subscribed resource.
+func (s *session) reconcileFull(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
+	v := s.cur.Views[t]
+	version := v.Version()
+	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil {
+		if version == ts.sentView.Version() {
+			return nil
+		}
+		if !ts.sub.wildcard && len(s.changedNames(ts, v)) == 0 && len(removedNames(ts, v)) == 0 {
+			// Named, and nothing it names changed.
+			ts.sentView = v
+			return nil
+		}
+	}
+	ts.needFull = false
+	ts.sentSub = ts.sub
+	ts.sentView = v
+	return s.respond(t, ts, version, subscribed(ts.sub, v))
+}
+
+// reconcileNamed handles EDS and RDS, whose responses carry only the resources that need
+// sending: new, changed, newly subscribed, or queued in refresh.
 func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
 	v := s.cur.Views[t]
 	version := v.Version()
-	full := ts.needFull
-	sameNames := sameSlice(ts.names, ts.sentNames)
-	if !full && sameNames && ts.sentView != nil && version == ts.sentView.Version() {
+	full := ts.needFull || ts.sentView == nil
+	sameSub := ts.sub.same(ts.sentSub)
+	if !full && sameSub && len(ts.refresh) == 0 && version == ts.sentView.Version() {
 		return nil
 	}
 	var send []*resource.Resource
 	switch {
-	case !full && sameNames && ts.sentView != nil:
-		// Same subscription, new content: only what changed since sentView can need
-		// sending. The view diff is computed once per pair of sets and shared by every
-		// proxy, so this costs the size of the change, not of the subscription.
-		if changed, ok := v.Changed(ts.sentView); ok {
-			for _, n := range changed {
-				if _, subscribed := slices.BinarySearch(ts.names, n); !subscribed {
-					continue
-				}
-				if r, ok := v.Get(n); ok {
-					send = append(send, r)
-				}
-			}
-			return s.finishNamed(t, ts, v, version, send)
-		}
-	case full && len(v) == 1 && sameSlice(ts.names, v[0].Names()):
+	case full && len(v) == 1 && (ts.sub.wildcard || sameSlice(ts.sub.names, v[0].Names())):
 		// Everything, and the subscription is exactly the set: its shared list.
-		return s.finishNamed(t, ts, v, version, v[0].All())
-	}
-	for _, n := range ts.names {
-		r, ok := v.Get(n)
-		if !ok {
-			continue // remembered; sent when it appears
-		}
-		if !full {
-			if _, known := slices.BinarySearch(ts.sentNames, n); known {
-				if old, ok := ts.sentView.Get(n); ok && (old == r || old.Hash == r.Hash) {
-					continue
-				}
+		send = v[0].All()
+	case full:
+		send = subscribed(ts.sub, v)
+	default:
+		// Only what the proxy does not hold can need sending. When the subscription is
+		// unchanged, the view diff is computed once per pair of sets and shared by every
+		// proxy, so this costs the size of the change, not of the subscription.
+		for _, n := range mergeNames(s.changedNames(ts, v), ts.refresh) {
+			if !ts.sub.has(n) {
+				continue
+			}
+			if r, ok := v.Get(n); ok {
+				send = append(send, r)
 			}
 		}
-		send = append(send, r)
 	}
-	return s.finishNamed(t, ts, v, version, send)
-}
-
-// finishNamed records that the proxy now has v for its subscription and answers with
-// send, if anything.
-func (s *session) finishNamed(t resource.Type, ts *typeState, v resource.View, version string, send []*resource.Resource) *discoveryv3.DiscoveryResponse {
 	ts.needFull = false
-	ts.sentNames = ts.names
+	ts.refresh = nil
+	ts.sentSub = ts.sub
 	ts.sentView = v
 	if len(send) == 0 {
 		return nil
 	}
 	return s.respond(t, ts, version, send)
+}
+
+// mergeNames returns the sorted union of two sorted lists; it may return either.
+func mergeNames(a, b []string) []string {
+	switch {
+	case len(b) == 0:
+		return a
+	case len(a) == 0:
+		return b
+	}
+	out := make([]string, 0, len(a)+len(b))
+	out = append(append(out, a...), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func (s *session) respond(t resource.Type, ts *typeState, version string, rs []*resource.Resource) *discoveryv3.DiscoveryResponse {
@@ -354,8 +560,8 @@ func (s *session) respond(t resource.Type, ts *typeState, version string, rs []*
 	return resp
 }
 
-// normalizeNames sorts and dedupes a subscription. "*" alone, or nothing, means no
-// names for EDS and RDS, which are never wildcard in bearkong's mesh.
+// normalizeNames sorts and dedupes a subscription's names and drops "*", which the
+// caller reads as the wildcard.
 func normalizeNames(in []string) []string {
 	if len(in) == 0 {
 		return nil

@@ -71,22 +71,25 @@ func namesOf(r *discoveryv3.DiscoveryResponse) []string {
 func TestClassify(t *testing.T) {
 	cases := []struct {
 		name      string
+		first     bool
 		lastNonce string
 		req       *discoveryv3.DiscoveryRequest
 		want      Kind
 	}{
-		{"first request", "", req(resource.Cluster, "", ""), Initial},
-		{"reconnect with an old version and an empty nonce", "", req(resource.Cluster, "v-old", ""), Initial},
-		{"reconnect to a stream that already sent", "7", req(resource.Cluster, "v1", ""), Initial},
-		{"ack of the latest response", "7", req(resource.Cluster, "v2", "7"), ACK},
-		{"nack of the latest response", "7", nack(resource.Cluster, "v1", "7", "bad"), NACK},
-		{"ack of an older response", "7", req(resource.Cluster, "v1", "5"), Stale},
-		{"nack of an older response", "7", nack(resource.Cluster, "v1", "5", "bad"), Stale},
-		{"nonce never sent on this stream", "", req(resource.Cluster, "v1", "3"), Stale},
+		{"first request", true, "", req(resource.Cluster, "", ""), Initial},
+		{"reconnect with an old version and an empty nonce", true, "", req(resource.Cluster, "v-old", ""), Initial},
+		{"reconnect to a stream that already sent", false, "7", req(resource.Cluster, "v1", ""), Initial},
+		{"ack of the latest response", false, "7", req(resource.Cluster, "v2", "7"), ACK},
+		{"nack of the latest response", false, "7", nack(resource.Cluster, "v1", "7", "bad"), NACK},
+		{"ack of an older response", false, "7", req(resource.Cluster, "v1", "5"), Stale},
+		{"nack of an older response", false, "7", nack(resource.Cluster, "v1", "5", "bad"), Stale},
+		// Nonces do not survive a reconnect: a first request is initial whatever it says.
+		{"first request with a nonce from another stream", true, "", req(resource.Cluster, "v1", "3"), Initial},
+		{"later request with a nonce never sent on this stream", false, "", req(resource.Cluster, "v1", "3"), Stale},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := Classify(c.lastNonce, c.req); got != c.want {
+			if got := Classify(c.first, c.lastNonce, c.req); got != c.want {
 				t.Fatalf("Classify = %v, want %v", got, c.want)
 			}
 		})
@@ -186,7 +189,7 @@ func synced(t *testing.T) *session {
 	})
 	for _, typ := range resource.Types[1:] {
 		ts := s.types[typ]
-		run(t, s, []step{{req: req(typ, ts.version, ts.nonce, ts.names...), wantKind: ACK}})
+		run(t, s, []step{{req: req(typ, ts.version, ts.nonce, ts.sub.names...), wantKind: ACK}})
 	}
 	for _, typ := range resource.Types {
 		if s.types[typ].status != Synced {
@@ -221,7 +224,7 @@ func TestSession(t *testing.T) {
 		base := baseContent()
 		bad := with(base, resource.Cluster, "a", "bad")
 		run(t, s, []step{
-			{config: bad, want: []sent{{resource.Cluster, []string{"bad", "1"}}, {resource.Endpoint, []string{"1", "1"}}}},
+			{config: bad, want: []sent{{resource.Cluster, []string{"bad", "1"}}, {resource.Endpoint, []string{"1"}}}},
 		})
 		cds := s.types[resource.Cluster]
 		acked := cds.ackedVersion
@@ -238,7 +241,7 @@ func TestSession(t *testing.T) {
 			t.Fatalf("acked version moved on a NACK: %s -> %s", acked, cds.ackedVersion)
 		}
 		// Fixed content is sent.
-		run(t, s, []step{{config: with(base, resource.Cluster, "a", "fixed"), want: []sent{{resource.Cluster, []string{"fixed", "1"}}, {resource.Endpoint, []string{"1", "1"}}}}})
+		run(t, s, []step{{config: with(base, resource.Cluster, "a", "fixed"), want: []sent{{resource.Cluster, []string{"fixed", "1"}}, {resource.Endpoint, []string{"1"}}}}})
 	})
 
 	t.Run("stale nonce is ignored and counted", func(t *testing.T) {
@@ -251,7 +254,7 @@ func TestSession(t *testing.T) {
 			{req: req(resource.Endpoint, "old", "2", "a"), wantKind: Stale},
 		})
 		eds := s.types[resource.Endpoint]
-		if eds.stale != 1 || len(eds.names) != 2 || eds.status != StaleStatus {
+		if eds.stale != 1 || len(eds.sub.names) != 2 || eds.status != StaleStatus {
 			t.Fatalf("after stale request: %+v", eds)
 		}
 	})
@@ -278,8 +281,8 @@ func TestSession(t *testing.T) {
 			{req: req(resource.Endpoint, eds.version, eds.nonce), wantKind: ACK},
 			{config: with(baseContent(), resource.Endpoint, "a", "2")},
 		})
-		if s.types[resource.Endpoint].subscribed {
-			t.Fatal("still subscribed")
+		if eds := s.types[resource.Endpoint]; !eds.sub.empty() || eds.sentView != nil {
+			t.Fatalf("still subscribed, or still holding what was sent: %+v", eds)
 		}
 	})
 
@@ -311,14 +314,14 @@ func TestSession(t *testing.T) {
 		run(t, s, []step{{config: baseContent()}})
 	})
 
-	t.Run("a push goes in CDS, EDS, LDS, RDS order and resends EDS after CDS", func(t *testing.T) {
+	t.Run("a push goes in CDS, EDS, LDS, RDS order and resends the changed cluster's CLA", func(t *testing.T) {
 		s := synced(t)
 		c := with(baseContent(), resource.Route, "outbound", "2")
 		c = with(c, resource.Listener, "in", "2")
 		c = with(c, resource.Cluster, "b", "2")
 		run(t, s, []step{{config: c, want: []sent{
 			{resource.Cluster, []string{"1", "2"}},
-			{resource.Endpoint, []string{"1", "1"}},
+			{resource.Endpoint, []string{"1"}},
 			{resource.Listener, []string{"2", "1"}},
 			{resource.Route, []string{"2"}},
 		}}})
@@ -328,7 +331,6 @@ func TestSession(t *testing.T) {
 		s := synced(t)
 		run(t, s, []step{{config: with(baseContent(), resource.Cluster, "b", ""), want: []sent{
 			{resource.Cluster, []string{"1"}},
-			{resource.Endpoint, []string{"1", "1"}},
 		}}})
 	})
 }

@@ -67,8 +67,8 @@ func TestNameLists(t *testing.T) {
 			t.Error("Name(nope) found")
 		}
 		found := false
-		l.Lists(&h, 2, func(list []string) bool {
-			found = unsafe.SliceData(list) == unsafe.SliceData(a.Names())
+		l.Lists(&h, 2, func(list NameList) bool {
+			found = unsafe.SliceData(list.Names()) == unsafe.SliceData(a.Names())
 			return found
 		})
 		if !found {

@@ -24,8 +24,10 @@ import (
 // Type is one of the four xDS resource types bearkong serves.
 type Type int
 
-// The types, in the order a push sends them (make before break: clusters and their
-// endpoints before the listeners and routes that refer to them).
+// The types, in the order a push sends what it adds or changes (make before break:
+// clusters and their endpoints before the listeners and routes that refer to them).
+// Removed clusters go last, after the listeners and routes that stopped naming them; see
+// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations
 const (
 	Cluster Type = iota
 	Endpoint
@@ -34,7 +36,7 @@ const (
 	NumTypes = 4
 )
 
-// Types lists every type in push order.
+// Types lists every type in push order for additions.
 var Types = [NumTypes]Type{Cluster, Endpoint, Listener, Route}
 
 var (
@@ -288,7 +290,13 @@ type Proxy struct {
 }
 
 // nameList is a sorted name list shared by every live set with the same names.
-type nameList struct{ names []string }
+type nameList struct {
+	names []string
+	// index maps each name to its position, built the first time a request is matched
+	// against the list (see NameList.Index).
+	indexOnce sync.Once
+	index     map[string]int32
+}
 
 // nameLists interns name lists by content: a new snapshot rebuilds every set, and most
 // keep their names, so a proxy's subscription (Set.Names) stays the same slice across
@@ -308,26 +316,22 @@ type nameRef struct {
 }
 
 // NameListHash computes, name by name, the key under which the index of live name
-// lists (see LookupNames) files a list.
-type NameListHash struct{ h maphash.Hash }
+// lists (see LookupNames) files a list. The key does not depend on the order of the
+// names: Envoy lists its subscriptions in watch order (newest first), the sets in sorted
+// order, and both must find the same list.
+type NameListHash struct{ sum uint64 }
 
 // Reset starts a new list.
-func (x *NameListHash) Reset() { x.h.SetSeed(nameLists.seed) }
+func (x *NameListHash) Reset() { x.sum = 0 }
 
-// Add adds the next name of the list.
-func (x *NameListHash) Add(name []byte) {
-	x.h.Write(name)
-	x.h.WriteByte(0)
-}
+// Add adds a name of the list.
+func (x *NameListHash) Add(name []byte) { x.sum += maphash.Bytes(nameLists.seed, name) }
 
 func internNames(names []string) *nameList {
-	var h maphash.Hash
-	h.SetSeed(nameLists.seed)
+	var key uint64
 	for _, n := range names {
-		h.WriteString(n)
-		h.WriteByte(0)
+		key += maphash.String(nameLists.seed, n)
 	}
-	key := h.Sum64()
 	nameLists.Lock()
 	defer nameLists.Unlock()
 	for _, wp := range nameLists.lists[key] {
@@ -391,11 +395,30 @@ func (NameLookup) Name(b []byte) (string, bool) {
 	return ref.s, ok
 }
 
+// NameList is a live set's name list, as Lists finds it.
+type NameList struct{ l *nameList }
+
+// Names returns the sorted names, the very slice of the sets that hold them (Set.Names).
+func (l NameList) Names() []string { return l.l.names }
+
+// Index returns the position of name in Names.
+func (l NameList) Index(name []byte) (int, bool) {
+	l.l.indexOnce.Do(func() {
+		l.l.index = make(map[string]int32, len(l.l.names))
+		for i, n := range l.l.names {
+			l.l.index[n] = int32(i)
+		}
+	})
+	i, ok := l.l.index[string(name)]
+	return int(i), ok
+}
+
 // Lists calls f with each live name list of n names filed under the key of h, until f
-// returns true. The caller must check that a list is the one it wants.
-func (NameLookup) Lists(h *NameListHash, n int, f func(names []string) bool) {
-	for _, wp := range nameLists.lists[h.h.Sum64()] {
-		if nl := wp.Value(); nl != nil && len(nl.names) == n && f(nl.names) {
+// returns true. The caller must check that a list is the one it wants: lists of other
+// names may share a key.
+func (NameLookup) Lists(h *NameListHash, n int, f func(NameList) bool) {
+	for _, wp := range nameLists.lists[h.sum] {
+		if nl := wp.Value(); nl != nil && len(nl.names) == n && f(NameList{nl}) {
 			return
 		}
 	}

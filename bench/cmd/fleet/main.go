@@ -80,7 +80,7 @@ func driverMain(args []string) error {
 	fs.StringVar(&proxies, "proxies", "1000,5000", "N: simulated proxies, one run per value")
 	fs.StringVar(&impls, "impls", "bearkong,peer", "control planes to compare")
 	var kinds string
-	fs.StringVar(&kinds, "changes", "endpoint,endpoint,endpoint,service,annotation,noop", "the changes of each run, in order (latency samples of the same kind are pooled)")
+	fs.StringVar(&kinds, "changes", "endpoint,endpoint,endpoint,service,annotation,policy,noop", "the changes of each run, in order (latency samples of the same kind are pooled)")
 	fs.IntVar(&c.window, "window", 64<<10, "HTTP/2 stream and connection window of each simulated proxy (0: gRPC's default, which grows)")
 	fs.IntVar(&c.neverACKProxies, "never-ack-proxies", 5000, "N of the run where 1% of the proxies never ACK (0 skips it)")
 	fs.IntVar(&c.kubeProxies, "kube-proxies", 500, "N of the run through a real API server and informers (0 skips it)")

@@ -144,14 +144,18 @@ var rows = []row{
 	{"endpoint change ACKed by all: max (ms)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Max }), "%.0f", true},
 	{"new service ACKed by all (CDS+EDS+RDS): p50 (ms)", changeMetric(workload.NewService, func(c *Change) float64 { return c.P50 }), "%.0f", true},
 	{"new service ACKed by all (CDS+EDS+RDS): max (ms)", changeMetric(workload.NewService, func(c *Change) float64 { return c.Max }), "%.0f", true},
+	{"policy change ACKed by all (CDS+EDS): p50 (ms)", changeMetric(workload.Policy, func(c *Change) float64 { return c.P50 }), "%.0f", true},
+	{"policy change ACKed by all (CDS+EDS): max (ms)", changeMetric(workload.Policy, func(c *Change) float64 { return c.Max }), "%.0f", true},
 	{"bytes sent per proxy: endpoint change", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
 	{"bytes sent per proxy: new service", changeMetric(workload.NewService, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
 	{"bytes sent per proxy: annotation change", changeMetric(workload.Annotation, func(c *Change) float64 { return c.Bytes }), "%.0f", false},
+	{"bytes sent per proxy: policy change (mesh-max-connections)", changeMetric(workload.Policy, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
 	{"bytes sent per proxy: no-op", changeMetric(workload.NoOp, func(c *Change) float64 { return c.Bytes }), "%.0f", false},
 	{"resources per proxy: endpoint change", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Resources }), "%.1f", true},
 	{"control-plane CPU per change: endpoint (s)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
 	{"control-plane CPU per change: new service (s)", changeMetric(workload.NewService, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
 	{"control-plane CPU per change: annotation (s)", changeMetric(workload.Annotation, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
+	{"control-plane CPU per change: policy (s)", changeMetric(workload.Policy, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
 	{"control-plane CPU per change: no-op (s)", changeMetric(workload.NoOp, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
 	{"control-plane CPU for the initial sync (s)", stat(func(r *Run) float64 { return r.SyncCPU }), "%.1f", true},
 	{"heap in use after sync (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.HeapInuse) / mibf }), "%.0f", true},
@@ -204,7 +208,7 @@ func (r *report) markdown() string {
 					continue
 				}
 				fmt.Fprintf(&b, "- %s N=%d:", impl, n)
-				for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Annotation, workload.NoOp} {
+				for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Annotation, workload.Policy, workload.NoOp} {
 					c := run.pooled(kind)
 					if c == nil {
 						continue

@@ -257,6 +257,10 @@ func expectation(kind string) []sim.Type {
 		return []sim.Type{sim.EDS}
 	case workload.NewService:
 		return []sim.Type{sim.CDS, sim.EDS, sim.RDS}
+	case workload.Policy:
+		// The changed cluster, and its fresh ClusterLoadAssignment, which Envoy waits
+		// for before it uses the new cluster.
+		return []sim.Type{sim.CDS, sim.EDS}
 	}
 	return nil
 }
@@ -289,6 +293,11 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		return true
 	}
 	deadline := time.Now().Add(2 * time.Minute)
+	if kind == workload.Policy {
+		// A proxy that never gets the changed cluster's ClusterLoadAssignment would
+		// wait out Envoy's initial_fetch_timeout (15 s) and run it without endpoints.
+		deadline = time.Now().Add(20 * time.Second)
+	}
 	for len(want) > 0 && !done() {
 		if time.Now().After(deadline) {
 			break // measured below as not reached

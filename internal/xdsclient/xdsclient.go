@@ -1,0 +1,449 @@
+// Package xdsclient is the protocol half of an ADS client that behaves like Envoy 1.36 on a
+// state-of-the-world stream, free of gRPC and of proto decoding so that the test client
+// (internal/xdstest), the fleet simulator (bench/sim) and the fuzz test of pkg/ads share
+// it. Where it matters to a control plane, it does what Envoy does:
+//
+//   - CDS and LDS by wildcard (the legacy form: no names), EDS and RDS by the names the
+//     clusters and listeners refer to, listed in Envoy's watch order: newest first, not
+//     sorted (Envoy's gRPC mux puts a new watch at the front of its list and builds
+//     resource_names from the watches in order, dropping repeats). A modified EDS
+//     cluster gets a new watch, so its name moves to the front.
+//   - The ACK of a response first, then the EDS or RDS request that the new clusters or
+//     listeners call for (Envoy pauses EDS while it applies CDS, and RDS while it applies
+//     LDS, and resumes them after queueing the ACK).
+//   - LDS is asked for once the clusters of the first CDS response are warm.
+//   - After the initial clusters, a CDS response that leaves clusters warming is ACKed
+//     only once they are all warm: the ACK follows the EDS ACK that warmed the last one
+//     (seen on Envoy 1.36 by TestClientMatchesEnvoy in test/e2e).
+//   - An EDS cluster that is new or whose config changed is warming until a
+//     ClusterLoadAssignment for it arrives after the cluster did; while a modified
+//     cluster warms, its previous version stays in use.
+//   - Resources of EDS and RDS that leave the subscription are dropped from the cache: a
+//     later subscribe to them waits for the server to send them again.
+//   - A NACK keeps the last accepted version and state, and says so in version_info.
+//
+// See https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol.
+package xdsclient
+
+import (
+	"cmp"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"weak"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+)
+
+// Type is an xDS type.
+type Type uint8
+
+// The four types, in the order Envoy initializes them.
+const (
+	CDS Type = iota
+	EDS
+	LDS
+	RDS
+	NumTypes
+)
+
+var typeURLs = [NumTypes]string{
+	"type.googleapis.com/envoy.config.cluster.v3.Cluster",
+	"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+	"type.googleapis.com/envoy.config.listener.v3.Listener",
+	"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+}
+
+var typeNames = [NumTypes]string{"cds", "eds", "lds", "rds"}
+
+func (t Type) String() string { return typeNames[t] }
+
+// URL is the type URL.
+func (t Type) URL() string { return typeURLs[t] }
+
+// TypeOf returns the Type of a type URL.
+func TypeOf(url string) (Type, bool) {
+	for i, u := range typeURLs {
+		if u == url {
+			return Type(i), true
+		}
+	}
+	return 0, false
+}
+
+// Resource is one decoded resource, as far as the protocol cares.
+type Resource struct {
+	Name string
+	// Hash identifies the content: equal bytes, equal hash.
+	Hash uint64
+	// EDS is, for a cluster of type EDS, the name of the ClusterLoadAssignment it
+	// waits for (its eds service_name, else its name).
+	EDS string
+	// Routes are, for a listener, the route configurations its HTTP connection
+	// managers take from RDS.
+	Routes []string
+}
+
+// cluster is a cluster as the client's cluster manager holds it.
+type cluster struct {
+	res Resource
+	// active: a version of the cluster is in use (the first version has warmed).
+	active bool
+	// warming: the latest version waits for its ClusterLoadAssignment.
+	warming bool
+}
+
+type typeState struct {
+	requested bool
+	acked     string // version_info of the last accepted response
+	nonce     string // of the latest response
+	// names is the current subscription (EDS, RDS) in watch order; shared by the
+	// clients that subscribe to the same list, and never modified in place.
+	names *nameList
+	// cache holds the accepted content by name: for CDS and LDS the latest state of
+	// the world, for EDS and RDS what was received for the names subscribed.
+	cache map[string]uint64
+}
+
+// Client is one proxy's protocol state. It is not safe for concurrent use.
+type Client struct {
+	types    [NumTypes]typeState
+	clusters map[string]cluster
+	// warming maps an EDS name to the clusters that wait for it.
+	warming map[string][]string
+	// initializing: the clusters of the first CDS response are not all warm yet, and
+	// LDS waits.
+	initializing bool
+	// routes are the route configuration names the listeners refer to.
+	routes map[string]bool
+	// heldAck is the ACK of the latest CDS response, held while its clusters warm.
+	heldAck *discoveryv3.DiscoveryRequest
+}
+
+// New returns a client that has sent nothing.
+func New() *Client {
+	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{}}
+	for i := range c.types {
+		c.types[i].cache = map[string]uint64{}
+	}
+	return c
+}
+
+// Start returns the first request of the stream: CDS by wildcard. The caller adds the node.
+func (c *Client) Start() *discoveryv3.DiscoveryRequest {
+	c.types[CDS].requested = true
+	c.initializing = true
+	return &discoveryv3.DiscoveryRequest{TypeUrl: CDS.URL()}
+}
+
+// Requested reports whether the client has asked for type t.
+func (c *Client) Requested(t Type) bool { return c.types[t].requested }
+
+// Response applies one response whose resources are rs (in response order) and returns
+// the requests to send, in order: its ACK (or NACK, when nack is not empty), then what the
+// new state calls for. It fails on a response that the protocol forbids: a type that was
+// not requested, or a name twice.
+func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack string) ([]*discoveryv3.DiscoveryRequest, error) {
+	ts := &c.types[t]
+	if !ts.requested {
+		return nil, fmt.Errorf("%s response before any %s request", t, t)
+	}
+	seen := make(map[string]bool, len(rs))
+	for _, r := range rs {
+		if seen[r.Name] {
+			return nil, fmt.Errorf("duplicate %s resource %q in one response", t, r.Name)
+		}
+		seen[r.Name] = true
+	}
+	ts.nonce = nonce
+	if nack != "" {
+		// The last accepted version stays in force; the NACK says which it is.
+		return []*discoveryv3.DiscoveryRequest{{
+			TypeUrl: t.URL(), VersionInfo: ts.acked, ResponseNonce: nonce, ResourceNames: ts.names.get(),
+			ErrorDetail: &rpcstatus.Status{Code: 3, Message: nack},
+		}}, nil
+	}
+	ts.acked = version
+	var follow []*discoveryv3.DiscoveryRequest
+	switch t {
+	case CDS:
+		follow = c.applyClusters(rs)
+	case EDS:
+		c.applyNamed(ts, rs)
+		if len(c.warming) > 0 {
+			for _, r := range rs {
+				if !ts.names.has(r.Name) {
+					continue
+				}
+				for _, n := range c.warming[r.Name] {
+					cl := c.clusters[n]
+					cl.warming, cl.active = false, true
+					c.clusters[n] = cl
+				}
+				delete(c.warming, r.Name)
+			}
+		}
+	case LDS:
+		follow = c.applyListeners(rs)
+	case RDS:
+		c.applyNamed(ts, rs)
+	}
+	ack := &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: version, ResponseNonce: nonce, ResourceNames: ts.names.get()}
+	var out []*discoveryv3.DiscoveryRequest
+	switch {
+	case t == CDS && !c.initializing && len(c.warming) > 0:
+		c.heldAck = ack // sent once the clusters are warm
+		out = follow
+	case t == CDS:
+		c.heldAck = nil
+		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
+	default:
+		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
+	}
+	if t == EDS && c.heldAck != nil && len(c.warming) == 0 {
+		out = append(out, c.heldAck)
+		c.heldAck = nil
+	}
+	// Envoy asks for listeners once its initial clusters are warm.
+	if c.initializing && (t == CDS || t == EDS) && len(c.warming) == 0 {
+		c.initializing = false
+		c.types[LDS].requested = true
+		out = append(out, &discoveryv3.DiscoveryRequest{TypeUrl: LDS.URL()})
+	}
+	return out, nil
+}
+
+// applyNamed stores the subscribed resources of an EDS or RDS response. Resources not
+// subscribed to are ignored, as Envoy does.
+func (c *Client) applyNamed(ts *typeState, rs []Resource) {
+	for _, r := range rs {
+		if ts.names.has(r.Name) {
+			ts.cache[r.Name] = r.Hash
+		}
+	}
+}
+
+func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
+	var added []string // new watches, in the order they are made
+	next := make(map[string]uint64, len(rs))
+	for _, r := range rs {
+		next[r.Name] = r.Hash
+		old, ok := c.clusters[r.Name]
+		if ok && old.res.Hash == r.Hash {
+			continue // unchanged: Envoy keeps the cluster as it is
+		}
+		if ok && old.warming {
+			c.unwarm(old.res.EDS, r.Name)
+		}
+		cl := cluster{res: r, active: ok && old.active}
+		if r.EDS != "" {
+			// A new EDS watch, which waits for a ClusterLoadAssignment.
+			cl.warming = true
+			c.warming[r.EDS] = append(c.warming[r.EDS], r.Name)
+			added = append(added, r.EDS)
+		} else {
+			cl.active = true
+		}
+		c.clusters[r.Name] = cl
+	}
+	want := map[string]bool{}
+	for n, cl := range c.clusters {
+		if _, ok := next[n]; !ok {
+			if cl.warming {
+				c.unwarm(cl.res.EDS, n)
+			}
+			delete(c.clusters, n)
+			continue
+		}
+		if cl.res.EDS != "" {
+			want[cl.res.EDS] = true
+		}
+	}
+	c.types[CDS].cache = next
+	return c.resubscribe(EDS, added, want)
+}
+
+// unwarm forgets that cluster waits for the ClusterLoadAssignment eds.
+func (c *Client) unwarm(eds, cluster string) {
+	l := slices.DeleteFunc(slices.Clone(c.warming[eds]), func(n string) bool { return n == cluster })
+	if len(l) == 0 {
+		delete(c.warming, eds)
+	} else {
+		c.warming[eds] = l
+	}
+}
+
+func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
+	var added []string
+	next := make(map[string]uint64, len(rs))
+	want := map[string]bool{}
+	for _, r := range rs {
+		next[r.Name] = r.Hash
+		for _, rn := range r.Routes {
+			if !c.routes[rn] && !want[rn] {
+				// Route configuration providers are shared by name: a name no
+				// listener used before is a new watch.
+				added = append(added, rn)
+			}
+			want[rn] = true
+		}
+	}
+	c.routes = want
+	c.types[LDS].cache = next
+	return c.resubscribe(RDS, added, want)
+}
+
+// resubscribe puts the new watches (in the order they were made) at the front of the
+// subscription of t, keeps only the names in want, drops the cache of names that left,
+// and returns the request that announces the new list, if it changed.
+func (c *Client) resubscribe(t Type, added []string, want map[string]bool) []*discoveryv3.DiscoveryRequest {
+	ts := &c.types[t]
+	var list []string
+	seen := make(map[string]bool, len(want))
+	keep := func(n string) {
+		if want[n] && !seen[n] {
+			seen[n] = true
+			list = append(list, n)
+		}
+	}
+	for i := len(added) - 1; i >= 0; i-- {
+		keep(added[i])
+	}
+	for _, n := range ts.names.get() {
+		keep(n)
+	}
+	if slices.Equal(list, ts.names.get()) {
+		return nil
+	}
+	ts.names = intern(list)
+	for n := range ts.cache {
+		if !want[n] {
+			delete(ts.cache, n) // unsubscribed: Envoy drops it
+		}
+	}
+	req := &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), ResourceNames: ts.names.get()}
+	if req.ResourceNames == nil {
+		req.ResourceNames = []string{}
+	}
+	if ts.requested {
+		req.VersionInfo, req.ResponseNonce = ts.acked, ts.nonce
+	}
+	ts.requested = true
+	return []*discoveryv3.DiscoveryRequest{req}
+}
+
+// Names returns the subscription of t (EDS, RDS) in the order the client sends it.
+func (c *Client) Names(t Type) []string { return c.types[t].names.get() }
+
+// Acked returns the version of the last accepted response of t.
+func (c *Client) Acked(t Type) string { return c.types[t].acked }
+
+// Nonce returns the nonce of the latest response of t.
+func (c *Client) Nonce(t Type) string { return c.types[t].nonce }
+
+// Has returns the hash of the cached resource of t named name.
+func (c *Client) Has(t Type, name string) (uint64, bool) {
+	h, ok := c.types[t].cache[name]
+	return h, ok
+}
+
+// Cache returns the names and hashes the client holds for t, sorted by name.
+func (c *Client) Cache(t Type) []Resource {
+	out := make([]Resource, 0, len(c.types[t].cache))
+	for n, h := range c.types[t].cache {
+		out = append(out, Resource{Name: n, Hash: h})
+	}
+	slices.SortFunc(out, func(a, b Resource) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// ClusterState is a cluster as the client's cluster manager sees it.
+type ClusterState struct {
+	// Active: a version of the cluster is in use.
+	Active bool
+	// Warming: the latest version waits for its ClusterLoadAssignment.
+	Warming bool
+}
+
+// Cluster returns the state of a cluster; ok is false for a cluster the client does not
+// have.
+func (c *Client) Cluster(name string) (st ClusterState, ok bool) {
+	cl, ok := c.clusters[name]
+	if !ok {
+		return ClusterState{}, false
+	}
+	return ClusterState{Active: cl.active, Warming: cl.warming}, true
+}
+
+// Warming returns the names of the clusters that are warming, sorted.
+func (c *Client) Warming() []string {
+	var out []string
+	for n, cl := range c.clusters {
+		if cl.warming {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nameList is a subscription in watch order, with a set for lookups. Clients that
+// subscribe to the same list share one: a fleet of thousands should not cost more memory
+// than the proxies it stands for.
+type nameList struct {
+	list []string
+	set  map[string]struct{}
+}
+
+func (l *nameList) get() []string {
+	if l == nil {
+		return nil
+	}
+	return l.list
+}
+
+func (l *nameList) has(n string) bool {
+	if l == nil {
+		return false
+	}
+	_, ok := l.set[n]
+	return ok
+}
+
+var interned = struct {
+	sync.Mutex
+	seed  maphash.Seed
+	lists map[uint64][]weak.Pointer[nameList]
+}{seed: maphash.MakeSeed(), lists: map[uint64][]weak.Pointer[nameList]{}}
+
+func intern(list []string) *nameList {
+	if len(list) == 0 {
+		return nil
+	}
+	var h maphash.Hash
+	h.SetSeed(interned.seed)
+	for _, n := range list {
+		h.WriteString(n)
+		h.WriteByte(0)
+	}
+	key := h.Sum64()
+	interned.Lock()
+	defer interned.Unlock()
+	live := interned.lists[key][:0]
+	for _, wp := range interned.lists[key] {
+		if l := wp.Value(); l != nil {
+			if slices.Equal(l.list, list) {
+				return l
+			}
+			live = append(live, wp)
+		}
+	}
+	l := &nameList{list: list, set: make(map[string]struct{}, len(list))}
+	for _, n := range list {
+		l.set[n] = struct{}{}
+	}
+	interned.lists[key] = append(live, weak.Make(l))
+	return l
+}
