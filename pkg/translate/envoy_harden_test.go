@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -67,22 +66,7 @@ func startEnvoy(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler
 	}
 	adminPath := filepath.Join(dir, "admin-address")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	logs := &bytes.Buffer{}
-	cmd := exec.CommandContext(ctx, envoy, "-c", path, "--disable-hot-restart", "--concurrency", "1",
-		"--log-level", "warn", "--admin-address-path", adminPath)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("envoy output:\n%s", logs.String())
-		}
-	})
+	ctx, logs := runEnvoy(t, envoy, path, "--admin-address-path", adminPath)
 	e := &envoyRun{
 		ip:       n.ListenIP,
 		outbound: net.JoinHostPort(n.OutboundIP, strconv.Itoa(mesh.OutboundPort)),

@@ -1,8 +1,6 @@
 package translate
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -164,21 +161,7 @@ func TestEnvoyRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	var logs bytes.Buffer
-	cmd := exec.CommandContext(ctx, envoy, "-c", path, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("envoy output:\n%s", logs.String())
-		}
-	})
+	ctx, _ := runEnvoy(t, envoy, path)
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(port int, service string) (int, string, error) {

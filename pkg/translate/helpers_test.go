@@ -2,11 +2,13 @@ package translate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -234,4 +236,28 @@ func envoyBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// runEnvoy runs a real Envoy on the config at path (with extra arguments) until the
+// test ends, and returns a context that ends with it and Envoy's output, which a failed
+// test logs.
+func runEnvoy(t *testing.T, envoy, path string, extra ...string) (context.Context, *bytes.Buffer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	logs := &bytes.Buffer{}
+	args := append([]string{"-c", path, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"}, extra...)
+	cmd := exec.CommandContext(ctx, envoy, args...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("envoy output:\n%s", logs.String())
+		}
+	})
+	return ctx, logs
 }

@@ -1,14 +1,11 @@
 package translate
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -85,21 +82,7 @@ func TestEnvoyRoutingOverIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	var logs bytes.Buffer
-	cmd := exec.CommandContext(ctx, envoy, "-c", path, "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("envoy output:\n%s", logs.String())
-		}
-	})
+	ctx, _ := runEnvoy(t, envoy, path)
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	var code int
