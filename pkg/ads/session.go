@@ -512,7 +512,15 @@ func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.Di
 	ts.sentSub = ts.sub
 	ts.sentView = v
 	if len(send) == 0 {
-		return nil
+		if full || sameSub || ts.version == version {
+			return nil
+		}
+		// The subscription changed (names went away) and nothing needs sending, but the
+		// view's version moved on. Answer with no resources at the current version, as
+		// DESIGN.md's checklist asks of a changed resource_names list: the version the
+		// proxy holds then names what it holds, so a restarted control plane, which
+		// answers the same subscription with the same content, sends the same version.
+		return s.respond(t, ts, version, nil)
 	}
 	return s.respond(t, ts, version, send)
 }

@@ -39,6 +39,32 @@ func TestSubscriptions(t *testing.T) {
 			want: []sent{{resource.Endpoint, []string{"1"}}}}})
 	})
 
+	t.Run("a dropped name is answered with the version a new stream would get", func(t *testing.T) {
+		// A Service goes: its cluster and assignment leave the config, and the proxy
+		// drops the name. Nothing is left to send, but the version moves to the view's,
+		// so that the version the proxy holds is the one a restarted control plane sends
+		// for the same content.
+		s := synced(t)
+		gone := baseContent()
+		delete(gone[resource.Cluster], "b")
+		delete(gone[resource.Endpoint], "b")
+		run(t, s, []step{{config: gone, want: []sent{{resource.Cluster, []string{"1"}}}}})
+		run(t, s, []step{ackLatest(s, resource.Cluster)})
+		eds := s.types[resource.Endpoint]
+		resps := run(t, s, []step{{req: req(resource.Endpoint, eds.version, eds.nonce, "a"), wantKind: ACK,
+			want: []sent{{resource.Endpoint, nil}}}})
+		fresh := newSession(nil, nil)
+		run(t, fresh, []step{
+			{config: gone},
+			{req: req(resource.Endpoint, "", "", "a"), wantKind: Initial, want: []sent{{resource.Endpoint, []string{"1"}}}},
+		})
+		if got, want := resps[0].VersionInfo, fresh.types[resource.Endpoint].version; got != want {
+			t.Fatalf("version after the drop %s, a new stream's %s", got, want)
+		}
+		// The ACK of that answer is not answered again.
+		run(t, s, []step{ackLatest(s, resource.Endpoint, "a")})
+	})
+
 	t.Run("CDS leaves legacy wildcard for names, then unsubscribes, then asks for *", func(t *testing.T) {
 		s := synced(t)
 		// Names without "*": only those clusters, the full set of them.
