@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from pinned Go module versions (tools/kube/*/go.mod)
+# Builds kube-apiserver, etcd and kubectl from pinned Go module versions (tools/kube/*/go.mod)
 # into the git-ignored .cache/bin. Idempotent: skips a binary whose pinned go.mod is unchanged.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,3 +19,4 @@ build() { # name dir
 }
 build etcd "$root/tools/kube/etcd"
 build kube-apiserver "$root/tools/kube/apiserver"
+build kubectl "$root/tools/kube/kubectl"
