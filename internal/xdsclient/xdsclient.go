@@ -35,43 +35,25 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/bearkong/bearkong/pkg/resource"
 )
 
-// Type is an xDS type.
-type Type uint8
+// Type is an xDS type: pkg/resource's vocabulary, whose short names (cds, eds, lds, rds)
+// and type URLs the client shares.
+type Type = resource.Type
 
 // The four types, in the order Envoy initializes them.
 const (
-	CDS Type = iota
-	EDS
-	LDS
-	RDS
-	NumTypes
+	CDS      = resource.Cluster
+	EDS      = resource.Endpoint
+	LDS      = resource.Listener
+	RDS      = resource.Route
+	NumTypes = resource.NumTypes
 )
 
-var typeURLs = [NumTypes]string{
-	"type.googleapis.com/envoy.config.cluster.v3.Cluster",
-	"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-	"type.googleapis.com/envoy.config.listener.v3.Listener",
-	"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-}
-
-var typeNames = [NumTypes]string{"cds", "eds", "lds", "rds"}
-
-func (t Type) String() string { return typeNames[t] }
-
-// URL is the type URL.
-func (t Type) URL() string { return typeURLs[t] }
-
 // TypeOf returns the Type of a type URL.
-func TypeOf(url string) (Type, bool) {
-	for i, u := range typeURLs {
-		if u == url {
-			return Type(i), true
-		}
-	}
-	return 0, false
-}
+func TypeOf(url string) (Type, bool) { return resource.TypeFromURL(url) }
 
 // Resource is one decoded resource, as far as the protocol cares.
 type Resource struct {
