@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -203,31 +201,14 @@ func TestEnvoysAreSyncedAndAcceptEverything(t *testing.T) {
 func TestPrometheusSeesACKs(t *testing.T) {
 	m := sharedMesh(t)
 	waitAllSynced(t, m)
-	q := shared.prom + "/api/v1/query?query=" + url.QueryEscape("sum by (type) (bearkong_xds_ack_total)")
 	err := localmesh.Eventually(ctxT(t, 60*time.Second), 45*time.Second, func(ctx context.Context) error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, q, nil)
-		resp, err := http.DefaultClient.Do(req)
+		series, err := promQuery(ctx, "sum by (type) (bearkong_xds_ack_total)")
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		var body struct {
-			Status string `json:"status"`
-			Data   struct {
-				Result []struct {
-					Metric map[string]string `json:"metric"`
-					Value  [2]any            `json:"value"`
-				} `json:"result"`
-			} `json:"data"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-			return err
-		}
 		got := map[string]float64{}
-		for _, r := range body.Data.Result {
-			s, _ := r.Value[1].(string)
-			v, _ := strconv.ParseFloat(s, 64)
-			got[r.Metric["type"]] = v
+		for _, s := range series {
+			got[s.Metric["type"]] = s.Value
 		}
 		for _, typ := range []string{"cds", "eds", "lds", "rds"} {
 			if got[typ] <= 0 {
@@ -240,26 +221,13 @@ func TestPrometheusSeesACKs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Prometheus scrapes the Envoys too.
-	q = shared.prom + "/api/v1/query?query=" + url.QueryEscape("count(envoy_control_plane_connected_state == 1)")
 	err = localmesh.Eventually(ctxT(t, 30*time.Second), 20*time.Second, func(ctx context.Context) error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, q, nil)
-		resp, err := http.DefaultClient.Do(req)
+		series, err := promQuery(ctx, "count(envoy_control_plane_connected_state == 1)")
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		var body struct {
-			Data struct {
-				Result []struct {
-					Value [2]any `json:"value"`
-				} `json:"result"`
-			} `json:"data"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-			return err
-		}
-		if len(body.Data.Result) != 1 || body.Data.Result[0].Value[1] != strconv.Itoa(len(m.Pods())) {
-			return fmt.Errorf("prometheus: connected Envoys: %+v, want %d", body.Data.Result, len(m.Pods()))
+		if len(series) != 1 || series[0].Value != float64(len(m.Pods())) {
+			return fmt.Errorf("prometheus: connected Envoys: %+v, want %d", series, len(m.Pods()))
 		}
 		return nil
 	})
