@@ -69,6 +69,13 @@ type Service struct {
 	Protocol Protocol
 	// Endpoints are the ready endpoints, sorted by IP, without duplicates.
 	Endpoints []Endpoint
+	// MTLS is the Service's mutual-TLS mode (annotation on the Service, else on its
+	// Namespace, else the control plane's default): callers originate TLS unless it is
+	// MTLSDisable.
+	MTLS MTLSMode
+	// ServiceAccounts are the ServiceAccounts of the pods behind Endpoints, sorted and
+	// unique: the identities a caller accepts from this Service's endpoints.
+	ServiceAccounts []string
 }
 
 // Key returns "namespace/name".
@@ -98,6 +105,12 @@ type Proxy struct {
 	// Services are the keys ("namespace/name") of the meshed Services whose selector
 	// matches this pod, sorted.
 	Services []string
+	// ServiceAccount is the pod's spec.serviceAccountName ("default" when unset).
+	ServiceAccount string
+	// MTLS is the mode of the proxy's inbound listener: the mode of its Services when
+	// they agree, else MTLSPermissive (callers of each Service keep working; a
+	// diagnostic names the conflict).
+	MTLS MTLSMode
 }
 
 // Key returns "namespace/name".
@@ -159,4 +172,33 @@ func (p ConfigPart) String() string {
 		return "clusters"
 	}
 	return "unknown"
+}
+
+// MTLSMode is how a proxy's inbound listener treats plaintext and mutual TLS, and
+// whether callers originate TLS to a Service.
+type MTLSMode string
+
+// The modes. STRICT is the default: an empty mode means STRICT wherever a mode is read.
+const (
+	// MTLSStrict accepts only mutual TLS with a client certificate from the mesh's CA.
+	MTLSStrict MTLSMode = "STRICT"
+	// MTLSPermissive accepts mutual TLS and plaintext on the same port, for migration.
+	MTLSPermissive MTLSMode = "PERMISSIVE"
+	// MTLSDisable accepts plaintext only; callers do not originate TLS.
+	MTLSDisable MTLSMode = "DISABLE"
+)
+
+// Effective returns the mode with the empty value read as MTLSStrict.
+func (m MTLSMode) Effective() MTLSMode {
+	if m == "" {
+		return MTLSStrict
+	}
+	return m
+}
+
+// SPIFFEID returns the workload identity of a pod running as a ServiceAccount:
+// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>, as Istio and SPIFFE's
+// Kubernetes conventions write it (https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md).
+func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
+	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
 }
