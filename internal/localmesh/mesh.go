@@ -80,6 +80,10 @@ type Options struct {
 	// ReadyTimeout bounds each wait for a process or pod to become ready. Default
 	// DefaultReadyTimeout.
 	ReadyTimeout time.Duration
+	// XDSInsecure runs the xDS channel in plaintext without tokens (`bearkong cp
+	// --xds-insecure`), as a development cluster might. By default the control plane
+	// serves TLS from its CA and every Envoy proves its pod with a bound token.
+	XDSInsecure bool
 	// EnvoyLogLevel is Envoy's --log-level. Default "warn".
 	EnvoyLogLevel string
 	// Logf receives progress lines; nil discards them.
@@ -221,6 +225,9 @@ func (m *Mesh) ControlPlaneLog() string { return filepath.Join(m.opts.Dir, "logs
 // StartControlPlane starts `bearkong cp` and waits for its /readyz. It can be called again
 // after StopControlPlane; the control plane keeps its addresses.
 func (m *Mesh) StartControlPlane(ctx context.Context) error {
+	if err := m.ensureControlPlaneNamespace(ctx); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -234,11 +241,15 @@ func (m *Mesh) StartControlPlane(ctx context.Context) error {
 	if kubeconfig == "" {
 		kubeconfig = m.env.Kubeconfig
 	}
-	args := append([]string{"cp",
+	args := []string{"cp",
 		"--kubeconfig", kubeconfig,
 		"--xds-addr", m.opts.XDSAddr,
 		"--http-addr", m.opts.HTTPAddr,
-	}, m.opts.ControlPlaneArgs...)
+	}
+	if m.opts.XDSInsecure {
+		args = append(args, "--xds-insecure")
+	}
+	args = append(args, m.opts.ControlPlaneArgs...)
 	p, err := proc.Start(m.ctx, proc.Spec{
 		Name:    "bearkong cp",
 		Path:    m.opts.BearkongBin,
@@ -258,6 +269,11 @@ func (m *Mesh) StartControlPlane(ctx context.Context) error {
 		return m.httpOK(ctx, m.ControlPlaneURL()+"/readyz")
 	}); err != nil {
 		return fmt.Errorf("localmesh: control plane not ready: %w", err)
+	}
+	if !m.opts.XDSInsecure {
+		if err := m.writeCARoot(ctx); err != nil {
+			return err
+		}
 	}
 	m.opts.Logf("localmesh: control plane ready after %s (xDS %s, HTTP %s)", time.Since(started).Round(time.Millisecond), m.opts.XDSAddr, m.opts.HTTPAddr)
 	return nil
@@ -386,6 +402,11 @@ func (m *Mesh) AddService(ctx context.Context, name string, opts ServiceOptions)
 	}
 	if opts.AppProtocol != "" {
 		svc.Spec.Ports[0].AppProtocol = &opts.AppProtocol
+	}
+	if opts.ExternalName == "" {
+		if err := m.ensureServiceAccount(ctx, name); err != nil {
+			return err
+		}
 	}
 	created, err := m.env.Client.CoreV1().Services(m.opts.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {

@@ -46,6 +46,8 @@ type Pod struct {
 	// its own, as 127.0.0.1 is in a real pod, so that <IP>:8001 is closed as it would be
 	// to other pods.
 	OutboundIP string
+	// ServiceAccount is the pod's ServiceAccount: its identity in the mesh.
+	ServiceAccount string
 }
 
 // OutboundAddr is the address of the pod's outbound listener (port 8001).
@@ -94,6 +96,9 @@ type PodOptions struct {
 	Env map[string]string
 	// Labels are added to the pod's labels (app=<service> is always set).
 	Labels map[string]string
+	// ServiceAccount the pod runs as, its identity in the mesh. Default: the one named
+	// after its Service, which AddService creates; another one must exist.
+	ServiceAccount string
 }
 
 // AddPod starts a pod for the service: it creates the Pod, gives it the next free
@@ -101,7 +106,7 @@ type PodOptions struct {
 // listeners are up, then marks the Pod Ready and its endpoint ready. On failure it cleans
 // up after itself.
 func (m *Mesh) AddPod(ctx context.Context, svc string, opts PodOptions) (Pod, error) {
-	p, err := m.reservePod(svc, opts.Name)
+	p, err := m.reservePod(svc, opts)
 	if err != nil {
 		return Pod{}, err
 	}
@@ -120,7 +125,7 @@ type PodSpec struct {
 func (m *Mesh) AddPods(ctx context.Context, specs ...PodSpec) ([]Pod, error) {
 	reserved := make([]*pod, 0, len(specs))
 	for _, s := range specs {
-		p, err := m.reservePod(s.Service, s.Name)
+		p, err := m.reservePod(s.Service, s.PodOptions)
 		if err != nil {
 			m.mu.Lock()
 			for _, r := range reserved {
@@ -188,7 +193,11 @@ func (m *Mesh) startPod(ctx context.Context, p *pod, opts PodOptions) (_ Pod, er
 }
 
 // reservePod records a new pod with a name and a free address.
-func (m *Mesh) reservePod(svc, name string) (*pod, error) {
+func (m *Mesh) reservePod(svc string, opts PodOptions) (*pod, error) {
+	name, sa := opts.Name, opts.ServiceAccount
+	if sa == "" {
+		sa = svc
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -213,7 +222,7 @@ func (m *Mesh) reservePod(svc, name string) (*pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pod{Pod: Pod{Name: name, Namespace: m.opts.Namespace, Service: svc, IP: ip, OutboundIP: outIP}}
+	p := &pod{Pod: Pod{Name: name, Namespace: m.opts.Namespace, Service: svc, IP: ip, OutboundIP: outIP, ServiceAccount: sa}}
 	m.pods[name] = p
 	return p, nil
 }
@@ -264,6 +273,7 @@ func (m *Mesh) createPodObject(ctx context.Context, p *pod, extraLabels map[stri
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: labels},
 		Spec: corev1.PodSpec{
 			NodeName:                     nodeName,
+			ServiceAccountName:           p.ServiceAccount,
 			AutomountServiceAccountToken: &no,
 			Containers:                   podContainers(),
 		},
@@ -374,7 +384,7 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 	bootstrap := m.BootstrapPath(p.Name)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(bctx, m.opts.BearkongBin, "bootstrap",
+	args := []string{"bootstrap",
 		"--pod-name", p.Name,
 		"--pod-namespace", p.Namespace,
 		"--listen-ip", p.IP,
@@ -383,7 +393,16 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 		"--admin-address", p.addr(mesh.AdminPort),
 		"--xds-address", m.opts.XDSAddr,
 		"-o", bootstrap,
-	)
+	}
+	if m.opts.XDSInsecure {
+		args = append(args, "--xds-insecure")
+	} else {
+		if err := m.writeToken(ctx, p.Name); err != nil {
+			return err
+		}
+		args = append(args, "--xds-ca-file", m.CARootPath(), "--xds-token-file", m.TokenPath(p.Name))
+	}
+	cmd := exec.CommandContext(bctx, m.opts.BearkongBin, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("localmesh: %s: %w\n%s", cmd, err, out)
 	}
