@@ -51,8 +51,7 @@ const (
 	// PKCS#1 v1.5 signatures are deterministic (RFC 8017 section 8.2) where ECDSA's are
 	// randomized in Go: with an RSA root, two replicas, or one replica after a restart,
 	// sign byte-identical leaves. 3072 bits is NIST's size for security past 2030 (SP
-	// 800-57 part 1, table 2); a signature costs about a millisecond, once per workload
-	// and window.
+	// 800-57 part 1, table 2). The price is CPU: see Authority.
 	RootRSABits = 3072
 	// maxBackdate bounds how far before its window a leaf is valid, for clocks that lag.
 	maxBackdate = 5 * time.Minute
@@ -129,6 +128,14 @@ func (l Leaf) LogValue() slog.Value { return slog.StringValue(l.String()) }
 // validity are still deterministic, but two Authorities (replicas, restarts) sign
 // different bytes for the same window. One Authority still returns the same bytes within
 // a window, because it memoizes.
+//
+// # Cost
+//
+// Issuing is one HMAC-derived P-256 key and one signature; the signature dominates. On
+// the 2-core machine of the tests (go test -bench . ./pkg/ca) a new leaf takes 6 to 9 ms
+// with the generated RSA 3072 root and about 0.3 ms with an ECDSA P-256 root; a memoized
+// one about 0.3 µs. Since windows are aligned for every workload, all proxies rotate at
+// the same boundary: a thousand proxies cost a few CPU-seconds there, once per window.
 type Authority struct {
 	trustDomain string
 	lifetime    time.Duration

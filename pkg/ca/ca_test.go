@@ -716,17 +716,28 @@ func TestNoKeyInStrings(t *testing.T) {
 	}
 }
 
+// BenchmarkIssueUncached issues a new workload each time: key derivation and a signature,
+// with the generated RSA 3072 root and with a brought ECDSA P-256 root for comparison.
 func BenchmarkIssueUncached(b *testing.B) {
-	a, err := New(generatedRoot(b), Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	w := podA
-	for i := 0; b.Loop(); i++ {
-		w.PodUID = fmt.Sprint(i)
-		if _, err := a.Issue(w); err != nil {
-			b.Fatal(err)
-		}
+	ecRootKey := ecKey(b)
+	ecRoot := makeCert(b, certSpec{cn: "ec root", ca: true}, ecRootKey, nil, nil)
+	for name, m := range map[string]Material{
+		"RSA3072root": generatedRoot(b),
+		"P256root":    {certPEM(ecRoot), keyPEM(b, ecRootKey), certPEM(ecRoot)},
+	} {
+		b.Run(name, func(b *testing.B) {
+			a, err := New(m, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := podA
+			for i := 0; b.Loop(); i++ {
+				w.PodUID = fmt.Sprint(i)
+				if _, err := a.Issue(w); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
