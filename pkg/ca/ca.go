@@ -317,13 +317,16 @@ func (a *Authority) NextRotation(t time.Time) time.Time {
 // less a little for clocks behind ours, for one lifetime, so that a proxy that rotates at
 // every window boundary always holds a certificate with about half its lifetime left.
 // Never past the signing certificate's own expiry.
-func (a *Authority) validity(k int64) (time.Time, time.Time) {
+func (a *Authority) validity(k int64) (time.Time, time.Time, error) {
 	nb := time.Unix(0, k*int64(a.window)).Add(-a.backdate)
 	na := nb.Add(a.lifetime)
 	if na.After(a.p.cert.NotAfter) {
 		na = a.p.cert.NotAfter
 	}
-	return nb, na
+	if !nb.Before(na) {
+		return nb, na, fmt.Errorf("signing certificate %q expired at %s", a.p.cert.Subject, a.p.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nb, na, nil
 }
 
 // Issue returns the certificate of w for the current window: URI SAN the SPIFFE ID of
@@ -345,7 +348,10 @@ func (a *Authority) Issue(w Workload) (*Leaf, error) {
 		return nil, fmt.Errorf("ca: workload %s/%s: SPIFFE ID %q: %w", w.Namespace, w.PodName, id, err)
 	}
 	inputs := []string{"workload", w.Namespace, w.ServiceAccount, w.PodName, w.PodUID}
-	nb, na := a.validity(k)
+	nb, na, err := a.validity(k)
+	if err != nil {
+		return nil, fmt.Errorf("ca: workload %s: %w", id, err)
+	}
 	tmpl := &x509.Certificate{
 		NotBefore:   nb,
 		NotAfter:    na,
@@ -390,7 +396,10 @@ func (a *Authority) ServerCertificate(names []string) (*tls.Certificate, error) 
 	if c != nil {
 		return c, nil
 	}
-	nb, na := a.validity(k)
+	nb, na, err := a.validity(k)
+	if err != nil {
+		return nil, fmt.Errorf("ca: server certificate %v: %w", names, err)
+	}
 	tmpl := &x509.Certificate{
 		NotBefore:   nb,
 		NotAfter:    na,

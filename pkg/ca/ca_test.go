@@ -695,6 +695,63 @@ func TestServerCertificate(t *testing.T) {
 	}
 }
 
+// TestSigningCertificateExpiry checks that leaves never outlive the signing certificate,
+// and that nothing is issued once it has expired.
+func TestSigningCertificateExpiry(t *testing.T) {
+	now := time.Now()
+	key := ecKey(t)
+	root := makeCert(t, certSpec{cn: "short", ca: true, notAfter: now.Add(time.Hour)}, key, nil, nil)
+	clock := now
+	a, err := New(Material{certPEM(root), keyPEM(t, key), certPEM(root)}, Options{Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := a.Issue(podA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.NotAfter.Equal(root.NotAfter) {
+		t.Errorf("leaf NotAfter %s, want the root's %s", l.NotAfter, root.NotAfter)
+	}
+	clock = now.Add(24 * time.Hour)
+	if _, err := a.Issue(podA); err == nil || !strings.Contains(err.Error(), `"CN=short" expired at`) {
+		t.Errorf("Issue after the root expired: %v", err)
+	}
+	if _, err := a.ServerCertificate([]string{"xds"}); err == nil || !strings.Contains(err.Error(), `"CN=short" expired at`) {
+		t.Errorf("ServerCertificate after the root expired: %v", err)
+	}
+}
+
+// TestConcurrentIssue issues from many goroutines at once (run with -race): every caller
+// of a window gets the one memoized certificate.
+func TestConcurrentIssue(t *testing.T) {
+	a, err := New(generatedRoot(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg      sync.WaitGroup
+		leaves  [8]*Leaf
+		servers [8]*tls.Certificate
+		errs    [16]error
+	)
+	for i := range leaves {
+		wg.Go(func() { leaves[i], errs[i] = a.Issue(podA) })
+		wg.Go(func() { servers[i], errs[8+i] = a.ServerCertificate([]string{"xds", "127.0.0.1"}) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range leaves {
+		if leaves[i] != leaves[0] || servers[i] != servers[0] {
+			t.Fatalf("caller %d got another certificate than caller 0", i)
+		}
+	}
+}
+
 // TestNoKeyInStrings checks that printing the types that hold keys does not print them.
 func TestNoKeyInStrings(t *testing.T) {
 	m := generatedRoot(t)
