@@ -211,6 +211,8 @@ func verify(chain []*x509.Certificate, bundle []byte, at time.Time, usage x509.E
 
 func TestIssue(t *testing.T) {
 	now := time.Now()
+	strangerKey := ecKey(t)
+	stranger := certPEM(makeCert(t, certSpec{cn: "another CA", ca: true}, strangerKey, nil, nil))
 	for _, tc := range byoMaterials(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			a, err := New(tc.m, Options{TrustDomain: "example.org", Now: fixedClock(now)})
@@ -232,6 +234,9 @@ func TestIssue(t *testing.T) {
 				}
 				if err := verify(chain, a.Bundle(), l.NotAfter.Add(time.Second), u); err == nil {
 					t.Errorf("verify after NotAfter: no error")
+				}
+				if err := verify(chain, stranger, now, u); err == nil {
+					t.Errorf("verify against another CA: no error")
 				}
 			}
 			const id = "spiffe://example.org/ns/apps/sa/app-1"
