@@ -36,6 +36,7 @@ import (
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/localmesh"
+	"github.com/bearkong/bearkong/pkg/ca"
 	bkdiscovery "github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -455,6 +456,83 @@ func TestControlPlaneWithItsServiceAccount(t *testing.T) {
 	t.Run("least privilege", func(t *testing.T) {
 		leastPrivilege(ctx, t, sa, m.Namespace(), names[0])
 	})
+
+	t.Run("the CA Secret and no other", func(t *testing.T) {
+		caSecretAccess(ctx, t, env, sa, m.Namespace())
+	})
+}
+
+// caSecretAccess checks, with the control plane's own client, that it may read the CA
+// Secret bearkong-system/bearkong-ca and create it (pkg/discovery.CASecretStore), and no
+// other Secret: not another name in its namespace, not the same name in another one, no
+// list, watch, update or delete.
+func caSecretAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kubernetes.Interface, appNS string) {
+	const cpNS, caName = "bearkong-system", "bearkong-ca"
+	for _, c := range []struct {
+		verb, namespace, name string
+		allowed               bool
+	}{
+		{"get", cpNS, caName, true},
+		{"create", cpNS, "", true}, // RBAC cannot restrict create by name (rbac.yaml)
+		{"get", cpNS, "other", false},
+		{"get", cpNS, "", false},
+		{"list", cpNS, "", false},
+		{"watch", cpNS, caName, false},
+		{"update", cpNS, caName, false},
+		{"patch", cpNS, caName, false},
+		{"delete", cpNS, caName, false},
+		{"get", appNS, caName, false},
+		{"create", appNS, "", false},
+		{"get", "default", caName, false},
+		{"create", "default", "", false},
+	} {
+		r, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Resource: "secrets", Namespace: c.namespace, Name: c.name,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.allowed {
+			t.Errorf("%s secrets %q in %q: allowed=%t, want %t", c.verb, c.name, c.namespace, r.Status.Allowed, c.allowed)
+		}
+	}
+
+	// The same with real requests: the CA comes up with the ServiceAccount's client (it
+	// creates the Secret, or loads it when the control plane already has), and other
+	// Secrets, which the admin creates, stay out of its reach.
+	store := bkdiscovery.CASecretStore{Client: sa, Namespace: cpNS, Name: caName}
+	a, err := ca.LoadOrCreate(ctx, store, ca.Options{})
+	if err != nil {
+		t.Fatalf("the CA with the ServiceAccount's client: %v", err)
+	}
+	stored, err := env.Client.CoreV1().Secrets(cpNS).Get(ctx, caName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(stored.Data["ca.crt"]) != string(a.Bundle()) {
+		t.Error("the CA Secret does not hold the root the CA loaded")
+	}
+	for _, ns := range []string{cpNS, appNS} {
+		name := "not-the-ca"
+		if ns == appNS {
+			name = caName
+		}
+		other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, StringData: map[string]string{"k": "v"}}
+		if _, err := env.Client.CoreV1().Secrets(ns).Create(ctx, other, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sa.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("get Secret %s/%s: %v, want Forbidden", ns, name, err)
+		}
+	}
+	if _, err := sa.CoreV1().Secrets(cpNS).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list Secrets in %s: %v, want Forbidden", cpNS, err)
+	}
+	if err := sa.CoreV1().Secrets(cpNS).Delete(ctx, caName, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("delete the CA Secret: %v, want Forbidden", err)
+	}
 }
 
 // leastPrivilege checks, with the control plane's own client, that its RBAC grants
