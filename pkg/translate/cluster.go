@@ -46,7 +46,11 @@ func StatName(svc *mesh.Service) string { return svc.Namespace + "/" + svc.Name 
 // ADS stream (EDS), so a change of endpoints does not touch the cluster and does not
 // make Envoy drain its connection pools:
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-msg-config-cluster-v3-cluster-edsclusterconfig
-func Cluster(svc *mesh.Service) *clusterv3.Cluster {
+//
+// Unless the Service's mTLS mode is DISABLE, the cluster originates mutual TLS and
+// checks that the callee is one of the Service's workloads in trustDomain (upstreamTLS):
+// a PERMISSIVE callee accepts TLS as well as plaintext, so callers always use TLS.
+func Cluster(svc *mesh.Service, trustDomain string) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
 		AltStatName:          StatName(svc),
@@ -62,6 +66,9 @@ func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 		// the callee's; the callee's sidecar carries it on to the app (LocalAppCluster).
 		// Without options a cluster speaks HTTP/1.1, what every other Service gets.
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: http2ProtocolOptions}
+	}
+	if svc.MTLS.Effective() != mesh.MTLSDisable {
+		c.TransportSocket = upstreamTLS(svc, trustDomain)
 	}
 	p := svc.Policy
 	if c.OutlierDetection = OutlierDetection(p.Outlier); c.OutlierDetection != nil {
@@ -158,7 +165,8 @@ var downstreamProtocolOptions = mustAny(&upstreamhttpv3.HttpProtocolOptions{
 
 // LocalAppCluster returns the proxy's cluster of its own app, at n.AppAddress. It is
 // STATIC: the app is in the same pod (or process group), at an address the proxy
-// announced itself, so there is nothing to discover. n must be valid (Node.Validate).
+// announced itself, so there is nothing to discover. It is plaintext: the hop never
+// leaves the pod. n must be valid (Node.Validate).
 //
 // It speaks to the app the protocol the request arrived in. Callers' sidecars speak
 // HTTP/2 to the Services that declare it (Cluster) and HTTP/1.1 to the others, so the
