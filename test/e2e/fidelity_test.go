@@ -239,7 +239,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 		t.Fatalf("first request: Envoy %v, the client %v", first, lastByType(clientReqs))
 	}
 	seen = 1
-	cl := func(name string, maxConns uint32) proto.Message { return translate.Cluster(svc(name, maxConns), translate.DefaultTrustDomain) }
+	cl := func(name string, maxConns uint32) proto.Message {
+		return translate.Cluster(svc(name, maxConns), translate.DefaultTrustDomain)
+	}
 	cla := func(name string) proto.Message { return translate.ClusterLoadAssignment(svc(name, 0)) }
 
 	send("two clusters", xdsclient.CDS, "c1", []proto.Message{cl("a", 0), cl("b", 0)}, false)
