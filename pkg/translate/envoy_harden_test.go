@@ -24,6 +24,7 @@ import (
 // envoyRun is a real Envoy running one proxy's translated config (inlined, as in
 // TestEnvoyRouting), with the app it fronts.
 type envoyRun struct {
+	pod      string // the proxy's pod name
 	ip       string // the pod's address: inbound listener, endpoints
 	outbound string // host:port of the outbound listener
 	admin    string // base URL of the admin API
@@ -45,7 +46,10 @@ func startEnvoy(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler
 func startEnvoyWith(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler http.Handler, edit func(*bootstrapv3.Bootstrap)) *envoyRun {
 	t.Helper()
 	envoy := envoyBinary(t)
-	app := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	app := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, Protocols: &http.Protocols{}}
+	// HTTP/1.1 and h2c: the sidecar speaks to its app the version the caller used.
+	app.Protocols.SetHTTP1(true)
+	app.Protocols.SetUnencryptedHTTP2(true)
 	ln, err := net.Listen("tcp", net.JoinHostPort(n.ListenIP, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +84,7 @@ func startEnvoyWith(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, han
 
 	ctx, logs := runEnvoy(t, envoy, path, "--admin-address-path", adminPath)
 	e := &envoyRun{
+		pod:      n.PodName,
 		ip:       n.ListenIP,
 		outbound: net.JoinHostPort(n.OutboundIP, strconv.Itoa(mesh.OutboundPort)),
 		logs:     logs,
