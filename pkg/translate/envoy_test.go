@@ -99,10 +99,17 @@ func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *boot
 // TestEnvoyValidateResources has the real Envoy check every resource of the sample
 // proxies: once as they come over ADS (EDS clusters, RDS listeners) and once inlined, so
 // that the ClusterLoadAssignments and route configurations are checked too.
+//
+// Between them the proxies cover every mTLS mode of the inbound listener (app-1-a STRICT,
+// app-2-a PERMISSIVE, the unknown pod DISABLE by default) and clusters with TLS over
+// HTTP/1.1 and HTTP/2; as over ADS, they name their secrets over SDS.
 func TestEnvoyValidateResources(t *testing.T) {
 	envoy := envoyBinary(t)
-	tr := mustNew(t, sampleSnapshot())
-	for _, n := range []Node{nodeApp1A, nodeLocal} {
+	tr, err := NewWithOptions(sampleSnapshot(), Options{DefaultMTLS: mesh.MTLSDisable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []Node{nodeApp1A, nodeApp2A, nodeLocal} {
 		base, err := Bootstrap(BootstrapOptions{
 			PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP, AppAddress: n.AppAddress,
 			XDSAddress: "127.0.0.1:18000",
