@@ -64,8 +64,11 @@ var routerFilter = &hcmv3.HttpFilter{
 //     migration. Envoy takes the most specific match, so transport_protocol "tls"
 //     wins over the chain that names none:
 //     https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#envoy-v3-api-msg-config-listener-v3-filterchainmatch
-//     A client that sends nothing is closed after listener_filters_timeout (15 s by
-//     default); HTTP clients speak first, so they are never held by it.
+//     The inspector decides as soon as the first bytes arrive; a client that sends
+//     nothing is closed after listener_filters_timeout (15 s by default, as
+//     continue_on_listener_filters_timeout is false). HTTP clients speak first, so they
+//     are never held by it, and no protocol that waits for the server is meshed:
+//     https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto#envoy-v3-api-field-config-listener-v3-listener-listener-filters-timeout
 //   - DISABLE: one plaintext chain.
 //
 // On a TLS chain the app gets the caller's SPIFFE ID in x-forwarded-client-cert
