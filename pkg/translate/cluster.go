@@ -51,6 +51,16 @@ func StatName(svc *mesh.Service) string { return svc.Namespace + "/" + svc.Name 
 // checks that the callee is one of the Service's workloads in trustDomain (upstreamTLS):
 // a PERMISSIVE callee accepts TLS as well as plaintext, so callers always use TLS.
 func Cluster(svc *mesh.Service, trustDomain string) *clusterv3.Cluster {
+	var ts *corev3.TransportSocket
+	if svc.MTLS.Effective() != mesh.MTLSDisable {
+		ts = upstreamTLS(svc, trustDomain)
+	}
+	return clusterWith(svc, ts)
+}
+
+// clusterWith is Cluster with its transport socket given: nil for plaintext, else what
+// upstreamTLS returns for svc (which New shares between Services that have the same).
+func clusterWith(svc *mesh.Service, ts *corev3.TransportSocket) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
 		AltStatName:          StatName(svc),
@@ -67,9 +77,7 @@ func Cluster(svc *mesh.Service, trustDomain string) *clusterv3.Cluster {
 		// Without options a cluster speaks HTTP/1.1, what every other Service gets.
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: http2ProtocolOptions}
 	}
-	if svc.MTLS.Effective() != mesh.MTLSDisable {
-		c.TransportSocket = upstreamTLS(svc, trustDomain)
-	}
+	c.TransportSocket = ts
 	p := svc.Policy
 	if c.OutlierDetection = OutlierDetection(p.Outlier); c.OutlierDetection != nil {
 		// With panic mode on (Envoy's default threshold is 50%), ejecting one of two

@@ -2,6 +2,8 @@ package translate
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -175,6 +177,24 @@ func serviceSANs(svc *mesh.Service, trustDomain string) []*tlsv3.SubjectAltNameM
 		}})
 	}
 	return sans
+}
+
+// upstreamTLSKey is what upstreamTLS depends on besides the trust domain: Services with
+// equal keys get equal transport sockets. Most pods run as their namespace's "default"
+// ServiceAccount, so many Services of a namespace share one.
+func upstreamTLSKey(svc *mesh.Service) string {
+	if len(svc.ServiceAccounts) == 0 {
+		// Any workload of the trust domain: the namespace does not matter.
+		return string(svc.Protocol)
+	}
+	// Length-prefixed, so that no two lists of names give one key, whatever the names
+	// hold (ServiceAccounts come from pods and are not checked here).
+	var b strings.Builder
+	b.WriteString(string(svc.Protocol))
+	for _, v := range append([]string{svc.Namespace}, svc.ServiceAccounts...) {
+		b.WriteString(" " + strconv.Itoa(len(v)) + ":" + v)
+	}
+	return b.String()
 }
 
 // upstreamTLS is the transport socket of a Service's cluster when the Service's mode is

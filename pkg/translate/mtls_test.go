@@ -276,3 +276,40 @@ func TestClusterTrustDomain(t *testing.T) {
 	c := unpack(t, r.Any).(*clusterv3.Cluster)
 	cmpAny(t, wantUpstreamTLS("http/1.1", exactSAN("spiffe://corp.example/ns/default/sa/app-1")), c.GetTransportSocket())
 }
+
+// TestSharedSocketsMatchCluster checks that the clusters New builds, whose transport
+// sockets it shares between Services with the same upstreamTLSKey, are byte for byte
+// what Cluster builds for each Service alone.
+func TestSharedSocketsMatchCluster(t *testing.T) {
+	snap := &mesh.Snapshot{Services: []*mesh.Service{
+		{Namespace: "a", Name: "h1"},
+		{Namespace: "a", Name: "h2", Protocol: mesh.ProtocolHTTP2},
+		{Namespace: "a", Name: "off", MTLS: mesh.MTLSDisable, ServiceAccounts: []string{"default"}},
+		{Namespace: "a", Name: "s1", ServiceAccounts: []string{"default"}},
+		{Namespace: "a", Name: "s2", ServiceAccounts: []string{"default"}},
+		{Namespace: "a", Name: "s3", ServiceAccounts: []string{"default", "x"}},
+		{Namespace: "a", Name: "s4", ServiceAccounts: []string{"default"}, Protocol: mesh.ProtocolHTTP2},
+		{Namespace: "b", Name: "h1"},
+		{Namespace: "b", Name: "s1", ServiceAccounts: []string{"default"}},
+		{Namespace: "b", Name: "s2", ServiceAccounts: []string{"default\x00x"}},
+		{Namespace: "b", Name: "s3", ServiceAccounts: []string{"default", "x"}, MTLS: mesh.MTLSPermissive},
+	}}
+	tr, err := NewWithOptions(snap, Options{TrustDomain: "td"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustProxy(t, tr, nodeLocal)
+	for _, svc := range snap.Services {
+		got, ok := p.Views[resource.Cluster].Get(ClusterName(svc))
+		if !ok {
+			t.Fatalf("no cluster %s", ClusterName(svc))
+		}
+		want, err := resource.New(resource.Cluster, ClusterName(svc), Cluster(svc, "td"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Hash != want.Hash {
+			t.Errorf("cluster %s: New's differs from Cluster's:\n%v\n%v", ClusterName(svc), unpack(t, got.Any), unpack(t, want.Any))
+		}
+	}
+}

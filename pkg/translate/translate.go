@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -102,6 +103,9 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 	if err := checkServices(snap.Services); err != nil {
 		return nil, fmt.Errorf("translate: snapshot: %w", err)
 	}
+	// Transport sockets are built and packed once per distinct upstreamTLSKey, not once
+	// per Service: the packing is most of a cluster's cost.
+	var sockets memo[*corev3.TransportSocket]
 	clusters := make([]*resource.Resource, len(snap.Services))
 	clas := make([]*resource.Resource, len(snap.Services))
 	if err := parallelChunks(len(snap.Services), func(lo, hi int) error {
@@ -109,7 +113,13 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 			svc := snap.Services[i]
 			name := ClusterName(svc)
 			var err error
-			if clusters[i], err = resource.New(resource.Cluster, name, Cluster(svc, opts.TrustDomain)); err != nil {
+			var ts *corev3.TransportSocket
+			if svc.MTLS.Effective() != mesh.MTLSDisable {
+				ts, _ = sockets.get(upstreamTLSKey(svc), func() (*corev3.TransportSocket, error) {
+					return upstreamTLS(svc, opts.TrustDomain), nil
+				})
+			}
+			if clusters[i], err = resource.New(resource.Cluster, name, clusterWith(svc, ts)); err != nil {
 				return err
 			}
 			if clas[i], err = resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc)); err != nil {
