@@ -6,6 +6,12 @@
 // Kubernetes: every builder is a pure function of its inputs, named for what it returns
 // (Cluster, ClusterLoadAssignment, InboundListener, OutboundRouteConfiguration, ...).
 //
+// Sidecars talk mutual TLS to each other: clusters and inbound listeners refer to two
+// SDS secrets by name (WorkloadSecretName, TrustBundleSecretName) on the ADS stream. The
+// secrets' content is per proxy and comes from the certificate authority, not from the
+// snapshot, so a Translator does not hold them; the control plane builds them with
+// WorkloadSecret and TrustBundleSecret.
+//
 // A Translator is built once per snapshot. It builds and marshals the resources that
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
