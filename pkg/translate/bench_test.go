@@ -44,17 +44,30 @@ var benchSizes = []int{1000, 10000}
 
 // BenchmarkNew measures what every snapshot costs before any proxy asks: building and
 // marshalling the shared clusters and ClusterLoadAssignments.
+//
+// The Services of benchSnapshot know no ServiceAccount, so their clusters share one
+// transport socket; "own-sa" gives each Service a ServiceAccount of its own, the worst
+// case, where every cluster packs its own.
 func BenchmarkNew(b *testing.B) {
 	for _, n := range benchSizes {
 		snap := benchSnapshot(n, n/100, 3)
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := New(snap); err != nil {
-					b.Fatal(err)
+		own := benchSnapshot(n, n/100, 3)
+		for _, svc := range own.Services {
+			svc.ServiceAccounts = []string{svc.Name}
+		}
+		for _, tc := range []struct {
+			name string
+			snap *mesh.Snapshot
+		}{{"", snap}, {"/own-sa", own}} {
+			b.Run(fmt.Sprintf("services=%d%s", n, tc.name), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := New(tc.snap); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 

@@ -46,7 +46,21 @@ func StatName(svc *mesh.Service) string { return svc.Namespace + "/" + svc.Name 
 // ADS stream (EDS), so a change of endpoints does not touch the cluster and does not
 // make Envoy drain its connection pools:
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto#envoy-v3-api-msg-config-cluster-v3-cluster-edsclusterconfig
-func Cluster(svc *mesh.Service) *clusterv3.Cluster {
+//
+// Unless the Service's mTLS mode is DISABLE, the cluster originates mutual TLS and
+// checks that the callee is one of the Service's workloads in trustDomain (upstreamTLS):
+// a PERMISSIVE callee accepts TLS as well as plaintext, so callers always use TLS.
+func Cluster(svc *mesh.Service, trustDomain string) *clusterv3.Cluster {
+	var ts *corev3.TransportSocket
+	if svc.MTLS.Effective() != mesh.MTLSDisable {
+		ts = upstreamTLS(svc, trustDomain)
+	}
+	return clusterWith(svc, ts)
+}
+
+// clusterWith is Cluster with its transport socket given: nil for plaintext, else what
+// upstreamTLS returns for svc (which New shares between Services that have the same).
+func clusterWith(svc *mesh.Service, ts *corev3.TransportSocket) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 ClusterName(svc),
 		AltStatName:          StatName(svc),
@@ -63,6 +77,7 @@ func Cluster(svc *mesh.Service) *clusterv3.Cluster {
 		// Without options a cluster speaks HTTP/1.1, what every other Service gets.
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: http2ProtocolOptions}
 	}
+	c.TransportSocket = ts
 	p := svc.Policy
 	if c.OutlierDetection = OutlierDetection(p.Outlier); c.OutlierDetection != nil {
 		// With panic mode on (Envoy's default threshold is 50%), ejecting one of two
@@ -158,7 +173,8 @@ var downstreamProtocolOptions = mustAny(&upstreamhttpv3.HttpProtocolOptions{
 
 // LocalAppCluster returns the proxy's cluster of its own app, at n.AppAddress. It is
 // STATIC: the app is in the same pod (or process group), at an address the proxy
-// announced itself, so there is nothing to discover. n must be valid (Node.Validate).
+// announced itself, so there is nothing to discover. It is plaintext: the hop never
+// leaves the pod. n must be valid (Node.Validate).
 //
 // It speaks to the app the protocol the request arrived in. Callers' sidecars speak
 // HTTP/2 to the Services that declare it (Cluster) and HTTP/1.1 to the others, so the

@@ -16,12 +16,15 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
 // envoyRun is a real Envoy running one proxy's translated config (inlined, as in
 // TestEnvoyRouting), with the app it fronts.
 type envoyRun struct {
+	pod      string // the proxy's pod name
 	ip       string // the pod's address: inbound listener, endpoints
 	outbound string // host:port of the outbound listener
 	admin    string // base URL of the admin API
@@ -35,8 +38,18 @@ type envoyRun struct {
 // warning level, so that logs holds every warning it printed.
 func startEnvoy(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler http.Handler) *envoyRun {
 	t.Helper()
+	return startEnvoyWith(t, snap, n, opts, handler, nil)
+}
+
+// startEnvoyWith is startEnvoy with edit applied to the inlined bootstrap before Envoy
+// starts (nil: none), e.g. to give the proxy its own workload certificate.
+func startEnvoyWith(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler http.Handler, edit func(*bootstrapv3.Bootstrap)) *envoyRun {
+	t.Helper()
 	envoy := envoyBinary(t)
-	app := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	app := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, Protocols: &http.Protocols{}}
+	// HTTP/1.1 and h2c: the sidecar speaks to its app the version the caller used.
+	app.Protocols.SetHTTP1(true)
+	app.Protocols.SetUnencryptedHTTP2(true)
 	ln, err := net.Listen("tcp", net.JoinHostPort(n.ListenIP, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +72,9 @@ func startEnvoy(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler
 	}
 	cfg := inlined(t, base, p)
 	cfg.Admin.Address = socketAddress(n.ListenIP, 0)
+	if edit != nil {
+		edit(cfg)
+	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "envoy.json")
 	if err := os.WriteFile(path, stableJSON(t, cfg), 0o644); err != nil {
@@ -68,6 +84,7 @@ func startEnvoy(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, handler
 
 	ctx, logs := runEnvoy(t, envoy, path, "--admin-address-path", adminPath)
 	e := &envoyRun{
+		pod:      n.PodName,
 		ip:       n.ListenIP,
 		outbound: net.JoinHostPort(n.OutboundIP, strconv.Itoa(mesh.OutboundPort)),
 		logs:     logs,
@@ -168,7 +185,10 @@ func TestEnvoyHardening(t *testing.T) {
 			}},
 			{Namespace: "other", Name: "app-9", Endpoints: []mesh.Endpoint{{IP: ip, Pod: "app-1-0"}}},
 		},
-		Proxies: map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}}},
+		// PERMISSIVE: the test sends plaintext straight to the inbound listener, while
+		// requests through the outbound listener loop back to it over mutual TLS (the
+		// Services are STRICT), so both chains' connection managers are exercised.
+		Proxies: map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}, MTLS: mesh.MTLSPermissive}},
 	}
 	n := Node{ID: "app-1-0.default", PodNamespace: "default", PodName: "app-1-0", ListenIP: ip, OutboundIP: outIP}
 	e := startEnvoy(t, snap, n, Options{ClusterDomain: "cluster.local"}, app)

@@ -51,8 +51,10 @@ func withStaticResources(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.
 
 // inlined returns a bootstrap that runs p's config without a control plane: each EDS
 // cluster becomes a STATIC one holding its ClusterLoadAssignment, each listener holds its
-// route configuration inline, and there are no dynamic resources. Everything Envoy
-// routes on (matches, 404 bodies, endpoints, ports) is unchanged.
+// route configuration inline, the two SDS secrets are static ones from the test CA
+// (withTestSecrets, with a workload certificate for testIdentity), and there are no
+// dynamic resources. Everything Envoy routes on (matches, 404 bodies, endpoints, ports,
+// TLS and SAN checks) is unchanged.
 func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *bootstrapv3.Bootstrap {
 	t.Helper()
 	// Everything of the bootstrap but its resources (the overload manager, for one).
@@ -74,25 +76,40 @@ func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *boot
 	}
 	for _, r := range p.Views[resource.Listener].All() {
 		l := unpack(t, r.Any).(*listenerv3.Listener)
-		hcm := hcmOf(t, l)
-		rr, ok := p.Views[resource.Route].Get(hcm.GetRds().GetRouteConfigName())
-		if !ok {
-			t.Fatalf("listener %q: no route configuration %q", l.GetName(), hcm.GetRds().GetRouteConfigName())
+		// Every chain (a PERMISSIVE inbound listener has two) gets its routes inline.
+		for _, fc := range l.GetFilterChains() {
+			var hcm hcmv3.HttpConnectionManager
+			if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+				t.Fatalf("listener %q: %v", l.GetName(), err)
+			}
+			rr, ok := p.Views[resource.Route].Get(hcm.GetRds().GetRouteConfigName())
+			if !ok {
+				t.Fatalf("listener %q: no route configuration %q", l.GetName(), hcm.GetRds().GetRouteConfigName())
+			}
+			hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: unpack(t, rr.Any).(*routev3.RouteConfiguration)}
+			fc.GetFilters()[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcm)}
 		}
-		hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: unpack(t, rr.Any).(*routev3.RouteConfiguration)}
-		l.GetFilterChains()[0].GetFilters()[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}
 		b.StaticResources.Listeners = append(b.StaticResources.Listeners, l)
 	}
+	pki := defaultTestPKI(t)
+	withTestSecrets(t, b, pki.workload, pki.key, pki.ca.pem)
 	return b
 }
 
 // TestEnvoyValidateResources has the real Envoy check every resource of the sample
 // proxies: once as they come over ADS (EDS clusters, RDS listeners) and once inlined, so
 // that the ClusterLoadAssignments and route configurations are checked too.
+//
+// Between them the proxies cover every mTLS mode of the inbound listener (app-1-a STRICT,
+// app-2-a PERMISSIVE, the unknown pod DISABLE by default) and clusters with TLS over
+// HTTP/1.1 and HTTP/2; as over ADS, they name their secrets over SDS.
 func TestEnvoyValidateResources(t *testing.T) {
 	envoy := envoyBinary(t)
-	tr := mustNew(t, sampleSnapshot())
-	for _, n := range []Node{nodeApp1A, nodeLocal} {
+	tr, err := NewWithOptions(sampleSnapshot(), Options{DefaultMTLS: mesh.MTLSDisable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []Node{nodeApp1A, nodeApp2A, nodeLocal} {
 		base, err := Bootstrap(BootstrapOptions{
 			PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP, AppAddress: n.AppAddress,
 			XDSAddress: "127.0.0.1:18000",
@@ -142,7 +159,9 @@ func TestEnvoyRouting(t *testing.T) {
 			{Namespace: "default", Name: "app-1", Endpoints: []mesh.Endpoint{{IP: ip, Pod: "app-1-0"}}},
 			{Namespace: "other", Name: "app-9", Endpoints: []mesh.Endpoint{{IP: ip, Pod: "app-9-0"}}},
 		},
-		Proxies: map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}}},
+		// PERMISSIVE: the last case sends plaintext straight to the inbound listener,
+		// while the others loop back to it over mutual TLS (the Services are STRICT).
+		Proxies: map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}, MTLS: mesh.MTLSPermissive}},
 	}
 	n := Node{ID: "app-1-0.default", PodNamespace: "default", PodName: "app-1-0", ListenIP: ip, OutboundIP: outIP, AppAddress: ln.Addr().String()}
 	p := mustProxy(t, mustNew(t, snap), n)

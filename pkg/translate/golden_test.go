@@ -3,6 +3,9 @@ package translate
 import (
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
@@ -15,6 +18,8 @@ func TestGolden(t *testing.T) {
 	}{
 		// A pod of app-1, as in a real cluster.
 		{"app-1-a", nodeApp1A},
+		// A pod of app-2, whose inbound listener is PERMISSIVE.
+		{"app-2-a", nodeApp2A},
 		// A local process in the other namespace whose pod the snapshot does not know.
 		{"unknown-pod-local", nodeLocal},
 	} {
@@ -25,6 +30,28 @@ func TestGolden(t *testing.T) {
 					golden(t, tc.name+"."+typ.String()+".golden.json", viewJSON(t, p.Views[typ]))
 				})
 			}
+		})
+	}
+}
+
+// TestMTLSGolden writes the inbound listener in each mTLS mode, and the clusters of an
+// HTTP/2 Service and of a Service with mTLS off, to testdata/mtls-<case>.golden.json.
+func TestMTLSGolden(t *testing.T) {
+	n := Node{ListenIP: "10.0.0.11", OutboundIP: "127.0.0.1"}
+	grpc := &mesh.Service{Namespace: "team-b", Name: "api", Protocol: mesh.ProtocolHTTP2, ServiceAccounts: []string{"api"}}
+	plain := &mesh.Service{Namespace: "legacy", Name: "old", MTLS: mesh.MTLSDisable, ServiceAccounts: []string{"old"}}
+	for _, tc := range []struct {
+		name string
+		msg  proto.Message
+	}{
+		{"inbound-strict.lds", InboundListener(n, mesh.MTLSStrict, DefaultTrustDomain)},
+		{"inbound-permissive.lds", InboundListener(n, mesh.MTLSPermissive, DefaultTrustDomain)},
+		{"inbound-disable.lds", InboundListener(n, mesh.MTLSDisable, DefaultTrustDomain)},
+		{"http2-service.cds", Cluster(grpc, DefaultTrustDomain)},
+		{"disabled-service.cds", Cluster(plain, DefaultTrustDomain)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			golden(t, "mtls-"+tc.name+".golden.json", stableJSON(t, tc.msg))
 		})
 	}
 }

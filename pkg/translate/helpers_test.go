@@ -26,24 +26,30 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with the current output")
 
 // sampleSnapshot is the mesh of the golden files: three services in two namespaces, one
-// with two endpoints, one with none, and a targetPort that is not the sidecar's port.
+// with two endpoints, one with none, and a targetPort that is not the sidecar's port;
+// app-1 is STRICT (unset), app-2 PERMISSIVE with two ServiceAccounts, and app-3, with
+// no endpoint and so no known ServiceAccount, speaks HTTP/2.
 // Every call returns a fresh, equal snapshot.
 func sampleSnapshot() *mesh.Snapshot {
 	return &mesh.Snapshot{
 		Services: []*mesh.Service{
 			{
-				Namespace:   "default",
-				Name:        "app-1",
-				Annotations: map[string]string{"mesh-timeout": "2s"},
-				Policy:      mesh.Policy{Timeout: 2 * time.Second},
-				Ports:       []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
-				Endpoints:   []mesh.Endpoint{{IP: "10.0.0.11", Pod: "app-1-a"}, {IP: "10.0.0.12", Pod: "app-1-b"}},
+				Namespace:       "default",
+				Name:            "app-1",
+				Annotations:     map[string]string{"mesh-timeout": "2s"},
+				Policy:          mesh.Policy{Timeout: 2 * time.Second},
+				Ports:           []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
+				Endpoints:       []mesh.Endpoint{{IP: "10.0.0.11", Pod: "app-1-a"}, {IP: "10.0.0.12", Pod: "app-1-b"}},
+				ServiceAccounts: []string{"app-1"},
 			},
 			{
 				Namespace: "default",
 				Name:      "app-2",
 				Ports:     []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "8000", Protocol: "TCP"}},
 				Endpoints: []mesh.Endpoint{{IP: "10.0.0.21", Pod: "app-2-a"}},
+				// Migrating to mTLS: its callers use it, its pods accept plaintext too.
+				MTLS:            mesh.MTLSPermissive,
+				ServiceAccounts: []string{"app-2", "app-2-canary"},
 				// Every destination policy, so that the golden files cover them.
 				Policy: mesh.Policy{
 					Outlier:        mesh.OutlierDetection{Enabled: true, Consecutive5xx: 3, Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 50},
@@ -75,9 +81,9 @@ func sampleSnapshot() *mesh.Snapshot {
 			},
 		},
 		Proxies: map[string]*mesh.Proxy{
-			"default/app-1-a": {Namespace: "default", Name: "app-1-a", IP: "10.0.0.11", Services: []string{"default/app-1"}},
-			"default/app-1-b": {Namespace: "default", Name: "app-1-b", IP: "10.0.0.12", Services: []string{"default/app-1"}},
-			"default/app-2-a": {Namespace: "default", Name: "app-2-a", IP: "10.0.0.21", Services: []string{"default/app-2"}},
+			"default/app-1-a": {Namespace: "default", Name: "app-1-a", IP: "10.0.0.11", Services: []string{"default/app-1"}, ServiceAccount: "app-1", MTLS: mesh.MTLSStrict},
+			"default/app-1-b": {Namespace: "default", Name: "app-1-b", IP: "10.0.0.12", Services: []string{"default/app-1"}, ServiceAccount: "app-1", MTLS: mesh.MTLSStrict},
+			"default/app-2-a": {Namespace: "default", Name: "app-2-a", IP: "10.0.0.21", Services: []string{"default/app-2"}, ServiceAccount: "app-2", MTLS: mesh.MTLSPermissive},
 		},
 	}
 }

@@ -55,30 +55,84 @@ var routerFilter = &hcmv3.HttpFilter{
 
 // InboundListener returns the listener on ListenIP:mesh.InboundPort where peers' sidecars
 // send this pod's traffic; its routes (InboundRouteConfiguration) go to the local app.
-// n must be valid (Node.Validate).
-func InboundListener(n Node) *listenerv3.Listener {
-	return httpListener(InboundListenerName, n.ListenIP, mesh.InboundPort, corev3.TrafficDirection_INBOUND, InboundRouteName)
+// n must be valid (Node.Validate). mode is the pod's mTLS mode ("" reads as STRICT):
+//
+//   - STRICT: one chain, which terminates mutual TLS and requires a client certificate
+//     of the trust domain (downstreamTLS); a plaintext client fails the handshake.
+//   - PERMISSIVE: the TLS inspector sends a connection that opens with a TLS
+//     ClientHello to that same chain and any other to a plaintext chain, for
+//     migration. Envoy takes the most specific match, so transport_protocol "tls"
+//     wins over the chain that names none:
+//     https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener_components.proto#envoy-v3-api-msg-config-listener-v3-filterchainmatch
+//     The inspector decides as soon as the first bytes arrive; a client that sends
+//     nothing is closed after listener_filters_timeout (15 s by default, as
+//     continue_on_listener_filters_timeout is false). HTTP clients speak first, so they
+//     are never held by it, and no protocol that waits for the server is meshed:
+//     https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto#envoy-v3-api-field-config-listener-v3-listener-listener-filters-timeout
+//   - DISABLE: one plaintext chain.
+//
+// On a TLS chain the app gets the caller's SPIFFE ID in x-forwarded-client-cert
+// (SANITIZE_SET with the URI); a plaintext chain strips that header (SANITIZE), so that
+// no caller can claim an identity it did not prove.
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-forwarded-client-cert
+func InboundListener(n Node, mode mesh.MTLSMode, trustDomain string) *listenerv3.Listener {
+	l := httpListener(InboundListenerName, n.ListenIP, mesh.InboundPort, corev3.TrafficDirection_INBOUND)
+	plain := &listenerv3.FilterChain{Filters: httpFilters(InboundListenerName, InboundRouteName, corev3.TrafficDirection_INBOUND, false)}
+	mtls := &listenerv3.FilterChain{
+		Filters:         httpFilters(InboundListenerName, InboundRouteName, corev3.TrafficDirection_INBOUND, true),
+		TransportSocket: downstreamTLS(trustDomain),
+	}
+	switch mode.Effective() {
+	case mesh.MTLSDisable:
+		l.FilterChains = []*listenerv3.FilterChain{plain}
+	case mesh.MTLSPermissive:
+		// Named, so that config dumps and stats say which one a connection took.
+		mtls.Name, plain.Name = "mtls", "plaintext"
+		mtls.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls"}
+		l.ListenerFilters = []*listenerv3.ListenerFilter{tlsInspector}
+		l.FilterChains = []*listenerv3.FilterChain{mtls, plain}
+	default:
+		l.FilterChains = []*listenerv3.FilterChain{mtls}
+	}
+	return l
 }
 
 // OutboundListener returns the listener on OutboundIP:mesh.OutboundPort where the local
 // app sends requests for other meshed services, named by the "service" header; its
 // routes are OutboundRouteConfiguration. OutboundIP is loopback in a real pod, so that no
-// other pod can use this sidecar as a relay. n must be valid (Node.Validate).
+// other pod can use this sidecar as a relay, and the app talks to it in plaintext: the
+// sidecar originates TLS to the callee (Cluster). n must be valid (Node.Validate).
 func OutboundListener(n Node) *listenerv3.Listener {
-	return httpListener(OutboundListenerName, n.OutboundIP, mesh.OutboundPort, corev3.TrafficDirection_OUTBOUND, OutboundRouteName)
+	l := httpListener(OutboundListenerName, n.OutboundIP, mesh.OutboundPort, corev3.TrafficDirection_OUTBOUND)
+	l.FilterChains = []*listenerv3.FilterChain{{Filters: httpFilters(OutboundListenerName, OutboundRouteName, corev3.TrafficDirection_OUTBOUND, false)}}
+	return l
 }
 
-// httpListener is a listener with one HTTP connection manager whose routes come over
-// RDS on the ADS stream. RDS rather than inline routes: the routes change when services
-// come and go, and an RDS update does not drain the listener's connections the way a
-// listener update does:
+// httpListener is a listener without filter chains, which the caller adds.
+func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(ip, port),
+		// The direction labels the listener for stats and tracing:
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto#envoy-v3-api-field-config-listener-v3-listener-traffic-direction
+		TrafficDirection: dir,
+	}
+}
+
+// httpFilters are the filters of a chain: one HTTP connection manager whose routes come
+// over RDS on the ADS stream. RDS rather than inline routes: the routes change when
+// services come and go, and an RDS update does not drain the listener's connections the
+// way a listener update does:
 // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/rds
-func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection, routeName string) *listenerv3.Listener {
+// mtls says the chain terminates mutual TLS, and so has a peer identity to forward.
+func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool) []*listenerv3.Filter {
 	hcm := &hcmv3.HttpConnectionManager{
 		// Stats land under http.<stat_prefix>., so inbound and outbound traffic are
 		// told apart in the sidecar's stats.
 		StatPrefix: name,
-		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		// AUTO takes the HTTP version from ALPN on a TLS chain and from the first bytes
+		// on a plaintext one.
+		CodecType: hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsConfigSource(),
 			RouteConfigName: routeName,
@@ -93,19 +147,22 @@ func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection, rou
 	if dir == corev3.TrafficDirection_OUTBOUND {
 		hcm.LocalReplyConfig = noEndpointReply
 	}
-	return &listenerv3.Listener{
-		Name:    name,
-		Address: socketAddress(ip, port),
-		FilterChains: []*listenerv3.FilterChain{{
-			Filters: []*listenerv3.Filter{{
-				Name:       httpConnectionManagerFilterName,
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
-			}},
-		}},
-		// The direction labels the listener for stats and tracing:
-		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto#envoy-v3-api-field-config-listener-v3-listener-traffic-direction
-		TrafficDirection: dir,
+	if mtls {
+		// The app learns who called: the URI SAN (SPIFFE ID) of the client
+		// certificate, with anything the caller sent under that header replaced.
+		// https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-enum-extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-forwardclientcertdetails
+		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
+		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
+	} else {
+		// SANITIZE is the field's zero value and Envoy's default, written out to say
+		// it is meant: a plaintext caller's x-forwarded-client-cert never reaches the
+		// app.
+		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
 	}
+	return []*listenerv3.Filter{{
+		Name:       httpConnectionManagerFilterName,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
+	}}
 }
 
 // harden sets what a sidecar's connection managers owe the app behind them, whoever

@@ -6,11 +6,17 @@
 // Kubernetes: every builder is a pure function of its inputs, named for what it returns
 // (Cluster, ClusterLoadAssignment, InboundListener, OutboundRouteConfiguration, ...).
 //
+// Sidecars talk mutual TLS to each other: clusters and inbound listeners refer to two
+// SDS secrets by name (WorkloadSecretName, TrustBundleSecretName) on the ADS stream. The
+// secrets' content is per proxy and comes from the certificate authority, not from the
+// snapshot, so a Translator does not hold them; the control plane builds them with
+// WorkloadSecret and TrustBundleSecret.
+//
 // A Translator is built once per snapshot. It builds and marshals the resources that
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
-// listen and outbound IPs shares its listeners, every proxy in a namespace shares the outbound routes,
+// listen and outbound IPs and mTLS mode shares its listeners, every proxy in a namespace shares the outbound routes,
 // the replicas of an app share their inbound routes. Output is sorted and marshalled
 // deterministically, so equal snapshots give equal versions, across restarts too.
 package translate
@@ -24,6 +30,7 @@ import (
 	"strings"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -46,7 +53,7 @@ type Translator struct {
 	fullRoutes func() ([]byte, error)
 
 	// Per-proxy pieces, keyed by what they depend on.
-	listeners memo[*resource.Set] // by Node.ListenIP and Node.OutboundIP
+	listeners memo[*resource.Set] // by Node.ListenIP, Node.OutboundIP and the inbound mTLS mode
 	localApps memo[*resource.Set] // by Node.AppAddress
 	outbound  memo[*resource.Set] // by Node.PodNamespace
 	inbound   memo[*resource.Set] // by the keys of the Services the proxy serves
@@ -58,6 +65,14 @@ type Options struct {
 	// ClusterDomain is the cluster's DNS domain (default DefaultClusterDomain): the
 	// outbound routes accept "service: <name>.<namespace>.svc.<ClusterDomain>".
 	ClusterDomain string
+	// TrustDomain is the SPIFFE trust domain of workload identities (default
+	// DefaultTrustDomain): callers check that a callee's certificate names
+	// spiffe://<TrustDomain>/ns/<namespace>/sa/<serviceaccount>, and inbound listeners
+	// accept any client certificate under spiffe://<TrustDomain>/.
+	TrustDomain string
+	// DefaultMTLS is the inbound mTLS mode of a proxy whose pod the snapshot does not
+	// know ("" reads as mesh.MTLSStrict). A known pod takes its mesh.Proxy.MTLS.
+	DefaultMTLS mesh.MTLSMode
 }
 
 // DefaultClusterDomain is Kubernetes' default cluster domain (the kubelet's
@@ -78,12 +93,25 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 	if err := ValidateClusterDomain(opts.ClusterDomain); err != nil {
 		return nil, fmt.Errorf("translate: %w", err)
 	}
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = DefaultTrustDomain
+	}
+	if err := ValidateTrustDomain(opts.TrustDomain); err != nil {
+		return nil, fmt.Errorf("translate: %w", err)
+	}
+	if err := ValidateMTLSMode(opts.DefaultMTLS); err != nil {
+		return nil, fmt.Errorf("translate: default mode: %w", err)
+	}
+	opts.DefaultMTLS = opts.DefaultMTLS.Effective()
 	if snap == nil {
 		return nil, errors.New("translate: nil snapshot")
 	}
 	if err := checkServices(snap.Services); err != nil {
 		return nil, fmt.Errorf("translate: snapshot: %w", err)
 	}
+	// Transport sockets are built and packed once per distinct upstreamTLSKey, not once
+	// per Service: the packing is most of a cluster's cost.
+	var sockets memo[*corev3.TransportSocket]
 	clusters := make([]*resource.Resource, len(snap.Services))
 	clas := make([]*resource.Resource, len(snap.Services))
 	if err := parallelChunks(len(snap.Services), func(lo, hi int) error {
@@ -91,7 +119,13 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 			svc := snap.Services[i]
 			name := ClusterName(svc)
 			var err error
-			if clusters[i], err = resource.New(resource.Cluster, name, Cluster(svc)); err != nil {
+			var ts *corev3.TransportSocket
+			if svc.MTLS.Effective() != mesh.MTLSDisable {
+				ts, _ = sockets.get(upstreamTLSKey(svc), func() (*corev3.TransportSocket, error) {
+					return upstreamTLS(svc, opts.TrustDomain), nil
+				})
+			}
+			if clusters[i], err = resource.New(resource.Cluster, name, clusterWith(svc, ts)); err != nil {
 				return err
 			}
 			if clas[i], err = resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc)); err != nil {
@@ -118,7 +152,7 @@ func (t *Translator) Snapshot() *mesh.Snapshot { return t.snap }
 //
 //	Cluster:  [service clusters (shared), local-app (per AppAddress)]
 //	Endpoint: [service ClusterLoadAssignments (shared)]
-//	Listener: [inbound and outbound listeners (per ListenIP and OutboundIP)]
+//	Listener: [inbound and outbound listeners (per ListenIP, OutboundIP and mTLS mode)]
 //	Route:    [outbound routes (per namespace), inbound routes (per served Services)]
 //
 // Names never repeat across the sets of a view. A proxy whose pod is not in the snapshot
@@ -133,14 +167,16 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 		return nil, fmt.Errorf("translate: node %q: %w", n.ID, err)
 	}
 	var serves []string
+	mode := t.opts.DefaultMTLS
 	if p := t.snap.Proxy(n.PodNamespace, n.PodName); p != nil {
 		serves = slices.Clone(p.Services)
+		mode = p.MTLS.Effective()
 	}
 
-	listenIP, outboundIP, appAddress, namespace := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace
-	listeners, err := t.listeners.get(listenIP+" "+outboundIP, func() (*resource.Set, error) {
+	listenIP, outboundIP, appAddress, namespace, td := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain
+	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), func() (*resource.Set, error) {
 		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
-		return newSet(resource.Listener, InboundListener(n), OutboundListener(n))
+		return newSet(resource.Listener, InboundListener(n, mode, td), OutboundListener(n))
 	})
 	if err != nil {
 		return nil, err

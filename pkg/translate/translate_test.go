@@ -106,7 +106,8 @@ func TestSharing(t *testing.T) {
 		{"service endpoints, other namespace", a1, local, resource.Endpoint, "app-1.default", true},
 		{"local-app, same app address", a1, a2, resource.Cluster, LocalAppClusterName, true},
 		{"local-app, other app address", a1, local, resource.Cluster, LocalAppClusterName, false},
-		{"listeners, same listen IP", a1, a2, resource.Listener, InboundListenerName, true},
+		{"listeners, same listen IP and mode", a1, a1b, resource.Listener, InboundListenerName, true},
+		{"listeners, same listen IP, other mode", a1, a2, resource.Listener, InboundListenerName, false},
 		{"listeners, other listen IP", a1, local, resource.Listener, OutboundListenerName, false},
 		{"outbound routes, same namespace", a1, a2, resource.Route, OutboundRouteName, true},
 		{"outbound routes, other namespace", a1, local, resource.Route, OutboundRouteName, false},
@@ -447,12 +448,15 @@ func TestBuilders(t *testing.T) {
 		got  proto.Message
 		want proto.Message
 	}{
-		{"Cluster", Cluster(web), &clusterv3.Cluster{
+		{"Cluster", Cluster(web, "cluster.local"), &clusterv3.Cluster{
 			Name:                 "web.shop",
 			AltStatName:          "shop/web",
 			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads},
 			ConnectTimeout:       durationpb.New(1e9),
+			// STRICT by default: mutual TLS to any workload of the trust domain, as no
+			// endpoint names its pod's ServiceAccount.
+			TransportSocket: wantUpstreamTLS("http/1.1", prefixSAN("spiffe://cluster.local/")),
 		}},
 		{"ClusterLoadAssignment at the sidecar port", ClusterLoadAssignment(web), &endpointv3.ClusterLoadAssignment{
 			ClusterName: "web.shop",
@@ -517,7 +521,7 @@ func TestBuilders(t *testing.T) {
 				}},
 			}},
 		}},
-		{"InboundListener address", InboundListener(Node{ListenIP: "127.0.1.9"}).GetAddress(), addr("127.0.1.9", 8000)},
+		{"InboundListener address", InboundListener(Node{ListenIP: "127.0.1.9"}, mesh.MTLSStrict, DefaultTrustDomain).GetAddress(), addr("127.0.1.9", 8000)},
 		{"OutboundListener address", OutboundListener(Node{ListenIP: "::", OutboundIP: "::1"}).GetAddress(), addr("::1", 8001)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -665,7 +669,7 @@ func TestClusterProtocol(t *testing.T) {
 		svc := &mesh.Service{Namespace: "default", Name: "s", Ports: tc.ports}
 		svc.Protocol, _ = mesh.ServiceProtocol(svc)
 		t.Run(fmt.Sprintf("%+v", tc.ports), func(t *testing.T) {
-			got := Cluster(svc).GetTypedExtensionProtocolOptions()
+			got := Cluster(svc, DefaultTrustDomain).GetTypedExtensionProtocolOptions()
 			if diff := cmp.Diff(tc.want, got, protocmp.Transform(), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("protocol options (-want +got):\n%s", diff)
 			}
@@ -673,13 +677,26 @@ func TestClusterProtocol(t *testing.T) {
 	}
 }
 
-// TestHTTPConnectionManagers checks what both listeners' connection managers carry:
-// WebSocket upgrades and the stream idle timeout.
+// TestHTTPConnectionManagers checks what every chain's connection manager carries, on
+// both listeners in every mode: WebSocket upgrades and the stream idle timeout.
 func TestHTTPConnectionManagers(t *testing.T) {
-	for _, l := range []*listenerv3.Listener{InboundListener(Node{ListenIP: "127.0.0.1"}), OutboundListener(Node{ListenIP: "127.0.0.1"})} {
-		t.Run(l.GetName(), func(t *testing.T) {
+	var chains []*listenerv3.FilterChain
+	var names []string
+	for _, l := range []*listenerv3.Listener{
+		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSStrict, DefaultTrustDomain),
+		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSPermissive, DefaultTrustDomain),
+		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSDisable, DefaultTrustDomain),
+		OutboundListener(Node{ListenIP: "127.0.0.1"}),
+	} {
+		for i, c := range l.GetFilterChains() {
+			chains = append(chains, c)
+			names = append(names, fmt.Sprintf("%s/%d", l.GetName(), i))
+		}
+	}
+	for i, c := range chains {
+		t.Run(names[i], func(t *testing.T) {
 			hcm := &hcmv3.HttpConnectionManager{}
-			if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			if err := c.GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
 				t.Fatal(err)
 			}
 			if got := hcm.GetStreamIdleTimeout().AsDuration(); got != time.Hour {

@@ -166,8 +166,10 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	nonce := 0
 	seen := 0
 	svc := func(name string, maxConns uint32) *mesh.Service {
+		// mTLS off: this fake server serves no secrets, and a cluster that waits for
+		// its SDS secrets stays warming, which is not what this test is about.
 		return &mesh.Service{Namespace: "default", Name: name, Policy: mesh.Policy{MaxConnections: maxConns},
-			Endpoints: []mesh.Endpoint{{IP: "127.0.2.9"}}}
+			MTLS: mesh.MTLSDisable, Endpoints: []mesh.Endpoint{{IP: "127.0.2.9"}}}
 	}
 	// send sends one response to both, and compares what they do about it.
 	send := func(step string, t0 xdsclient.Type, version string, msgs []proto.Message, wantNack bool) {
@@ -237,7 +239,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 		t.Fatalf("first request: Envoy %v, the client %v", first, lastByType(clientReqs))
 	}
 	seen = 1
-	cl := func(name string, maxConns uint32) proto.Message { return translate.Cluster(svc(name, maxConns)) }
+	cl := func(name string, maxConns uint32) proto.Message {
+		return translate.Cluster(svc(name, maxConns), translate.DefaultTrustDomain)
+	}
 	cla := func(name string) proto.Message { return translate.ClusterLoadAssignment(svc(name, 0)) }
 
 	send("two clusters", xdsclient.CDS, "c1", []proto.Message{cl("a", 0), cl("b", 0)}, false)
@@ -245,7 +249,7 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("b modified, c added", xdsclient.CDS, "c2", []proto.Message{cl("a", 0), cl("b", 5), cl("c", 0)}, false)
 	send("c's endpoints only", xdsclient.EDS, "e2", []proto.Message{cla("c")}, false)
 	send("b's fresh endpoints", xdsclient.EDS, "e3", []proto.Message{cla("b")}, false)
-	bad := translate.Cluster(svc("a", 0))
+	bad := translate.Cluster(svc("a", 0), translate.DefaultTrustDomain)
 	bad.ConnectTimeout = durationpb.New(-time.Second)
 	send("an invalid cluster", xdsclient.CDS, "c-bad", []proto.Message{bad, cl("b", 5), cl("c", 0)}, true)
 	send("every cluster gone", xdsclient.CDS, "c3", nil, false)
