@@ -145,10 +145,11 @@ func TestSidecarBootstrap(t *testing.T) {
 
 			// The root is inlined (Envoy's container does not mount the ConfigMap); the
 			// token is named by its path, which Envoy reads at every stream, so Envoy's
-			// container must mount the same volume at the same place.
-			tokenFile := flagValue(t, init.Args, "--xds-token-file")
-			if localPath(t, sidecar, volumes, tokenFile) != localPath(t, init, volumes, tokenFile) {
-				t.Errorf("the envoy container does not see the init container's %s", tokenFile)
+			// container must mount the same volume at the same place. (Here the paths
+			// are the volumes' local directories, as for every path in the args.)
+			tokenFile := localPath(t, init, volumes, flagValue(t, init.Args, "--xds-token-file"))
+			if localPath(t, sidecar, volumes, flagValue(t, init.Args, "--xds-token-file")) != tokenFile {
+				t.Errorf("the envoy container does not see the init container's %s", flagValue(t, init.Args, "--xds-token-file"))
 			}
 			var doc any
 			if err := json.Unmarshal(raw, &doc); err != nil {
@@ -165,15 +166,6 @@ func TestSidecarBootstrap(t *testing.T) {
 				t.Errorf("the bootstrap does not inline the root of %s", flagValue(t, init.Args, "--xds-ca-file"))
 			}
 
-			// Envoy runs here, not in the container: its paths under the envoy container's
-			// mounts lead to the volumes' local directories, as the mounts would.
-			local := string(raw)
-			for _, m := range sidecar.VolumeMounts {
-				local = strings.ReplaceAll(local, `"`+strings.TrimSuffix(m.MountPath, "/")+"/", `"`+volumes[m.Name]+"/")
-			}
-			if err := os.WriteFile(path, []byte(local), 0o644); err != nil {
-				t.Fatal(err)
-			}
 			args := append(localArgs(t, sidecar, volumes), "--mode", "validate", "--log-level", "warn")
 			vcmd := exec.CommandContext(ctx, b.envoy, args...)
 			if out, err := vcmd.CombinedOutput(); err != nil {
