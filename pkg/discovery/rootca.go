@@ -57,10 +57,10 @@ type RootPublisherOptions struct {
 	// Default DefaultRootRetryInterval.
 	RetryInterval time.Duration
 	// ResyncInterval is how often Run reads every ConfigMap back and puts back the ones
-	// that were edited or deleted: without a watch on ConfigMaps (which RBAC cannot
-	// restrict to one name across namespaces), this is how a change made by someone else
-	// is undone. Each resync costs one GET per namespace and no write when all is well.
-	// Default DefaultRootResyncInterval.
+	// that were edited or deleted. bearkong does not watch ConfigMaps (that would take
+	// list and watch on top of get, create and update), so this is how a change made by
+	// someone else is undone. Each resync costs one GET per namespace and no write when
+	// all is well. Default DefaultRootResyncInterval.
 	ResyncInterval time.Duration
 }
 
