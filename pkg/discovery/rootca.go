@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
 // The ConfigMap through which sidecars get the CA's root. A pod's init container needs
@@ -299,4 +301,19 @@ func (p *RootPublisher) count(verb string, err error) {
 		result = "error"
 	}
 	p.writes.WithLabelValues("configmaps", verb, result).Inc()
+}
+
+// RootNamespaces returns the namespaces the CA root goes to for a snapshot: those of its
+// meshed Services, sorted and unique. A sidecar in a namespace without a meshed Service
+// (a client only) gets no root, and cannot start until one is meshed there.
+func RootNamespaces(s *mesh.Snapshot) []string {
+	if s == nil {
+		return nil
+	}
+	var out []string
+	for _, svc := range s.Services {
+		out = append(out, svc.Namespace)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

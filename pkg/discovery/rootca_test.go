@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
+	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
 // countingTransport counts the requests a client sends, by method, and can run a hook
@@ -370,5 +371,24 @@ func TestRootPublisherSharesTheWriteCounter(t *testing.T) {
 	}
 	if got := metricValue(t, reg, "bearkong_kube_api_writes_total", map[string]string{"resource": "events", "verb": "create", "result": "ok"}); got != 0 {
 		t.Fatalf("event creates %v, want 0", got)
+	}
+}
+
+func TestRootNamespaces(t *testing.T) {
+	svc := func(ns, name string) *mesh.Service { return &mesh.Service{Namespace: ns, Name: name} }
+	for _, tc := range []struct {
+		name string
+		snap *mesh.Snapshot
+		want []string
+	}{
+		{"no snapshot", nil, nil},
+		{"no Services", &mesh.Snapshot{}, nil},
+		{"sorted and unique", &mesh.Snapshot{Services: []*mesh.Service{svc("default", "app-1"), svc("shop", "cart"), svc("default", "app-2"), svc("a", "x")}}, []string{"a", "default", "shop"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmpDiff(tc.want, RootNamespaces(tc.snap)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }
