@@ -457,6 +457,9 @@ func TestControlPlaneWithItsServiceAccount(t *testing.T) {
 		leastPrivilege(ctx, t, sa, m.Namespace(), names[0])
 	})
 
+	t.Run("least privilege on ConfigMaps", func(t *testing.T) {
+		rootConfigMapAccess(ctx, t, sa, env.Client, m.Namespace())
+	})
 	t.Run("the CA Secret and no other", func(t *testing.T) {
 		caSecretAccess(ctx, t, env, sa, m.Namespace())
 	})
@@ -537,7 +540,8 @@ func caSecretAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kube
 
 // leastPrivilege checks, with the control plane's own client, that its RBAC grants
 // exactly what it uses: read Services, Pods, EndpointSlices and HTTPRoutes; update
-// HTTPRoute statuses; create events.k8s.io Events; and nothing else.
+// HTTPRoute statuses; create events.k8s.io Events; and nothing else (ConfigMaps:
+// rootConfigMapAccess).
 func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, ns, svcName string) {
 	type access struct {
 		verb, group, resource, namespace string
@@ -638,6 +642,87 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 	}
 	if _, err := sa.CoreV1().Events(ns).Create(ctx, core, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("create a core/v1 Event: %v, want Forbidden", err)
+	}
+}
+
+// rootConfigMapAccess checks the ConfigMap rules, which pkg/discovery's RootPublisher
+// uses to publish the CA's root: get and update on ConfigMap bearkong-ca-root only,
+// create on any name (RBAC cannot restrict create by name: the name is not known when
+// the request is authorized), and no other ConfigMap readable or writable.
+func rootConfigMapAccess(ctx context.Context, t *testing.T, sa, adminClient kubernetes.Interface, ns string) {
+	type named struct {
+		verb, name, namespace string
+		allowed               bool
+	}
+	for _, c := range []named{
+		{"get", bkdiscovery.RootConfigMapName, ns, true},
+		{"update", bkdiscovery.RootConfigMapName, ns, true},
+		{"get", bkdiscovery.RootConfigMapName, "bearkong-system", true},
+		{"update", bkdiscovery.RootConfigMapName, "bearkong-system", true},
+		{"create", "", ns, true},
+		{"create", "", "kube-system", true},
+		{"patch", bkdiscovery.RootConfigMapName, ns, false},
+		{"delete", bkdiscovery.RootConfigMapName, ns, false},
+		{"get", "app-config", ns, false},
+		{"update", "app-config", ns, false},
+		{"get", "kube-root-ca.crt", ns, false},
+		{"update", "kube-root-ca.crt", ns, false},
+		{"get", "", ns, false}, // a rule with resourceNames matches only requests that name one
+		{"list", "", ns, false},
+		{"watch", "", "", false},
+		{"delete", "app-config", ns, false},
+		{"deletecollection", "", ns, false},
+	} {
+		r, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Resource: "configmaps", Name: c.name, Namespace: c.namespace,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.allowed {
+			t.Errorf("%s configmaps %q in %q: allowed=%t, want %t", c.verb, c.name, c.namespace, r.Status.Allowed, c.allowed)
+		}
+	}
+
+	// The same with real requests.
+	appConfig, err := adminClient.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "app-config", Namespace: ns}, Data: map[string]string{"k": "v"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sa.CoreV1().ConfigMaps(ns).Get(ctx, "app-config", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("get ConfigMap app-config: %v, want Forbidden", err)
+	}
+	appConfig.Data["k"] = "changed"
+	if _, err := sa.CoreV1().ConfigMaps(ns).Update(ctx, appConfig, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("update ConfigMap app-config: %v, want Forbidden", err)
+	}
+	// The publisher's three requests, in a namespace of their own (the control plane may
+	// publish into ns meanwhile).
+	own := "ca-root-rbac-test"
+	if _, err := adminClient.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: own}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	root := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: bkdiscovery.RootConfigMapName, Namespace: own},
+		Data:       map[string]string{bkdiscovery.RootConfigMapKey: "root one"},
+	}
+	if _, err := sa.CoreV1().ConfigMaps(own).Create(ctx, root, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create ConfigMap %s: %v", root.Name, err)
+	}
+	got, err := sa.CoreV1().ConfigMaps(own).Get(ctx, root.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get ConfigMap %s: %v", root.Name, err)
+	}
+	got.Data[bkdiscovery.RootConfigMapKey] = "root two"
+	if _, err := sa.CoreV1().ConfigMaps(own).Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update ConfigMap %s: %v", root.Name, err)
+	}
+	if err := sa.CoreV1().ConfigMaps(own).Delete(ctx, root.Name, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("delete ConfigMap %s: %v, want Forbidden", root.Name, err)
 	}
 }
 

@@ -2,7 +2,15 @@ package deploy
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,15 +20,22 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	bkdiscovery "github.com/bearkong/bearkong/pkg/discovery"
 )
 
 // TestSidecarBootstrap runs each app's init container as its manifest declares it (the
 // bearkong binary with the container's args and only the container's environment, the
-// downward API resolved as the kubelet would, the emptyDir a temporary directory), then
-// checks the bootstrap it wrote and has Envoy, with the sidecar container's own args,
-// validate it. The installed Envoy must be the version of the manifests' sidecar image.
+// downward API resolved as the kubelet would, each volume a temporary directory holding
+// what the kubelet would put there: nothing for the emptyDir, a CA root generated here
+// for bearkong's ConfigMap, a token for the projected ServiceAccount token), then checks
+// the bootstrap it wrote and has Envoy, with the sidecar container's own args, validate
+// it. The installed Envoy must be the version of the manifests' sidecar image.
 func TestSidecarBootstrap(t *testing.T) {
 	b := binaries(t)
+	rootPEM := testRootPEM(t)
+	// A token has a JWT's shape; nothing here verifies it (bearkong does, with TokenReview).
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiYmVhcmtvbmciXX0.c2lnbmF0dXJl"
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, b.envoy, "--version").CombinedOutput()
@@ -42,12 +57,31 @@ func TestSidecarBootstrap(t *testing.T) {
 
 			volumes := map[string]string{} // volume name -> local directory
 			for _, v := range spec.Volumes {
-				if v.EmptyDir == nil {
-					t.Fatalf("volume %s is not an emptyDir", v.Name)
-				}
-				volumes[v.Name] = filepath.Join(t.TempDir(), v.Name)
-				if err := os.MkdirAll(volumes[v.Name], 0o755); err != nil {
+				dir := filepath.Join(t.TempDir(), v.Name)
+				if err := os.MkdirAll(dir, 0o755); err != nil {
 					t.Fatal(err)
+				}
+				volumes[v.Name] = dir
+				files := map[string]string{}
+				switch {
+				case v.EmptyDir != nil:
+				case v.ConfigMap != nil && v.ConfigMap.Name == bkdiscovery.RootConfigMapName && len(v.ConfigMap.Items) == 0:
+					// Every key of the ConfigMap, as bearkong publishes it.
+					files[bkdiscovery.RootConfigMapKey] = string(rootPEM)
+				case v.Projected != nil:
+					for _, src := range v.Projected.Sources {
+						if src.ServiceAccountToken == nil {
+							t.Fatalf("volume %s: only serviceAccountToken sources are provided here", v.Name)
+						}
+						files[src.ServiceAccountToken.Path] = token
+					}
+				default:
+					t.Fatalf("volume %s: only an emptyDir, ConfigMap %s and projected tokens are provided here", v.Name, bkdiscovery.RootConfigMapName)
+				}
+				for name, data := range files {
+					if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 
@@ -103,8 +137,33 @@ func TestSidecarBootstrap(t *testing.T) {
 			if sa := bs.Admin.Address.SocketAddress; sa.Address != "0.0.0.0" || sa.PortValue != 8081 {
 				t.Errorf("admin %s:%d, want 0.0.0.0:8081 (scraped by Prometheus)", sa.Address, sa.PortValue)
 			}
-			if !strings.Contains(string(raw), `"bearkong.bearkong-system.svc"`) || !strings.Contains(string(raw), `"portValue": 5000`) {
+			// A gRPC target (the secure channel), or a cluster's address and port.
+			if !strings.Contains(string(raw), `"bearkong.bearkong-system.svc:5000"`) &&
+				(!strings.Contains(string(raw), `"bearkong.bearkong-system.svc"`) || !strings.Contains(string(raw), `"portValue": 5000`)) {
 				t.Errorf("the bootstrap does not point at bearkong.bearkong-system.svc:5000:\n%s", raw)
+			}
+
+			// The root is inlined (Envoy's container does not mount the ConfigMap); the
+			// token is named by its path, which Envoy reads at every stream, so Envoy's
+			// container must mount the same volume at the same place. (Here the paths
+			// are the volumes' local directories, as for every path in the args.)
+			tokenFile := localPath(t, init, volumes, flagValue(t, init.Args, "--xds-token-file"))
+			if localPath(t, sidecar, volumes, flagValue(t, init.Args, "--xds-token-file")) != tokenFile {
+				t.Errorf("the envoy container does not see the init container's %s", flagValue(t, init.Args, "--xds-token-file"))
+			}
+			var doc any
+			if err := json.Unmarshal(raw, &doc); err != nil {
+				t.Fatal(err)
+			}
+			strs := jsonStrings(doc)
+			if !slices.Contains(strs, tokenFile) {
+				t.Errorf("the bootstrap does not name the token file %s", tokenFile)
+			}
+			if !slices.ContainsFunc(strs, func(s string) bool {
+				dec, _ := base64.StdEncoding.DecodeString(s) // bytes fields are base64 in JSON
+				return s == string(rootPEM) || string(dec) == string(rootPEM)
+			}) {
+				t.Errorf("the bootstrap does not inline the root of %s", flagValue(t, init.Args, "--xds-ca-file"))
 			}
 
 			args := append(localArgs(t, sidecar, volumes), "--mode", "validate", "--log-level", "warn")
@@ -114,6 +173,61 @@ func TestSidecarBootstrap(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testRootPEM returns a self-signed CA certificate, PEM-encoded: what ConfigMap
+// bearkong-ca-root holds.
+func testRootPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "bearkong test root"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// flagValue returns the value that follows name in args.
+func flagValue(t *testing.T, args []string, name string) string {
+	t.Helper()
+	i := slices.Index(args, name)
+	if i < 0 || i+1 >= len(args) {
+		t.Fatalf("args %q: no %s", args, name)
+	}
+	return args[i+1]
+}
+
+// jsonStrings returns every string value in a decoded JSON document.
+func jsonStrings(v any) []string {
+	switch v := v.(type) {
+	case string:
+		return []string{v}
+	case []any:
+		var out []string
+		for _, e := range v {
+			out = append(out, jsonStrings(e)...)
+		}
+		return out
+	case map[string]any:
+		var out []string
+		for _, e := range v {
+			out = append(out, jsonStrings(e)...)
+		}
+		return out
+	}
+	return nil
 }
 
 // container returns the pod's container with that name.

@@ -34,6 +34,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
+	bkdiscovery "github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
@@ -355,6 +356,104 @@ func TestAppManifests(t *testing.T) {
 	}
 	if tp := as["app-3"].svc.Spec.Ports[0].TargetPort; tp.IntValue() != 5080 {
 		t.Errorf("app-3 targetPort = %s, want 5080 as in the original exercise", tp.String())
+	}
+}
+
+// Where the app manifests put the sidecar's credentials for bearkong (issue 11).
+const (
+	tokenDir      = "/var/run/secrets/bearkong"
+	tokenPath     = tokenDir + "/token"
+	rootDir       = "/var/run/bearkong"
+	tokenAudience = "bearkong"
+)
+
+// TestAppIdentity checks each app's identity and its credentials for bearkong: a
+// ServiceAccount of the app's name that mounts no API token, the pods running as it; a
+// projected token of audience bearkong, mounted read-only into the init container and
+// Envoy only, at the path the bootstrap names; and the CA root's ConfigMap, which
+// bearkong publishes, mounted into the init container, whose args pass both on.
+func TestAppIdentity(t *testing.T) {
+	root := repoRoot(t)
+	objs, err := loadDir(root, "apps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, a := range apps(t) {
+		t.Run(name, func(t *testing.T) {
+			sas := find(objs, "ServiceAccount", name)
+			if len(sas) != 1 {
+				t.Fatalf("want one ServiceAccount %s, got %v", name, sas)
+			}
+			sa := typed[corev1.ServiceAccount](t, sas[0])
+			if sa.Namespace != a.deploy.Namespace || sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+				t.Errorf("ServiceAccount %s/%s automountServiceAccountToken %v, want false in %s", sa.Namespace, sa.Name, sa.AutomountServiceAccountToken, a.deploy.Namespace)
+			}
+			spec := a.deploy.Spec.Template.Spec
+			if spec.ServiceAccountName != name {
+				t.Errorf("serviceAccountName %q, want %q", spec.ServiceAccountName, name)
+			}
+			if m := spec.AutomountServiceAccountToken; m != nil && *m {
+				t.Error("the pod mounts an API token")
+			}
+
+			var tokenVol, rootVol string
+			for _, v := range spec.Volumes {
+				switch {
+				case v.Projected != nil:
+					src := v.Projected.Sources
+					if len(src) != 1 || src[0].ServiceAccountToken == nil {
+						t.Fatalf("volume %s: sources %+v, want one serviceAccountToken", v.Name, src)
+					}
+					tok := src[0].ServiceAccountToken
+					if tok.Audience != tokenAudience || tok.ExpirationSeconds == nil || *tok.ExpirationSeconds != 3600 || tok.Path != "token" {
+						t.Errorf("volume %s: token %+v, want audience %s, expirationSeconds 3600, path token", v.Name, tok, tokenAudience)
+					}
+					tokenVol = v.Name
+				case v.ConfigMap != nil:
+					if v.ConfigMap.Name != bkdiscovery.RootConfigMapName || len(v.ConfigMap.Items) != 0 {
+						t.Errorf("volume %s: ConfigMap %+v, want all of %s", v.Name, v.ConfigMap, bkdiscovery.RootConfigMapName)
+					}
+					if o := v.ConfigMap.Optional; o != nil && *o {
+						t.Errorf("volume %s is optional: a pod would start without the root", v.Name)
+					}
+					rootVol = v.Name
+				}
+			}
+			if tokenVol == "" || rootVol == "" {
+				t.Fatalf("volumes %+v: want a projected token and the CA root ConfigMap", spec.Volumes)
+			}
+
+			init := spec.InitContainers[0]
+			sidecar := container(t, spec, "envoy")
+			for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+				want := map[string]string{} // volume -> mount path
+				switch c.Name {
+				case init.Name:
+					want[tokenVol], want[rootVol] = tokenDir, rootDir
+				case sidecar.Name:
+					want[tokenVol] = tokenDir
+				}
+				got := map[string]string{}
+				for _, m := range c.VolumeMounts {
+					if m.Name != tokenVol && m.Name != rootVol {
+						continue
+					}
+					got[m.Name] = m.MountPath
+					if !m.ReadOnly {
+						t.Errorf("container %s mounts %s read-write", c.Name, m.Name)
+					}
+				}
+				if !maps.Equal(got, want) {
+					t.Errorf("container %s mounts %v, want %v", c.Name, got, want)
+				}
+			}
+			args := strings.Join(init.Args, " ")
+			for _, want := range []string{"--xds-ca-file " + rootDir + "/" + bkdiscovery.RootConfigMapKey, "--xds-token-file " + tokenPath} {
+				if !strings.Contains(args, want) {
+					t.Errorf("init container args %q, want %q", init.Args, want)
+				}
+			}
+		})
 	}
 }
 
