@@ -210,8 +210,8 @@ type loop struct {
 	// sentNode is the node as the client sent it, before Options.Authenticate: a later
 	// request that carries a node must carry this one.
 	sentNode *corev3.Node
-	config *Config // the config sess.cur was resolved from
-	serves []string
+	config   *Config // the config sess.cur was resolved from
+	serves   []string
 	// proxy is the resolved config, and last the latest response of each type not yet
 	// answered, with the view it was built from: what a NACK rejected, for
 	// Options.Observe (only kept when it is set).
