@@ -207,6 +207,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	}
 	b, err := translate.Bootstrap(o)
 	if err != nil {
+		if !o.XDSInsecure && (len(o.XDSRootCA) == 0 || o.XDSTokenFile == "") {
+			return fmt.Errorf("%w\n(the secure xDS channel needs --xds-ca-file and --xds-token-file; --xds-insecure is for development)", err)
+		}
 		return err
 	}
 	raw, err := protojson.Marshal(b)
