@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -81,6 +82,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	resync := fs.Duration("resync-period", 10*time.Minute, "informer resync period (0 disables); resyncs never cause xDS pushes")
 	drain := fs.Duration("drain-timeout", 5*time.Second, "on shutdown, how long xDS streams may take before they are cut")
 	clusterDomain := fs.String("cluster-domain", translate.DefaultClusterDomain, "the cluster's DNS domain: the outbound listener takes 'service: <name>.<namespace>.svc.<cluster-domain>'")
+	xdsInsecure := fs.Bool("xds-insecure", false, "serve xDS in plaintext and believe any node's claim: development only")
+	tokenAudience := fs.String("xds-token-audience", defaultTokenAudience, "audience the proxies' ServiceAccount tokens must be issued for")
+	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
@@ -104,6 +108,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := translate.ValidateClusterDomain(*clusterDomain); err != nil {
 		return fmt.Errorf("--cluster-domain: %w", err)
 	}
+	sec, err := parseCPSecurity(*xdsInsecure, *tokenAudience, *serverNames, *xdsAddr, envOr("POD_NAMESPACE", "bearkong-system"), *clusterDomain)
+	if err != nil {
+		return err
+	}
 	client, gateway, err := discovery.NewClients(*kubeconfig)
 	if err != nil {
 		return err
@@ -121,6 +129,11 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
+	if !sec.Insecure {
+		// Not wired yet (issue 11): the CA and controlplane.Authenticator/ServerTLS come
+		// together after the merge.
+		log.Warn("the secure xDS channel is not wired yet: serving plaintext xDS as with --xds-insecure", "server_names", sec.ServerNames, "server_ips", sec.ServerIPs, "token_audience", sec.TokenAudience)
+	}
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
 	}
@@ -169,6 +182,14 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
 	fs.StringVar(&o.AdminAddress, "admin-address", envOr("ADMIN_ADDRESS", "127.0.0.1:8081"), "host:port of Envoy's admin listener")
 	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server")
+	caFile := fs.String("xds-ca-file", os.Getenv("BEARKONG_XDS_CA_FILE"), "PEM file of the roots of the control plane's certificate, inlined into the bootstrap (default $BEARKONG_XDS_CA_FILE)")
+	fs.StringVar(&o.XDSTokenFile, "xds-token-file", os.Getenv("BEARKONG_XDS_TOKEN_FILE"), "absolute path of the pod's projected ServiceAccount token, which Envoy reads at each connection (default $BEARKONG_XDS_TOKEN_FILE)")
+	fs.StringVar(&o.XDSServerName, "xds-server-name", os.Getenv("BEARKONG_XDS_SERVER_NAME"), "name the control plane's certificate must hold (default $BEARKONG_XDS_SERVER_NAME, else the host of --xds-address)")
+	insecure, err := envBool("BEARKONG_XDS_INSECURE")
+	if err != nil {
+		return err
+	}
+	fs.BoolVar(&o.XDSInsecure, "xds-insecure", insecure, "plaintext xDS without credentials, for development only; the control plane must run with --xds-insecure too (default $BEARKONG_XDS_INSECURE)")
 	out := fs.String("o", "-", "write the bootstrap to this file instead of stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -176,8 +197,19 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("bootstrap takes no arguments, got %q", fs.Args())
 	}
+	if *caFile != "" {
+		if o.XDSInsecure {
+			return errors.New("--xds-ca-file and --xds-insecure contradict each other")
+		}
+		if o.XDSRootCA, err = os.ReadFile(*caFile); err != nil {
+			return fmt.Errorf("--xds-ca-file: %w", err)
+		}
+	}
 	b, err := translate.Bootstrap(o)
 	if err != nil {
+		if !o.XDSInsecure && (len(o.XDSRootCA) == 0 || o.XDSTokenFile == "") {
+			return fmt.Errorf("%w\n(the secure xDS channel needs --xds-ca-file and --xds-token-file; --xds-insecure is for development)", err)
+		}
 		return err
 	}
 	raw, err := protojson.Marshal(b)
@@ -202,6 +234,19 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("write bootstrap: %w", err)
 	}
 	return nil
+}
+
+// envBool reads a boolean environment variable; unset or empty is false.
+func envBool(key string) (bool, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("$%s: %q is not a boolean", key, v)
+	}
+	return b, nil
 }
 
 func envOr(key, def string) string {

@@ -6,12 +6,17 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
 
 func TestRun(t *testing.T) {
 	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, []byte(testRootPEM), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name    string
 		args    []string
@@ -21,10 +26,16 @@ func TestRun(t *testing.T) {
 		{"no command", nil, "missing command", ""},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`, ""},
 		{"version", []string{"version"}, "", "bearkong dev"},
-		{"bootstrap to stdout", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default"}, "", `"id": "app-1-a.default"`},
+		{"bootstrap to stdout", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-insecure"}, "", `"id": "app-1-a.default"`},
+		{"bootstrap is secure by default", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default"}, "xds root CA is required", ""},
+		{"secure bootstrap", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/var/run/secrets/bearkong/token"}, "", `"googleGrpc"`},
+		{"secure bootstrap without a token", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", caFile}, "xds token file is required", ""},
+		{"bootstrap with a missing CA file", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", filepath.Join(dir, "missing.pem")}, "--xds-ca-file", ""},
+		{"bootstrap with a CA and insecure", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-insecure"}, "contradict", ""},
+		{"cp with a bad server name", []string{"cp", "--xds-server-names", "bearkong,Bear_Kong"}, `"Bear_Kong" is neither`, ""},
 		{"bootstrap without a pod name", []string{"bootstrap", "--pod-name", "", "--pod-namespace", "default"}, "pod", ""},
 		{"bootstrap with a bad xds address", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-address", "nope"}, "xds", ""},
-		{"bootstrap to a file without an extension Envoy knows", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "-o", filepath.Join(dir, "b.txt")}, "use .json or .yaml", ""},
+		{"bootstrap to a file without an extension Envoy knows", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "-o", filepath.Join(dir, "b.txt")}, "use .json or .yaml", ""},
 		{"cp with a missing kubeconfig", []string{"cp", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
@@ -52,7 +63,7 @@ func TestBootstrapFile(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "envoy.json")
 	var stdout, stderr bytes.Buffer
 	args := []string{"bootstrap", "--pod-name", "app-2-b", "--pod-namespace", "shop", "--listen-ip", "127.0.1.3",
-		"--outbound-ip", "127.0.2.3", "--app-address", "127.0.1.3:9090", "--admin-address", "127.0.1.3:8081", "--xds-address", "127.0.0.1:5000", "-o", out}
+		"--outbound-ip", "127.0.2.3", "--app-address", "127.0.1.3:9090", "--admin-address", "127.0.1.3:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure", "-o", out}
 	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatal(err, stderr.String())
 	}
@@ -79,3 +90,61 @@ func TestBootstrapFile(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCPSecurity(t *testing.T) {
+	for _, tc := range []struct {
+		name, names, addr string
+		insecure          bool
+		audience          string
+		wantNames         []string
+		wantIPs           []string
+		wantErr           string
+	}{
+		{name: "defaults", addr: ":5000", audience: "bearkong",
+			wantNames: []string{"bearkong.bearkong-system.svc", "bearkong.bearkong-system.svc.cluster.local"}},
+		{name: "defaults with a listen IP", addr: "10.0.0.7:5000", audience: "bearkong",
+			wantNames: []string{"bearkong.bearkong-system.svc", "bearkong.bearkong-system.svc.cluster.local"}, wantIPs: []string{"10.0.0.7"}},
+		{name: "defaults on every IPv6 address", addr: "[::]:5000", audience: "bearkong",
+			wantNames: []string{"bearkong.bearkong-system.svc", "bearkong.bearkong-system.svc.cluster.local"}},
+		{name: "explicit", names: "xds.example.com, 127.0.0.1,::1,xds.example.com", addr: ":5000", audience: "bearkong",
+			wantNames: []string{"xds.example.com"}, wantIPs: []string{"127.0.0.1", "::1"}},
+		{name: "empty name", names: "a,,b", addr: ":5000", audience: "bearkong", wantErr: "empty name"},
+		{name: "unspecified IP", names: "0.0.0.0", addr: ":5000", audience: "bearkong", wantErr: "not an address a client can dial"},
+		{name: "no audience", addr: ":5000", wantErr: "--xds-token-audience"},
+		{name: "insecure ignores the rest", insecure: true, names: "Bad_Name", addr: ":5000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := parseCPSecurity(tc.insecure, tc.audience, tc.names, tc.addr, "bearkong-system", "cluster.local")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ips []string
+			for _, ip := range s.ServerIPs {
+				ips = append(ips, ip.String())
+			}
+			if !slices.Equal(s.ServerNames, tc.wantNames) || !slices.Equal(ips, tc.wantIPs) || s.Insecure != tc.insecure {
+				t.Errorf("got %+v (IPs %q), want names %q, IPs %q", s, ips, tc.wantNames, tc.wantIPs)
+			}
+		})
+	}
+}
+
+// testRootPEM is a fixed root certificate for the bootstrap's --xds-ca-file.
+const testRootPEM = `-----BEGIN CERTIFICATE-----
+MIIBpTCCAUugAwIBAgIUDwetuUJ6eYX4sBlGuLEP3NZIWyIwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUYmVhcmtvbmcgZ29sZGVuIHJvb3QwIBcNMjYxMjAxMDM0NTMx
+WhgPMjEyNjExMDcwMzQ1MzFaMB8xHTAbBgNVBAMMFGJlYXJrb25nIGdvbGRlbiBy
+b290MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAAhuVMocBlkIqLu1vSUsJO7e
+MCikWcQ5uMr+s7tryV9XUfSXocG6W1GP/VWpoeOHgwHisZtof3QAGSSO6YdFDaNj
+MGEwHQYDVR0OBBYEFCzs30O4SVvce8TF7MIM6Im93ji7MB8GA1UdIwQYMBaAFCzs
+30O4SVvce8TF7MIM6Im93ji7MA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQD
+AgIEMAoGCCqGSM49BAMCA0gAMEUCIQCiK6P4ervyMYIX96HIwWPdupga4X3qyB9C
+xGIzAXsb4wIgfVSH2qJLpOL8HefzXNSBSlAnLRJgjKXHLVvDUWa21xU=
+-----END CERTIFICATE-----
+`

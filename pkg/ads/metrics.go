@@ -21,6 +21,7 @@ type Metrics struct {
 	bytes       *prometheus.CounterVec
 	convergence *prometheus.HistogramVec
 	resolveErrs prometheus.Counter
+	authErrs    *prometheus.CounterVec
 
 	// byType holds each type's children of the vectors above, looked up once: every
 	// response and every ACK of every proxy counts, and WithLabelValues hashes the
@@ -69,9 +70,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resolveErrs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bearkong_xds_config_errors_total", Help: "Streams refused because no config could be built for their node.",
 		}),
+		authErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_auth_failures_total", Help: "Streams refused for their identity (Options.Authenticate, or a node that changed), by reason.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs)
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs, m.authErrs)
+	}
+	// Every reason appears from the start, so that a rate over it is never empty.
+	for _, r := range []string{ReasonUnauthenticated, ReasonPermissionDenied, ReasonNodeChanged, ReasonOther} {
+		m.authErrs.WithLabelValues(r)
 	}
 	// Every type appears from the start, so a query for a type never comes back empty.
 	for _, t := range resource.Types {
@@ -139,5 +147,11 @@ func (m *Metrics) streamClosed() {
 func (m *Metrics) resolveError() {
 	if m != nil {
 		m.resolveErrs.Inc()
+	}
+}
+
+func (m *Metrics) authFailure(reason string) {
+	if m != nil {
+		m.authErrs.WithLabelValues(reason).Inc()
 	}
 }

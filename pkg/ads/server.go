@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -60,6 +61,14 @@ type Options struct {
 	// It is how the layer above learns which config the proxies reject; pkg/ads itself
 	// only records NACKs.
 	Observe func(Report)
+	// Authenticate, when set, vets the node of a stream's first request before anything
+	// is resolved or sent. The node it returns (which may carry metadata that only the
+	// authenticator vouches for) is the one the stream uses from then on: to resolve, in
+	// logs and in /debug/streams. A non-nil error ends the stream with the error's gRPC
+	// status (Unauthenticated when it carries none) and nothing is sent. ctx is the
+	// stream's: it carries the peer and the request metadata. It is called from many
+	// streams at once and must be safe for concurrent use.
+	Authenticate func(ctx context.Context, node *corev3.Node) (*corev3.Node, error)
 }
 
 // Report is one ACK or NACK, for Options.Observe.
@@ -91,6 +100,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	observe func(Report)
+	authn   func(context.Context, *corev3.Node) (*corev3.Node, error)
 	config  atomic.Pointer[Config]
 	nextID  atomic.Uint64
 
@@ -105,7 +115,7 @@ func NewServer(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{log: log, metrics: o.Metrics, observe: o.Observe, streams: map[uint64]*stream{}}
+	return &Server{log: log, metrics: o.Metrics, observe: o.Observe, authn: o.Authenticate, streams: map[uint64]*stream{}}
 }
 
 // Register adds the ADS service to g.
@@ -177,7 +187,7 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 		}
 	}()
 
-	l := &loop{srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
+	l := &loop{ctx: ctx, srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
 	err := l.run(ctx, reqs, recvErr)
 	if err != nil {
 		l.log.Info("stream closed", "err", err)
@@ -189,6 +199,7 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 
 // loop is one stream's send loop. It owns the session.
 type loop struct {
+	ctx    context.Context
 	srv    *Server
 	st     *stream
 	gs     discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer
@@ -196,8 +207,11 @@ type loop struct {
 	log    *slog.Logger
 	node   *corev3.Node
 	nodeID string
-	config *Config // the config sess.cur was resolved from
-	serves []string
+	// sentNode is the node as the client sent it, before Options.Authenticate: a later
+	// request that carries a node must carry this one.
+	sentNode *corev3.Node
+	config   *Config // the config sess.cur was resolved from
+	serves   []string
 	// proxy is the resolved config, and last the latest response of each type not yet
 	// answered, with the view it was built from: what a NACK rejected, for
 	// Options.Observe (only kept when it is set).
@@ -238,7 +252,12 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		if req.GetNode() == nil || req.GetNode().GetId() == "" {
 			return status.Error(codes.InvalidArgument, "the first DiscoveryRequest on a stream must carry the node with its id")
 		}
-		l.node = req.GetNode()
+		node, err := l.authenticate(req.GetNode())
+		if err != nil {
+			return err
+		}
+		l.sentNode = req.GetNode()
+		l.node = node
 		l.nodeID = l.node.GetId()
 		l.log = l.log.With("node", l.nodeID)
 		l.log.Info("stream opened", "peer", l.st.peer)
@@ -246,6 +265,13 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		if err := l.refresh(); err != nil {
 			return err
 		}
+	} else if n := req.GetNode(); n != nil && n != l.sentNode && !proto.Equal(n, l.sentNode) {
+		// The stream's identity is what its first request proved; a client that sends
+		// another node later is asking for someone else's config on credentials that
+		// were checked for the first one. That is a matter of permission, not of a
+		// malformed request (the node itself may be well formed), hence PermissionDenied.
+		return l.refuse(ReasonNodeChanged, status.Errorf(codes.PermissionDenied,
+			"the node of a stream cannot change: the stream was opened as %q, a later request says %q", l.sentNode.GetId(), n.GetId()))
 	}
 	t, ok := resource.TypeFromURL(req.GetTypeUrl())
 	if !ok {
@@ -267,6 +293,51 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		l.report(ACK, t, req)
 	}
 	return l.send(resps)
+}
+
+// Reasons of bearkong_xds_auth_failures_total.
+const (
+	ReasonUnauthenticated  = "unauthenticated"   // no or bad credentials
+	ReasonPermissionDenied = "permission_denied" // credentials of someone else than the node
+	ReasonNodeChanged      = "node_changed"      // a later request carried another node
+	ReasonOther            = "other"             // any other status from Authenticate
+)
+
+// authenticate runs Options.Authenticate on the first request's node.
+func (l *loop) authenticate(node *corev3.Node) (*corev3.Node, error) {
+	if l.srv.authn == nil {
+		return node, nil
+	}
+	out, err := l.srv.authn(l.ctx, node)
+	if err == nil && out.GetId() == "" {
+		err = status.Error(codes.Internal, "the authenticator returned no node")
+	}
+	if err != nil {
+		st, ok := status.FromError(err)
+		if !ok {
+			// An authenticator that cannot say why it refuses still refuses: without a
+			// status of its own, the proxy is not authenticated.
+			st = status.New(codes.Unauthenticated, err.Error())
+		}
+		reason := ReasonOther
+		switch st.Code() {
+		case codes.Unauthenticated:
+			reason = ReasonUnauthenticated
+		case codes.PermissionDenied:
+			reason = ReasonPermissionDenied
+		}
+		l.log = l.log.With("node", node.GetId())
+		return nil, l.refuse(reason, st.Err())
+	}
+	return out, nil
+}
+
+// refuse counts and logs, once (the stream ends with it), a stream refused for its
+// identity. The error names what was wrong, never the credentials.
+func (l *loop) refuse(reason string, err error) error {
+	l.srv.metrics.authFailure(reason)
+	l.log.Warn("xds stream refused", "peer", l.st.peer, "reason", reason, "err", err)
+	return err
 }
 
 // report tells Options.Observe about an ACK or a NACK of the latest response of type t.

@@ -63,12 +63,27 @@ type BootstrapOptions struct {
 	// AdminAddress is the admin listener's IP:port (default DefaultAdminAddress).
 	AdminAddress string
 	// XDSAddress is the control plane's host:port. Required. An IP host makes a STATIC
-	// cluster, a DNS name a STRICT_DNS one.
+	// cluster, a DNS name a STRICT_DNS one (insecure mode); the secure mode hands it to
+	// gRPC as its target.
 	XDSAddress string
+	// XDSRootCA is the PEM of the roots that sign the control plane's certificate,
+	// inlined into the bootstrap. Required unless XDSInsecure.
+	XDSRootCA []byte
+	// XDSTokenFile is the path of the pod's projected ServiceAccount token, which Envoy
+	// reads and sends as "authorization: Bearer <token>" on every ADS stream. Required
+	// unless XDSInsecure.
+	XDSTokenFile string
+	// XDSServerName is the name the control plane's certificate must hold (and the SNI
+	// sent); default the host of XDSAddress.
+	XDSServerName string
+	// XDSInsecure connects to the control plane in plaintext without credentials: for
+	// development only; the control plane must run with --xds-insecure too.
+	XDSInsecure bool
 }
 
 // Bootstrap returns the Envoy bootstrap of a sidecar: the node identity, the admin
-// listener and a single static cluster to the control plane. Everything else (listeners,
+// listener and the ADS channel to the control plane: by default TLS with the pod's token
+// (see secureXDS), or, with XDSInsecure, plaintext over a single static cluster. Everything else (listeners,
 // routes, clusters, endpoints) comes over ADS, so the bootstrap is one template for every
 // pod. https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto
 //
@@ -107,12 +122,33 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		errs = append(errs, err)
 	}
 	var xds *clusterv3.Cluster
+	var xdsHost string
 	if o.XDSAddress == "" {
 		errs = append(errs, errors.New("xds address is required (host:port of the bearkong control plane)"))
 	} else if host, port, err := splitHostPort("xds address", o.XDSAddress); err != nil {
 		errs = append(errs, err)
 	} else if xds, err = xdsCluster(host, port); err != nil {
 		errs = append(errs, err)
+	} else {
+		xdsHost = host
+	}
+	var grpcService *corev3.GrpcService
+	if o.XDSInsecure {
+		grpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName},
+		}}
+	} else {
+		if o.XDSServerName == "" {
+			o.XDSServerName = xdsHost
+		}
+		s, err := secureXDS(o)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		grpcService = s
+		// The secure channel is Envoy's Google gRPC client, which dials the control
+		// plane itself: no cluster is needed.
+		xds = nil
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("translate: bootstrap: %w", err)
@@ -140,9 +176,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			IgnoreGlobalConnLimit: true,
 		},
 		OverloadManager: overloadManager(),
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Clusters: []*clusterv3.Cluster{xds},
-		},
+		StaticResources: staticResources(xds),
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			// One gRPC stream carries every type, so the control plane can order a push
 			// (CDS, EDS, LDS, RDS) and avoid traffic drops while config changes:
@@ -150,11 +184,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			AdsConfig: &corev3.ApiConfigSource{
 				ApiType:             corev3.ApiConfigSource_GRPC,
 				TransportApiVersion: corev3.ApiVersion_V3,
-				GrpcServices: []*corev3.GrpcService{{
-					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName},
-					},
-				}},
+				GrpcServices:        []*corev3.GrpcService{grpcService},
 				// The node (with its metadata) is sent once per stream, not on every
 				// request; pkg/ads remembers it from the first request:
 				// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto#envoy-v3-api-field-config-core-v3-apiconfigsource-set-node-on-first-message-only
@@ -165,6 +195,14 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		},
 		LayeredRuntime: layeredRuntime(),
 	}, nil
+}
+
+// staticResources holds the control plane's cluster, when there is one.
+func staticResources(xds *clusterv3.Cluster) *bootstrapv3.Bootstrap_StaticResources {
+	if xds == nil {
+		return nil
+	}
+	return &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}}
 }
 
 // Runtime keys bearkong sets in every sidecar.

@@ -11,6 +11,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	grpccredentialv3 "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -18,7 +19,13 @@ import (
 )
 
 func TestBootstrapErrors(t *testing.T) {
-	valid := BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: "127.0.0.1:18000"}
+	valid := BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: "127.0.0.1:18000", XDSInsecure: true}
+	secure := BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: "bearkong.bearkong-system.svc:5000", XDSRootCA: []byte(testRootPEM), XDSTokenFile: "/var/run/secrets/bearkong/token"}
+	withSecure := func(f func(*BootstrapOptions)) BootstrapOptions {
+		o := secure
+		f(&o)
+		return o
+	}
 	with := func(f func(*BootstrapOptions)) BootstrapOptions {
 		o := valid
 		f(&o)
@@ -45,6 +52,20 @@ func TestBootstrapErrors(t *testing.T) {
 		{"bad app address", with(func(o *BootstrapOptions) { o.AppAddress = "localhost:9090" }), []string{`app address "localhost:9090": the host must be an IP address`}},
 		{"admin by name", with(func(o *BootstrapOptions) { o.AdminAddress = "localhost:8081" }), []string{`admin address "localhost:8081": the host must be an IP address`}},
 		{"every error at once", BootstrapOptions{ListenIP: "x"}, []string{"pod name is missing", "pod namespace is missing", `listen IP "x"`, "xds address is required"}},
+		{"secure", secure, nil},
+		{"secure by IP with a server name", withSecure(func(o *BootstrapOptions) {
+			o.XDSAddress = "10.96.0.10:5000"
+			o.XDSServerName = "bearkong.bearkong-system.svc"
+		}), nil},
+		{"secure is the default: no root", withSecure(func(o *BootstrapOptions) { o.XDSRootCA = nil }), []string{"xds root CA is required"}},
+		{"secure is the default: no token", withSecure(func(o *BootstrapOptions) { o.XDSTokenFile = "" }), []string{"xds token file is required"}},
+		{"secure: nothing", withSecure(func(o *BootstrapOptions) { o.XDSTokenFile = ""; o.XDSRootCA = nil }), []string{"xds token file is required", "xds root CA is required"}},
+		{"secure: root not PEM", withSecure(func(o *BootstrapOptions) { o.XDSRootCA = []byte("not a cert") }), []string{"xds root CA holds no PEM certificate"}},
+		{"secure: root is a key", withSecure(func(o *BootstrapOptions) {
+			o.XDSRootCA = []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+		}), []string{`a PEM block of type "PRIVATE KEY"`}},
+		{"secure: relative token path", withSecure(func(o *BootstrapOptions) { o.XDSTokenFile = "token" }), []string{`xds token file "token" must be an absolute path`}},
+		{"secure: bad server name", withSecure(func(o *BootstrapOptions) { o.XDSServerName = "Bear_Kong" }), []string{`xds server name "Bear_Kong" is neither`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := Bootstrap(tc.opts)
@@ -77,7 +98,7 @@ func TestBootstrapXDSCluster(t *testing.T) {
 		{"bearkong:18000", clusterv3.Cluster_STRICT_DNS},
 	} {
 		t.Run(tc.addr, func(t *testing.T) {
-			b, err := Bootstrap(BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: tc.addr})
+			b, err := Bootstrap(BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: tc.addr, XDSInsecure: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,5 +197,80 @@ func envoyValidate(t *testing.T, envoy, ext string, b proto.Message) {
 	// them, so none may be used.
 	if strings.Contains(strings.ToLower(string(out)), "deprecated") {
 		t.Errorf("envoy warns about a deprecated field:\n%s", out)
+	}
+}
+
+// testRootPEM is a fixed root certificate (P-256, valid until 2126), so that the golden
+// bootstrap that inlines it does not change from run to run. Its key is thrown away.
+const testRootPEM = `-----BEGIN CERTIFICATE-----
+MIIBpTCCAUugAwIBAgIUDwetuUJ6eYX4sBlGuLEP3NZIWyIwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUYmVhcmtvbmcgZ29sZGVuIHJvb3QwIBcNMjYxMjAxMDM0NTMx
+WhgPMjEyNjExMDcwMzQ1MzFaMB8xHTAbBgNVBAMMFGJlYXJrb25nIGdvbGRlbiBy
+b290MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAAhuVMocBlkIqLu1vSUsJO7e
+MCikWcQ5uMr+s7tryV9XUfSXocG6W1GP/VWpoeOHgwHisZtof3QAGSSO6YdFDaNj
+MGEwHQYDVR0OBBYEFCzs30O4SVvce8TF7MIM6Im93ji7MB8GA1UdIwQYMBaAFCzs
+30O4SVvce8TF7MIM6Im93ji7MA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQD
+AgIEMAoGCCqGSM49BAMCA0gAMEUCIQCiK6P4ervyMYIX96HIwWPdupga4X3qyB9C
+xGIzAXsb4wIgfVSH2qJLpOL8HefzXNSBSlAnLRJgjKXHLVvDUWa21xU=
+-----END CERTIFICATE-----
+`
+
+// TestBootstrapSecureChannel checks the shape of the secure ADS channel: Google gRPC with
+// TLS against the inlined root, the server name checked (by default the host of the xDS
+// address), the token file as call credentials, the keepalive of the insecure mode, and
+// no cluster to the control plane.
+func TestBootstrapSecureChannel(t *testing.T) {
+	for _, tc := range []struct {
+		name, addr, serverName, wantName string
+	}{
+		{"name from the address", "bearkong.bearkong-system.svc:5000", "", "bearkong.bearkong-system.svc"},
+		{"explicit name", "10.96.0.10:5000", "bearkong.bearkong-system.svc.cluster.local", "bearkong.bearkong-system.svc.cluster.local"},
+		{"IP", "10.96.0.10:5000", "", "10.96.0.10"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := Bootstrap(BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: tc.addr, XDSServerName: tc.serverName,
+				XDSRootCA: []byte(testRootPEM), XDSTokenFile: "/var/run/secrets/bearkong/token"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cs := b.GetStaticResources().GetClusters(); len(cs) != 0 {
+				t.Errorf("static clusters %v, want none (Google gRPC dials the control plane)", cs)
+			}
+			gs := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()
+			if len(gs) != 1 || gs[0].GetGoogleGrpc() == nil {
+				t.Fatalf("ADS gRPC services %v, want one Google gRPC", gs)
+			}
+			g := gs[0].GetGoogleGrpc()
+			if g.GetTargetUri() != tc.addr {
+				t.Errorf("target %q, want %q", g.GetTargetUri(), tc.addr)
+			}
+			if got := string(g.GetChannelCredentials().GetSslCredentials().GetRootCerts().GetInlineBytes()); got != testRootPEM {
+				t.Errorf("root certs %q, want the inlined root", got)
+			}
+			args := g.GetChannelArgs().GetArgs()
+			if got := args["grpc.ssl_target_name_override"].GetStringValue(); got != tc.wantName {
+				t.Errorf("server name %q, want %q", got, tc.wantName)
+			}
+			if got := args["grpc.keepalive_time_ms"].GetIntValue(); got != xdsKeepaliveInterval.Milliseconds() {
+				t.Errorf("keepalive time %d ms, want %d", got, xdsKeepaliveInterval.Milliseconds())
+			}
+			if got := args["grpc.keepalive_timeout_ms"].GetIntValue(); got != xdsKeepaliveTimeout.Milliseconds() {
+				t.Errorf("keepalive timeout %d ms, want %d", got, xdsKeepaliveTimeout.Milliseconds())
+			}
+			cc := g.GetCallCredentials()
+			if len(cc) != 1 || cc[0].GetFromPlugin().GetName() != fileBasedMetadata || g.GetCredentialsFactoryName() != fileBasedMetadata {
+				t.Fatalf("call credentials %v (factory %q), want the file_based_metadata plugin", cc, g.GetCredentialsFactoryName())
+			}
+			var fbm grpccredentialv3.FileBasedMetadataConfig
+			if err := cc[0].GetFromPlugin().GetTypedConfig().UnmarshalTo(&fbm); err != nil {
+				t.Fatal(err)
+			}
+			if fbm.GetSecretData().GetFilename() != "/var/run/secrets/bearkong/token" || fbm.GetHeaderPrefix() != "Bearer " || fbm.GetHeaderKey() != "" {
+				t.Errorf("file_based_metadata %v, want the token file with prefix \"Bearer \" in authorization", &fbm)
+			}
+			if err := b.ValidateAll(); err != nil {
+				t.Errorf("bootstrap fails Envoy's proto constraints: %v", err)
+			}
+		})
 	}
 }

@@ -65,7 +65,7 @@ func startEnvoyWith(t *testing.T, snap *mesh.Snapshot, n Node, opts Options, han
 	p := mustProxy(t, tr, n)
 	base, err := Bootstrap(BootstrapOptions{
 		PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP,
-		AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000",
+		AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000", XDSInsecure: true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +345,7 @@ func TestEnvoyLongestClusterDomain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, err := Bootstrap(BootstrapOptions{PodName: nodeApp1A.PodName, PodNamespace: nodeApp1A.PodNamespace, XDSAddress: "127.0.0.1:18000"})
+	base, err := Bootstrap(BootstrapOptions{PodName: nodeApp1A.PodName, PodNamespace: nodeApp1A.PodNamespace, XDSAddress: "127.0.0.1:18000", XDSInsecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

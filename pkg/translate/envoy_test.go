@@ -112,7 +112,7 @@ func TestEnvoyValidateResources(t *testing.T) {
 	for _, n := range []Node{nodeApp1A, nodeApp2A, nodeLocal} {
 		base, err := Bootstrap(BootstrapOptions{
 			PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP, AppAddress: n.AppAddress,
-			XDSAddress: "127.0.0.1:18000",
+			XDSAddress: "127.0.0.1:18000", XDSInsecure: true,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -167,7 +167,7 @@ func TestEnvoyRouting(t *testing.T) {
 	p := mustProxy(t, mustNew(t, snap), n)
 	base, err := Bootstrap(BootstrapOptions{
 		PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, OutboundIP: n.OutboundIP,
-		AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000",
+		AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000", XDSInsecure: true,
 	})
 	if err != nil {
 		t.Fatal(err)

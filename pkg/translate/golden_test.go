@@ -78,6 +78,8 @@ var bootstrapCases = []struct {
 		PodName:      "app-1-7d4b9c-xk2lp",
 		PodNamespace: "default",
 		XDSAddress:   "bearkong.bearkong-system.svc:18000",
+		XDSRootCA:    []byte(testRootPEM),
+		XDSTokenFile: "/var/run/secrets/bearkong/token",
 	}},
 	{"local", BootstrapOptions{
 		PodName:      "app-2-0",
@@ -87,5 +89,6 @@ var bootstrapCases = []struct {
 		AppAddress:   "127.0.1.2:9090",
 		AdminAddress: "127.0.1.2:8081",
 		XDSAddress:   "127.0.0.1:18000",
+		XDSInsecure:  true,
 	}},
 }

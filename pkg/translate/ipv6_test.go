@@ -59,7 +59,7 @@ func TestEnvoyRoutingOverIPv6(t *testing.T) {
 	p := mustProxy(t, mustNew(t, snap), n)
 	base, err := Bootstrap(BootstrapOptions{
 		PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, AppAddress: n.AppAddress,
-		XDSAddress: "127.0.0.1:18000",
+		XDSAddress: "127.0.0.1:18000", XDSInsecure: true,
 	})
 	if err != nil {
 		t.Fatal(err)

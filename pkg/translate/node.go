@@ -54,6 +54,10 @@ type Node struct {
 	OutboundIP string
 	// AppAddress is the host:port of the local app that inbound traffic goes to.
 	AppAddress string
+	// ServiceAccount and PodUID are the identity the control plane proved (identity.go);
+	// empty when it proved none.
+	ServiceAccount string
+	PodUID         string
 }
 
 // ParseNode reads node.id and the metadata fields "pod_name", "pod_namespace",
@@ -85,6 +89,9 @@ func ParseNode(n *corev3.Node) (Node, error) {
 		ListenIP:     str(MetadataListenIP),
 		OutboundIP:   str(MetadataOutboundIP),
 		AppAddress:   str(MetadataAppAddress),
+		// Written by the control plane's authenticator, not by the bootstrap.
+		ServiceAccount: str(MetadataServiceAccount),
+		PodUID:         str(MetadataPodUID),
 	}.withDefaults()
 	if err := node.Validate(); err != nil {
 		errs = append(errs, err)

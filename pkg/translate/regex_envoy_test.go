@@ -111,7 +111,7 @@ func regexBootstrap(t *testing.T, pattern string) *bootstrapv3.Bootstrap {
 		Proxies: map[string]*mesh.Proxy{"default/web-a": {Namespace: "default", Name: "web-a", IP: "10.0.0.11", Services: []string{"default/web"}}},
 	}
 	n := Node{ID: "web-a.default", PodNamespace: "default", PodName: "web-a", ListenIP: "127.0.0.1", AppAddress: "127.0.0.1:9090"}
-	base, err := Bootstrap(BootstrapOptions{PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000"})
+	base, err := Bootstrap(BootstrapOptions{PodName: n.PodName, PodNamespace: n.PodNamespace, ListenIP: n.ListenIP, AppAddress: n.AppAddress, XDSAddress: "127.0.0.1:18000", XDSInsecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -131,7 +131,7 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	adminAddr := adminLis.Addr().String()
 	adminLis.Close()
 	b, err := translate.Bootstrap(translate.BootstrapOptions{PodName: "fidelity", PodNamespace: "default",
-		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String()})
+		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -114,7 +114,7 @@ func TestBootstrapValidatesWithEnvoy(t *testing.T) {
 	sharedMesh(t)
 	out := filepath.Join(t.TempDir(), "envoy.json")
 	cmd := exec.Command(filepath.Join(shared.binDir, "bearkong"), "bootstrap", "--pod-name", "app-9-x", "--pod-namespace", "default",
-		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "-o", out)
+		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure", "-o", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bearkong bootstrap: %v\n%s", err, b)
 	}
