@@ -2,7 +2,8 @@
 // mesh snapshots (pkg/mesh). It is the only bearkong package that imports client-go.
 //
 // It follows kubernetes/sample-controller: shared informers on Services, EndpointSlices
-// and Pods in all namespaces; event handlers that only record that something changed;
+// and Pods in all namespaces, and on Namespaces (their mesh-mtls annotation only); event
+// handlers that only record that something changed;
 // state read back from the listers; no work before the caches have synced. Like
 // Contour's event coalescing, one worker waits for a quiet period (bounded by a maximum
 // delay) before it builds a snapshot, so that a burst of changes, such as a rollout,
@@ -83,7 +84,7 @@ type Options struct {
 	DefaultMTLS mesh.MTLSMode
 }
 
-// Discovery watches Services, EndpointSlices and Pods and publishes mesh snapshots.
+// Discovery watches Services, EndpointSlices, Pods and Namespaces and publishes mesh snapshots.
 type Discovery struct {
 	opts    Options
 	log     *slog.Logger
