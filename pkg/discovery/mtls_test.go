@@ -411,3 +411,20 @@ func (h *harness) hasCounter(name string, labels map[string]string) bool {
 	}
 	return false
 }
+
+// TestDefaultMTLSOption: the default mode is STRICT; a mode that is not one of the three
+// makes Run fail before it watches anything, rather than guess.
+func TestDefaultMTLSOption(t *testing.T) {
+	if got := New(newFakeClient(), Options{}).opts.DefaultMTLS; got != mesh.MTLSStrict {
+		t.Errorf("default mode %q, want STRICT", got)
+	}
+	if got := New(newFakeClient(), Options{DefaultMTLS: mesh.MTLSDisable}).opts.DefaultMTLS; got != mesh.MTLSDisable {
+		t.Errorf("mode %q, want DISABLE", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err := New(newFakeClient(), Options{DefaultMTLS: "strict"}).Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), `default mTLS mode "strict"`) {
+		t.Errorf("Run with an invalid default mode: %v", err)
+	}
+}
