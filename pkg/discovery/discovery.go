@@ -3,8 +3,8 @@
 //
 // It follows kubernetes/sample-controller: shared informers on Services, EndpointSlices
 // and Pods in all namespaces, and on Namespaces (their mesh-mtls annotation only); event
-// handlers that only record that something changed;
-// state read back from the listers; no work before the caches have synced. Like
+// handlers that only record that something changed; state read back from the listers;
+// no work before the caches have synced. Like
 // Contour's event coalescing, one worker waits for a quiet period (bounded by a maximum
 // delay) before it builds a snapshot, so that a burst of changes, such as a rollout,
 // costs one snapshot rather than one per event. A snapshot is published only when its
@@ -106,7 +106,7 @@ type Discovery struct {
 	// synced reports whether each handler registration has seen its informer's initial
 	// list; it is stricter than the informers' own HasSynced.
 	synced []cache.InformerSynced
-	// regErr is an error from registering a handler, reported by Run.
+	// regErr is an error from registering a handler or from the options, reported by Run.
 	regErr error
 
 	// mu guards the pending-change record the handlers write and the worker takes.
