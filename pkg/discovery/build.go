@@ -50,6 +50,12 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		Services: make([]*mesh.Service, 0, len(svcs)),
 		Proxies:  map[string]*mesh.Proxy{},
 	}
+	nsModes, diags, err := namespaceModes(o.namespaces)
+	if err != nil {
+		return nil, nil, err
+	}
+	snap.Diagnostics = append(snap.Diagnostics, diags...)
+	defaultMTLS := o.defaultMTLS.Effective()
 	for _, svc := range svcs {
 		ms := &mesh.Service{
 			Namespace:   svc.Namespace,
@@ -58,11 +64,14 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 			Ports:       servicePorts(svc.Spec.Ports),
 		}
 		var lastGood mesh.Policy
+		var lastMTLS mesh.MTLSMode
 		if p := prev.Service(svc.Namespace, svc.Name); p != nil {
-			lastGood = p.Policy
+			lastGood, lastMTLS = p.Policy, p.MTLS
 		}
 		var diags []mesh.Diagnostic
 		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
+		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		ms.MTLS, diags = serviceMTLS(ms, nsModes[svc.Namespace], defaultMTLS, lastMTLS)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		if h := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]; h != nil {
 			// Quarantined: the part of the policy the proxies rejected stays as it was
@@ -97,6 +106,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 			return nil, nil, err
 		}
 		ms.Endpoints = eps.list
+		ms.ServiceAccounts = endpointServiceAccounts(pods, svc.Namespace, eps.list)
 
 		// A Service without a selector (endpoints managed by hand) selects no pods: an
 		// empty selector would otherwise match every pod in the namespace. Its
@@ -126,7 +136,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 			key := pod.Namespace + "/" + pod.Name
 			p := snap.Proxies[key]
 			if p == nil {
-				p = &mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP}
+				p = &mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP, ServiceAccount: serviceAccountOf(pod)}
 				snap.Proxies[key] = p
 			}
 			p.Services = append(p.Services, ms.Key())
@@ -138,6 +148,7 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		sort.Strings(p.Services)
 	}
 	snap.Diagnostics = append(snap.Diagnostics, mesh.CheckPolicyConflicts(snap)...)
+	snap.Diagnostics = append(snap.Diagnostics, proxyModes(snap)...)
 	var statuses []routeStatus
 	if routes != nil {
 		list, err := routes.List(labels.Everything())
@@ -165,6 +176,10 @@ type buildOptions struct {
 	held map[ObjectRef]*hold
 	// skipValidation honours SkipValidationAnnotation (Options.AllowSkipValidation).
 	skipValidation bool
+	// namespaces reads the Namespaces' mesh-mtls annotations; nil reads none.
+	namespaces corelisters.NamespaceLister
+	// defaultMTLS is Options.DefaultMTLS; "" means mesh.MTLSStrict.
+	defaultMTLS mesh.MTLSMode
 }
 
 // meshAnnotations keeps only the annotations that carry mesh policy, so that changing
@@ -386,12 +401,16 @@ func sameService(a, b *mesh.Service) bool {
 		a.Protocol == b.Protocol &&
 		reflect.DeepEqual(a.Routes, b.Routes) &&
 		slices.Equal(a.Ports, b.Ports) &&
-		slices.Equal(a.Endpoints, b.Endpoints)
+		slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.MTLS == b.MTLS &&
+		slices.Equal(a.ServiceAccounts, b.ServiceAccounts)
 }
 
 func sameProxy(a, b *mesh.Proxy) bool {
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		a.IP == b.IP &&
-		slices.Equal(a.Services, b.Services)
+		slices.Equal(a.Services, b.Services) &&
+		a.ServiceAccount == b.ServiceAccount &&
+		a.MTLS == b.MTLS
 }

@@ -49,11 +49,13 @@ func buildFrom(t *testing.T, objs ...runtime.Object) *mesh.Snapshot {
 	return snap
 }
 
-// snapshotCmp compares the model; policy, protocol and diagnostics have tests of their
-// own (TestPolicyAndDiagnostics and TestBuildProtocols here, and pkg/mesh).
+// snapshotCmp compares the model; policy, protocol, mTLS modes, ServiceAccounts and
+// diagnostics have tests of their own (TestPolicyAndDiagnostics and TestBuildProtocols
+// here, mtls_test.go, and pkg/mesh).
 var snapshotCmp = []cmp.Option{
 	cmpopts.IgnoreFields(mesh.Snapshot{}, "ChangedAt", "Diagnostics"),
-	cmpopts.IgnoreFields(mesh.Service{}, "Policy", "Protocol"),
+	cmpopts.IgnoreFields(mesh.Service{}, "Policy", "Protocol", "MTLS", "ServiceAccounts"),
+	cmpopts.IgnoreFields(mesh.Proxy{}, "ServiceAccount", "MTLS"),
 	cmpopts.EquateEmpty(),
 }
 
@@ -341,9 +343,10 @@ func TestSameMeaning(t *testing.T) {
 				Namespace: "a", Name: "app-1", Ports: httpPort(),
 				Annotations: map[string]string{"mesh-timeout": "2s"},
 				Endpoints:   []mesh.Endpoint{{IP: "10.0.0.1", Pod: "p1"}},
+				MTLS:        mesh.MTLSStrict, ServiceAccounts: []string{"default"},
 			}},
 			Proxies: map[string]*mesh.Proxy{
-				"a/p1": {Namespace: "a", Name: "p1", IP: "10.0.0.1", Services: []string{"a/app-1"}},
+				"a/p1": {Namespace: "a", Name: "p1", IP: "10.0.0.1", Services: []string{"a/app-1"}, ServiceAccount: "default", MTLS: mesh.MTLSStrict},
 			},
 			ChangedAt: time.Unix(1, 0),
 		}
@@ -367,6 +370,10 @@ func TestSameMeaning(t *testing.T) {
 		{"service added", func(s *mesh.Snapshot) { s.Services = append(s.Services, &mesh.Service{Namespace: "b"}) }, false},
 		{"proxy IP", func(s *mesh.Snapshot) { s.Proxies["a/p1"].IP = "10.0.0.9" }, false},
 		{"proxy services", func(s *mesh.Snapshot) { s.Proxies["a/p1"].Services = nil }, false},
+		{"service mTLS mode", func(s *mesh.Snapshot) { s.Services[0].MTLS = mesh.MTLSPermissive }, false},
+		{"service ServiceAccounts", func(s *mesh.Snapshot) { s.Services[0].ServiceAccounts = []string{"other"} }, false},
+		{"proxy ServiceAccount", func(s *mesh.Snapshot) { s.Proxies["a/p1"].ServiceAccount = "other" }, false},
+		{"proxy mTLS mode", func(s *mesh.Snapshot) { s.Proxies["a/p1"].MTLS = mesh.MTLSPermissive }, false},
 		{"proxy replaced", func(s *mesh.Snapshot) {
 			s.Proxies = map[string]*mesh.Proxy{"a/p2": {Namespace: "a", Name: "p2"}}
 		}, false},

@@ -2,8 +2,9 @@
 // mesh snapshots (pkg/mesh). It is the only bearkong package that imports client-go.
 //
 // It follows kubernetes/sample-controller: shared informers on Services, EndpointSlices
-// and Pods in all namespaces; event handlers that only record that something changed;
-// state read back from the listers; no work before the caches have synced. Like
+// and Pods in all namespaces, and on Namespaces (their mesh-mtls annotation only); event
+// handlers that only record that something changed; state read back from the listers;
+// no work before the caches have synced. Like
 // Contour's event coalescing, one worker waits for a quiet period (bounded by a maximum
 // delay) before it builds a snapshot, so that a burst of changes, such as a rollout,
 // costs one snapshot rather than one per event. A snapshot is published only when its
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -48,6 +50,7 @@ const (
 	kindEndpointSlice = "endpointslice"
 	kindPod           = "pod"
 	kindHTTPRoute     = "httproute"
+	kindNamespace     = "namespace"
 
 	eventAdd    = "add"
 	eventUpdate = "update"
@@ -76,9 +79,12 @@ type Options struct {
 	// attached to meshed Services and write their status. If the Gateway API CRDs are
 	// not installed, HTTPRoutes are ignored, with a log line.
 	GatewayClient gwclient.Interface
+	// DefaultMTLS is the mutual-TLS mode of a meshed Service when neither it nor its
+	// Namespace carries a valid mesh-mtls annotation. Default mesh.MTLSStrict.
+	DefaultMTLS mesh.MTLSMode
 }
 
-// Discovery watches Services, EndpointSlices and Pods and publishes mesh snapshots.
+// Discovery watches Services, EndpointSlices, Pods and Namespaces and publishes mesh snapshots.
 type Discovery struct {
 	opts    Options
 	log     *slog.Logger
@@ -88,6 +94,9 @@ type Discovery struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	pods     corelisters.PodLister
+	// namespaces holds each Namespace's mesh-mtls annotation and nothing else (see
+	// keepNamespaceMTLS).
+	namespaces corelisters.NamespaceLister
 	// routes is nil unless HTTPRoutes are watched (see Run).
 	routes       gwlisters.HTTPRouteLister
 	client       kubernetes.Interface
@@ -97,7 +106,7 @@ type Discovery struct {
 	// synced reports whether each handler registration has seen its informer's initial
 	// list; it is stricter than the informers' own HasSynced.
 	synced []cache.InformerSynced
-	// regErr is an error from registering a handler, reported by Run.
+	// regErr is an error from registering a handler or from the options, reported by Run.
 	regErr error
 
 	// mu guards the pending-change record the handlers write and the worker takes.
@@ -125,6 +134,12 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	if opts.MaxDelay <= 0 {
 		opts.MaxDelay = DefaultMaxDelay
 	}
+	var optErr error
+	if opts.DefaultMTLS == "" {
+		opts.DefaultMTLS = mesh.MTLSStrict
+	} else if _, err := mesh.ParseMTLSMode(string(opts.DefaultMTLS)); err != nil {
+		optErr = fmt.Errorf("discovery: default mTLS mode %q: %w", opts.DefaultMTLS, err)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -146,6 +161,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		out:     make(chan *mesh.Snapshot, 1),
 
 		quarantine: newQuarantine(),
+		regErr:     optErr,
 	}
 	d.reporter = newReporter(d, client, opts.GatewayClient)
 	d.client = client
@@ -153,9 +169,17 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	svcInf := d.factory.Core().V1().Services()
 	sliceInf := d.factory.Discovery().V1().EndpointSlices()
 	podInf := d.factory.Core().V1().Pods()
+	nsInf := d.factory.Core().V1().Namespaces()
 	d.services = svcInf.Lister()
 	d.slices = sliceInf.Lister()
 	d.pods = podInf.Lister()
+	d.namespaces = nsInf.Lister()
+	// Every Namespace is watched (a cluster-scoped list and watch) for one annotation;
+	// the transform drops the rest before it reaches the cache, so a cluster of many
+	// Namespaces costs a name and a short map each.
+	if err := nsInf.Informer().SetTransform(keepNamespaceMTLS); err != nil {
+		d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: namespace transform: %w", err))
+	}
 
 	for _, inf := range []struct {
 		kind     string
@@ -164,6 +188,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		{kindService, svcInf.Informer()},
 		{kindEndpointSlice, sliceInf.Informer()},
 		{kindPod, podInf.Informer()},
+		{kindNamespace, nsInf.Informer()},
 	} {
 		reg, err := inf.informer.AddEventHandler(d.handler(inf.kind))
 		if err != nil {
@@ -272,6 +297,13 @@ func (d *Discovery) handler(kind string) cache.ResourceEventHandler {
 			if sameResourceVersion(oldObj, newObj) {
 				return
 			}
+			// A Namespace matters to the mesh only through its mesh-mtls annotation
+			// (the cache holds nothing else), so its other writes, such as labels or
+			// status, are counted but not worth a build.
+			if kind == kindNamespace && sameNamespaceMTLS(oldObj, newObj) {
+				d.metrics.events.WithLabelValues(kind, eventUpdate).Inc()
+				return
+			}
 			d.observe(kind, eventUpdate, newObj)
 		},
 		DeleteFunc: func(obj any) { d.observe(kind, eventDelete, obj) },
@@ -368,7 +400,8 @@ func (d *Discovery) flush(first bool) {
 
 	start := time.Now()
 	d.liftQuarantines()
-	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation}
+	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation,
+		namespaces: d.namespaces, defaultMTLS: d.opts.DefaultMTLS}
 	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, d.latest.Load(), opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
@@ -446,4 +479,34 @@ func countEndpoints(s *mesh.Snapshot) int {
 		n += len(svc.Endpoints)
 	}
 	return n
+}
+
+// keepNamespaceMTLS is the Namespace informer's transform: it keeps what discovery
+// reads (the name and the mesh-mtls annotation) and what the informer and the Events
+// need (resourceVersion, UID), and drops the rest
+// (https://pkg.go.dev/k8s.io/client-go/tools/cache#TransformFunc). A tombstone passes
+// as it is: what it holds was transformed on the way in.
+func keepNamespaceMTLS(obj any) (any, error) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.Name, UID: ns.UID, ResourceVersion: ns.ResourceVersion}}
+	if v, ok := ns.Annotations[mesh.AnnotationMTLS]; ok {
+		out.Annotations = map[string]string{mesh.AnnotationMTLS: v}
+	}
+	return out, nil
+}
+
+// sameNamespaceMTLS reports whether two states of a Namespace say the same about
+// mesh-mtls (both absent counts as the same).
+func sameNamespaceMTLS(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*corev1.Namespace)
+	n, ok2 := newObj.(*corev1.Namespace)
+	if !ok1 || !ok2 {
+		return false
+	}
+	ov, oset := o.Annotations[mesh.AnnotationMTLS]
+	nv, nset := n.Annotations[mesh.AnnotationMTLS]
+	return ov == nv && oset == nset
 }

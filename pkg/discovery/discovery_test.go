@@ -55,7 +55,7 @@ type harness struct {
 
 	// watches counts the watches the informers opened. The fake clientset does not
 	// replay changes made between an informer's list and its watch, so tests wait for
-	// all three watches before they change anything.
+	// all four watches before they change anything.
 	watches atomic.Int32
 	rv      atomic.Int64
 	cancel  context.CancelFunc
@@ -107,9 +107,9 @@ func (h *harness) start() *mesh.Snapshot {
 	h.run()
 	first := h.next()
 	deadline := time.Now().Add(waitFor)
-	for h.watches.Load() < 3 {
+	for h.watches.Load() < 4 {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("informers opened %d watches, want 3", h.watches.Load())
+			h.t.Fatalf("informers opened %d watches, want 4", h.watches.Load())
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -167,6 +167,12 @@ func (h *harness) apply(obj runtime.Object, create bool) {
 			_, err = h.client.CoreV1().Pods(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		} else {
 			_, err = h.client.CoreV1().Pods(o.Namespace).Update(ctx, o, metav1.UpdateOptions{})
+		}
+	case *corev1.Namespace:
+		if create {
+			_, err = h.client.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+		} else {
+			_, err = h.client.CoreV1().Namespaces().Update(ctx, o, metav1.UpdateOptions{})
 		}
 	default:
 		h.t.Fatalf("unexpected object %T", obj)
@@ -454,6 +460,55 @@ func TestChanges(t *testing.T) {
 				p := s.Proxy("default", "app-1-0")
 				if p == nil || cmpDiff([]string{"default/all", "default/app-1"}, p.Services) != "" {
 					t.Errorf("proxy default/app-1-0 = %+v, want it to serve default/all and default/app-1", p)
+				}
+			},
+		},
+		{
+			name: "the Namespace's mesh-mtls",
+			change: func(h *harness, _ *corev1.Service, _ *discoveryv1.EndpointSlice, _ *corev1.Pod) {
+				h.create(namespace("default", mesh.AnnotationMTLS, "PERMISSIVE"))
+			},
+			check: func(t *testing.T, s *mesh.Snapshot) {
+				if got := s.Services[0].MTLS; got != mesh.MTLSPermissive {
+					t.Errorf("Service mode %q, want PERMISSIVE", got)
+				}
+				if p := s.Proxy("default", "app-1-0"); p == nil || p.MTLS != mesh.MTLSPermissive {
+					t.Errorf("proxy = %+v, want mode PERMISSIVE", p)
+				}
+			},
+		},
+		{
+			name: "another Namespace's mesh-mtls",
+			change: func(h *harness, _ *corev1.Service, _ *discoveryv1.EndpointSlice, _ *corev1.Pod) {
+				h.create(namespace("other", mesh.AnnotationMTLS, "DISABLE"))
+			},
+		},
+		{
+			// A pod's ServiceAccount cannot change in a real cluster (a new pod takes
+			// its place); a pod replaced under the same name can have another.
+			name: "pod ServiceAccount",
+			change: func(h *harness, _ *corev1.Service, _ *discoveryv1.EndpointSlice, p *corev1.Pod) {
+				h.update(withServiceAccount(p, "web"))
+			},
+			check: func(t *testing.T, s *mesh.Snapshot) {
+				if got := s.Services[0].ServiceAccounts; cmpDiff([]string{"web"}, got) != "" {
+					t.Errorf("ServiceAccounts = %v, want [web]", got)
+				}
+				if p := s.Proxy("default", "app-1-0"); p == nil || p.ServiceAccount != "web" {
+					t.Errorf("proxy = %+v, want ServiceAccount web", p)
+				}
+			},
+		},
+		{
+			name: "endpoint moves to a pod with another ServiceAccount",
+			change: func(h *harness, _ *corev1.Service, slice *discoveryv1.EndpointSlice, _ *corev1.Pod) {
+				h.create(withServiceAccount(pod("default", "app-1-1", "10.0.0.2", map[string]string{"app": "app-1"}), "web"))
+				slice.Endpoints = []discoveryv1.Endpoint{endpoint("10.0.0.2", "app-1-1")}
+				h.update(slice)
+			},
+			check: func(t *testing.T, s *mesh.Snapshot) {
+				if got := s.Services[0].ServiceAccounts; cmpDiff([]string{"web"}, got) != "" {
+					t.Errorf("ServiceAccounts = %v, want [web]", got)
 				}
 			},
 		},

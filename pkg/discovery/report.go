@@ -94,15 +94,26 @@ func (r *reporter) run(ctx context.Context) {
 
 func (r *reporter) writeEvent(ctx context.Context, dg mesh.Diagnostic) {
 	regarding := corev1.ObjectReference{APIVersion: "v1", Kind: dg.Kind, Namespace: dg.Namespace, Name: dg.Name}
-	if dg.Kind == "Service" {
+	// An Event lives in its object's namespace; one about a cluster-scoped object, such
+	// as a Namespace, lives in "default", the only namespace (with kube-system) the API
+	// server accepts for it. kubectl describe finds it there.
+	eventNS := dg.Namespace
+	switch dg.Kind {
+	case KindService:
 		if svc, err := r.d.services.Services(dg.Namespace).Get(dg.Name); err == nil {
 			regarding.UID = svc.UID
 			regarding.ResourceVersion = svc.ResourceVersion
 		}
+	case KindNamespace:
+		eventNS = metav1.NamespaceDefault
+		if ns, err := r.d.namespaces.Get(dg.Name); err == nil {
+			regarding.UID = ns.UID
+			regarding.ResourceVersion = ns.ResourceVersion
+		}
 	}
 	ev := &eventsv1.Event{
 		// A name of the object's and a unique suffix, as client-go's recorders do.
-		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", dg.Name, time.Now().UnixNano()), Namespace: dg.Namespace},
+		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", dg.Name, time.Now().UnixNano()), Namespace: eventNS},
 		EventTime:           metav1.NewMicroTime(time.Now()),
 		ReportingController: reportingController,
 		ReportingInstance:   r.instance,
@@ -114,7 +125,7 @@ func (r *reporter) writeEvent(ctx context.Context, dg mesh.Diagnostic) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := r.client.EventsV1().Events(dg.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if _, err := r.client.EventsV1().Events(eventNS).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		r.d.metrics.apiWrites.WithLabelValues("events", "create", "error").Inc()
 		r.d.log.Warn("cannot write Event; the diagnostic is still in the log and /debug/diagnostics",
 			"object", dg.Namespace+"/"+dg.Name, "reason", dg.Reason, "err", err)

@@ -29,6 +29,10 @@ const (
 	AnnotationMaxConnections     = "mesh-max-connections"      // 1..1000000 (Envoy default 1024)
 	AnnotationMaxPendingRequests = "mesh-max-pending-requests" // 1..1000000 (default 1024)
 	AnnotationMaxRequests        = "mesh-max-requests"         // 1..1000000 (default 1024)
+
+	// AnnotationMTLS sets the mutual-TLS mode (MTLSMode) on a Service or on a Namespace
+	// (for its Services without their own): exactly STRICT, PERMISSIVE or DISABLE.
+	AnnotationMTLS = "mesh-mtls"
 )
 
 // Policy is a Service's mesh policy, parsed and validated. The zero value is the
@@ -127,12 +131,25 @@ var policyFields = []policyField{
 
 // KnownAnnotations lists the policy annotations bearkong understands, sorted.
 func KnownAnnotations() []string {
-	out := make([]string, 0, len(policyFields))
+	out := make([]string, 0, len(policyFields)+1)
 	for _, f := range policyFields {
 		out = append(out, f.key)
 	}
+	out = append(out, AnnotationMTLS)
 	slices.Sort(out)
 	return out
+}
+
+// ParseMTLSMode parses a mesh-mtls value (or the control plane's default mode). Only
+// the three modes, spelt exactly as Istio's PeerAuthentication spells them, are valid:
+// a value that is almost right ("strict", " STRICT") is a mistake worth reporting, not
+// something to guess at when the outcome is whether traffic is encrypted.
+func ParseMTLSMode(v string) (MTLSMode, error) {
+	switch m := MTLSMode(v); m {
+	case MTLSStrict, MTLSPermissive, MTLSDisable:
+		return m, nil
+	}
+	return "", fmt.Errorf("must be %s, %s or %s (upper case)", MTLSStrict, MTLSPermissive, MTLSDisable)
 }
 
 // parseDuration parses a Go duration in (min, max].
@@ -157,7 +174,9 @@ func parseDuration(v string, min, max time.Duration) (time.Duration, error) {
 func ParsePolicy(namespace, name string, annotations map[string]string, prev Policy) (Policy, []Diagnostic) {
 	var p Policy
 	var diags []Diagnostic
-	known := map[string]bool{}
+	// mesh-mtls is not part of Policy: it depends on the Namespace too, so discovery
+	// reads it (and reports its errors) itself.
+	known := map[string]bool{AnnotationMTLS: true}
 	for _, f := range policyFields {
 		known[f.key] = true
 		v, ok := annotations[f.key]
@@ -227,8 +246,11 @@ const (
 	ReasonTargetPortBypasses  = "TargetPortBypassesSidecar"
 	ReasonTargetPortMisses    = "TargetPortMissesSidecar"
 	ReasonConflictingPolicies = "ConflictingPolicies"
-	ReasonExternalName        = "ExternalNameService"
-	ReasonNoEndpointSlices    = "NoEndpointSlices"
+	// ReasonConflictingMTLSModes: Services with different mesh-mtls modes select the
+	// same pod, whose one inbound listener then accepts both (PERMISSIVE).
+	ReasonConflictingMTLSModes = "ConflictingMTLSModes"
+	ReasonExternalName         = "ExternalNameService"
+	ReasonNoEndpointSlices     = "NoEndpointSlices"
 	// ReasonRejectedByEnvoy: the proxies NACKed the config built from the object, so
 	// bearkong left the object out (see pkg/discovery's quarantine).
 	ReasonRejectedByEnvoy = "RejectedByEnvoy"

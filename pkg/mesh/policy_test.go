@@ -177,3 +177,31 @@ func TestCheckPolicyConflicts(t *testing.T) {
 		})
 	}
 }
+
+func TestParseMTLSMode(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want MTLSMode
+		ok   bool
+	}{
+		{"STRICT", MTLSStrict, true},
+		{"PERMISSIVE", MTLSPermissive, true},
+		{"DISABLE", MTLSDisable, true},
+		{"", "", false},
+		{"strict", "", false},
+		{" STRICT", "", false},
+		{"DISABLED", "", false},
+		{"OFF", "", false},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseMTLSMode(tc.in)
+			if got != tc.want || (err == nil) != tc.ok {
+				t.Errorf("ParseMTLSMode(%q) = %q, %v; want %q, ok %t", tc.in, got, err, tc.want, tc.ok)
+			}
+		})
+	}
+	// mesh-mtls is read by discovery: ParsePolicy neither reports it nor parses it.
+	if _, diags := ParsePolicy("a", "s", map[string]string{AnnotationMTLS: "bogus"}, Policy{}); len(diags) != 0 {
+		t.Errorf("ParsePolicy reported %+v for mesh-mtls", diags)
+	}
+}

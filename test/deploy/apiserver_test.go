@@ -543,9 +543,9 @@ func caSecretAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kube
 }
 
 // leastPrivilege checks, with the control plane's own client, that its RBAC grants
-// exactly what it uses: read Services, Pods, EndpointSlices and HTTPRoutes; update
-// HTTPRoute statuses; create events.k8s.io Events; and nothing else (ConfigMaps:
-// rootConfigMapAccess).
+// exactly what it uses: read Services, Pods, EndpointSlices and HTTPRoutes; list and
+// watch Namespaces; update HTTPRoute statuses; create events.k8s.io Events; and nothing
+// else (ConfigMaps: rootConfigMapAccess; Secrets: caSecretAccess).
 func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, ns, svcName string) {
 	type access struct {
 		verb, group, resource, namespace string
@@ -583,7 +583,15 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 		access{"list", "", "configmaps", "", false},
 		access{"list", "", "endpoints", "", false},
 		access{"list", "", "nodes", "", false},
-		access{"list", "", "namespaces", "", false},
+		// Namespaces: an informer for their mesh-mtls annotation, nothing more.
+		access{"list", "", "namespaces", "", true},
+		access{"watch", "", "namespaces", "", true},
+		access{"get", "", "namespaces", "", false},
+		access{"update", "", "namespaces", "", false},
+		access{"patch", "", "namespaces", "", false},
+		access{"create", "", "namespaces", "", false},
+		access{"delete", "", "namespaces", "", false},
+		access{"create", "events.k8s.io", "events", "default", true}, // Events about Namespaces
 		access{"create", "", "serviceaccounts/token", "bearkong-system", false},
 		access{"update", "", "pods/status", ns, false},
 		access{"create", "coordination.k8s.io", "leases", "bearkong-system", false},
