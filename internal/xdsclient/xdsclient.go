@@ -8,13 +8,14 @@
 //     sorted (Envoy's gRPC mux puts a new watch at the front of its list and builds
 //     resource_names from the watches in order, dropping repeats). A modified EDS
 //     cluster gets a new watch, so its name moves to the front.
-//   - The ACK of a response first, then the EDS or RDS request that the new clusters or
-//     listeners call for (Envoy pauses EDS while it applies CDS, and RDS while it applies
-//     LDS, and resumes them after queueing the ACK).
+//   - The requests a response calls for (EDS after CDS, RDS and SDS after LDS, SDS after
+//     EDS, LDS once the initial clusters are warm) go before its ACK: Envoy makes them
+//     while it applies the response and ACKs it after (seen on Envoy 1.36.4 by
+//     TestClientMatchesEnvoy in test/e2e, which compares the order of the types).
 //   - LDS is asked for once the clusters of the first CDS response are warm.
 //   - After the initial clusters, a CDS response that leaves clusters warming is ACKed
-//     only once they are all warm: the ACK follows the EDS ACK that warmed the last one
-//     (seen on Envoy 1.36 by TestClientMatchesEnvoy in test/e2e).
+//     only once they are all warm: that ACK goes just before the ACK of the EDS or SDS
+//     response that warmed the last one.
 //   - An EDS cluster that is new or whose config changed is warming until a
 //     ClusterLoadAssignment for it arrives after the cluster did; while a modified
 //     cluster warms, its previous version stays in use.
@@ -118,12 +119,15 @@ type Client struct {
 	secretWait int
 	// started are the secrets whose SDS subscription started (see the secrets section).
 	started map[string]bool
+	// clusterNamed are the secrets any cluster ever named; listenerNamed those the
+	// current listeners name.
+	clusterNamed, listenerNamed map[string]bool
 }
 
 // New returns a client that has sent nothing.
 func New() *Client {
 	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{},
-		started: map[string]bool{}}
+		started: map[string]bool{}, clusterNamed: map[string]bool{}, listenerNamed: map[string]bool{}}
 	for i := range c.types {
 		c.types[i].cache = map[string]uint64{}
 	}
@@ -165,17 +169,16 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		}}, nil
 	}
 	ts.acked = version
-	var follow, lead []*discoveryv3.DiscoveryRequest
+	// out are the requests the response calls for, then its ACK.
+	var out []*discoveryv3.DiscoveryRequest
 	switch t {
 	case CDS:
-		follow = c.applyClusters(rs)
+		out = c.applyClusters(rs)
 	case EDS:
 		c.applyNamed(ts, rs)
-		// The SDS subscriptions that the warmed clusters start go out while Envoy
-		// handles the response, before its ACK: only EDS itself is paused then.
-		lead = c.applyEndpoints(ts, rs)
+		out = c.applyEndpoints(ts, rs)
 	case LDS:
-		follow = c.applyListeners(rs)
+		out = c.applyListeners(rs)
 	case RDS:
 		c.applyNamed(ts, rs)
 	case SDS:
@@ -183,16 +186,11 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		c.secretsArrived()
 	}
 	ack := &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: version, ResponseNonce: nonce, ResourceNames: ts.names.get()}
-	out := lead
 	switch {
 	case t == CDS && !c.initializing && !c.allWarm():
-		c.heldAck = ack // sent once the clusters are warm
-		out = append(out, follow...)
+		c.heldAck, ack = ack, nil // sent once the clusters are warm
 	case t == CDS:
 		c.heldAck = nil
-		out = append(append(out, ack), follow...)
-	default:
-		out = append(append(out, ack), follow...)
 	}
 	if (t == EDS || t == SDS) && c.heldAck != nil && c.allWarm() {
 		out = append(out, c.heldAck)
@@ -203,6 +201,9 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		c.initializing = false
 		c.types[LDS].requested = true
 		out = append(out, &discoveryv3.DiscoveryRequest{TypeUrl: LDS.URL()})
+	}
+	if ack != nil {
+		out = append(out, ack)
 	}
 	return out, nil
 }
@@ -223,6 +224,9 @@ func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	next := make(map[string]uint64, len(rs))
 	for _, r := range rs {
 		next[r.Name] = r.Hash
+		for _, sn := range r.Secrets {
+			c.clusterNamed[sn] = true
+		}
 		old, ok := c.clusters[r.Name]
 		if ok && old.res.Hash == r.Hash {
 			continue // unchanged: Envoy keeps the cluster as it is
@@ -237,8 +241,8 @@ func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 			c.warming[r.EDS] = append(c.warming[r.EDS], r.Name)
 			added = append(added, r.EDS)
 		} else {
-			// Nothing of its own to wait for: its secrets start now (after the CDS
-			// ACK, as SDS is paused while Envoy applies CDS).
+			// Nothing of its own to wait for: its secrets start now. (Not held to
+			// Envoy by TestClientMatchesEnvoy: bearkong's TLS clusters are all EDS.)
 			cl = c.preInitDone(r.Name, cl, &startedSecrets)
 		}
 		c.clusters[r.Name] = cl
@@ -293,16 +297,29 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	c.routes = want
 	c.types[LDS].cache = next
 	// A listener's secrets start when Envoy creates the listener: at once, since it
-	// waits for nothing else first; the requests go after the ACK (LDS pauses RDS and
-	// SDS), RDS first.
+	// waits for nothing else first; RDS first. Secrets no listener names any more go,
+	// unless a cluster ever named them.
 	var startedSecrets []string
+	named := map[string]bool{}
 	for _, r := range rs {
 		for _, sn := range r.Secrets {
+			named[sn] = true
 			if !c.started[sn] {
 				c.started[sn] = true
 				startedSecrets = append(startedSecrets, sn)
 			}
 		}
+	}
+	var dropped bool
+	for sn := range c.listenerNamed {
+		if !named[sn] && !c.clusterNamed[sn] && c.started[sn] {
+			delete(c.started, sn)
+			dropped = true
+		}
+	}
+	c.listenerNamed = named
+	if dropped {
+		return append(c.resubscribe(RDS, added, want), c.resubscribe(SDS, startedSecrets, c.started)...)
 	}
 	return append(c.resubscribe(RDS, added, want), c.resubscribeSecrets(startedSecrets)...)
 }
@@ -324,17 +341,17 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 //     and stays warming until they came too
 //     (https://github.com/envoyproxy/envoy/blob/v1.36.4/source/common/upstream/upstream_impl.cc).
 //     A listener initializes at once.
-//   - The subscription stays for the life of the stream, even when no cluster names
-//     the secret any more: seen on Envoy 1.36.4 by TestClientMatchesEnvoy in test/e2e,
-//     where removing every TLS cluster sends no SDS request, and a TLS cluster that
-//     comes back later warms on its ClusterLoadAssignment alone, with the secret Envoy
-//     kept (something still holds the provider; the docs promise nothing either way).
-//     So a control plane keeps sending such a secret's rotations.
+//   - A secret a cluster named stays subscribed for the life of the stream, even when
+//     no cluster names it any more: seen on Envoy 1.36.4 by TestClientMatchesEnvoy in
+//     test/e2e, where removing every TLS cluster sends no SDS request, and a TLS cluster
+//     that comes back later warms on its ClusterLoadAssignment alone, with the secret
+//     Envoy kept (something still holds the provider; the docs promise nothing either
+//     way). So a control plane keeps sending such a secret's rotations. A secret only
+//     listeners named leaves the subscription with the last listener that names it
+//     (seen there too).
 //   - A secret that comes again (a rotation) changes nothing else: an ACK.
 //   - An SDS NACK leaves the rejected secret in the provider (seen on Envoy 1.36.4:
 //     a TLS cluster created after a NACKed key is rejected with the NACK's error).
-//   - Envoy pauses SDS while it applies CDS or LDS (next to EDS or RDS), so the SDS
-//     requests those call for go after their ACK.
 //
 // Names are listed newest watch first, as for EDS and RDS.
 

@@ -40,14 +40,15 @@ func TestClient(t *testing.T) {
 		c := New()
 		c.Start()
 		got := mustRespond(t, c, CDS, "c1", []Resource{eds("a", 1), eds("b", 1), {Name: "static", Hash: 1}}, "")
-		if len(got) != 2 || !slices.Equal(got[1].names, []string{"b", "a"}) || got[1].ack {
+		// The EDS request the clusters call for, then the CDS ACK.
+		if len(got) != 2 || !slices.Equal(got[0].names, []string{"b", "a"}) || got[0].ack || got[1].typ != CDS || !got[1].ack {
 			t.Fatalf("after CDS: %+v", got)
 		}
 		if w := c.Warming(); !slices.Equal(w, []string{"a", "b"}) {
 			t.Fatalf("warming %v", w)
 		}
 		got = mustRespond(t, c, EDS, "e1", []Resource{eds("a", 1), eds("b", 1)}, "")
-		if len(got) != 2 || got[1].typ != LDS {
+		if len(got) != 2 || got[0].typ != LDS || got[1].typ != EDS {
 			t.Fatalf("after EDS: %+v", got)
 		}
 		// After initialization, the CDS ACK waits until the new cluster is warm.
@@ -56,8 +57,8 @@ func TestClient(t *testing.T) {
 			t.Fatalf("a new cluster's name is not first, or CDS ACKed while it warms: %+v", got)
 		}
 		got = mustRespond(t, c, EDS, "e2", []Resource{eds("c", 1)}, "")
-		if len(got) != 2 || got[0].typ != EDS || got[1].typ != CDS || !got[1].ack {
-			t.Fatalf("the CDS ACK does not follow the EDS ACK that warmed c: %+v", got)
+		if len(got) != 2 || got[0].typ != CDS || !got[0].ack || got[1].typ != EDS {
+			t.Fatalf("the CDS ACK does not go just before the EDS ACK that warmed c: %+v", got)
 		}
 	})
 
@@ -86,7 +87,7 @@ func TestClient(t *testing.T) {
 		mustRespond(t, c, CDS, "c1", []Resource{eds("a", 1)}, "")
 		mustRespond(t, c, EDS, "e1", []Resource{eds("a", 1)}, "")
 		got := mustRespond(t, c, CDS, "c2", nil, "")
-		if len(got) != 2 || got[1].typ != EDS || len(got[1].names) != 0 || got[1].names == nil {
+		if len(got) != 2 || got[0].typ != EDS || len(got[0].names) != 0 || got[0].names == nil {
 			t.Fatalf("the last cluster gone: %+v", got)
 		}
 		if _, ok := c.Has(EDS, "a"); ok {
@@ -116,12 +117,12 @@ func TestClient(t *testing.T) {
 		c.Start()
 		mustRespond(t, c, CDS, "c1", nil, "")
 		got := mustRespond(t, c, LDS, "l1", []Resource{{Name: "in", Routes: []string{"inbound"}}, {Name: "out", Routes: []string{"outbound"}}}, "")
-		if !slices.Equal(got[1].names, []string{"outbound", "inbound"}) {
+		if !slices.Equal(got[0].names, []string{"outbound", "inbound"}) {
 			t.Fatalf("%+v", got)
 		}
 		mustRespond(t, c, RDS, "r1", []Resource{{Name: "inbound", Hash: 1}, {Name: "outbound", Hash: 1}}, "")
 		got = mustRespond(t, c, LDS, "l2", []Resource{{Name: "in", Routes: []string{"inbound"}}}, "")
-		if !slices.Equal(got[1].names, []string{"inbound"}) {
+		if !slices.Equal(got[0].names, []string{"inbound"}) {
 			t.Fatalf("%+v", got)
 		}
 		if _, ok := c.Has(RDS, "outbound"); ok {
@@ -148,7 +149,7 @@ func TestClientSecrets(t *testing.T) {
 		c := New()
 		c.Start()
 		got := mustRespond(t, c, CDS, "c1", []Resource{tls("a", 1, "cert", "roots"), eds("plain", 1)}, "")
-		if len(got) != 2 || got[1].typ != EDS || c.Requested(SDS) {
+		if len(got) != 2 || got[0].typ != EDS || c.Requested(SDS) {
 			t.Fatalf("after CDS: %+v (SDS requested: %v)", got, c.Requested(SDS))
 		}
 		got = mustRespond(t, c, EDS, "e1", []Resource{eds("a", 1), eds("plain", 1)}, "")
@@ -167,7 +168,7 @@ func TestClientSecrets(t *testing.T) {
 			t.Fatalf("a warm with one secret of two: %v", w)
 		}
 		got = mustRespond(t, c, SDS, "s2", []Resource{{Name: "roots", Hash: 1}}, "")
-		if len(got) != 2 || got[0].typ != SDS || got[1].typ != LDS || len(c.Warming()) != 0 {
+		if len(got) != 2 || got[0].typ != LDS || got[1].typ != SDS || len(c.Warming()) != 0 {
 			t.Fatalf("after the last secret: %+v, warming %v", got, c.Warming())
 		}
 	})
@@ -182,9 +183,9 @@ func TestClientSecrets(t *testing.T) {
 		if len(got) != 1 || got[0].typ != EDS {
 			t.Fatalf("after adding b: %+v", got)
 		}
-		// b's CLA warms it at once: its secrets are here; the held CDS ACK follows.
+		// b's CLA warms it at once: its secrets are here; the held CDS ACK goes first.
 		got = mustRespond(t, c, EDS, "e2", []Resource{eds("b", 1)}, "")
-		if len(got) != 2 || got[0].typ != EDS || got[1].typ != CDS || len(c.Warming()) != 0 {
+		if len(got) != 2 || got[0].typ != CDS || got[1].typ != EDS || len(c.Warming()) != 0 {
 			t.Fatalf("after b's CLA: %+v, warming %v", got, c.Warming())
 		}
 	})
@@ -211,17 +212,17 @@ func TestClientSecrets(t *testing.T) {
 		mustRespond(t, c, EDS, "e1", []Resource{eds("a", 1), eds("b", 1)}, "")
 		mustRespond(t, c, SDS, "s1", []Resource{{Name: "cert", Hash: 1}, {Name: "roots", Hash: 1}}, "")
 		got := mustRespond(t, c, CDS, "c2", nil, "")
-		if len(got) != 2 || got[0].typ != CDS || got[1].typ != EDS {
+		if len(got) != 2 || got[0].typ != EDS || got[1].typ != CDS {
 			t.Fatalf("every cluster gone: %+v", got)
 		}
 		if _, ok := c.Has(SDS, "cert"); !ok || !slices.Equal(c.Names(SDS), []string{"roots", "cert"}) {
 			t.Fatalf("secrets dropped: %v", c.Names(SDS))
 		}
 		// a comes back: it warms on its CLA alone, asking for no secret; the held CDS
-		// ACK follows.
+		// ACK goes with it.
 		mustRespond(t, c, CDS, "c3", []Resource{tls("a", 1, "cert")}, "")
 		got = mustRespond(t, c, EDS, "e2", []Resource{eds("a", 1)}, "")
-		if len(got) != 2 || got[0].typ != EDS || got[1].typ != CDS || len(c.Warming()) != 0 {
+		if len(got) != 2 || got[0].typ != CDS || got[1].typ != EDS || len(c.Warming()) != 0 {
 			t.Fatalf("a back: %+v, warming %v", got, c.Warming())
 		}
 	})
@@ -244,36 +245,43 @@ func TestClientSecrets(t *testing.T) {
 		if st, _ := c.Cluster("a"); st.Warming {
 			t.Fatalf("a still warming: %+v", st)
 		}
-		// The CDS ACK held while a warmed follows.
-		if len(got) != 2 || got[0].typ != SDS || got[1].typ != CDS {
+		// The CDS ACK held while a warmed goes just before the SDS ACK.
+		if len(got) != 2 || got[0].typ != CDS || got[1].typ != SDS {
 			t.Fatalf("after the new secret: %+v", got)
 		}
 	})
 
-	t.Run("a non-EDS cluster asks for its secrets after the CDS ACK", func(t *testing.T) {
+	t.Run("a non-EDS cluster asks for its secrets at once", func(t *testing.T) {
 		c := New()
 		c.Start()
 		got := mustRespond(t, c, CDS, "c1", []Resource{{Name: "static", Hash: 1, Secrets: []string{"cert"}}}, "")
-		if len(got) != 2 || got[0].typ != CDS || got[1].typ != SDS || !slices.Equal(got[1].names, []string{"cert"}) {
+		if len(got) != 2 || got[0].typ != SDS || got[1].typ != CDS || !slices.Equal(got[0].names, []string{"cert"}) {
 			t.Fatalf("after CDS: %+v", got)
 		}
 		got = mustRespond(t, c, SDS, "s1", []Resource{{Name: "cert", Hash: 1}}, "")
-		if len(got) != 2 || got[1].typ != LDS {
+		if len(got) != 2 || got[0].typ != LDS || got[1].typ != SDS {
 			t.Fatalf("after the secret: %+v", got)
 		}
 	})
 
-	t.Run("listeners ask for their secrets after the LDS ACK and RDS", func(t *testing.T) {
+	t.Run("listeners ask for their secrets after RDS, and drop the ones only they named", func(t *testing.T) {
 		c := New()
 		c.Start()
-		mustRespond(t, c, CDS, "c1", nil, "")
+		mustRespond(t, c, CDS, "c1", []Resource{{Name: "static", Hash: 1, Secrets: []string{"roots"}}}, "")
+		mustRespond(t, c, SDS, "s1", []Resource{{Name: "roots", Hash: 1}}, "")
 		got := mustRespond(t, c, LDS, "l1", []Resource{{Name: "in", Routes: []string{"inbound"}, Secrets: []string{"cert", "roots"}}}, "")
-		if len(got) != 3 || got[0].typ != LDS || got[1].typ != RDS || got[2].typ != SDS || !slices.Equal(got[2].names, []string{"roots", "cert"}) {
+		if len(got) != 3 || got[0].typ != RDS || got[1].typ != SDS || got[2].typ != LDS || !slices.Equal(got[1].names, []string{"cert", "roots"}) {
 			t.Fatalf("after LDS: %+v", got)
 		}
 		got = mustRespond(t, c, LDS, "l2", []Resource{{Name: "in", Routes: []string{"inbound"}, Secrets: []string{"roots"}}}, "")
-		if len(got) != 1 || got[0].typ != LDS {
-			t.Fatalf("a listener naming a secret already subscribed: %+v", got)
+		// cert goes with the last listener that named it; roots stays, as a cluster
+		// named it.
+		if len(got) != 2 || got[0].typ != SDS || !slices.Equal(got[0].names, []string{"roots"}) || got[1].typ != LDS {
+			t.Fatalf("after the listener dropped cert: %+v", got)
+		}
+		got = mustRespond(t, c, LDS, "l3", nil, "")
+		if len(got) != 2 || got[0].typ != RDS || got[1].typ != LDS || !slices.Equal(c.Names(SDS), []string{"roots"}) {
+			t.Fatalf("after the last listener went: %+v, SDS %v", got, c.Names(SDS))
 		}
 	})
 }

@@ -27,6 +27,9 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -109,7 +112,8 @@ func lastByType(rs []*discoveryv3.DiscoveryRequest) map[string]string {
 // TestClientMatchesEnvoy holds internal/xdsclient, the protocol state of the test clients
 // and of the fleet simulator, to a real Envoy: both get the same responses from a
 // scripted ADS server, and after each step they must have asked for the same things,
-// ACKed and NACKed the same versions, and have the same clusters warming.
+// in the same order of types, ACKed and NACKed the same versions, and have the same
+// clusters warming.
 // It needs Envoy only, no API server.
 func TestClientMatchesEnvoy(t *testing.T) {
 	if testing.Short() {
@@ -200,6 +204,17 @@ func TestClientMatchesEnvoy(t *testing.T) {
 				r.Secrets = xdsclient.ClusterSecrets(m)
 			case *tlsv3.Secret:
 				r.Name = m.Name
+			case *listenerv3.Listener:
+				r.Name = m.Name
+				r.Secrets = xdsclient.ListenerSecrets(m)
+				for _, fc := range m.FilterChains {
+					for _, f := range fc.Filters {
+						var hcm hcmv3.HttpConnectionManager
+						if f.GetTypedConfig().UnmarshalTo(&hcm) == nil && hcm.GetRds() != nil {
+							r.Routes = append(r.Routes, hcm.GetRds().GetRouteConfigName())
+						}
+					}
+				}
 			default:
 				r.Name = m.(interface{ GetClusterName() string }).GetClusterName()
 			}
@@ -234,6 +249,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 			if _, ok := e[typ]; !ok {
 				t.Errorf("%s: the client asks %s %s, Envoy nothing", step, typ, c[typ])
 			}
+		}
+		if eo, co := typeOrder(envoyReqs), typeOrder(got); !slices.Equal(eo, co) {
+			t.Errorf("%s: Envoy's requests go in the order %v, the client's %v", step, eo, co)
 		}
 		warm, err := envoyWarming(ctx, adminAddr)
 		if err != nil {
@@ -298,9 +316,60 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("a TLS cluster back", xdsclient.CDS, "c8", []proto.Message{cl("a", 0), tlsCl("s")}, false)
 	send("its endpoints", xdsclient.EDS, "e8", []proto.Message{cla("s")}, false)
 	send("its secrets again", xdsclient.SDS, "s4", []proto.Message{workload(cert2PEM, key2PEM), bundle(cert2PEM)}, false)
+	// A listener whose filter chain terminates TLS with a secret no cluster names, and
+	// the roots the clusters share: Envoy asks for its routes and the new secret.
+	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle")}, false)
+	send("the listener's certificate", xdsclient.SDS, "s5", []proto.Message{&tlsv3.Secret{Name: "listener-cert",
+		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: certPEM}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: keyPEM}},
+		}}}}, false)
+	send("the listener gone", xdsclient.LDS, "l2", nil, false)
 	send("a key that does not match", xdsclient.SDS, "s-bad", []proto.Message{workload(certPEM, key2PEM)}, true)
 	// The provider kept the rejected key: a new cluster that names it is rejected.
 	send("a TLS cluster after the NACKed key", xdsclient.CDS, "c9", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("u")}, true)
+}
+
+// tlsListener is a listener on a free loopback port whose one filter chain terminates
+// TLS with the named certificate and roots from SDS over ADS and routes by RDS.
+func tlsListener(t *testing.T, name, routes, cert, roots string) *listenerv3.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.2.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	lis.Close()
+	ads := &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion: corev3.ApiVersion_V3}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: ads, RouteConfigName: routes}},
+		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCtx, err := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: cert, SdsConfig: ads}},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: roots, SdsConfig: ads}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listenerv3.Listener{
+		Name: name,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "127.0.2.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)}}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters:         []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}},
+			TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}},
+		}},
+	}
 }
 
 // upstreamTLS is a TLS transport socket that takes its certificate and its validation
@@ -341,6 +410,20 @@ func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// typeOrder lists the types of the requests in order, a run of requests of one type
+// counting once: Envoy may send a type's request twice where one carries the same
+// (a watch per secret, each starting with a request).
+func typeOrder(rs []*discoveryv3.DiscoveryRequest) []string {
+	var out []string
+	for _, r := range rs {
+		t, _ := xdsclient.TypeOf(r.TypeUrl)
+		if len(out) == 0 || out[len(out)-1] != t.String() {
+			out = append(out, t.String())
+		}
+	}
+	return out
 }
 
 // order lists the requests' types and kinds, in order, for the log.
