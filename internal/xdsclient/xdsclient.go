@@ -243,7 +243,7 @@ func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 		} else {
 			// Nothing of its own to wait for: its secrets start now. (Not held to
 			// Envoy by TestClientMatchesEnvoy: bearkong's TLS clusters are all EDS.)
-			cl = c.preInitDone(r.Name, cl, &startedSecrets)
+			cl = c.preInitDone(cl, &startedSecrets)
 		}
 		c.clusters[r.Name] = cl
 	}
@@ -358,7 +358,7 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 // preInitDone marks the cluster's own initialization as done, starts the subscription
 // of its secrets that have none yet (appending them to started), and returns the
 // cluster, active if every secret it needs is already here.
-func (c *Client) preInitDone(name string, cl cluster, started *[]string) cluster {
+func (c *Client) preInitDone(cl cluster, started *[]string) cluster {
 	cl.preInit = true
 	for _, sn := range cl.res.Secrets {
 		if !c.started[sn] {
@@ -396,7 +396,7 @@ func (c *Client) applyEndpoints(ts *typeState, rs []Resource) []*discoveryv3.Dis
 			continue
 		}
 		for _, n := range c.warming[r.Name] {
-			c.clusters[n] = c.preInitDone(n, c.clusters[n], &started)
+			c.clusters[n] = c.preInitDone(c.clusters[n], &started)
 		}
 		delete(c.warming, r.Name)
 	}
