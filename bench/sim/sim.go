@@ -2,9 +2,9 @@
 // lean enough that thousands fit in one process next to nothing else.
 //
 // Each client's protocol is internal/xdsclient's, the one the tests use, which behaves like
-// Envoy 1.36: CDS and LDS by wildcard, EDS and RDS by the names the clusters and listeners
-// refer to, in Envoy's watch order (newest first, not sorted); unsubscribed resources
-// dropped; clusters warming until their endpoints come. It decodes every resource before
+// Envoy 1.36: CDS and LDS by wildcard, EDS, RDS and SDS by the names the clusters and
+// listeners refer to, in Envoy's watch order (newest first, not sorted); unsubscribed
+// resources dropped; clusters warming until their endpoints and secrets come. It decodes every resource before
 // it ACKs, checks that type URLs match and names do not repeat, and can be told to NACK or
 // to never ACK. Per response it records the type, the number of resources, the bytes,
 // when it arrived and when it was ACKed. Unlike internal/xdstest it keeps no decoded
@@ -30,6 +30,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -41,12 +42,13 @@ import (
 // Type is an xDS type, in the order Envoy initializes them.
 type Type = xdsclient.Type
 
-// The four types.
+// The types.
 const (
 	CDS      = xdsclient.CDS
 	EDS      = xdsclient.EDS
 	LDS      = xdsclient.LDS
 	RDS      = xdsclient.RDS
+	SDS      = xdsclient.SDS
 	NumTypes = xdsclient.NumTypes
 )
 
@@ -96,7 +98,8 @@ type Client struct {
 	mu       sync.Mutex
 	events   []Event
 	synced   [NumTypes]bool // has ACKed at least one response of the type
-	syncedAt int64          // unix ns when all four were first ACKed
+	asked    [NumTypes]bool // has sent a request for the type
+	syncedAt int64          // unix ns when every type asked for was first ACKed (see allSynced)
 	done     bool
 	err      error
 }
@@ -223,7 +226,7 @@ func (f *Fleet) Mark() {
 
 // Status is a fleet-wide summary.
 type Status struct {
-	Synced  int // clients that ACKed all four types (never-ACK clients: that got all four)
+	Synced  int // clients that ACKed every type they asked for (never-ACK clients: that got them)
 	Done    int // clients whose stream ended
 	Err     error
 	Pending int // responses received and not answered, over normal clients
@@ -234,7 +237,7 @@ func (f *Fleet) Status() Status {
 	var st Status
 	for _, c := range f.Clients {
 		c.mu.Lock()
-		if c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+		if c.allSynced() {
 			st.Synced++
 		}
 		if c.done {
@@ -255,12 +258,20 @@ func (c *Client) Events() []Event {
 	return slices.Clone(c.events)
 }
 
-// SyncedAt returns when the client had first ACKed (or, never ACKing, received) all four
-// types, in unix ns; 0 if not yet.
+// SyncedAt returns when the client had first ACKed (or, never ACKing, received) every
+// type it asked for, in unix ns; 0 if not yet.
 func (c *Client) SyncedAt() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.syncedAt
+}
+
+// allSynced reports whether the client ACKed CDS, EDS, LDS and RDS, and SDS if it asked
+// for secrets: an Envoy asks for those before LDS, so a client that never asked by the
+// time it has routes needs none. The caller holds c.mu; c.proto belongs to the receive
+// goroutine, so only synced is read.
+func (c *Client) allSynced() bool {
+	return c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] && (!c.asked[SDS] || c.synced[SDS])
 }
 
 func (c *Client) finish(err error) {
@@ -348,6 +359,7 @@ func (c *Client) handle(d *decoder, resp *rawResponse) error {
 	c.events = append(c.events, ev)
 	for _, r := range send {
 		rt, _ := typeOf(r.TypeUrl)
+		c.asked[rt] = true
 		if r.ResponseNonce == "" || r.ErrorDetail != nil && r.ResponseNonce != resp.Nonce {
 			continue
 		}
@@ -366,7 +378,7 @@ func (c *Client) handle(d *decoder, resp *rawResponse) error {
 	if c.Mode == NeverACK && nackMsg == "" {
 		c.synced[t] = true
 	}
-	if c.syncedAt == 0 && c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] {
+	if c.syncedAt == 0 && c.allSynced() {
 		c.syncedAt = now
 	}
 	c.mu.Unlock()
@@ -386,6 +398,7 @@ type decoder struct {
 	listener listenerv3.Listener
 	route    routev3.RouteConfiguration
 	hcm      hcmv3.HttpConnectionManager
+	secret   tlsv3.Secret
 }
 
 // decoded is what a resource's bytes say, as far as the simulator cares.
@@ -394,6 +407,8 @@ type decoded struct {
 	hash uint64   // of the bytes
 	ref  string   // the EDS name a cluster refers to, if any
 	refs []string // the RDS names a listener refers to
+	// secrets are the SDS names a cluster's or listener's TLS sockets refer to.
+	secrets []string
 }
 
 // decodedResponse is what all the resources of a response say: their names, sorted and
@@ -477,7 +492,7 @@ func (d *decoder) decode(t Type, resp *rawResponse) (*decodedResponse, error) {
 			}
 		}
 		names = append(names, r.name)
-		res = append(res, xdsclient.Resource{Name: r.name, Hash: r.hash, EDS: r.ref, Routes: r.refs})
+		res = append(res, xdsclient.Resource{Name: r.name, Hash: r.hash, EDS: r.ref, Routes: r.refs, Secrets: r.secrets})
 		if r.ref != "" {
 			refs = append(refs, r.ref)
 		}
@@ -542,6 +557,7 @@ func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
 				r.ref = r.name
 			}
 		}
+		r.secrets = xdsclient.ClusterSecrets(&d.cluster)
 	case EDS:
 		if err := proto.Unmarshal(b, &d.cla); err != nil {
 			return nil, fmt.Errorf("decode cluster load assignment: %w", err)
@@ -552,6 +568,7 @@ func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
 			return nil, fmt.Errorf("decode listener: %w", err)
 		}
 		r.name = d.listener.GetName()
+		r.secrets = xdsclient.ListenerSecrets(&d.listener)
 		for _, fc := range d.listener.GetFilterChains() {
 			for _, f := range fc.GetFilters() {
 				tc := f.GetTypedConfig()
@@ -571,6 +588,11 @@ func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
 			return nil, fmt.Errorf("decode route configuration: %w", err)
 		}
 		r.name = d.route.GetName()
+	case SDS:
+		if err := proto.Unmarshal(b, &d.secret); err != nil {
+			return nil, fmt.Errorf("decode secret: %w", err)
+		}
+		r.name = d.secret.GetName()
 	}
 	if r.name == "" {
 		return nil, fmt.Errorf("%s resource without a name", t)

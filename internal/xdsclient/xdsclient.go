@@ -8,19 +8,23 @@
 //     sorted (Envoy's gRPC mux puts a new watch at the front of its list and builds
 //     resource_names from the watches in order, dropping repeats). A modified EDS
 //     cluster gets a new watch, so its name moves to the front.
-//   - The ACK of a response first, then the EDS or RDS request that the new clusters or
-//     listeners call for (Envoy pauses EDS while it applies CDS, and RDS while it applies
-//     LDS, and resumes them after queueing the ACK).
+//   - The requests a response calls for (EDS after CDS, RDS and SDS after LDS, SDS after
+//     EDS, LDS once the initial clusters are warm) go before its ACK: Envoy makes them
+//     while it applies the response and ACKs it after (seen on Envoy 1.36.4 by
+//     TestClientMatchesEnvoy in test/e2e, which compares the order of the types).
 //   - LDS is asked for once the clusters of the first CDS response are warm.
 //   - After the initial clusters, a CDS response that leaves clusters warming is ACKed
-//     only once they are all warm: the ACK follows the EDS ACK that warmed the last one
-//     (seen on Envoy 1.36 by TestClientMatchesEnvoy in test/e2e).
+//     only once they are all warm: that ACK goes just before the ACK of the EDS or SDS
+//     response that warmed the last one.
 //   - An EDS cluster that is new or whose config changed is warming until a
 //     ClusterLoadAssignment for it arrives after the cluster did; while a modified
 //     cluster warms, its previous version stays in use.
 //   - Resources of EDS and RDS that leave the subscription are dropped from the cache: a
 //     later subscribe to them waits for the server to send them again.
 //   - A NACK keeps the last accepted version and state, and says so in version_info.
+//   - SDS by the names of the secrets that clusters' and listeners' TLS transport sockets
+//     take from ADS (see Resource.Secrets and the secrets section below); a cluster
+//     warms until its ClusterLoadAssignment and then its secrets have arrived.
 //
 // See https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol.
 package xdsclient
@@ -39,16 +43,17 @@ import (
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
-// Type is an xDS type: pkg/resource's vocabulary, whose short names (cds, eds, lds, rds)
-// and type URLs the client shares.
+// Type is an xDS type: pkg/resource's vocabulary, whose short names (cds, eds, lds, rds,
+// sds) and type URLs the client shares.
 type Type = resource.Type
 
-// The four types, in the order Envoy initializes them.
+// The types, in the order Envoy initializes them.
 const (
 	CDS      = resource.Cluster
 	EDS      = resource.Endpoint
 	LDS      = resource.Listener
 	RDS      = resource.Route
+	SDS      = resource.Secret
 	NumTypes = resource.NumTypes
 )
 
@@ -66,6 +71,10 @@ type Resource struct {
 	// Routes are, for a listener, the route configurations its HTTP connection
 	// managers take from RDS.
 	Routes []string
+	// Secrets are, for a cluster or a listener, the names of the secrets its TLS
+	// transport sockets take from SDS over ADS, in the order Envoy creates their
+	// providers (see ClusterSecrets and ListenerSecrets).
+	Secrets []string
 }
 
 // cluster is a cluster as the client's cluster manager holds it.
@@ -73,8 +82,11 @@ type cluster struct {
 	res Resource
 	// active: a version of the cluster is in use (the first version has warmed).
 	active bool
-	// warming: the latest version waits for its ClusterLoadAssignment.
+	// warming: the latest version waits for its ClusterLoadAssignment or its secrets.
 	warming bool
+	// preInit: the latest version's own initialization is done (its
+	// ClusterLoadAssignment came, or it needs none); what is left is its secrets.
+	preInit bool
 }
 
 type typeState struct {
@@ -102,11 +114,20 @@ type Client struct {
 	routes map[string]bool
 	// heldAck is the ACK of the latest CDS response, held while its clusters warm.
 	heldAck *discoveryv3.DiscoveryRequest
+	// secretWait counts the clusters whose own initialization is done and that wait
+	// for their secrets.
+	secretWait int
+	// started are the secrets whose SDS subscription started (see the secrets section).
+	started map[string]bool
+	// clusterNamed are the secrets any cluster ever named; listenerNamed those the
+	// current listeners name.
+	clusterNamed, listenerNamed map[string]bool
 }
 
 // New returns a client that has sent nothing.
 func New() *Client {
-	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{}}
+	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{},
+		started: map[string]bool{}, clusterNamed: map[string]bool{}, listenerNamed: map[string]bool{}}
 	for i := range c.types {
 		c.types[i].cache = map[string]uint64{}
 	}
@@ -148,51 +169,41 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		}}, nil
 	}
 	ts.acked = version
-	var follow []*discoveryv3.DiscoveryRequest
+	// out are the requests the response calls for, then its ACK.
+	var out []*discoveryv3.DiscoveryRequest
 	switch t {
 	case CDS:
-		follow = c.applyClusters(rs)
+		out = c.applyClusters(rs)
 	case EDS:
 		c.applyNamed(ts, rs)
-		if len(c.warming) > 0 {
-			for _, r := range rs {
-				if !ts.names.has(r.Name) {
-					continue
-				}
-				for _, n := range c.warming[r.Name] {
-					cl := c.clusters[n]
-					cl.warming, cl.active = false, true
-					c.clusters[n] = cl
-				}
-				delete(c.warming, r.Name)
-			}
-		}
+		out = c.applyEndpoints(ts, rs)
 	case LDS:
-		follow = c.applyListeners(rs)
+		out = c.applyListeners(rs)
 	case RDS:
 		c.applyNamed(ts, rs)
+	case SDS:
+		c.applyNamed(ts, rs)
+		c.secretsArrived()
 	}
 	ack := &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), VersionInfo: version, ResponseNonce: nonce, ResourceNames: ts.names.get()}
-	var out []*discoveryv3.DiscoveryRequest
 	switch {
-	case t == CDS && !c.initializing && len(c.warming) > 0:
-		c.heldAck = ack // sent once the clusters are warm
-		out = follow
+	case t == CDS && !c.initializing && !c.allWarm():
+		c.heldAck, ack = ack, nil // sent once the clusters are warm
 	case t == CDS:
 		c.heldAck = nil
-		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
-	default:
-		out = append([]*discoveryv3.DiscoveryRequest{ack}, follow...)
 	}
-	if t == EDS && c.heldAck != nil && len(c.warming) == 0 {
+	if (t == EDS || t == SDS) && c.heldAck != nil && c.allWarm() {
 		out = append(out, c.heldAck)
 		c.heldAck = nil
 	}
 	// Envoy asks for listeners once its initial clusters are warm.
-	if c.initializing && (t == CDS || t == EDS) && len(c.warming) == 0 {
+	if c.initializing && (t == CDS || t == EDS || t == SDS) && c.allWarm() {
 		c.initializing = false
 		c.types[LDS].requested = true
 		out = append(out, &discoveryv3.DiscoveryRequest{TypeUrl: LDS.URL()})
+	}
+	if ack != nil {
+		out = append(out, ack)
 	}
 	return out, nil
 }
@@ -209,24 +220,30 @@ func (c *Client) applyNamed(ts *typeState, rs []Resource) {
 
 func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	var added []string // new watches, in the order they are made
+	var startedSecrets []string
 	next := make(map[string]uint64, len(rs))
 	for _, r := range rs {
 		next[r.Name] = r.Hash
+		for _, sn := range r.Secrets {
+			c.clusterNamed[sn] = true
+		}
 		old, ok := c.clusters[r.Name]
 		if ok && old.res.Hash == r.Hash {
 			continue // unchanged: Envoy keeps the cluster as it is
 		}
-		if ok && old.warming {
-			c.unwarm(old.res.EDS, r.Name)
-		}
 		cl := cluster{res: r, active: ok && old.active}
+		if ok && old.warming {
+			c.unwarm(old, r.Name)
+		}
+		cl.warming = true
 		if r.EDS != "" {
 			// A new EDS watch, which waits for a ClusterLoadAssignment.
-			cl.warming = true
 			c.warming[r.EDS] = append(c.warming[r.EDS], r.Name)
 			added = append(added, r.EDS)
 		} else {
-			cl.active = true
+			// Nothing of its own to wait for: its secrets start now. (Not held to
+			// Envoy by TestClientMatchesEnvoy: bearkong's TLS clusters are all EDS.)
+			cl = c.preInitDone(cl, &startedSecrets)
 		}
 		c.clusters[r.Name] = cl
 	}
@@ -234,7 +251,7 @@ func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	for n, cl := range c.clusters {
 		if _, ok := next[n]; !ok {
 			if cl.warming {
-				c.unwarm(cl.res.EDS, n)
+				c.unwarm(cl, n)
 			}
 			delete(c.clusters, n)
 			continue
@@ -244,12 +261,17 @@ func (c *Client) applyClusters(rs []Resource) []*discoveryv3.DiscoveryRequest {
 		}
 	}
 	c.types[CDS].cache = next
-	return c.resubscribe(EDS, added, want)
+	return append(c.resubscribe(EDS, added, want), c.resubscribeSecrets(startedSecrets)...)
 }
 
-// unwarm forgets that cluster waits for the ClusterLoadAssignment eds.
-func (c *Client) unwarm(eds, cluster string) {
-	l := slices.DeleteFunc(slices.Clone(c.warming[eds]), func(n string) bool { return n == cluster })
+// unwarm forgets that the cluster named name, in state cl, is warming.
+func (c *Client) unwarm(cl cluster, name string) {
+	if cl.preInit {
+		c.secretWait--
+		return
+	}
+	eds := cl.res.EDS
+	l := slices.DeleteFunc(slices.Clone(c.warming[eds]), func(n string) bool { return n == name })
 	if len(l) == 0 {
 		delete(c.warming, eds)
 	} else {
@@ -274,7 +296,140 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	}
 	c.routes = want
 	c.types[LDS].cache = next
-	return c.resubscribe(RDS, added, want)
+	// A listener's secrets start when Envoy creates the listener: at once, since it
+	// waits for nothing else first; RDS first. Secrets no listener names any more go,
+	// unless a cluster ever named them.
+	var startedSecrets []string
+	named := map[string]bool{}
+	for _, r := range rs {
+		for _, sn := range r.Secrets {
+			named[sn] = true
+			if !c.started[sn] {
+				c.started[sn] = true
+				startedSecrets = append(startedSecrets, sn)
+			}
+		}
+	}
+	var dropped bool
+	for sn := range c.listenerNamed {
+		if !named[sn] && !c.clusterNamed[sn] && c.started[sn] {
+			delete(c.started, sn)
+			dropped = true
+		}
+	}
+	c.listenerNamed = named
+	if dropped {
+		return append(c.resubscribe(RDS, added, want), c.resubscribe(SDS, startedSecrets, c.started)...)
+	}
+	return append(c.resubscribe(RDS, added, want), c.resubscribeSecrets(startedSecrets)...)
+}
+
+// Secrets, as Envoy 1.36 handles them:
+//
+//   - A TLS transport socket that names a secret with an sds_config creates, or shares,
+//     the secret's provider, one per config source and name (SecretManagerImpl's
+//     DynamicSecretProviders::findOrCreate), and adds the provider's init target to
+//     the init manager of its cluster or listener, whether the provider is new or not:
+//     https://github.com/envoyproxy/envoy/blob/v1.36.4/source/common/secret/secret_manager_impl.h
+//   - The provider's subscription starts (its watch, hence its name in the SDS request)
+//     the first time one of those init managers initializes it; the target is shared,
+//     so the later ones only wait for the secret, or not at all once it came
+//     (SdsApi, https://github.com/envoyproxy/envoy/blob/v1.36.4/source/common/secret/sds_api.cc).
+//   - A cluster initializes its init manager when its own initialization is done
+//     (ClusterImplBase::onPreInitComplete): for an EDS cluster, once its
+//     ClusterLoadAssignment came; so a new EDS cluster asks for its secrets only then,
+//     and stays warming until they came too
+//     (https://github.com/envoyproxy/envoy/blob/v1.36.4/source/common/upstream/upstream_impl.cc).
+//     A listener initializes at once.
+//   - A secret a cluster named stays subscribed for the life of the stream, even when
+//     no cluster names it any more: seen on Envoy 1.36.4 by TestClientMatchesEnvoy in
+//     test/e2e, where removing every TLS cluster sends no SDS request, and a TLS cluster
+//     that comes back later warms on its ClusterLoadAssignment alone, with the secret
+//     Envoy kept (something still holds the provider; the docs promise nothing either
+//     way). So a control plane keeps sending such a secret's rotations. A secret only
+//     listeners named leaves the subscription with the last listener that names it
+//     (seen there too).
+//   - A secret that comes again (a rotation) changes nothing else: an ACK.
+//   - An SDS NACK leaves the rejected secret in the provider (seen on Envoy 1.36.4:
+//     a TLS cluster created after a NACKed key is rejected with the NACK's error).
+//
+// Names are listed newest watch first, as for EDS and RDS.
+
+// preInitDone marks the cluster's own initialization as done, starts the subscription
+// of its secrets that have none yet (appending them to started), and returns the
+// cluster, active if every secret it needs is already here.
+func (c *Client) preInitDone(cl cluster, started *[]string) cluster {
+	cl.preInit = true
+	for _, sn := range cl.res.Secrets {
+		if !c.started[sn] {
+			c.started[sn] = true
+			*started = append(*started, sn)
+		}
+	}
+	if c.secretsReady(cl.res.Secrets) {
+		cl.warming, cl.active = false, true
+	} else {
+		c.secretWait++
+	}
+	return cl
+}
+
+// secretsReady reports whether every named secret has arrived.
+func (c *Client) secretsReady(names []string) bool {
+	for _, n := range names {
+		if _, ok := c.types[SDS].cache[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// applyEndpoints ends the own initialization of the clusters that the EDS response rs
+// warms, and returns the SDS request their secrets call for, if any.
+func (c *Client) applyEndpoints(ts *typeState, rs []Resource) []*discoveryv3.DiscoveryRequest {
+	if len(c.warming) == 0 {
+		return nil
+	}
+	var started []string
+	for _, r := range rs {
+		if !ts.names.has(r.Name) {
+			continue
+		}
+		for _, n := range c.warming[r.Name] {
+			c.clusters[n] = c.preInitDone(c.clusters[n], &started)
+		}
+		delete(c.warming, r.Name)
+	}
+	return c.resubscribeSecrets(started)
+}
+
+// secretsArrived activates the clusters that waited only for secrets that are all here
+// now.
+func (c *Client) secretsArrived() {
+	if c.secretWait == 0 {
+		return
+	}
+	for n, cl := range c.clusters {
+		if cl.warming && cl.preInit && c.secretsReady(cl.res.Secrets) {
+			cl.warming, cl.active = false, true
+			c.clusters[n] = cl
+			c.secretWait--
+		}
+	}
+}
+
+// allWarm reports whether no cluster is warming.
+func (c *Client) allWarm() bool { return len(c.warming) == 0 && c.secretWait == 0 }
+
+// resubscribeSecrets puts the secrets whose subscription just started (in the order
+// they started) at the front of the SDS subscription, and returns the SDS request that
+// announces the new list, if there is one. Names never leave it: see the secrets
+// section.
+func (c *Client) resubscribeSecrets(started []string) []*discoveryv3.DiscoveryRequest {
+	if len(started) == 0 {
+		return nil
+	}
+	return c.resubscribe(SDS, started, c.started)
 }
 
 // resubscribe puts the new watches (in the order they were made) at the front of the
@@ -297,7 +452,12 @@ func (c *Client) resubscribe(t Type, added []string, want map[string]bool) []*di
 		keep(n)
 	}
 	if slices.Equal(list, ts.names.get()) {
-		return nil
+		if len(added) == 0 {
+			return nil
+		}
+		// A new watch on names already subscribed (a modified cluster whose name was
+		// first already): Envoy still sends the list again.
+		return []*discoveryv3.DiscoveryRequest{{TypeUrl: t.URL(), ResourceNames: ts.names.get(), VersionInfo: ts.acked, ResponseNonce: ts.nonce}}
 	}
 	ts.names = intern(list)
 	for n := range ts.cache {
@@ -316,7 +476,7 @@ func (c *Client) resubscribe(t Type, added []string, want map[string]bool) []*di
 	return []*discoveryv3.DiscoveryRequest{req}
 }
 
-// Names returns the subscription of t (EDS, RDS) in the order the client sends it.
+// Names returns the subscription of t (EDS, RDS, SDS) in the order the client sends it.
 func (c *Client) Names(t Type) []string { return c.types[t].names.get() }
 
 // Acked returns the version of the last accepted response of t.
@@ -345,7 +505,7 @@ func (c *Client) Cache(t Type) []Resource {
 type ClusterState struct {
 	// Active: a version of the cluster is in use.
 	Active bool
-	// Warming: the latest version waits for its ClusterLoadAssignment.
+	// Warming: the latest version waits for its ClusterLoadAssignment or its secrets.
 	Warming bool
 }
 
@@ -359,7 +519,8 @@ func (c *Client) Cluster(name string) (st ClusterState, ok bool) {
 	return ClusterState{Active: cl.active, Warming: cl.warming}, true
 }
 
-// Warming returns the names of the clusters that are warming, sorted.
+// Warming returns the names of the clusters that are warming (for their
+// ClusterLoadAssignment or their secrets), sorted.
 func (c *Client) Warming() []string {
 	var out []string
 	for n, cl := range c.clusters {

@@ -1,7 +1,8 @@
 // Package xdstest is a test ADS client that plays Envoy's part against an ADS server. The
 // protocol is internal/xdsclient's, shared with the fleet simulator: CDS and LDS by
-// wildcard, EDS and RDS by the names the clusters and listeners refer to, in Envoy's watch
-// order; unsubscribed resources dropped; clusters warming until their endpoints come. It
+// wildcard, EDS, RDS and SDS by the names the clusters and listeners refer to, in Envoy's
+// watch order; unsubscribed resources dropped; clusters warming until their endpoints and
+// secrets come. It
 // decodes every resource before it ACKs, can be told to NACK, and records every response
 // with its time.
 package xdstest
@@ -23,6 +24,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -37,6 +39,7 @@ const (
 	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
 	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // Received is one response as the client got it.
@@ -174,8 +177,10 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 			if m.GetType() == clusterv3.Cluster_EDS {
 				r.EDS = cmp.Or(m.GetEdsClusterConfig().GetServiceName(), m.GetName())
 			}
+			r.Secrets = xdsclient.ClusterSecrets(m)
 		case *listenerv3.Listener:
 			r.Routes = routeNames(m)
+			r.Secrets = xdsclient.ListenerSecrets(m)
 		}
 		rs = append(rs, r)
 		rec.Names = append(rec.Names, name)
@@ -206,7 +211,7 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 		for n, m := range decoded {
 			held[n] = m
 		}
-		for _, tt := range []xdsclient.Type{xdsclient.EDS, xdsclient.RDS} {
+		for _, tt := range []xdsclient.Type{xdsclient.EDS, xdsclient.RDS, xdsclient.SDS} {
 			for n := range c.resources[tt.URL()] {
 				if _, ok := c.proto.Has(tt, n); !ok {
 					delete(c.resources[tt.URL()], n)
@@ -256,6 +261,8 @@ func decode(typeURL string, b []byte) (proto.Message, string, error) {
 		m = &listenerv3.Listener{}
 	case RouteType:
 		m = &routev3.RouteConfiguration{}
+	case SecretType:
+		m = &tlsv3.Secret{}
 	default:
 		return nil, "", fmt.Errorf("unexpected type %s", typeURL)
 	}
@@ -271,6 +278,8 @@ func decode(typeURL string, b []byte) (proto.Message, string, error) {
 	case *listenerv3.Listener:
 		name = r.GetName()
 	case *routev3.RouteConfiguration:
+		name = r.GetName()
+	case *tlsv3.Secret:
 		name = r.GetName()
 	}
 	if name == "" {
@@ -301,7 +310,7 @@ func (c *Client) Acked(typeURL string) string {
 	return c.proto.Acked(t)
 }
 
-// Names returns the EDS or RDS subscription, in the order the client sends it.
+// Names returns the EDS, RDS or SDS subscription, in the order the client sends it.
 func (c *Client) Names(typeURL string) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -17,12 +17,12 @@ import (
 )
 
 // fanOutWorld is a mesh shaped like bearkong's at S services: clusters and endpoints
-// shared by every proxy, two listeners and two route configurations. Two endpoint sets
-// differ in one service's ClusterLoadAssignment: switching between them is a
-// one-endpoint change.
+// shared by every proxy, two listeners, two route configurations and two secrets. Two
+// endpoint sets differ in one service's ClusterLoadAssignment: switching between them is
+// a one-endpoint change.
 type fanOutWorld struct {
-	clusters, listeners, routes *resource.Set
-	endpoints                   [2]*resource.Set
+	clusters, listeners, routes, secrets *resource.Set
+	endpoints                            [2]*resource.Set
 }
 
 func newFanOutWorld(b testing.TB, services int) *fanOutWorld {
@@ -42,6 +42,7 @@ func newFanOutWorld(b testing.TB, services int) *fanOutWorld {
 		endpoints: [2]*resource.Set{resource.NewSet(clas...), resource.NewSet(clas2...)},
 		listeners: resource.NewSet(res(b, resource.Listener, "inbound", "l1"), res(b, resource.Listener, "outbound", "l2")),
 		routes:    resource.NewSet(res(b, resource.Route, "inbound", "r1"), res(b, resource.Route, "outbound", "r2")),
+		secrets:   resource.NewSet(res(b, resource.Secret, "trust-bundle", "roots"), res(b, resource.Secret, "workload-cert", "chain and key")),
 	}
 }
 
@@ -51,6 +52,7 @@ func (w *fanOutWorld) proxy(gen int) *resource.Proxy {
 		resource.Endpoint: {w.endpoints[gen%2]},
 		resource.Listener: {w.listeners},
 		resource.Route:    {w.routes},
+		resource.Secret:   {w.secrets},
 	}}
 }
 
@@ -64,6 +66,8 @@ func syncSession(b testing.TB, s *session, w *fanOutWorld) {
 			names = w.clusters.Names()
 		case resource.Route:
 			names = w.routes.Names()
+		case resource.Secret:
+			names = w.secrets.Names()
 		}
 		_, resps := s.onRequest(t, &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), ResourceNames: names})
 		if len(resps) != 1 {

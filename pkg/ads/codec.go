@@ -210,7 +210,7 @@ func sameNames(b []byte, list resource.NameList) bool {
 
 var errInvalidUTF8 = errors.New("proto: DiscoveryRequest: string field contains invalid UTF-8")
 
-// typeURL returns the type URL in v, without allocating for the four bearkong serves.
+// typeURL returns the type URL in v, without allocating for the types bearkong serves.
 func typeURL(v []byte) (string, error) {
 	for _, t := range resource.Types {
 		if string(v) == t.URL() {

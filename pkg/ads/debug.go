@@ -9,7 +9,8 @@ import (
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
-// StreamInfo is one stream as /debug/streams shows it.
+// StreamInfo is one stream as /debug/streams shows it. It holds names, versions, nonces
+// and counts, never a resource's content: secrets carry private keys.
 type StreamInfo struct {
 	ID          uint64    `json:"id"`
 	Node        string    `json:"node"`
@@ -25,6 +26,7 @@ type TypeInfos struct {
 	EDS TypeInfo `json:"eds"`
 	LDS TypeInfo `json:"lds"`
 	RDS TypeInfo `json:"rds"`
+	SDS TypeInfo `json:"sds"`
 }
 
 // Get returns the info of type t.
@@ -36,8 +38,10 @@ func (ti *TypeInfos) Get(t resource.Type) *TypeInfo {
 		return &ti.EDS
 	case resource.Listener:
 		return &ti.LDS
-	default:
+	case resource.Route:
 		return &ti.RDS
+	default:
+		return &ti.SDS
 	}
 }
 

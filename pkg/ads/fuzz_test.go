@@ -10,6 +10,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/internal/xdsclient"
@@ -17,25 +18,33 @@ import (
 )
 
 // fuzzWorld builds configs for FuzzSession from three bytes: which of four clusters
-// exist (each with its ClusterLoadAssignment), their content, and which of two route
-// configurations the outbound listener names, with their content. A resource's body is
-// "name|content|eds|routes", which is all the Envoy-like client needs to know of it.
+// exist (each with its ClusterLoadAssignment), their content, which of two route
+// configurations the outbound listener names, with their content, and which of the two
+// secrets that clusters a, c (s0) and d (s0, s1) take from SDS exist, with their content.
+// A resource's body is "name|content|eds|routes|secrets", which is all the Envoy-like
+// client needs to know of it.
 func fuzzConfig(b0, b1, b2, gen byte) *resource.Proxy {
 	p := &resource.Proxy{}
-	body := func(t resource.Type, name, content, eds string, routes []string) *resource.Resource {
-		r, err := resource.New(t, name, wrapperspb.String(name+"|"+content+"|"+eds+"|"+strings.Join(routes, ",")))
+	body := func(t resource.Type, name, content, eds string, routes []string, secrets ...string) *resource.Resource {
+		r, err := resource.New(t, name, wrapperspb.String(name+"|"+content+"|"+eds+"|"+strings.Join(routes, ",")+"|"+strings.Join(secrets, ",")))
 		if err != nil {
 			panic(err)
 		}
 		return r
 	}
-	var clusters, clas, listeners, routes []*resource.Resource
+	var clusters, clas, listeners, routes, secrets []*resource.Resource
+	clusterSecrets := [][]string{{"s0"}, nil, {"s0"}, {"s0", "s1"}}
 	for i, n := range []string{"a", "b", "c", "d"} {
 		if b0&(1<<i) == 0 {
 			continue
 		}
-		clusters = append(clusters, body(resource.Cluster, n, fmt.Sprint("c", b1>>i&1, gen>>4), n, nil))
+		clusters = append(clusters, body(resource.Cluster, n, fmt.Sprint("c", b1>>i&1, gen>>4), n, nil, clusterSecrets[i]...))
 		clas = append(clas, body(resource.Endpoint, n, fmt.Sprint("e", b1>>(i+4)&1, gen&15), "", nil))
+	}
+	for i, n := range []string{"s0", "s1"} {
+		if b2&(1<<(i+5)) != 0 {
+			secrets = append(secrets, body(resource.Secret, n, fmt.Sprint("s", b2>>7, gen), "", nil))
+		}
 	}
 	var names []string
 	for i, n := range []string{"r0", "r1"} {
@@ -49,6 +58,7 @@ func fuzzConfig(b0, b1, b2, gen byte) *resource.Proxy {
 	p.Views[resource.Endpoint] = resource.View{resource.NewSet(clas...)}
 	p.Views[resource.Listener] = resource.View{resource.NewSet(listeners...)}
 	p.Views[resource.Route] = resource.View{resource.NewSet(routes...)}
+	p.Views[resource.Secret] = resource.View{resource.NewSet(secrets...)}
 	return p
 }
 
@@ -67,6 +77,9 @@ func summarizeResponse(t *testing.T, r *discoveryv3.DiscoveryResponse) []xdsclie
 		if f[3] != "" {
 			res.Routes = strings.Split(f[3], ",")
 		}
+		if f[4] != "" {
+			res.Secrets = strings.Split(f[4], ",")
+		}
 		out = append(out, res)
 	}
 	return out
@@ -80,7 +93,7 @@ func summarizeResponse(t *testing.T, r *discoveryv3.DiscoveryResponse) []xdsclie
 //     config changes it;
 //   - in the end, once the config changes everything and the queues drain, the client
 //     holds exactly the server's view for its subscription (so every requested name that
-//     exists was sent), and no cluster whose endpoints exist is left warming.
+//     exists was sent), and no cluster whose endpoints and secrets exist is left warming.
 //
 // `go test` runs the seed corpus; `make fuzz FUZZTIME=5m` explores.
 func FuzzSession(f *testing.F) {
@@ -89,6 +102,8 @@ func FuzzSession(f *testing.F) {
 	f.Add([]byte{0, 0x0f, 0, 3, 1, 1, 1, 1, 1, 3, 1, 0, 0x0f, 0x02, 3, 1, 1, 1, 1, 1, 1, 0, 0x0c, 0x10, 2, 1, 1, 1, 1})
 	f.Add([]byte{0, 0x01, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0x01, 0, 1, 1, 1, 1, 1, 1})
 	f.Add([]byte{0, 0x0f, 0xff, 0x1f, 2, 2, 1, 2, 1, 2, 1, 2, 1, 0, 0x05, 0x0f, 0x1f, 2, 1, 2, 1, 1, 1, 1})
+	// Secrets: TLS clusters, their secrets, a NACKed rotation, another rotation.
+	f.Add([]byte{0, 0x0d, 0, 0x63, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 0, 0x0d, 0, 0xe3, 3, 2, 1, 0, 0x0d, 0, 0x63, 2, 1, 2, 1})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		if len(ops) > 400 {
 			return
@@ -230,7 +245,7 @@ func FuzzSession(f *testing.F) {
 		// The end: a config that changes every resource, and everything delivered.
 		nackNext = false
 		if s.cur != nil {
-			b0, b1, b2 := byte(0x0f), byte(0xff), byte(0x1f)
+			b0, b1, b2 := byte(0x0f), byte(0xff), byte(0xff)
 			config(fuzzConfig(b0, b1, b2, gen+17))
 		}
 		for n := 0; len(toServer)+len(toClient) > 0; n++ {
@@ -262,8 +277,14 @@ func FuzzSession(f *testing.F) {
 			}
 		}
 		for _, n := range c.Warming() {
-			if _, ok := s.cur.Views[resource.Endpoint].Get(n); ok {
-				t.Fatalf("cluster %q still warming, and its endpoints exist", n)
+			_, ok := s.cur.Views[resource.Endpoint].Get(n)
+			cl, _ := s.cur.Views[resource.Cluster].Get(n)
+			for _, sn := range summarizeResponse(t, &discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{cl.Any}})[0].Secrets {
+				_, found := s.cur.Views[resource.Secret].Get(sn)
+				ok = ok && found
+			}
+			if ok {
+				t.Fatalf("cluster %q still warming, and its endpoints and secrets exist", n)
 			}
 		}
 	})

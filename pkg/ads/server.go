@@ -7,8 +7,8 @@
 // Each stream has one receive goroutine and one loop. The loop owns the stream's protocol
 // state (a session), so that state needs no lock. A new Config only wakes the loops; each
 // loop resolves its proxy's resources and sends the types whose content changed for that
-// proxy, make before break: what is added or changed in CDS, EDS, LDS, RDS order, and
-// clusters that go away last, after the routes that named them. A slow proxy delays only
+// proxy, make before break: what is added or changed in CDS, EDS, LDS, RDS, SDS order,
+// and clusters that go away last, after the routes that named them. A slow proxy delays only
 // its own stream.
 //
 // Protocol: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol

@@ -43,6 +43,7 @@ func baseContent() map[resource.Type]map[string]string {
 		resource.Endpoint: {"a": "1", "b": "1"},
 		resource.Listener: {"in": "1", "out": "1"},
 		resource.Route:    {"inbound": "1", "outbound": "1"},
+		resource.Secret:   {"trust-bundle": "1", "workload-cert": "1"},
 	}
 }
 
@@ -176,7 +177,8 @@ func with(c map[resource.Type]map[string]string, typ resource.Type, name, body s
 }
 
 // synced returns a session that has sent and had ACKed everything of baseContent, with
-// EDS subscribed to a and b and RDS to inbound and outbound. Nonces 1..4 are used.
+// EDS subscribed to a and b, RDS to inbound and outbound, and SDS to trust-bundle and
+// workload-cert. Nonces 1..5 are used.
 func synced(t *testing.T) *session {
 	s := newSession(nil, nil)
 	run(t, s, []step{
@@ -186,6 +188,7 @@ func synced(t *testing.T) *session {
 		{req: req(resource.Endpoint, "", "", "a", "b"), wantKind: Initial, want: []sent{{resource.Endpoint, []string{"1", "1"}}}},
 		{req: req(resource.Listener, "", ""), wantKind: Initial, want: []sent{{resource.Listener, []string{"1", "1"}}}},
 		{req: req(resource.Route, "", "", "inbound", "outbound"), wantKind: Initial, want: []sent{{resource.Route, []string{"1", "1"}}}},
+		{req: req(resource.Secret, "", "", "workload-cert", "trust-bundle"), wantKind: Initial, want: []sent{{resource.Secret, []string{"1", "1"}}}},
 	})
 	for _, typ := range resource.Types[1:] {
 		ts := s.types[typ]

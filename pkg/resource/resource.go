@@ -21,33 +21,47 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Type is one of the four xDS resource types bearkong serves.
+// Type is one of the five xDS resource types bearkong serves.
 type Type int
 
 // The types, in the order a push sends what it adds or changes (make before break:
 // clusters and their endpoints before the listeners and routes that refer to them).
 // Removed clusters go last, after the listeners and routes that stopped naming them; see
 // https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations
+//
+// Secrets (SDS) go last. Envoy asks for a secret only once a cluster or listener that
+// names it has arrived (its TLS transport socket creates the SDS subscription), so a
+// secret sent earlier in a push would go to a proxy that has not asked for it yet; and
+// the secret names are stable, so a certificate rotation changes secrets only and is a
+// push of SDS alone, whatever its position. See
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/security/secret#sds-configuration
 const (
 	Cluster Type = iota
 	Endpoint
 	Listener
 	Route
-	NumTypes = 4
+	Secret
+	NumTypes = 5
 )
 
 // Types lists every type in push order for additions.
-var Types = [NumTypes]Type{Cluster, Endpoint, Listener, Route}
+var Types = [NumTypes]Type{Cluster, Endpoint, Listener, Route, Secret}
 
 var (
-	typeURLs   = [NumTypes]string{"type.googleapis.com/envoy.config.cluster.v3.Cluster", "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", "type.googleapis.com/envoy.config.listener.v3.Listener", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}
-	shortNames = [NumTypes]string{"cds", "eds", "lds", "rds"}
+	typeURLs = [NumTypes]string{
+		"type.googleapis.com/envoy.config.cluster.v3.Cluster",
+		"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+		"type.googleapis.com/envoy.config.listener.v3.Listener",
+		"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+		"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+	}
+	shortNames = [NumTypes]string{"cds", "eds", "lds", "rds", "sds"}
 )
 
 // URL returns the type URL, as used in DiscoveryRequest.type_url and Any.type_url.
 func (t Type) URL() string { return typeURLs[t] }
 
-// String returns the short name: cds, eds, lds or rds.
+// String returns the short name: cds, eds, lds, rds or sds.
 func (t Type) String() string {
 	if t < 0 || t >= NumTypes {
 		return fmt.Sprintf("Type(%d)", int(t))
@@ -56,7 +70,7 @@ func (t Type) String() string {
 }
 
 // Wildcard reports whether the type is requested as a whole (LDS, CDS): its responses
-// carry the full set. EDS and RDS responses carry the requested names.
+// carry the full set. EDS, RDS and SDS responses carry the requested names.
 func (t Type) Wildcard() bool { return t == Cluster || t == Listener }
 
 // TypeFromURL maps a type URL to its Type.

@@ -66,4 +66,7 @@ func TestSetAndView(t *testing.T) {
 	if tp, ok := TypeFromURL(Route.URL()); !ok || tp != Route || tp.String() != "rds" || !Cluster.Wildcard() || Endpoint.Wildcard() {
 		t.Fatal("type helpers")
 	}
+	if tp, ok := TypeFromURL("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"); !ok || tp != Secret || tp.String() != "sds" || Secret.Wildcard() || Types[NumTypes-1] != Secret {
+		t.Fatal("Secret: a named type, last in push order")
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/bearkong/bearkong/internal/localmesh"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
 )
 
 // Blast radius: one HTTPRoute must not freeze routing for the whole mesh. Every proxy
@@ -71,8 +72,8 @@ func acceptedCondition(ctx context.Context, t *testing.T, name, parent string) (
 
 func nacks(mt map[string]float64) float64 {
 	n := 0.0
-	for _, typ := range []string{"cds", "eds", "lds", "rds"} {
-		n += mt[`bearkong_xds_nack_total{type="`+typ+`"}`]
+	for _, typ := range resource.Types {
+		n += mt[`bearkong_xds_nack_total{type="`+typ.String()+`"}`]
 	}
 	return n
 }

@@ -3,10 +3,17 @@ package e2e
 import (
 	"cmp"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"hash/maphash"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +26,11 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -100,7 +112,8 @@ func lastByType(rs []*discoveryv3.DiscoveryRequest) map[string]string {
 // TestClientMatchesEnvoy holds internal/xdsclient, the protocol state of the test clients
 // and of the fleet simulator, to a real Envoy: both get the same responses from a
 // scripted ADS server, and after each step they must have asked for the same things,
-// ACKed and NACKed the same versions, and have the same clusters warming.
+// in the same order of types, ACKed and NACKed the same versions, and have the same
+// clusters warming.
 // It needs Envoy only, no API server.
 func TestClientMatchesEnvoy(t *testing.T) {
 	if testing.Short() {
@@ -190,6 +203,20 @@ func TestClientMatchesEnvoy(t *testing.T) {
 				if m.GetType() == clusterv3.Cluster_EDS {
 					r.EDS = cmp.Or(m.GetEdsClusterConfig().GetServiceName(), m.Name)
 				}
+				r.Secrets = xdsclient.ClusterSecrets(m)
+			case *tlsv3.Secret:
+				r.Name = m.Name
+			case *listenerv3.Listener:
+				r.Name = m.Name
+				r.Secrets = xdsclient.ListenerSecrets(m)
+				for _, fc := range m.FilterChains {
+					for _, f := range fc.Filters {
+						var hcm hcmv3.HttpConnectionManager
+						if f.GetTypedConfig().UnmarshalTo(&hcm) == nil && hcm.GetRds() != nil {
+							r.Routes = append(r.Routes, hcm.GetRds().GetRouteConfigName())
+						}
+					}
+				}
 			default:
 				r.Name = m.(interface{ GetClusterName() string }).GetClusterName()
 			}
@@ -225,6 +252,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 				t.Errorf("%s: the client asks %s %s, Envoy nothing", step, typ, c[typ])
 			}
 		}
+		if eo, co := typeOrder(envoyReqs), typeOrder(got); !slices.Equal(eo, co) {
+			t.Errorf("%s: Envoy's requests go in the order %v, the client's %v", step, eo, co)
+		}
 		warm, err := envoyWarming(ctx, adminAddr)
 		if err != nil {
 			t.Fatal(err)
@@ -232,7 +262,7 @@ func TestClientMatchesEnvoy(t *testing.T) {
 		if cw := client.Warming(); !slices.Equal(warm, cw) {
 			t.Errorf("%s: warming clusters: Envoy %v, the client %v", step, warm, cw)
 		}
-		t.Logf("%s: Envoy %v; warming %v", step, e, warm)
+		t.Logf("%s: Envoy %v; warming %v; order: Envoy %v, the client %v", step, e, warm, order(envoyReqs), order(got))
 	}
 	// The first CDS request, before anything is sent.
 	if first := lastByType(srv.quiet(0)); first["cds"] != lastByType(clientReqs)["cds"] {
@@ -255,6 +285,166 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("every cluster gone", xdsclient.CDS, "c3", nil, false)
 	send("a back", xdsclient.CDS, "c4", []proto.Message{cl("a", 0)}, false)
 	send("a's endpoints again", xdsclient.EDS, "e4", []proto.Message{cla("a")}, false)
+
+	// SDS over ADS: clusters whose TLS transport socket names two secrets. Envoy asks
+	// for them only once a cluster's own initialization is done (its CLA came), shares
+	// them by name, and keeps the cluster warming until they came. It keeps them after
+	// the last cluster that names them goes.
+	certPEM, keyPEM := selfSigned(t, "one")
+	cert2PEM, key2PEM := selfSigned(t, "two")
+	workload := func(chain, key []byte) proto.Message {
+		return &tlsv3.Secret{Name: "workload-cert", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
+		}}}
+	}
+	bundle := func(roots []byte) proto.Message {
+		return &tlsv3.Secret{Name: "trust-bundle", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: roots}},
+		}}}
+	}
+	tlsCl := func(name string) proto.Message {
+		c := translate.Cluster(svc(name, 0))
+		c.TransportSocket = upstreamTLS(t, "workload-cert", "trust-bundle")
+		return c
+	}
+	send("TLS clusters", xdsclient.CDS, "c5", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("t")}, false)
+	send("s's endpoints", xdsclient.EDS, "e5", []proto.Message{cla("s")}, false)
+	send("the certificate", xdsclient.SDS, "s1", []proto.Message{workload(certPEM, keyPEM)}, false)
+	send("the trust bundle", xdsclient.SDS, "s2", []proto.Message{bundle(certPEM)}, false)
+	send("t's endpoints", xdsclient.EDS, "e6", []proto.Message{cla("t")}, false)
+	send("a rotation", xdsclient.SDS, "s3", []proto.Message{workload(cert2PEM, key2PEM)}, false)
+	send("s changed", xdsclient.CDS, "c6", []proto.Message{cl("a", 0), tlsCl("s"), cl("t", 3)}, false)
+	send("s's fresh endpoints", xdsclient.EDS, "e7", []proto.Message{cla("s"), cla("t")}, false)
+	send("TLS clusters gone", xdsclient.CDS, "c7", []proto.Message{cl("a", 0)}, false)
+	send("a TLS cluster back", xdsclient.CDS, "c8", []proto.Message{cl("a", 0), tlsCl("s")}, false)
+	send("its endpoints", xdsclient.EDS, "e8", []proto.Message{cla("s")}, false)
+	send("its secrets again", xdsclient.SDS, "s4", []proto.Message{workload(cert2PEM, key2PEM), bundle(cert2PEM)}, false)
+	// A listener whose filter chain terminates TLS with a secret no cluster names, and
+	// the roots the clusters share: Envoy asks for its routes and the new secret.
+	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle")}, false)
+	send("the listener's certificate", xdsclient.SDS, "s5", []proto.Message{&tlsv3.Secret{Name: "listener-cert",
+		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: certPEM}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: keyPEM}},
+		}}}}, false)
+	send("the listener gone", xdsclient.LDS, "l2", nil, false)
+	send("a key that does not match", xdsclient.SDS, "s-bad", []proto.Message{workload(certPEM, key2PEM)}, true)
+	// The provider kept the rejected key: a new cluster that names it is rejected.
+	send("a TLS cluster after the NACKed key", xdsclient.CDS, "c9", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("u")}, true)
+}
+
+// tlsListener is a listener on a free loopback port whose one filter chain terminates
+// TLS with the named certificate and roots from SDS over ADS and routes by RDS.
+func tlsListener(t *testing.T, name, routes, cert, roots string) *listenerv3.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.2.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	lis.Close()
+	ads := &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion: corev3.ApiVersion_V3}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: ads, RouteConfigName: routes}},
+		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCtx, err := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: cert, SdsConfig: ads}},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: roots, SdsConfig: ads}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listenerv3.Listener{
+		Name: name,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "127.0.2.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)}}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters:         []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}},
+			TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}},
+		}},
+	}
+}
+
+// upstreamTLS is a TLS transport socket that takes its certificate and its validation
+// context from SDS over ADS, as pkg/translate's mTLS clusters do.
+func upstreamTLS(t *testing.T, cert, roots string) *corev3.TransportSocket {
+	t.Helper()
+	ads := &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion: corev3.ApiVersion_V3}
+	ctx, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: cert, SdsConfig: ads}},
+		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{},
+			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: roots, SdsConfig: ads},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx}}
+}
+
+// selfSigned returns a fresh self-signed certificate and its key, in PEM.
+func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// typeOrder lists the types of the requests in order, a run of requests of one type
+// counting once: Envoy may send a type's request twice where one carries the same
+// (a watch per secret, each starting with a request).
+func typeOrder(rs []*discoveryv3.DiscoveryRequest) []string {
+	var out []string
+	for _, r := range rs {
+		t, _ := xdsclient.TypeOf(r.TypeUrl)
+		if len(out) == 0 || out[len(out)-1] != t.String() {
+			out = append(out, t.String())
+		}
+	}
+	return out
+}
+
+// order lists the requests' types and kinds, in order, for the log.
+func order(rs []*discoveryv3.DiscoveryRequest) []string {
+	var out []string
+	for _, r := range rs {
+		t, _ := xdsclient.TypeOf(r.TypeUrl)
+		kind := "req"
+		switch {
+		case r.ErrorDetail != nil:
+			kind = "nack"
+		case r.ResponseNonce != "":
+			kind = "ack"
+		}
+		out = append(out, fmt.Sprintf("%s-%s%v", t, kind, r.ResourceNames))
+	}
+	return out
 }
 
 // envoyWarming returns the names of Envoy's warming clusters, from /config_dump.

@@ -30,8 +30,8 @@ type Run struct {
 	NeverACK int    `json:"never_ack"`
 	S        int    `json:"s"`
 	E        int    `json:"e"`
-	// SyncAll is from the first dial to the moment every proxy had ACKed all four types;
-	// SyncP50 is the median proxy's time. Seconds.
+	// SyncAll is from the first dial to the moment every proxy had ACKed every type it
+	// asked for; SyncP50 is the median proxy's time. Seconds.
 	SyncAll float64 `json:"sync_all_s"`
 	SyncP50 float64 `json:"sync_p50_s"`
 	// Baseline is the server with its config and no proxy; AfterSync with all proxies
