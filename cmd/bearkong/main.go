@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,15 +17,19 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
+	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/discovery"
+	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/translate"
 )
 
@@ -84,6 +89,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	clusterDomain := fs.String("cluster-domain", translate.DefaultClusterDomain, "the cluster's DNS domain: the outbound listener takes 'service: <name>.<namespace>.svc.<cluster-domain>'")
 	xdsInsecure := fs.Bool("xds-insecure", false, "serve xDS in plaintext and believe any node's claim: development only")
 	tokenAudience := fs.String("xds-token-audience", defaultTokenAudience, "audience the proxies' ServiceAccount tokens must be issued for")
+	trustDomain := fs.String("trust-domain", ca.DefaultTrustDomain, "SPIFFE trust domain of the workload identities: spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>")
+	caSecret := fs.String("ca-secret", envOr("POD_NAMESPACE", "bearkong-system")+"/bearkong-ca", "namespace/name of the Secret that holds the CA: created with a new root on first start unless it exists (bring your own by creating it first)")
+	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
+	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -112,27 +121,64 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	mode := mesh.MTLSMode(*defaultMTLS)
+	if err := translate.ValidateMTLSMode(mode); err != nil {
+		return fmt.Errorf("--default-mtls: %w", err)
+	}
+	if err := translate.ValidateTrustDomain(*trustDomain); err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	caNS, caName, ok := strings.Cut(*caSecret, "/")
+	if !ok || caNS == "" || caName == "" || strings.Contains(caName, "/") {
+		return fmt.Errorf("--ca-secret %q: want namespace/name", *caSecret)
+	}
 	client, gateway, err := discovery.NewClients(*kubeconfig)
 	if err != nil {
 		return err
 	}
+	// The CA comes first: without it no proxy can get a certificate, and the xDS server
+	// has none to serve. Every replica loads the same Secret.
+	authority, err := ca.LoadOrCreate(ctx, discovery.CASecretStore{Client: client, Namespace: caNS, Name: caName},
+		ca.Options{TrustDomain: *trustDomain, LeafLifetime: *certLifetime})
+	if err != nil {
+		return fmt.Errorf("certificate authority (Secret %s): %w", *caSecret, err)
+	}
 	reg := controlplane.NewRegistry()
 	disc := discovery.New(client, discovery.Options{
 		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
-		GatewayClient: gateway, AllowSkipValidation: *skipValidation,
+		GatewayClient: gateway, AllowSkipValidation: *skipValidation, DefaultMTLS: mode,
 	})
-	cp := controlplane.New(disc, controlplane.Options{
+	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg})
+	publish := publishRoots(ctx, roots, authority.Bundle(), log)
+	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
-		Translate: translate.Options{ClusterDomain: *clusterDomain},
-	})
+		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode},
+		Certificates: authorityCerts{authority},
+		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
+	}
+	if !sec.Insecure {
+		names := slices.Clone(sec.ServerNames)
+		for _, ip := range sec.ServerIPs {
+			names = append(names, ip.String())
+		}
+		opts.Authenticate = controlplane.Authenticator(&discovery.TokenReviewer{Client: client, Audience: sec.TokenAudience})
+		opts.ServerOptions = []grpc.ServerOption{controlplane.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return authority.ServerCertificate(names)
+		})}
+	}
+	cp := controlplane.New(disc, opts)
 	if err := cp.Listen(); err != nil {
 		return err
 	}
-	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
-	if !sec.Insecure {
-		// Not wired yet (issue 11): the CA and controlplane.Authenticator/ServerTLS come
-		// together after the merge.
-		log.Warn("the secure xDS channel is not wired yet: serving plaintext xDS as with --xds-insecure", "server_names", sec.ServerNames, "server_ips", sec.ServerIPs, "token_audience", sec.TokenAudience)
+	go func() {
+		if err := roots.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("CA root publisher stopped", "err", err)
+		}
+	}()
+	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr(),
+		"trust_domain", *trustDomain, "ca_secret", *caSecret, "cert_lifetime", *certLifetime)
+	if sec.Insecure {
+		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
 	}
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")

@@ -1,19 +1,24 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/bearkong/bearkong/pkg/ca"
+	"github.com/bearkong/bearkong/pkg/discovery"
 )
 
-// cpSecurity is how `bearkong cp` secures its xDS channel, from its flags. The lead
-// wires it to the CA (the server certificate for ServerNames/ServerIPs) and to
-// controlplane.Authenticator and controlplane.ServerTLS; until then cp serves as with
-// --xds-insecure.
+// cpSecurity is how `bearkong cp` secures its xDS channel, from its flags: the CA's
+// server certificate for ServerNames/ServerIPs, and controlplane.Authenticator for the
+// tokens.
 type cpSecurity struct {
 	// Insecure serves plaintext xDS and believes any node: development only.
 	Insecure bool
@@ -79,4 +84,45 @@ func parseCPSecurity(insecure bool, audience, names, xdsAddr, namespace, cluster
 		return cpSecurity{}, err
 	}
 	return s, nil
+}
+
+// authorityCerts gives the control plane the CA's certificates.
+type authorityCerts struct{ a *ca.Authority }
+
+func (c authorityCerts) Workload(namespace, serviceAccount, pod, podUID string) ([]byte, []byte, error) {
+	l, err := c.a.Issue(ca.Workload{Namespace: namespace, ServiceAccount: serviceAccount, PodName: pod, PodUID: podUID})
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.ChainPEM, l.KeyPEM, nil
+}
+
+func (c authorityCerts) Bundle() []byte                       { return c.a.Bundle() }
+func (c authorityCerts) NextRotation(now time.Time) time.Time { return c.a.NextRotation(now) }
+
+// publishRoots returns a function that hands the namespaces of each snapshot to the CA
+// root publisher, off the caller's path: Publish makes API requests, and the control
+// plane calls this from its translate loop. Only the newest namespaces wait; the
+// publisher writes nothing when they did not change.
+func publishRoots(ctx context.Context, p *discovery.RootPublisher, bundle []byte, log *slog.Logger) func([]string) {
+	latest := make(chan []string, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ns := <-latest:
+				if err := p.Publish(ctx, bundle, ns); err != nil && ctx.Err() == nil {
+					log.Warn("publishing the CA root", "err", err)
+				}
+			}
+		}
+	}()
+	return func(ns []string) {
+		select {
+		case <-latest: // drop the older, unpublished list
+		default:
+		}
+		latest <- ns
+	}
 }

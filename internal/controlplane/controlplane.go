@@ -69,6 +69,18 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Translate are the translator's options (the cluster domain).
 	Translate translate.Options
+	// Certificates, when set, issues every proxy its workload certificate and the
+	// trust bundle over SDS, renewed at each rotation.
+	Certificates Certificates
+	// Authenticate, when set, checks each stream's node before anything is served (see
+	// ads.Options.Authenticate); the service_account and pod_uid metadata of the node it
+	// returns are then believed.
+	Authenticate func(ctx context.Context, node *corev3.Node) (*corev3.Node, error)
+	// ServerOptions are added to the gRPC server's options: its TLS credentials.
+	ServerOptions []grpc.ServerOption
+	// OnSnapshot, when set, is told of every snapshot that became the config, from the
+	// translate loop: it must not block.
+	OnSnapshot func(*mesh.Snapshot)
 }
 
 // ControlPlane is one running bearkong.
@@ -84,6 +96,11 @@ type ControlPlane struct {
 
 	// snapshot is the latest snapshot received, for /debug/diagnostics.
 	snapshot atomic.Pointer[mesh.Snapshot]
+	// current is the config last handed to the ADS server, handed again at each
+	// certificate rotation.
+	current atomic.Pointer[ads.Config]
+	// secrets, when certificates are on, builds each proxy's SDS view.
+	secrets *secrets
 
 	// quarantine, when the source is one, hears about NACKs (and ACKs while it asks),
 	// through reports, handled off the stream loops by handleReports.
@@ -142,7 +159,10 @@ func New(src Source, o Options) *ControlPlane {
 	}
 	o.Registry.MustRegister(m.translations, m.translateTime, m.translateErrs, m.generation)
 	cp := &ControlPlane{opts: o, src: src, log: o.Logger, reg: o.Registry, metrics: m}
-	ao := ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry)}
+	ao := ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry), Authenticate: o.Authenticate}
+	if o.Certificates != nil {
+		cp.secrets = newSecrets(o.Certificates, o.Authenticate != nil)
+	}
 	if q, ok := src.(Quarantiner); ok {
 		cp.quarantine = q
 		cp.reports = make(chan ads.Report, 4096)
@@ -263,7 +283,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	g := grpc.NewServer(append(ads.ServerOptions(),
+	g := grpc.NewServer(append(append(ads.ServerOptions(), cp.opts.ServerOptions...),
 		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
 		// grpc-go's default policy would answer pings more often than every 5 minutes
 		// with GOAWAY and drop the stream.
@@ -275,7 +295,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 5)
+	errs := make(chan error, 6)
 	go func() { errs <- wrap("xDS server", g.Serve(cp.xdsLis)) }()
 	go func() {
 		if err := httpSrv.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -288,6 +308,9 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	go func() { cp.translateLoop(ctx); errs <- nil }()
 	if cp.reports != nil {
 		go func() { cp.handleReports(ctx); errs <- nil }()
+	}
+	if cp.secrets != nil {
+		go func() { cp.rotate(ctx); errs <- nil }()
 	}
 	cp.log.Info("control plane serving", "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
 
@@ -359,16 +382,28 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 		}
 		cp.histMu.Unlock()
 	}
-	cp.ads.SetConfig(&ads.Config{
+	c := &ads.Config{
 		ChangedAt: snap.ChangedAt,
 		Resolve: func(node *corev3.Node) (*resource.Proxy, error) {
 			n, err := translate.ParseNode(node)
 			if err != nil {
 				return nil, err
 			}
-			return tr.Proxy(n)
+			p, err := tr.Proxy(n)
+			if err != nil || cp.secrets == nil {
+				return p, err
+			}
+			if p.Views[resource.Secret], err = cp.secrets.view(n, snap); err != nil {
+				return nil, err
+			}
+			return p, nil
 		},
-	})
+	}
+	cp.current.Store(c)
+	cp.ads.SetConfig(c)
+	if cp.opts.OnSnapshot != nil {
+		cp.opts.OnSnapshot(snap)
+	}
 	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
 }
 

@@ -33,13 +33,13 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// countingTransport counts the TokenReviews sent.
-type countingTransport struct {
+// reviewCountingTransport counts the TokenReviews sent.
+type reviewCountingTransport struct {
 	next    http.RoundTripper
 	reviews *atomic.Int32
 }
 
-func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+func (c reviewCountingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if strings.HasSuffix(r.URL.Path, "/tokenreviews") {
 		c.reviews.Add(1)
 	}
@@ -97,7 +97,9 @@ func TestTokenReviewer(t *testing.T) {
 
 	var reviews atomic.Int32
 	cfg := rest.CopyConfig(env.RESTConfig)
-	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, reviews: &reviews} }
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+		return reviewCountingTransport{next: rt, reviews: &reviews}
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -24,13 +24,13 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
-// testPKI is a root and a server certificate it signs, for the xDS server of a test.
-type testPKI struct {
+// xdsTestPKI is a root and a server certificate it signs, for the xDS server of a test.
+type xdsTestPKI struct {
 	rootPEM []byte
 	server  tls.Certificate
 }
 
-func newTestPKI(t *testing.T, dnsNames []string, ips []net.IP) testPKI {
+func newXDSTestPKI(t *testing.T, dnsNames []string, ips []net.IP) xdsTestPKI {
 	t.Helper()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -59,7 +59,7 @@ func newTestPKI(t *testing.T, dnsNames []string, ips []net.IP) testPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testPKI{
+	return xdsTestPKI{
 		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}),
 		server:  tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 	}
@@ -186,7 +186,7 @@ func runEnvoyWithBootstrap(t *testing.T, envoy string, o BootstrapOptions) {
 // carries the new token: Envoy reads the file per stream, not once at start.
 func TestBootstrapTokenRotation(t *testing.T) {
 	envoy := envoyBinary(t)
-	pki := newTestPKI(t, []string{"bearkong.bearkong-system.svc"}, nil)
+	pki := newXDSTestPKI(t, []string{"bearkong.bearkong-system.svc"}, nil)
 	rec := &recordingADS{notify: make(chan struct{}, 1)}
 	stop, addr := serveTLS(t, "127.0.0.1:0", pki.server, rec)
 	defer func() { stop() }()
@@ -223,7 +223,7 @@ func TestBootstrapTokenRotation(t *testing.T) {
 // not hold the name the bootstrap asks for: no stream may get through.
 func TestBootstrapVerifiesServerName(t *testing.T) {
 	envoy := envoyBinary(t)
-	pki := newTestPKI(t, []string{"someone-else.example"}, nil)
+	pki := newXDSTestPKI(t, []string{"someone-else.example"}, nil)
 	rec := &recordingADS{notify: make(chan struct{}, 1)}
 	stop, addr := serveTLS(t, "127.0.0.1:0", pki.server, rec)
 	defer stop()

@@ -250,10 +250,6 @@ func TestControlPlaneWithItsServiceAccount(t *testing.T) {
 
 	as := apps(t)
 	names := slices.Sorted(maps.Keys(as))
-	// The pods' bootstrap defaults to the secure xDS channel, which the control plane
-	// does not serve yet (issue 11): plaintext until it does. localmesh's processes
-	// inherit the environment.
-	t.Setenv("BEARKONG_XDS_INSECURE", "true")
 	m, err := localmesh.New(ctx, localmesh.Options{
 		Env:                    env,
 		Dir:                    filepath.Join(t.TempDir(), "mesh"),

@@ -304,7 +304,7 @@ func TestClientMatchesEnvoy(t *testing.T) {
 		}}}
 	}
 	tlsCl := func(name string) proto.Message {
-		c := translate.Cluster(svc(name, 0))
+		c := translate.Cluster(svc(name, 0), translate.DefaultTrustDomain)
 		c.TransportSocket = upstreamTLS(t, "workload-cert", "trust-bundle")
 		return c
 	}

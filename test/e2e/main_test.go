@@ -130,12 +130,6 @@ func setup() error {
 	if err != nil {
 		return err
 	}
-	// The pods' bootstrap defaults to the secure xDS channel, which the control plane
-	// does not serve yet (issue 11): plaintext until it does. localmesh's processes
-	// inherit the environment.
-	if err := os.Setenv("BEARKONG_XDS_INSECURE", "true"); err != nil {
-		return err
-	}
 	shared.mesh, err = localmesh.New(ctx, localmesh.Options{
 		Env:         shared.env,
 		Dir:         filepath.Join(dir, "mesh"),

@@ -1,0 +1,149 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
+	"github.com/bearkong/bearkong/pkg/translate"
+)
+
+// Certificates issues the proxies' workload certificates (pkg/ca in production).
+type Certificates interface {
+	// Workload returns the PEM chain and key of the certificate of a pod running as a
+	// ServiceAccount, for the current rotation window. Equal inputs in one window give
+	// equal bytes.
+	Workload(namespace, serviceAccount, pod, podUID string) (chainPEM, keyPEM []byte, err error)
+	// Bundle returns the PEM roots every proxy trusts.
+	Bundle() []byte
+	// NextRotation returns when the certificates issued at now are replaced.
+	NextRotation(now time.Time) time.Time
+}
+
+// secrets builds each proxy's SDS view: its own certificate, and the trust bundle shared
+// by all. Sets are kept between configs so that a proxy whose certificate did not change
+// keeps the very same set, and so gets no push; they age out two rotations after their
+// last use.
+type secrets struct {
+	certs Certificates
+	// trustNode reports whether the node's service_account metadata comes from the
+	// authenticator (true) or from the client, which is then not believed.
+	trustNode bool
+
+	mu        sync.Mutex
+	bundle    *resource.Set
+	bundleSrc []byte
+	cur, prev map[string]*workloadSet
+}
+
+type workloadSet struct {
+	chain []byte
+	set   *resource.Set
+}
+
+func newSecrets(certs Certificates, trustNode bool) *secrets {
+	return &secrets{certs: certs, trustNode: trustNode, cur: map[string]*workloadSet{}, prev: map[string]*workloadSet{}}
+}
+
+// view returns the Secret view of the proxy n, whose pod snap may know.
+func (s *secrets) view(n translate.Node, snap *mesh.Snapshot) (resource.View, error) {
+	sa := ""
+	if s.trustNode {
+		sa = n.ServiceAccount
+	}
+	if sa == "" {
+		if p := snap.Proxy(n.PodNamespace, n.PodName); p != nil {
+			sa = p.ServiceAccount
+		}
+	}
+	if sa == "" {
+		sa = "default" // what the API server gives a pod that names none
+	}
+	uid := ""
+	if s.trustNode {
+		uid = n.PodUID
+	}
+	chain, key, err := s.certs.Workload(n.PodNamespace, sa, n.PodName, uid)
+	if err != nil {
+		return nil, fmt.Errorf("issue the certificate of %s/%s: %w", n.PodNamespace, n.PodName, err)
+	}
+	k := n.PodNamespace + "/" + n.PodName + "/" + uid + "/" + sa
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	bundle, err := s.bundleLocked()
+	if err != nil {
+		return nil, err
+	}
+	w := s.cur[k]
+	if w == nil {
+		w = s.prev[k]
+	}
+	if w == nil || !bytes.Equal(w.chain, chain) {
+		set, err := newSecretSet(translate.WorkloadSecretName, translate.WorkloadSecret(chain, key))
+		if err != nil {
+			return nil, err
+		}
+		w = &workloadSet{chain: chain, set: set}
+	}
+	s.cur[k] = w
+	return resource.View{w.set, bundle}, nil
+}
+
+func (s *secrets) bundleLocked() (*resource.Set, error) {
+	b := s.certs.Bundle()
+	if s.bundle != nil && bytes.Equal(s.bundleSrc, b) {
+		return s.bundle, nil
+	}
+	set, err := newSecretSet(translate.TrustBundleSecretName, translate.TrustBundleSecret(b))
+	if err != nil {
+		return nil, err
+	}
+	s.bundle, s.bundleSrc = set, b
+	return set, nil
+}
+
+// rotated ages the memo: sets unused since the previous rotation go.
+func (s *secrets) rotated() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.prev, s.cur = s.cur, map[string]*workloadSet{}
+}
+
+func newSecretSet(name string, msg proto.Message) (*resource.Set, error) {
+	r, err := resource.New(resource.Secret, name, msg)
+	if err != nil {
+		return nil, err
+	}
+	return resource.NewSet(r), nil
+}
+
+// rotate hands the ADS server the current config again at every rotation, so that every
+// proxy gets its new certificate (an SDS-only push: nothing else changed), until ctx ends.
+func (cp *ControlPlane) rotate(ctx context.Context) {
+	for {
+		now := time.Now()
+		// A little past the boundary, so that the certificates issued are the new ones
+		// whatever the rounding.
+		wait := cp.secrets.certs.NextRotation(now).Sub(now) + 50*time.Millisecond
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		cp.secrets.rotated()
+		if c := cp.current.Load(); c != nil {
+			cp.ads.SetConfig(&ads.Config{Resolve: c.Resolve, ChangedAt: time.Now()})
+			cp.log.Info("workload certificates rotated")
+		}
+	}
+}
