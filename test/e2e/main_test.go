@@ -139,7 +139,9 @@ func setup() error {
 		Logf:        logf,
 		// --unsafe-testing-skip-validation lets blast_test.go's HTTPRoute opt out of
 		// bearkong's regex checks, so that the proxies get a route Envoy rejects.
-		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation"},
+		// --cert-lifetime 60s makes every proxy's certificate rotate every 30 s for the
+		// whole run, under every other test (security_test.go counts the rotations).
+		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String()},
 	})
 	if err != nil {
 		return err
