@@ -188,7 +188,7 @@ func waitMode(ctx context.Context, m *localmesh.Mesh, svc string, mode mesh.MTLS
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.Name, err)
 			}
-			if _, tls := upstreamTLS(c); tls != (mode != mesh.MTLSDisable) {
+			if _, tls := clusterTLSContext(c); tls != (mode != mesh.MTLSDisable) {
 				return fmt.Errorf("%s's cluster for %s: TLS %v, not yet as %s wants", p.Name, svc, tls, mode)
 			}
 			if c := m.Call(ctx, p.Name, svc); c.Err != nil || c.Status != http.StatusOK || c.Answer.Name != svc {
@@ -341,9 +341,9 @@ func sdsNames(tlsContext jsonObj, key string) []string {
 	return names
 }
 
-// upstreamTLS returns the UpstreamTlsContext of a cluster's transport socket, if it
+// clusterTLSContext returns the UpstreamTlsContext of a cluster's transport socket, if it
 // originates TLS.
-func upstreamTLS(cluster jsonObj) (jsonObj, bool) {
+func clusterTLSContext(cluster jsonObj) (jsonObj, bool) {
 	ts := obj(cluster, "transport_socket")
 	if ts == nil || ts["name"] != tlsTransport {
 		return nil, false
@@ -625,7 +625,7 @@ func TestMutualTLSBetweenEverySidecar(t *testing.T) {
 				t.Errorf("%s: %v", p.Name, err)
 				continue
 			}
-			tc, ok := upstreamTLS(c)
+			tc, ok := clusterTLSContext(c)
 			if !ok {
 				t.Errorf("%s: cluster %s.%s has no %s transport socket with an UpstreamTlsContext: %v", p.Name, to, p.Namespace, tlsTransport, c["transport_socket"])
 				continue
