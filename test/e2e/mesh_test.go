@@ -67,9 +67,6 @@ func waitAllSynced(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
 			}
 			for _, typ := range resource.Types {
 				ti := s.Types.Get(typ)
-				if typ == resource.Secret && ti.Status == ads.NotSent {
-					continue // a proxy that names no secret (no mTLS) never asks for one
-				}
 				if ti.Status != ads.Synced || ti.VersionAcked != ti.VersionSent {
 					return fmt.Errorf("%s not synced: %+v", s.Node, s.Types)
 				}
@@ -224,7 +221,7 @@ func TestPrometheusSeesACKs(t *testing.T) {
 		for _, s := range series {
 			got[s.Metric["type"]] = s.Value
 		}
-		for _, typ := range []string{"cds", "eds", "lds", "rds"} {
+		for _, typ := range []string{"cds", "eds", "lds", "rds", "sds"} {
 			if got[typ] <= 0 {
 				return fmt.Errorf("prometheus: bearkong_xds_ack_total for %s = %v (all: %v)", typ, got[typ], got)
 			}
