@@ -216,12 +216,14 @@ func printHowTo(out io.Writer, m *localmesh.Mesh, env *kubeenv.Env, promURL, sta
 Poke at it (from %[1]s, whose outbound listener is %[2]s):
   curl -s -H 'service: app-3' %[2]s
   curl -s -o /dev/null -w '%%{http_code}\n' -H 'service: no-such-app' %[2]s    # 404
+  curl -s http://%[4]s/          # refused: a pod's inbound port takes mutual TLS only (mesh-mtls: STRICT)
+  curl -s %[5]s/certs    # its workload certificate: spiffe://cluster.local/ns/%[6]s/sa/%[7]s
 
 Control plane:
   curl -s %[3]s/debug/streams
   curl -s %[3]s/debug/diagnostics     # app-3's targetPort 5080 misses the sidecar
   curl -s %[3]s/metrics | grep ^bearkong_
-`, first.Name, first.OutboundURL(), cp)
+`, first.Name, first.OutboundURL(), cp, first.InboundAddr(), first.AdminURL(), first.Namespace, first.ServiceAccount)
 	if promURL != "" {
 		fmt.Fprintf(out, `
 Prometheus: %[1]s
