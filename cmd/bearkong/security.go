@@ -8,11 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/discovery"
 )
 
@@ -85,20 +83,6 @@ func parseCPSecurity(insecure bool, audience, names, xdsAddr, namespace, cluster
 	}
 	return s, nil
 }
-
-// authorityCerts gives the control plane the CA's certificates.
-type authorityCerts struct{ a *ca.Authority }
-
-func (c authorityCerts) Workload(namespace, serviceAccount, pod, podUID string) ([]byte, []byte, error) {
-	l, err := c.a.Issue(ca.Workload{Namespace: namespace, ServiceAccount: serviceAccount, PodName: pod, PodUID: podUID})
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.ChainPEM, l.KeyPEM, nil
-}
-
-func (c authorityCerts) Bundle() []byte                       { return c.a.Bundle() }
-func (c authorityCerts) NextRotation(now time.Time) time.Time { return c.a.NextRotation(now) }
 
 // publishRoots returns a function that hands the namespaces of each snapshot to the CA
 // root publisher, off the caller's path: Publish makes API requests, and the control

@@ -23,6 +23,7 @@ import (
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/xdstest"
 	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -81,7 +82,8 @@ func start(t *testing.T) *harness {
 	)
 	reg := controlplane.NewRegistry()
 	d := discovery.New(client, discovery.Options{QuietPeriod: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond, ResyncPeriod: 100 * time.Millisecond, Registerer: reg})
-	cp := controlplane.New(d, controlplane.Options{XDSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Registry: reg, DrainTimeout: time.Second})
+	cp := controlplane.New(d, controlplane.Options{XDSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Registry: reg, DrainTimeout: time.Second,
+		Certificates: testCertificates(t)})
 	if err := cp.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -192,8 +194,10 @@ func TestControlPlaneInProcess(t *testing.T) {
 		t.Errorf("app-1-0 serves %v, want [default/app-1]", infoA.Serves)
 	}
 
-	t.Run("initial sync arrives in CDS, EDS, LDS, RDS order", func(t *testing.T) {
-		if got := typesOf(a.Received()); got != "Cluster,ClusterLoadAssignment,Listener,RouteConfiguration" {
+	// The secrets the clusters name come once their assignments arrived, as Envoy asks
+	// for them (internal/xdsclient), and before the listeners that name them too.
+	t.Run("initial sync arrives in CDS, EDS, SDS, LDS, RDS order", func(t *testing.T) {
+		if got := typesOf(a.Received()); got != "Cluster,ClusterLoadAssignment,Secret,Listener,RouteConfiguration" {
 			t.Fatalf("initial responses: %s", got)
 		}
 	})
@@ -324,4 +328,18 @@ func TestControlPlaneInProcess(t *testing.T) {
 			t.Fatalf("LDS sent %d times, want 1: rejected content must not be resent", n)
 		}
 	})
+}
+
+// testCertificates is a CA with a new root, as `bearkong cp` makes on first start.
+func testCertificates(t *testing.T) controlplane.Certificates {
+	t.Helper()
+	m, err := ca.GenerateRoot(ca.DefaultTrustDomain, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ca.New(m, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return controlplane.AuthorityCertificates(a)
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
 	"github.com/bearkong/bearkong/pkg/translate"
@@ -26,6 +27,22 @@ type Certificates interface {
 	// NextRotation returns when the certificates issued at now are replaced.
 	NextRotation(now time.Time) time.Time
 }
+
+// AuthorityCertificates gives the control plane the certificates of a pkg/ca Authority.
+func AuthorityCertificates(a *ca.Authority) Certificates { return authorityCerts{a} }
+
+type authorityCerts struct{ a *ca.Authority }
+
+func (c authorityCerts) Workload(namespace, serviceAccount, pod, podUID string) ([]byte, []byte, error) {
+	l, err := c.a.Issue(ca.Workload{Namespace: namespace, ServiceAccount: serviceAccount, PodName: pod, PodUID: podUID})
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.ChainPEM, l.KeyPEM, nil
+}
+
+func (c authorityCerts) Bundle() []byte                       { return c.a.Bundle() }
+func (c authorityCerts) NextRotation(now time.Time) time.Time { return c.a.NextRotation(now) }
 
 // secrets builds each proxy's SDS view: its own certificate, and the trust bundle shared
 // by all. Sets are kept between configs so that a proxy whose certificate did not change

@@ -76,6 +76,8 @@ func TestHarness(t *testing.T) {
 		IPPrefix:    "127.0.3.", // away from test/e2e and `make run`, which use 127.0.1.
 		DrainPeriod: time.Second,
 		Logf:        t.Logf,
+		// The stand-in control plane has no CA: the harness must not wait for one.
+		XDSInsecure: true,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -185,6 +185,10 @@ func bearkongClient(ctx context.Context, t *testing.T, env *kubeenv.Env) kuberne
 				o = &rbacv1.ClusterRole{}
 			case "ClusterRoleBinding":
 				o = &rbacv1.ClusterRoleBinding{}
+			case "Role":
+				o = &rbacv1.Role{}
+			case "RoleBinding":
+				o = &rbacv1.RoleBinding{}
 			default:
 				t.Fatalf("%s: unexpected %s", f, u.GetKind())
 			}
@@ -207,6 +211,10 @@ func bearkongClient(ctx context.Context, t *testing.T, env *kubeenv.Env) kuberne
 			_, err = env.Client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
 		case *rbacv1.ClusterRoleBinding:
 			_, err = env.Client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.Role:
+			_, err = env.Client.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.RoleBinding:
+			_, err = env.Client.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		}
 		if err != nil {
 			t.Fatal(err)

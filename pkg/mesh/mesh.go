@@ -76,6 +76,9 @@ type Service struct {
 	// ServiceAccounts are the ServiceAccounts of the pods behind Endpoints, sorted and
 	// unique: the identities a caller accepts from this Service's endpoints.
 	ServiceAccounts []string
+	// Authz are the accepted AuthorizationPolicies that target this Service, sorted by
+	// name. None means every caller is allowed, unless the mesh denies by default.
+	Authz []AuthzPolicy
 }
 
 // Key returns "namespace/name".

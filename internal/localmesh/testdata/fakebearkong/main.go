@@ -86,6 +86,7 @@ func bootstrap(args []string) error {
 	app := fs.String("app-address", "", "")
 	admin := fs.String("admin-address", "", "")
 	fs.String("xds-address", "", "")
+	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -129,6 +130,7 @@ func cp(args []string) error {
 	fs := flag.NewFlagSet("cp", flag.ContinueOnError)
 	fs.String("kubeconfig", "", "")
 	fs.String("xds-addr", "", "")
+	fs.Bool("xds-insecure", false, "")
 	httpAddr := fs.String("http-addr", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
