@@ -51,7 +51,10 @@ func TestOutboundListenerIsPodLocal(t *testing.T) {
 // the caller's sidecar or straight to the callee's inbound port.
 func TestCallerCannotShortenCalleeTimeout(t *testing.T) {
 	m := sharedMesh(t)
-	withService(t, m, "patient", map[string]string{"mesh-timeout": "5s"}, map[string]string{"LATENCY": "300ms"})
+	// PERMISSIVE, so that a plaintext client can reach the inbound port at all (STRICT
+	// refuses it before any HTTP: TestPlaintextClientAndModes); the timeout headers are
+	// then what is under test.
+	withService(t, m, "patient", map[string]string{"mesh-timeout": "5s", "mesh-mtls": "PERMISSIVE"}, map[string]string{"LATENCY": "300ms"})
 	ctx := ctxT(t, 60*time.Second)
 	if err := m.WaitReachable(ctx, 30*time.Second, "app-1-0", "patient"); err != nil {
 		t.Fatal(err)
