@@ -124,7 +124,7 @@ func TestEnvoyMTLS(t *testing.T) {
 		if code != 503 {
 			t.Errorf("got %d %q, want 503", code, body)
 		}
-		if after := stat(t, c, `cluster\.default/wrong-sa\.ssl\.fail_verify_san`); after <= before {
+		if after := statAbove(t, c, `cluster\.default/wrong-sa\.ssl\.fail_verify_san`, before); after <= before {
 			t.Errorf("caller's ssl.fail_verify_san %d -> %d, want it to grow", before, after)
 		}
 	})
@@ -135,7 +135,7 @@ func TestEnvoyMTLS(t *testing.T) {
 		if code != 503 {
 			t.Errorf("got %d %q, want 503", code, body)
 		}
-		if after := stat(t, s, `listener\..*\.ssl\.fail_verify_error`); after <= before {
+		if after := statAbove(t, s, `listener\..*\.ssl\.fail_verify_error`, before); after <= before {
 			t.Errorf("callee's ssl.fail_verify_error %d -> %d, want it to grow", before, after)
 		}
 	})
@@ -207,7 +207,7 @@ func TestEnvoyMTLS(t *testing.T) {
 		if err == nil {
 			t.Errorf("got %d %q, want a TLS failure", code, body)
 		}
-		if after := stat(t, s, `listener\..*\.ssl\.fail_verify_error`); after <= before {
+		if after := statAbove(t, s, `listener\..*\.ssl\.fail_verify_error`, before); after <= before {
 			t.Errorf("callee's ssl.fail_verify_error %d -> %d, want it to grow", before, after)
 		}
 	})
@@ -216,7 +216,7 @@ func TestEnvoyMTLS(t *testing.T) {
 		if code, body, err := direct(s, true, nil); err == nil {
 			t.Errorf("got %d %q, want a TLS failure", code, body)
 		}
-		if after := stat(t, s, `listener\..*\.ssl\.fail_verify_no_cert`); after <= before {
+		if after := statAbove(t, s, `listener\..*\.ssl\.fail_verify_no_cert`, before); after <= before {
 			t.Errorf("callee's ssl.fail_verify_no_cert %d -> %d, want it to grow", before, after)
 		}
 	})
@@ -252,6 +252,21 @@ func TestEnvoyMTLS(t *testing.T) {
 
 // name is the pod name of e's proxy, which its app prints.
 func (e *envoyRun) name() string { return e.pod }
+
+// statAbove polls stat until it exceeds before, for up to 5 s, and returns its last value:
+// Envoy counts a failed handshake on its worker thread, and the client may see the
+// failure before the counter moves.
+func statAbove(t *testing.T, e *envoyRun, re string, before int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v := stat(t, e, re)
+		if v > before || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // stat returns the sum of e's counters whose names match the regular expression re
 // (anchored), from the admin API's text stats.
