@@ -143,15 +143,17 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 			if rb == nil {
 				rb = &rbacv3.RBAC{Action: action, Policies: map[string]*rbacv3.Policy{}}
 			}
-			rb.Policies[p.Key()] = rbacPolicy(p, trustDomain)
+			rb.Policies[rbacPolicyID(p)] = rbacPolicy(p, trustDomain)
 		}
 		return rb
 	}
 	bodies := map[string]any{}
 	perRoute := map[string]*anypb.Any{}
 	if deny, shadow := rules(rbacv3.RBAC_DENY, false), rules(rbacv3.RBAC_DENY, true); deny != nil || shadow != nil {
-		for id := range deny.GetPolicies() {
-			bodies[rbacDeniedDetail(id)] = fmt.Sprintf(DeniedByPolicyBodyFormat, id)
+		for _, p := range policies {
+			if p.Action == mesh.AuthzDeny && !p.Shadow {
+				bodies[rbacDeniedDetail(rbacPolicyID(p))] = fmt.Sprintf(DeniedByPolicyBodyFormat, p.Key())
+			}
 		}
 		perRoute[AuthzDenyFilterName] = mustAny(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{
 			Rules: deny, ShadowRules: shadow,
@@ -161,11 +163,12 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 	allow, shadow := rules(rbacv3.RBAC_ALLOW, false), rules(rbacv3.RBAC_ALLOW, true)
 	switch {
 	case allow != nil:
-		keys := make([]string, 0, len(allow.Policies))
-		for id := range allow.Policies {
-			keys = append(keys, id)
+		var keys []string
+		for _, p := range policies {
+			if p.Action == mesh.AuthzAllow && !p.Shadow {
+				keys = append(keys, p.Key())
+			}
 		}
-		sort.Strings(keys)
 		bodies[rbacDeniedDetail("none")] = fmt.Sprintf(NoAllowRuleBodyFormat, strings.Join(keys, ", "))
 	case defaultDeny:
 		// An ALLOW engine without policies denies every request.
@@ -189,6 +192,15 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 		}
 		r.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{AuthzMetadataNamespace: s}}
 	}
+}
+
+// rbacPolicyID is the name of a policy in the RBAC filter, and so in its stats:
+// "<namespace>/<name>" with the name's dots (a Kubernetes name may have some) as '_',
+// which no Kubernetes name holds. Envoy's Prometheus output takes the policy out of a
+// stat name as the label envoy_rbac_policy_name only when it has no dot; with one, the
+// policy would end up in the metric's name. The 403 bodies name the policy as it is.
+func rbacPolicyID(p *mesh.AuthzPolicy) string {
+	return p.Namespace + "/" + strings.ReplaceAll(p.Name, ".", "_")
 }
 
 // rbacPolicy is one AuthorizationPolicy as an RBAC policy: it matches when any of its

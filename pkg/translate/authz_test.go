@@ -32,7 +32,7 @@ func authzGoldenServices() []*mesh.Service {
 				{AnyCaller: true, Methods: []string{"GET", "HEAD"}, Paths: []mesh.PathMatch{{Type: "Exact", Value: "/healthz"}, {Type: "PathPrefix", Value: "/public/"}}},
 				{}, // callers that resolved to nobody
 			}},
-			mesh.AuthzPolicy{Namespace: "default", Name: "deny-admin", Action: mesh.AuthzDeny, Rules: []mesh.AuthzRule{
+			mesh.AuthzPolicy{Namespace: "default", Name: "deny.admin", Action: mesh.AuthzDeny, Rules: []mesh.AuthzRule{
 				{AnyCaller: true, Paths: []mesh.PathMatch{{Type: "PathPrefix", Value: "/admin"}}, Headers: []mesh.ValueMatch{{Type: "Exact", Name: "X-User", Value: "mallory"}}},
 			}},
 			mesh.AuthzPolicy{Namespace: "default", Name: "grpc-only", Action: mesh.AuthzAllow, Rules: []mesh.AuthzRule{
@@ -111,6 +111,14 @@ func TestAuthzRouteConfig(t *testing.T) {
 		{name: "DENY only", services: []*mesh.Service{authzService("x", denyAdmin)},
 			deny: []string{"default/deny-admin"}, noPerRoute: []string{AuthzAllowFilterName},
 			bodies: map[string]any{"rbac_access_denied_matched_policy[default/deny-admin]": "bearkong: denied by AuthorizationPolicy default/deny-admin\n"}},
+		{name: "dots in names read as _ in the RBAC policy, not in the body",
+			services: []*mesh.Service{authzService("x", mesh.AuthzPolicy{Namespace: "default", Name: "no.admin", Action: mesh.AuthzDeny, Rules: denyAdmin.Rules},
+				mesh.AuthzPolicy{Namespace: "default", Name: "a.v2", Action: mesh.AuthzAllow, Rules: allowApp1.Rules})},
+			deny: []string{"default/no_admin"}, allow: []string{"default/a_v2"},
+			bodies: map[string]any{
+				"rbac_access_denied_matched_policy[default/no_admin]": "bearkong: denied by AuthorizationPolicy default/no.admin\n",
+				"rbac_access_denied_matched_policy[none]":             "bearkong: denied: no ALLOW rule of AuthorizationPolicy default/a.v2 matches\n",
+			}},
 		{name: "shadow ALLOW only: nothing enforced", services: []*mesh.Service{authzService("x", shadowAllow)},
 			allowShadow: []string{"default/s"}, noPerRoute: []string{AuthzDenyFilterName}},
 		{name: "union of two Services' policies", services: []*mesh.Service{authzService("x", allowApp1, denyAdmin), authzService("y", allowAny)},

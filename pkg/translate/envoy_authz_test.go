@@ -40,8 +40,9 @@ func TestEnvoyAuthz(t *testing.T) {
 		Authz: []mesh.AuthzPolicy{
 			{Namespace: "default", Name: "app-3-callers", Action: mesh.AuthzAllow, Rules: []mesh.AuthzRule{{Callers: []string{"default/app-1"}}}},
 			{Namespace: "default", Name: "deny-admin", Action: mesh.AuthzDeny, Rules: []mesh.AuthzRule{{AnyCaller: true, Paths: []mesh.PathMatch{{Type: "PathPrefix", Value: "/admin"}}}}},
-			// Would deny app-1's /reports; shadow, so it only counts.
-			{Namespace: "default", Name: "try-deny-reports", Action: mesh.AuthzDeny, Shadow: true, Rules: []mesh.AuthzRule{{AnyCaller: true, Paths: []mesh.PathMatch{{Type: "Exact", Value: "/reports"}}}}},
+			// Would deny app-1's /reports; shadow, so it only counts. Its dot reads as
+			// '_' in stats, so that the policy stays a Prometheus label.
+			{Namespace: "default", Name: "try-deny.reports", Action: mesh.AuthzDeny, Shadow: true, Rules: []mesh.AuthzRule{{AnyCaller: true, Paths: []mesh.PathMatch{{Type: "Exact", Value: "/reports"}}}}},
 			// Would let only app-2 in; shadow, so app-1 is let in and the would-be
 			// denial counted.
 			{Namespace: "default", Name: "try-app-2-only", Action: mesh.AuthzAllow, Shadow: true, Rules: []mesh.AuthzRule{{Callers: []string{"default/app-2"}}}},
@@ -149,7 +150,7 @@ func TestEnvoyAuthz(t *testing.T) {
 		{name: "DENY path prefix is whole elements", e: e3, sa: "app-1", path: "/administrator", wantCode: 200, wantBody: "app-3-0 got GET /administrator\n"},
 		{name: "DENY path prefix after normalisation", e: e3, sa: "app-1", path: "/x/../admin//y", wantCode: 403, wantBody: deniedAdmin},
 		{name: "shadow policies block nothing and count", e: e3, sa: "app-1", path: "/reports", wantCode: 200, wantBody: "app-3-0 got GET /reports\n",
-			grows: []string{policyStat("deny", "default/try-deny-reports", "shadow_denied"), `http\.inbound\.rbac\.allow\.shadow_denied`, policyStat("allow", "default/app-3-callers", "allowed")}},
+			grows: []string{policyStat("deny", "default/try-deny_reports", "shadow_denied"), `http\.inbound\.rbac\.allow\.shadow_denied`, policyStat("allow", "default/app-3-callers", "allowed")}},
 		{name: "shadow ALLOW counts whom it would let in", e: e3, sa: "app-2", path: "/", wantCode: 403, wantBody: noAllow,
 			grows: []string{policyStat("allow", "default/try-app-2-only", "shadow_allowed")}},
 		{name: "default deny", e: e4, sa: "app-1", path: "/", wantCode: 403, wantBody: DefaultDenyBody,
@@ -192,7 +193,7 @@ func TestEnvoyAuthz(t *testing.T) {
 		for _, want := range []string{
 			`envoy_http_rbac_policy_allowed{envoy_rbac_policy_name="default/app-3-callers",envoy_rbac_http_prefix="allow",envoy_http_conn_manager_prefix="inbound"}`,
 			`envoy_http_rbac_policy_denied{envoy_rbac_policy_name="default/deny-admin",envoy_rbac_http_prefix="deny",envoy_http_conn_manager_prefix="inbound"}`,
-			`envoy_http_rbac_policy_shadow_denied{envoy_rbac_policy_name="default/try-deny-reports",envoy_rbac_http_prefix="deny",envoy_http_conn_manager_prefix="inbound"}`,
+			`envoy_http_rbac_policy_shadow_denied{envoy_rbac_policy_name="default/try-deny_reports",envoy_rbac_http_prefix="deny",envoy_http_conn_manager_prefix="inbound"}`,
 			`envoy_http_rbac_policy_shadow_allowed{envoy_rbac_policy_name="default/try-app-2-only",envoy_rbac_http_prefix="allow",envoy_http_conn_manager_prefix="inbound"}`,
 			`envoy_http_rbac_denied{envoy_rbac_http_prefix="allow",envoy_http_conn_manager_prefix="inbound"}`,
 			`envoy_http_rbac_shadow_denied{envoy_rbac_http_prefix="allow",envoy_http_conn_manager_prefix="inbound"}`,
