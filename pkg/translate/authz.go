@@ -9,11 +9,13 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -110,6 +112,52 @@ var authzReply = &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
 		}},
 	},
 }}}
+
+// ShadowLogPrefix starts the line a sidecar writes to its standard output for each
+// request that a shadow policy would have denied (see shadowAccessLog).
+const ShadowLogPrefix = "[bearkong authz shadow]"
+
+// shadowAccessLog logs the requests that shadow policies would deny, so that a dry run
+// says which requests it would have stopped, not only how many. The RBAC filters record
+// their shadow verdicts as dynamic metadata under "envoy.filters.http.rbac", each key
+// prefixed with its filter's shadow_rules_stat_prefix: "deny.shadow_engine_result" is
+// "denied" when a shadow DENY policy matched (named by "deny.shadow_effective_policy_id"),
+// "allow.shadow_engine_result" when no shadow ALLOW policy matched. Envoy writes the
+// lines out every 10 s (its --file-flush-interval-msec).
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/rbac_filter#dynamic-metadata
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/accesslog/v3/accesslog.proto#envoy-v3-api-msg-config-accesslog-v3-metadatafilter
+var shadowAccessLog = func() *accesslogv3.AccessLog {
+	denied := func(prefix string) *accesslogv3.AccessLogFilter {
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_MetadataFilter{MetadataFilter: &accesslogv3.MetadataFilter{
+			Matcher: &matcherv3.MetadataMatcher{
+				Filter: rbacMetadataNamespace,
+				Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: prefix + "shadow_engine_result"}}},
+				Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: exact("denied")}},
+			},
+			MatchIfKeyNotFound: wrapperspb.Bool(false),
+		}}}
+	}
+	md := func(key string) string { return "%DYNAMIC_METADATA(" + rbacMetadataNamespace + ":" + key + ")%" }
+	format := ShadowLogPrefix + " %START_TIME% %REQ(:METHOD)% %REQ(:PATH)% caller=%DOWNSTREAM_PEER_URI_SAN%" +
+		" shadow_deny=" + md(authzDenyStatPrefix+"shadow_effective_policy_id") +
+		" shadow_allow=" + md(authzAllowStatPrefix+"shadow_engine_result") + " status=%RESPONSE_CODE%\n"
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.stdout",
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_OrFilter{OrFilter: &accesslogv3.OrFilter{
+			Filters: []*accesslogv3.AccessLogFilter{denied(authzDenyStatPrefix), denied(authzAllowStatPrefix)},
+		}}},
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
+			AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+				Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+					Specifier: &corev3.DataSource_InlineString{InlineString: format},
+				}},
+			}},
+		})},
+	}
+}()
+
+// rbacMetadataNamespace is where Envoy's RBAC filter records its verdicts.
+const rbacMetadataNamespace = "envoy.filters.http.rbac"
 
 // authzPolicies are the policies a pod enforces: those of every Service it serves (the
 // inbound listener cannot tell which Service a caller meant), sorted by key, each once.

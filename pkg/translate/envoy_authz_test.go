@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -187,6 +188,42 @@ func TestEnvoyAuthz(t *testing.T) {
 			}
 		})
 	}
+
+	// A shadow policy's would-be denials are logged, one line each, and nothing else is:
+	// the two shadow requests above (app-1's /reports, which both shadow policies would
+	// deny) are, app-2's "/" (which try-app-2-only lets in) is not.
+	t.Run("shadow denials are logged", func(t *testing.T) {
+		want := ShadowLogPrefix + ` GET /reports caller=spiffe://cluster.local/ns/default/sa/app-1 shadow_deny=default/try-deny_reports shadow_allow=denied status=200`
+		// lines returns the shadow log lines so far, without their start time.
+		lines := func() []string {
+			var out []string
+			for _, l := range strings.Split(e3.logs.String(), "\n") {
+				if i := strings.Index(l, ShadowLogPrefix); i >= 0 {
+					f := strings.Fields(l[i+len(ShadowLogPrefix):])
+					out = append(out, ShadowLogPrefix+" "+strings.Join(f[1:], " "))
+				}
+			}
+			return out
+		}
+		var got []string
+		// Envoy writes access logs out every 10 s (--file-flush-interval-msec).
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			got = lines()
+			if slices.Contains(got, want) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if !slices.Contains(got, want) {
+			t.Errorf("no shadow log line %q in:\n%s", want, strings.Join(got, "\n"))
+		}
+		for _, l := range got {
+			// app-1's other requests are would-be denials of try-app-2-only, and so is
+			// the plaintext one; app-2's are let in by it.
+			if strings.Contains(l, "sa/app-2 ") || !strings.Contains(l, "shadow_allow=denied") && !strings.Contains(l, "/reports") {
+				t.Errorf("logged a request no shadow policy would deny: %s", l)
+			}
+		}
+	})
 
 	// The names the README gives for Prometheus: the policy is a label.
 	t.Run("Prometheus names and labels", func(t *testing.T) {

@@ -153,6 +153,7 @@ func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool)
 		// rule that names callers matches it.
 		hcm.HttpFilters = append(authzFilters(), routerFilter)
 		hcm.LocalReplyConfig = authzReply
+		hcm.AccessLog = []*accesslogv3.AccessLog{shadowAccessLog}
 	}
 	if mtls {
 		// The app learns who called: the URI SAN (SPIFFE ID) of the client
