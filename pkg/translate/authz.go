@@ -195,12 +195,12 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 		}
 		return rb
 	}
-	bodies := map[string]any{}
+	bodies := map[string]*structpb.Value{}
 	perRoute := map[string]*anypb.Any{}
 	if deny, shadow := rules(rbacv3.RBAC_DENY, false), rules(rbacv3.RBAC_DENY, true); deny != nil || shadow != nil {
 		for _, p := range policies {
 			if p.Action == mesh.AuthzDeny && !p.Shadow {
-				bodies[rbacDeniedDetail(rbacPolicyID(p))] = fmt.Sprintf(DeniedByPolicyBodyFormat, p.Key())
+				bodies[rbacDeniedDetail(rbacPolicyID(p))] = structpb.NewStringValue(fmt.Sprintf(DeniedByPolicyBodyFormat, p.Key()))
 			}
 		}
 		perRoute[AuthzDenyFilterName] = mustAny(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{
@@ -217,11 +217,11 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 				keys = append(keys, p.Key())
 			}
 		}
-		bodies[rbacDeniedDetail("none")] = fmt.Sprintf(NoAllowRuleBodyFormat, strings.Join(keys, ", "))
+		bodies[rbacDeniedDetail("none")] = structpb.NewStringValue(fmt.Sprintf(NoAllowRuleBodyFormat, strings.Join(keys, ", ")))
 	case defaultDeny:
 		// An ALLOW engine without policies denies every request.
 		allow = &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
-		bodies[rbacDeniedDetail("none")] = DefaultDenyBody
+		bodies[rbacDeniedDetail("none")] = structpb.NewStringValue(DefaultDenyBody)
 	}
 	if allow != nil || shadow != nil {
 		perRoute[AuthzAllowFilterName] = mustAny(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{
@@ -234,11 +234,7 @@ func authzRoute(r *routev3.Route, services []*mesh.Service, trustDomain string, 
 	}
 	r.TypedPerFilterConfig = perRoute
 	if len(bodies) > 0 {
-		s, err := structpb.NewStruct(bodies)
-		if err != nil {
-			panic(fmt.Sprintf("translate: authz bodies: %v", err)) // strings only: cannot fail
-		}
-		r.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{AuthzMetadataNamespace: s}}
+		r.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{AuthzMetadataNamespace: {Fields: bodies}}}
 	}
 }
 

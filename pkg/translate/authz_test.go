@@ -278,15 +278,19 @@ func TestAuthzChangeReachesTargetOnly(t *testing.T) {
 		}
 		return s
 	}
-	before, after := mustNew(t, snap(false)), mustNew(t, snap(true))
+	before, after, again := mustNew(t, snap(false)), mustNew(t, snap(true)), mustNew(t, snap(true))
 	for key := range snap(false).Proxies {
 		ns, pod := mesh.SplitKey(key)
 		n := Node{ID: pod + "." + ns, PodNamespace: ns, PodName: pod, ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
-		p1, p2 := mustProxy(t, before, n), mustProxy(t, after, n)
+		p1, p2, p3 := mustProxy(t, before, n), mustProxy(t, after, n), mustProxy(t, again, n)
 		target := pod == "app-3-0" || pod == "app-3-1"
 		for _, typ := range resource.Types {
 			if typ == resource.Secret {
 				continue
+			}
+			// Equal snapshots give equal bytes, policies and all.
+			if p2.Views[typ].Version() != p3.Views[typ].Version() {
+				t.Errorf("%s %s view: two translations of one snapshot differ", pod, typ)
 			}
 			changed := p1.Views[typ].Version() != p2.Views[typ].Version()
 			if want := target && typ == resource.Route; changed != want {
