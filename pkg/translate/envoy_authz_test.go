@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -71,7 +72,8 @@ func TestEnvoyAuthz(t *testing.T) {
 
 	// call sends method path to e's inbound port as the workload of ServiceAccount sa
 	// ("" for a plaintext client), over HTTP/2 when h2, with headers; it returns the
-	// status, the body and the grpc-status (from headers or trailers).
+	// status, the body (for a gRPC answer without one, its grpc-message) and the
+	// grpc-status.
 	call := func(t *testing.T, e *envoyRun, sa, method, path string, h2 bool, headers ...[2]string) (int, string, string) {
 		t.Helper()
 		tr := &http.Transport{DisableKeepAlives: true}
@@ -115,9 +117,21 @@ func TestEnvoyAuthz(t *testing.T) {
 		if h2 && resp.ProtoMajor != 2 {
 			t.Fatalf("spoke %s, want HTTP/2", resp.Proto)
 		}
-		gs := resp.Header.Get("grpc-status")
-		if gs == "" {
-			gs = resp.Trailer.Get("grpc-status")
+		// A trailers-only gRPC answer carries its status in the headers.
+		grpcHeader := func(name string) string {
+			if v := resp.Header.Get(name); v != "" {
+				return v
+			}
+			return resp.Trailer.Get(name)
+		}
+		gs := grpcHeader("grpc-status")
+		if gs != "" && len(b) == 0 {
+			// The message is percent-encoded: https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md#responses
+			msg, err := url.PathUnescape(grpcHeader("grpc-message"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resp.StatusCode, msg, gs
 		}
 		return resp.StatusCode, string(b), gs
 	}
@@ -156,8 +170,8 @@ func TestEnvoyAuthz(t *testing.T) {
 			grows: []string{policyStat("allow", "default/try-app-2-only", "shadow_allowed")}},
 		{name: "default deny", e: e4, sa: "app-1", path: "/", wantCode: 403, wantBody: DefaultDenyBody,
 			grows: []string{`http\.inbound\.rbac\.allow\.denied`}},
-		{name: "gRPC call denied: PERMISSION_DENIED", e: e3, sa: "app-2", path: "/pkg.Svc/Method", method: http.MethodPost, wantCode: 200, wantStatus: "7"},
-		{name: "gRPC call denied by DENY: PERMISSION_DENIED", e: e3, sa: "app-1", path: "/admin/pkg.Svc/Method", method: http.MethodPost, wantCode: 200, wantStatus: "7"},
+		{name: "gRPC call denied: PERMISSION_DENIED", e: e3, sa: "app-2", path: "/pkg.Svc/Method", method: http.MethodPost, wantCode: 200, wantBody: noAllow, wantStatus: "7"},
+		{name: "gRPC call denied by DENY: PERMISSION_DENIED", e: e3, sa: "app-1", path: "/admin/pkg.Svc/Method", method: http.MethodPost, wantCode: 200, wantBody: deniedAdmin, wantStatus: "7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := map[string]int{}
@@ -173,7 +187,7 @@ func TestEnvoyAuthz(t *testing.T) {
 				headers = append(headers, [2]string{"content-type", "application/grpc"}, [2]string{"te", "trailers"})
 			}
 			code, body, gs := call(t, tc.e, tc.sa, method, tc.path, grpc, headers...)
-			if code != tc.wantCode || (!grpc && body != tc.wantBody) || gs != tc.wantStatus {
+			if code != tc.wantCode || body != tc.wantBody || gs != tc.wantStatus {
 				t.Errorf("got %d %q grpc-status %q, want %d %q grpc-status %q", code, body, gs, tc.wantCode, tc.wantBody, tc.wantStatus)
 			}
 			for _, s := range tc.grows {
