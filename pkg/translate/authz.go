@@ -274,7 +274,10 @@ var nobody = &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: &rbacv
 // callers matches the peer certificate's URI SAN: any workload of the trust domain
 // ("spiffe://<td>/" prefix, the trailing slash keeping "<td>.evil" out), or one of the
 // rule's identities exactly. A plaintext connection (a PERMISSIVE or DISABLE listener)
-// has no peer certificate, so it matches neither.
+// has no peer certificate, so it matches neither. Envoy advises the mtls_authenticated
+// extension over `authenticated` because the latter does not itself check that the
+// certificate was validated; here the TLS chain requires a client certificate that
+// chains to the mesh's roots (downstreamTLS), so every certificate it sees was.
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/rbac/v3/rbac.proto#envoy-v3-api-msg-config-rbac-v3-principal-authenticated
 func callers(r mesh.AuthzRule, trustDomain string) *rbacv3.Principal {
 	peer := func(m *matcherv3.StringMatcher) *rbacv3.Principal {
