@@ -146,6 +146,14 @@ func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool)
 	harden(hcm)
 	if dir == corev3.TrafficDirection_OUTBOUND {
 		hcm.LocalReplyConfig = noEndpointReply
+	} else {
+		// Authorization: the callee's RBAC filters, whose rules come with the inbound
+		// routes, and the 403 bodies that name the policy (see authzFilters). The same
+		// on the TLS and the plaintext chain: a plaintext caller has no identity, so no
+		// rule that names callers matches it.
+		hcm.HttpFilters = append(authzFilters(), routerFilter)
+		hcm.LocalReplyConfig = authzReply
+		hcm.AccessLog = []*accesslogv3.AccessLog{shadowAccessLog}
 	}
 	if mtls {
 		// The app learns who called: the URI SAN (SPIFFE ID) of the client

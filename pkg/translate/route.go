@@ -364,11 +364,19 @@ func notFoundRoute(name, body string, headers ...*routev3.HeaderMatcher) *routev
 
 // InboundRouteConfiguration returns the "inbound" route configuration of a proxy that
 // serves services (the Services of snapshot.Proxy(ns, name), possibly none): everything
-// goes to the local app.
+// goes to the local app, once the services' AuthorizationPolicies allow it (authzRoute;
+// defaultDeny is Options.DefaultDeny, trustDomain Options.TrustDomain).
 //
-// It depends on services and nothing else, so a Translator shares it among every proxy
-// that serves the same Services (the replicas of one app).
-func InboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfiguration {
+// It depends on services and the control plane's options only, so a Translator shares
+// it among every proxy that serves the same Services (the replicas of one app), and a
+// policy change reaches those proxies alone.
+func InboundRouteConfiguration(services []*mesh.Service, trustDomain string, defaultDeny bool) *routev3.RouteConfiguration {
+	rc := inboundRouteConfiguration(services)
+	authzRoute(rc.VirtualHosts[0].Routes[0], services, trustDomain, defaultDeny)
+	return rc
+}
+
+func inboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfiguration {
 	return &routev3.RouteConfiguration{
 		Name: InboundRouteName,
 		VirtualHosts: []*routev3.VirtualHost{{

@@ -73,6 +73,10 @@ type Options struct {
 	// DefaultMTLS is the inbound mTLS mode of a proxy whose pod the snapshot does not
 	// know ("" reads as mesh.MTLSStrict). A known pod takes its mesh.Proxy.MTLS.
 	DefaultMTLS mesh.MTLSMode
+	// DefaultDeny makes the mesh deny by default: a proxy whose Services have no
+	// enforced ALLOW AuthorizationPolicy denies every request (DefaultDenyBody). Off, a
+	// Service without policy lets every caller in.
+	DefaultDeny bool
 }
 
 // DefaultClusterDomain is Kubernetes' default cluster domain (the kubelet's
@@ -173,7 +177,7 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 		mode = p.MTLS.Effective()
 	}
 
-	listenIP, outboundIP, appAddress, namespace, td := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain
+	listenIP, outboundIP, appAddress, namespace, td, defaultDeny := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain, t.opts.DefaultDeny
 	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), func() (*resource.Set, error) {
 		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
 		return newSet(resource.Listener, InboundListener(n, mode, td), OutboundListener(n))
@@ -194,7 +198,7 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 		return nil, err
 	}
 	inbound, err := t.inbound.get(strings.Join(serves, "\x00"), func() (*resource.Set, error) {
-		return newSet(resource.Route, InboundRouteConfiguration(t.services(serves)))
+		return newSet(resource.Route, InboundRouteConfiguration(t.services(serves), td, defaultDeny))
 	})
 	if err != nil {
 		return nil, err

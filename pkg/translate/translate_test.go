@@ -510,7 +510,7 @@ func TestBuilders(t *testing.T) {
 				),
 			}},
 		}},
-		{"InboundRouteConfiguration", InboundRouteConfiguration([]*mesh.Service{web}), &routev3.RouteConfiguration{
+		{"InboundRouteConfiguration", InboundRouteConfiguration([]*mesh.Service{web}, DefaultTrustDomain, false), &routev3.RouteConfiguration{
 			Name: "inbound",
 			VirtualHosts: []*routev3.VirtualHost{{
 				Name: "inbound", Domains: []string{"*"},
@@ -587,7 +587,7 @@ func TestInboundTimeoutFromPolicy(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rc := InboundRouteConfiguration(c.services)
+			rc := InboundRouteConfiguration(c.services, DefaultTrustDomain, false)
 			action := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute()
 			// Unset would mean Envoy's 15 s: the timeout is always explicit.
 			if action.GetTimeout() == nil {
