@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -23,6 +24,11 @@ import (
 //	                          and the message "demo-app <NAME>: failing with <code>" (0: OK)
 //	/bearkong.demo.Demo/Tick  Duration -> a stream of Int64Value 1, 2, 3, ..., one a
 //	                          second until the duration has passed
+//
+// The server also offers gRPC server reflection (grpc.reflection.v1.ServerReflection and
+// the older grpc.reflection.v1alpha.ServerReflection, which many clients still speak), so
+// that one server has two services: authorization by gRPC method can then allow one and
+// deny the other, and `grpcurl -plaintext ADDR list` shows what is there.
 const GRPCService = "bearkong.demo.Demo"
 
 // maxTick bounds Tick's duration, so that a typo cannot keep a stream open for days.
@@ -35,10 +41,11 @@ type demoGRPC struct {
 	every time.Duration
 }
 
-// newGRPCServer returns a gRPC server with GRPCService registered.
+// newGRPCServer returns a gRPC server with GRPCService and server reflection registered.
 func newGRPCServer(name string, every time.Duration) *grpc.Server {
 	s := grpc.NewServer()
 	s.RegisterService(&demoServiceDesc, &demoGRPC{name: name, every: every})
+	reflection.Register(s)
 	return s
 }
 
