@@ -23,6 +23,9 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -446,6 +449,47 @@ func TestGRPCReflection(t *testing.T) {
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("v1 ListServices: %q, want %q", got, want)
+		}
+	})
+	// A client can describe the service: reflection serves demoFile, which must say what
+	// demoServiceDesc serves.
+	t.Run("describe", func(t *testing.T) {
+		stream, err := reflectionv1.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: GRPCService}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := resp.GetFileDescriptorResponse().GetFileDescriptorProto()
+		if len(files) == 0 {
+			t.Fatalf("no file for %s: %v", GRPCService, resp)
+		}
+		fd := &descriptorpb.FileDescriptorProto{}
+		if err := proto.Unmarshal(files[0], fd); err != nil {
+			t.Fatal(err)
+		}
+		if fd.GetName() != demoServiceDesc.Metadata || len(fd.GetService()) != 1 || fd.GetPackage()+"."+fd.GetService()[0].GetName() != GRPCService {
+			t.Fatalf("reflection describes %s with %v", GRPCService, prototext.Format(fd))
+		}
+		var described, served []string
+		for _, m := range fd.GetService()[0].GetMethod() {
+			described = append(described, fmt.Sprintf("%s stream=%v", m.GetName(), m.GetServerStreaming()))
+		}
+		for _, m := range demoServiceDesc.Methods {
+			served = append(served, m.MethodName+" stream=false")
+		}
+		for _, m := range demoServiceDesc.Streams {
+			served = append(served, fmt.Sprintf("%s stream=%v", m.StreamName, m.ServerStreams))
+		}
+		slices.Sort(described)
+		slices.Sort(served)
+		if !slices.Equal(described, served) {
+			t.Errorf("reflection describes %q, the server serves %q", described, served)
 		}
 	})
 	t.Run("v1alpha", func(t *testing.T) {

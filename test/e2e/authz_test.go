@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -311,7 +312,8 @@ func reflectionServices(ctx context.Context, conn *grpc.ClientConn, v1alpha bool
 		if err != nil {
 			return nil, err
 		}
-		if err := stream.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_ListServices{}}); err != nil {
+		// io.EOF: the stream has ended, and Recv tells why (a refusal, say).
+		if err := stream.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_ListServices{}}); err != nil && err != io.EOF {
 			return nil, err
 		}
 		resp, err := stream.Recv()
@@ -327,7 +329,8 @@ func reflectionServices(ctx context.Context, conn *grpc.ClientConn, v1alpha bool
 	if err != nil {
 		return nil, err
 	}
-	if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}}); err != nil {
+	// io.EOF: the stream has ended, and Recv tells why (a refusal, say).
+	if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}}); err != nil && err != io.EOF {
 		return nil, err
 	}
 	resp, err := stream.Recv()
