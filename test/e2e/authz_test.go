@@ -52,18 +52,53 @@ var authzGVR = schema.GroupVersionResource{Group: "bearkong.dev", Version: "v1al
 // convergence time of the mesh (a debounced snapshot, then an RDS/LDS push).
 const authzConvergence = 10 * time.Second
 
-// The RBAC filter's shadow-mode stats. Envoy writes them as
-// http.<stat_prefix>.rbac.[<shadow_rules_stat_prefix>]shadow_denied
-// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/rbac_filter#statistics);
-// the stat prefixes are pkg/translate's (README, "How it is enforced"), so the tests match
-// any of them.
-const (
-	// shadowDeniedStat is the last part of the name of Envoy's counter of requests a
-	// shadow policy would have denied; a stat counts when its name also holds ".rbac.".
-	shadowDeniedStat = "shadow_denied"
-	// shadowDeniedQuery is the PromQL sum of the would-be denials at app-1's sidecars.
-	shadowDeniedQuery = `sum({__name__=~"envoy_.*rbac.*shadow_denied", service="app-1"})`
-)
+// The RBAC filters' per-policy counters (README, "How it is enforced"; pkg/translate's
+// authzFilters). Envoy names them
+// http.inbound.rbac.<deny.|allow.>policy.<namespace>/<name>.<counter>, counter one of
+// allowed, denied, shadow_allowed, shadow_denied
+// (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/rbac_filter#statistics),
+// and its Prometheus output envoy_http_rbac_policy_<counter>{envoy_rbac_policy_name=...}.
+
+// policyStat sums the pod's per-policy counters of policy ("namespace/name").
+func policyStat(ctx context.Context, m *localmesh.Mesh, pod, policy, counter string) (uint64, error) {
+	st, err := m.EnvoyStats(ctx, pod)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for k, v := range st {
+		if strings.Contains(k, ".rbac.") && strings.HasSuffix(k, ".policy."+policy+"."+counter) {
+			n += v
+		}
+	}
+	return n, nil
+}
+
+// policyQuery is the PromQL sum of a per-policy counter at the sidecars of svc.
+func policyQuery(counter, policy, svc string) string {
+	return fmt.Sprintf(`sum(envoy_http_rbac_policy_%s{envoy_rbac_policy_name=%q, service=%q})`, counter, policy, svc)
+}
+
+// promAtLeast waits until q sums to at least min (Prometheus scrapes every 5 s) and
+// returns the sum.
+func promAtLeast(t *testing.T, q string, min float64) float64 {
+	t.Helper()
+	var last float64
+	err := localmesh.Eventually(ctxT(t, 70*time.Second), 60*time.Second, func(ctx context.Context) error {
+		var err error
+		if last, err = promValue(ctx, q); err != nil {
+			return err
+		}
+		if last < min {
+			return fmt.Errorf("%s = %v, want at least %v", q, last, min)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return last
+}
 
 // policyTypes are the xDS types a policy change may push. SDS is left out: every proxy
 // gets a new certificate every 30 s under every test (certLifetime in security_test.go).
@@ -263,6 +298,9 @@ func TestAuthorizationAllowOnlyOneCaller(t *testing.T) {
 	status, body, _, err := get(ctxT(t, 10*time.Second), m, "app-2-0", "app-3", "/")
 	t.Logf("app-2 -> app-3 under %s: %d %q (%v)", name, status, body, err)
 	expectPushedOnly(t, m, before, waitAllSynced(t, m), "app-3")
+	// Prometheus shows, per policy, the requests it let in: at least the last four from
+	// app-1.
+	t.Logf("%s = %v", policyQuery("allowed", name, "app-3"), promAtLeast(t, policyQuery("allowed", name, "app-3"), 4))
 
 	// Deleting the policy lets everyone in again, within the usual convergence time, and
 	// again only app-3's proxies hear of it: they get back the config they had.
@@ -295,6 +333,8 @@ func TestAuthorizationDenyPathPrefix(t *testing.T) {
 		)
 	})
 	expectPushedOnly(t, m, before, waitAllSynced(t, m), "app-2")
+	// Prometheus shows, per policy, the requests it denied: at least the last twelve.
+	t.Logf("%s = %v", policyQuery("denied", name, "app-2"), promAtLeast(t, policyQuery("denied", name, "app-2"), 12))
 
 	deletePolicy(t, m, "deny-admin")
 	eventually(t, authzConvergence, func(ctx context.Context) error { return callMatrix(ctx, m, 2, "/admin/x", nil) })
@@ -596,21 +636,6 @@ func TestAuthorizationREADMEPolicies(t *testing.T) {
 	t.Logf("%d policies of README.md pass a server-side dry run, %d are refused as it says", valid, invalid)
 }
 
-// shadowDenied sums a pod's RBAC shadow_denied counters.
-func shadowDenied(ctx context.Context, m *localmesh.Mesh, pod string) (uint64, error) {
-	st, err := m.EnvoyStats(ctx, pod)
-	if err != nil {
-		return 0, err
-	}
-	var n uint64
-	for k, v := range st {
-		if strings.Contains(k, ".rbac.") && strings.HasSuffix(k, shadowDeniedStat) {
-			n += v
-		}
-	}
-	return n, nil
-}
-
 // promValue is the value of a query that sums to one series, 0 when it has none.
 func promValue(ctx context.Context, q string) (float64, error) {
 	r, err := promQuery(ctx, q)
@@ -623,10 +648,8 @@ func promValue(ctx context.Context, q string) (float64, error) {
 func TestAuthorizationShadow(t *testing.T) {
 	m := sharedMesh(t)
 	eventually(t, authzConvergence, func(ctx context.Context) error { return callMatrix(ctx, m, 2, "/", nil) })
-	prom0, err := promValue(ctxT(t, 10*time.Second), shadowDeniedQuery)
-	if err != nil {
-		t.Fatal(err)
-	}
+	name := policyRef(m, "shadow-deny-app-1")
+	query := policyQuery("shadow_denied", name, "app-1")
 
 	withPolicy(t, m, `
 apiVersion: bearkong.dev/v1alpha1
@@ -653,40 +676,26 @@ spec:
 			blocked = err
 			return nil
 		}
-		if base, err = shadowDenied(ctx, m, "app-1-0"); err != nil || base == 0 {
-			return fmt.Errorf("app-1-0 counts no shadow denial yet (%v)", err)
+		if base, err = policyStat(ctx, m, "app-1-0", name, "shadow_denied"); err != nil || base == 0 {
+			return fmt.Errorf("app-1-0 counts no shadow denial by %s yet (%v)", name, err)
 		}
 		return nil
 	})
 	if blocked != nil {
 		t.Fatalf("a shadow policy blocked a request: %v", blocked)
 	}
-	const n = 20
+	const perPair = 7 // 21 requests to app-1, from its three callers
 	ctx := ctxT(t, 2*time.Minute)
-	if err := callMatrix(ctx, m, n/len(demoApps)+1, "/", nil); err != nil {
+	if err := callMatrix(ctx, m, perPair, "/", nil); err != nil {
 		t.Fatalf("under a shadow DENY of every request to app-1: %v", err)
 	}
-	got, err := shadowDenied(ctx, m, "app-1-0")
+	got, err := policyStat(ctx, m, "app-1-0", name, "shadow_denied")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got-base < n {
-		t.Fatalf("app-1-0 counted %d would-be denials for %d requests", got-base, n)
+	if want := uint64(perPair * len(demoApps)); got-base != want {
+		t.Fatalf("app-1-0 counted %d would-be denials by %s for %d requests", got-base, name, want)
 	}
-	// Prometheus scrapes every 5 s.
-	var last float64
-	err = localmesh.Eventually(ctx, 60*time.Second, func(ctx context.Context) error {
-		var err error
-		if last, err = promValue(ctx, shadowDeniedQuery); err != nil {
-			return err
-		}
-		if last < prom0+n {
-			return fmt.Errorf("%s = %v, want at least %v", shadowDeniedQuery, last, prom0+n)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("would-be denials: Envoy %d, Prometheus %s = %v", got, shadowDeniedQuery, last)
+	last := promAtLeast(t, query, float64(got))
+	t.Logf("would-be denials: Envoy %d, Prometheus %s = %v", got, query, last)
 }
