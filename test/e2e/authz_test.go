@@ -451,9 +451,11 @@ spec:
 	eventually(t, authzConvergence, func(ctx context.Context) error {
 		return grpcCalls(ctx, conn, svc, "Fail", "reflection.v1", "reflection.v1alpha")
 	})
-	// A refused call says who refused it.
+	// A refused call says who refused it: the 403's body is the grpc-message.
 	err = conn.Invoke(metadata.AppendToOutgoingContext(ctxT(t, 10*time.Second), mesh.ServiceHeader, svc), grpcMethod("Fail"), wrapperspb.Int32(0), &emptypb.Empty{})
-	t.Logf("Fail under %s: %v", pol.GetName(), err)
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), policyRef(m, pol.GetName())) {
+		t.Errorf("Fail under %s: %v, want PermissionDenied naming the policy", pol.GetName(), err)
+	}
 
 	// The reverse: every method of reflection v1, and nothing of the demo service (nor of
 	// reflection v1alpha, another service).
