@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -408,4 +414,102 @@ func TestGRPC(t *testing.T) {
 	if fmt.Sprint(got) != "[1 2 3 4 5]" {
 		t.Errorf("Tick(50ms) every 10ms: %v, want [1 2 3 4 5]", got)
 	}
+}
+
+// TestGRPCReflection: the demo app's gRPC server has a second service, server reflection
+// (v1 and the older v1alpha that many clients still speak), so that the mesh can tell two
+// services of one server apart (authorization by gRPC method, issue 12) and grpcurl can
+// list what the server offers.
+func TestGRPCReflection(t *testing.T) {
+	addr := startServer(t, time.Second)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	want := []string{GRPCService, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+	t.Run("v1", func(t *testing.T) {
+		stream, err := reflectionv1.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, s := range resp.GetListServicesResponse().GetService() {
+			got = append(got, s.GetName())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("v1 ListServices: %q, want %q", got, want)
+		}
+	})
+	// A client can describe the service: reflection serves demoFile, which must say what
+	// demoServiceDesc serves.
+	t.Run("describe", func(t *testing.T) {
+		stream, err := reflectionv1.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: GRPCService}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := resp.GetFileDescriptorResponse().GetFileDescriptorProto()
+		if len(files) == 0 {
+			t.Fatalf("no file for %s: %v", GRPCService, resp)
+		}
+		fd := &descriptorpb.FileDescriptorProto{}
+		if err := proto.Unmarshal(files[0], fd); err != nil {
+			t.Fatal(err)
+		}
+		if fd.GetName() != demoServiceDesc.Metadata || len(fd.GetService()) != 1 || fd.GetPackage()+"."+fd.GetService()[0].GetName() != GRPCService {
+			t.Fatalf("reflection describes %s with %v", GRPCService, prototext.Format(fd))
+		}
+		var described, served []string
+		for _, m := range fd.GetService()[0].GetMethod() {
+			described = append(described, fmt.Sprintf("%s stream=%v", m.GetName(), m.GetServerStreaming()))
+		}
+		for _, m := range demoServiceDesc.Methods {
+			served = append(served, m.MethodName+" stream=false")
+		}
+		for _, m := range demoServiceDesc.Streams {
+			served = append(served, fmt.Sprintf("%s stream=%v", m.StreamName, m.ServerStreams))
+		}
+		slices.Sort(described)
+		slices.Sort(served)
+		if !slices.Equal(described, served) {
+			t.Errorf("reflection describes %q, the server serves %q", described, served)
+		}
+	})
+	t.Run("v1alpha", func(t *testing.T) {
+		stream, err := reflectionv1alpha.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_ListServices{}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, s := range resp.GetListServicesResponse().GetService() {
+			got = append(got, s.GetName())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("v1alpha ListServices: %q, want %q", got, want)
+		}
+	})
 }

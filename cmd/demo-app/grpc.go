@@ -7,8 +7,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -23,6 +27,12 @@ import (
 //	                          and the message "demo-app <NAME>: failing with <code>" (0: OK)
 //	/bearkong.demo.Demo/Tick  Duration -> a stream of Int64Value 1, 2, 3, ..., one a
 //	                          second until the duration has passed
+//
+// The server also offers gRPC server reflection (grpc.reflection.v1.ServerReflection and
+// the older grpc.reflection.v1alpha.ServerReflection, which many clients still speak), so
+// that one server has two services: authorization by gRPC method can then allow one and
+// deny the other, and a client such as grpcurl can list, describe and call the methods
+// without a .proto file (demoFile).
 const GRPCService = "bearkong.demo.Demo"
 
 // maxTick bounds Tick's duration, so that a typo cannot keep a stream open for days.
@@ -35,10 +45,11 @@ type demoGRPC struct {
 	every time.Duration
 }
 
-// newGRPCServer returns a gRPC server with GRPCService registered.
+// newGRPCServer returns a gRPC server with GRPCService and server reflection registered.
 func newGRPCServer(name string, every time.Duration) *grpc.Server {
 	s := grpc.NewServer()
 	s.RegisterService(&demoServiceDesc, &demoGRPC{name: name, every: every})
+	reflection.Register(s)
 	return s
 }
 
@@ -75,6 +86,44 @@ var demoServiceDesc = grpc.ServiceDesc{
 	}},
 	Metadata: "bearkong/demo.proto",
 }
+
+// demoFile describes GRPCService to server reflection, which serves the files of
+// protoregistry.GlobalFiles: the file demoServiceDesc's Metadata names, written as a
+// descriptor rather than generated from a .proto for the same reason as demoServiceDesc.
+// TestGRPCReflection checks that the two agree.
+var demoFile = func() *descriptorpb.FileDescriptorProto {
+	method := func(name, in, out string, serverStreaming bool) *descriptorpb.MethodDescriptorProto {
+		m := &descriptorpb.MethodDescriptorProto{Name: proto.String(name), InputType: proto.String(in), OutputType: proto.String(out)}
+		if serverStreaming {
+			m.ServerStreaming = proto.Bool(true)
+		}
+		return m
+	}
+	fdp := &descriptorpb.FileDescriptorProto{
+		Name:       proto.String(demoServiceDesc.Metadata.(string)),
+		Package:    proto.String("bearkong.demo"),
+		Dependency: []string{"google/protobuf/duration.proto", "google/protobuf/empty.proto", "google/protobuf/wrappers.proto"},
+		Service: []*descriptorpb.ServiceDescriptorProto{{
+			Name: proto.String("Demo"),
+			Method: []*descriptorpb.MethodDescriptorProto{
+				method("Echo", ".google.protobuf.StringValue", ".google.protobuf.StringValue", false),
+				method("Fail", ".google.protobuf.Int32Value", ".google.protobuf.Empty", false),
+				method("Tick", ".google.protobuf.Duration", ".google.protobuf.Int64Value", true),
+			},
+		}},
+		Syntax: proto.String("proto3"),
+	}
+	// The imports resolve because this package imports their Go packages (durationpb,
+	// emptypb, wrapperspb), which register them.
+	fd, err := protodesc.NewFile(fdp, protoregistry.GlobalFiles)
+	if err == nil {
+		err = protoregistry.GlobalFiles.RegisterFile(fd)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("demo-app: describing %s: %v", GRPCService, err))
+	}
+	return fdp
+}()
 
 // unary adapts a typed method to grpc.MethodDesc's handler, interceptors included.
 func unary[In any, PIn interface {

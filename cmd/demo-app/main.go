@@ -24,7 +24,8 @@
 //	                       the X-Content-Sha256 header
 //	POST /upload           reads the body, answers {"name", "bytes", "sha256"} of it
 //	GET /ws                a WebSocket echo: each message comes back as it went
-//	gRPC                   the service bearkong.demo.Demo (see GRPCService)
+//	gRPC                   the service bearkong.demo.Demo and server reflection (see
+//	                       GRPCService)
 //
 // HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) share the one port; gRPC
 // requests go to the gRPC server, everything else to the HTTP handler.
