@@ -102,10 +102,12 @@ k3d/stop:
 	$(K3D) cluster delete $(K3D_CLUSTER)
 
 # The Gateway API CRDs (experimental channel, for HTTPRoute retries) of the
-# sigs.k8s.io/gateway-api version pinned in go.mod, from the Go module cache. bearkong looks
-# for them when it starts, so they go first.
+# sigs.k8s.io/gateway-api version pinned in go.mod, from the Go module cache, and bearkong's
+# own (manifests/crds: AuthorizationPolicy). bearkong looks for them when it starts, so
+# they go first.
 run/crds:
 	$(KUBECTL) apply --server-side -f "$$($(GO) mod download -json sigs.k8s.io/gateway-api | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/config/crd/experimental"
+	$(KUBECTL) apply --server-side -f manifests/crds
 
 # The control plane: namespace bearkong-system, RBAC, Service, Deployment.
 run/cp: run/crds

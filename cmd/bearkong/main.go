@@ -93,6 +93,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	caSecret := fs.String("ca-secret", envOr("POD_NAMESPACE", "bearkong-system")+"/bearkong-ca", "namespace/name of the Secret that holds the CA: created with a new root on first start unless it exists (bring your own by creating it first)")
 	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
+	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -125,6 +126,12 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := translate.ValidateMTLSMode(mode); err != nil {
 		return fmt.Errorf("--default-mtls: %w", err)
 	}
+	// defaultDeny is the mesh-wide authorization default, for translate.Options.DefaultDeny:
+	// with it, a Service with no enforced ALLOW policy denies every request.
+	defaultDeny, err := parseDefaultAuthz(*defaultAuthz)
+	if err != nil {
+		return err
+	}
 	if err := translate.ValidateTrustDomain(*trustDomain); err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
@@ -136,6 +143,11 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	authz, err := discovery.NewAuthzClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	log.Info("authorization", "default", *defaultAuthz, "default_deny", defaultDeny)
 	// The CA comes first: without it no proxy can get a certificate, and the xDS server
 	// has none to serve. Every replica loads the same Secret.
 	authority, err := ca.LoadOrCreate(ctx, discovery.CASecretStore{Client: client, Namespace: caNS, Name: caName},
@@ -146,7 +158,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := controlplane.NewRegistry()
 	disc := discovery.New(client, discovery.Options{
 		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
-		GatewayClient: gateway, AllowSkipValidation: *skipValidation, DefaultMTLS: mode,
+		GatewayClient: gateway, AuthzClient: authz, AllowSkipValidation: *skipValidation, DefaultMTLS: mode,
 	})
 	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg})
 	publish := publishRoots(ctx, roots, authority.Bundle(), log)
@@ -300,4 +312,15 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// parseDefaultAuthz reads --default-authz: true means deny by default.
+func parseDefaultAuthz(s string) (bool, error) {
+	switch s {
+	case "allow":
+		return false, nil
+	case "deny":
+		return true, nil
+	}
+	return false, fmt.Errorf("--default-authz %q: want allow or deny", s)
 }

@@ -39,6 +39,7 @@ func TestRun(t *testing.T) {
 		{"cp with a missing kubeconfig", []string{"cp", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
+		{"cp with a bad default authz", []string{"cp", "--default-authz", "block"}, `--default-authz "block": want allow or deny`, ""},
 		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}

@@ -57,6 +57,32 @@ func (e *Env) InstallGatewayAPICRDs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return e.installCRDs(ctx, dir)
+}
+
+// BearkongCRDDir returns the directory of bearkong's own CRDs in the repository
+// (manifests/crds), the files `make run/crds` applies.
+func BearkongCRDDir() (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "manifests", "crds"), nil
+}
+
+// InstallBearkongCRDs creates bearkong's own CRDs (AuthorizationPolicy) and waits until
+// they are served.
+func (e *Env) InstallBearkongCRDs(ctx context.Context) error {
+	dir, err := BearkongCRDDir()
+	if err != nil {
+		return err
+	}
+	return e.installCRDs(ctx, dir)
+}
+
+// installCRDs creates the CRDs of every YAML file in dir and waits until they are
+// established.
+func (e *Env) installCRDs(ctx context.Context, dir string) error {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		return fmt.Errorf("no CRDs in %s: %v", dir, err)

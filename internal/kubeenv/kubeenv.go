@@ -227,6 +227,10 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		return nil, fmt.Errorf("kubeenv: install the Gateway API CRDs: %w", err)
 	}
 	opts.Logf("kubeenv: Gateway API CRDs (%s, pinned in go.mod) installed", GatewayAPIModule)
+	if err := e.InstallBearkongCRDs(ctx); err != nil {
+		return nil, fmt.Errorf("kubeenv: install bearkong's CRDs: %w", err)
+	}
+	opts.Logf("kubeenv: bearkong's CRDs (manifests/crds) installed")
 	if err := e.ensureDefaultServiceAccount(ctx); err != nil {
 		return nil, fmt.Errorf("kubeenv: %w", err)
 	}

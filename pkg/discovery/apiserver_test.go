@@ -164,6 +164,17 @@ func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 // and returns a client that holds only a token of bearkong's ServiceAccount.
 func bearkongClient(ctx context.Context, t *testing.T, env *kubeenv.Env) kubernetes.Interface {
 	t.Helper()
+	c, err := kubernetes.NewForConfig(bearkongConfig(ctx, t, env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// bearkongConfig is bearkongClient's, as a REST config: the API server's address and
+// a token of bearkong's ServiceAccount, nothing more.
+func bearkongConfig(ctx context.Context, t *testing.T, env *kubeenv.Env) *rest.Config {
+	t.Helper()
 	root, err := kubeenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -227,11 +238,7 @@ func bearkongClient(ctx context.Context, t *testing.T, env *kubeenv.Env) kuberne
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := kubernetes.NewForConfig(&rest.Config{Host: env.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: env.CAData()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return &rest.Config{Host: env.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: env.CAData()}}
 }
 
 func describeMTLS(s *mesh.Snapshot) string {

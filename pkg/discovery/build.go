@@ -403,7 +403,8 @@ func sameService(a, b *mesh.Service) bool {
 		slices.Equal(a.Ports, b.Ports) &&
 		slices.Equal(a.Endpoints, b.Endpoints) &&
 		a.MTLS == b.MTLS &&
-		slices.Equal(a.ServiceAccounts, b.ServiceAccounts)
+		slices.Equal(a.ServiceAccounts, b.ServiceAccounts) &&
+		reflect.DeepEqual(a.Authz, b.Authz)
 }
 
 func sameProxy(a, b *mesh.Proxy) bool {

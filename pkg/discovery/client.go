@@ -7,6 +7,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/bearkong/bearkong/pkg/apis/bearkong/v1alpha1"
 )
 
 // NewClients returns a Kubernetes client and a Gateway API client. With kubeconfig empty
@@ -27,6 +29,21 @@ func NewClients(kubeconfig string) (kubernetes.Interface, gwclient.Interface, er
 		return nil, nil, fmt.Errorf("gateway API client: %w", err)
 	}
 	return c, gw, nil
+}
+
+// NewAuthzClient returns the typed client of bearkong's AuthorizationPolicies
+// (Options.AuthzClient), configured as NewClients configures its own.
+func NewAuthzClient(kubeconfig string) (*v1alpha1.Client, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "bearkong"
+	c, err := v1alpha1.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bearkong.dev client: %w", err)
+	}
+	return c, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

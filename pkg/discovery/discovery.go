@@ -25,6 +25,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -35,6 +37,7 @@ import (
 	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
+	"github.com/bearkong/bearkong/pkg/apis/bearkong/v1alpha1"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
@@ -51,6 +54,7 @@ const (
 	kindPod           = "pod"
 	kindHTTPRoute     = "httproute"
 	kindNamespace     = "namespace"
+	kindAuthzPolicy   = "authorizationpolicy"
 
 	eventAdd    = "add"
 	eventUpdate = "update"
@@ -79,6 +83,10 @@ type Options struct {
 	// attached to meshed Services and write their status. If the Gateway API CRDs are
 	// not installed, HTTPRoutes are ignored, with a log line.
 	GatewayClient gwclient.Interface
+	// AuthzClient, when set, makes discovery watch AuthorizationPolicies (bearkong.dev)
+	// in all namespaces, resolve them into the Services they target and write their
+	// status. If the CRD is not installed, policies are ignored, with a log line.
+	AuthzClient v1alpha1.Interface
 	// DefaultMTLS is the mutual-TLS mode of a meshed Service when neither it nor its
 	// Namespace carries a valid mesh-mtls annotation. Default mesh.MTLSStrict.
 	DefaultMTLS mesh.MTLSMode
@@ -103,6 +111,10 @@ type Discovery struct {
 	gwFactory    gwinformers.SharedInformerFactory
 	routeLister  gwlisters.HTTPRouteLister
 	routesSynced cache.InformerSynced
+	// policies is nil unless AuthorizationPolicies are watched (see Run).
+	policies      cache.Indexer
+	authzInformer cache.SharedIndexInformer
+	authzSynced   cache.InformerSynced
 	// synced reports whether each handler registration has seen its informer's initial
 	// list; it is stricter than the informers' own HasSynced.
 	synced []cache.InformerSynced
@@ -163,7 +175,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		quarantine: newQuarantine(),
 		regErr:     optErr,
 	}
-	d.reporter = newReporter(d, client, opts.GatewayClient)
+	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
 
 	svcInf := d.factory.Core().V1().Services()
@@ -208,7 +220,53 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 			d.routesSynced = reg.HasSynced
 		}
 	}
+	if opts.AuthzClient != nil {
+		d.authzInformer = newPolicyInformer(opts.AuthzClient, opts.ResyncPeriod)
+		reg, err := d.authzInformer.AddEventHandler(d.handler(kindAuthzPolicy))
+		if err != nil {
+			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: add %s event handler: %w", kindAuthzPolicy, err))
+		} else {
+			d.authzSynced = reg.HasSynced
+		}
+	}
 	return d
+}
+
+// newPolicyInformer is a shared informer on the AuthorizationPolicies of every
+// namespace, through the typed client: the informer client-go's generators would write,
+// without the generators.
+func newPolicyInformer(c v1alpha1.Interface, resync time.Duration) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			return c.AuthorizationPolicies(metav1.NamespaceAll).List(ctx, opts)
+		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return c.AuthorizationPolicies(metav1.NamespaceAll).Watch(ctx, opts)
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, &v1alpha1.AuthorizationPolicy{}, resync,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+}
+
+// watchPolicies reports whether the cluster serves AuthorizationPolicies. Like
+// HTTPRoutes, they are optional: without the CRD an informer would never sync, and
+// bearkong would never become ready; without policies every Service keeps its default.
+func (d *Discovery) watchPolicies() bool {
+	if d.authzInformer == nil {
+		return false
+	}
+	gv := v1alpha1.SchemeGroupVersion.String()
+	list, err := d.client.Discovery().ServerResourcesForGroupVersion(gv)
+	if err == nil {
+		for _, r := range list.APIResources {
+			if r.Name == v1alpha1.Resource {
+				return true
+			}
+		}
+	}
+	d.log.Warn("the AuthorizationPolicy CRD is not installed: no policy applies; install manifests/crds and restart bearkong to use them",
+		"group_version", gv, "err", err)
+	return false
 }
 
 // watchRoutes reports whether the cluster serves HTTPRoutes. Without the Gateway API
@@ -259,6 +317,14 @@ func (d *Discovery) Run(ctx context.Context) error {
 		synced = append(slices.Clone(synced), d.routesSynced)
 		d.gwFactory.Start(ctx.Done())
 		defer d.gwFactory.Shutdown()
+	}
+	if d.watchPolicies() {
+		d.policies = d.authzInformer.GetIndexer()
+		synced = append(slices.Clone(synced), d.authzSynced)
+		var informerDone sync.WaitGroup
+		informerDone.Go(func() { d.authzInformer.RunWithContext(ctx) })
+		// Like the factories' Shutdown: nothing outlives Run.
+		defer informerDone.Wait()
 	}
 	d.factory.Start(ctx.Done())
 	// Shutdown waits for the informer goroutines, so nothing outlives Run. It runs after
@@ -417,6 +483,11 @@ func (d *Discovery) flush(first bool) {
 		changedAt = start
 	}
 	snap.ChangedAt = changedAt
+	if d.policies != nil {
+		// Policies change only the model of the Services they target, so a policy
+		// change reaches only the proxies that serve them (pkg/translate).
+		d.reporter.syncPolicyStatuses(authorize(snap, d.services, cachedPolicies(d.policies)))
+	}
 	d.applyVerdict(d.quarantine.skipProbe(snap))
 	// Route statuses are compared with what the routes say on every build, published
 	// or not: someone may have changed a status, and only a difference is written.
@@ -453,6 +524,18 @@ func (d *Discovery) publish(snap *mesh.Snapshot, first bool) {
 	default:
 	}
 	d.out <- snap
+}
+
+// cachedPolicies returns the policies in the informer's cache (shared: read only).
+func cachedPolicies(idx cache.Indexer) []*v1alpha1.AuthorizationPolicy {
+	objs := idx.List()
+	out := make([]*v1alpha1.AuthorizationPolicy, 0, len(objs))
+	for _, o := range objs {
+		if p, ok := o.(*v1alpha1.AuthorizationPolicy); ok {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func sameResourceVersion(oldObj, newObj any) bool {

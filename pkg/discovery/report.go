@@ -12,9 +12,11 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/bearkong/bearkong/pkg/apis/bearkong/v1alpha1"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
@@ -28,22 +30,25 @@ type reporter struct {
 	d        *Discovery
 	client   kubernetes.Interface
 	gw       gwclient.Interface
+	authz    v1alpha1.Interface
 	instance string
 	queue    chan mesh.Diagnostic
 
 	// statuses holds the route statuses to write, by "namespace/name"; the newest wins.
 	mu       sync.Mutex
 	statuses map[string]routeStatus
-	kick     chan struct{}
+	// policyStatuses holds the AuthorizationPolicy statuses to write, the same way.
+	policyStatuses map[string]policyStatus
+	kick           chan struct{}
 }
 
-func newReporter(d *Discovery, client kubernetes.Interface, gw gwclient.Interface) *reporter {
+func newReporter(d *Discovery, client kubernetes.Interface, gw gwclient.Interface, authz v1alpha1.Interface) *reporter {
 	instance, err := os.Hostname()
 	if err != nil || instance == "" {
 		instance = "bearkong"
 	}
-	return &reporter{d: d, client: client, gw: gw, instance: instance, queue: make(chan mesh.Diagnostic, 256),
-		statuses: map[string]routeStatus{}, kick: make(chan struct{}, 1)}
+	return &reporter{d: d, client: client, gw: gw, authz: authz, instance: instance, queue: make(chan mesh.Diagnostic, 256),
+		statuses: map[string]routeStatus{}, policyStatuses: map[string]policyStatus{}, kick: make(chan struct{}, 1)}
 }
 
 // report logs and queues the diagnostics of next that prev did not have.
@@ -84,9 +89,14 @@ func (r *reporter) run(ctx context.Context) {
 			r.mu.Lock()
 			pending := r.statuses
 			r.statuses = map[string]routeStatus{}
+			pendingPolicies := r.policyStatuses
+			r.policyStatuses = map[string]policyStatus{}
 			r.mu.Unlock()
 			for _, st := range pending {
 				r.writeRouteStatus(ctx, st)
+			}
+			for _, st := range pendingPolicies {
+				r.writePolicyStatus(ctx, st)
 			}
 		}
 	}
@@ -243,4 +253,93 @@ func (r *reporter) writeRouteStatus(ctx context.Context, st routeStatus) {
 	}
 	r.d.metrics.apiWrites.WithLabelValues("httproutes/status", "update", "ok").Inc()
 	r.d.log.Info("HTTPRoute status written", "route", st.Namespace+"/"+st.Name)
+}
+
+// syncPolicyStatuses queues the Accepted conditions that differ from what the policies
+// in the informer cache say, as syncRouteStatuses does for routes.
+func (r *reporter) syncPolicyStatuses(want []policyStatus) {
+	if r.d.policies == nil {
+		return
+	}
+	queued := false
+	for _, st := range want {
+		obj, ok, err := r.d.policies.GetByKey(st.Namespace + "/" + st.Name)
+		if err != nil || !ok {
+			continue
+		}
+		p, ok := obj.(*v1alpha1.AuthorizationPolicy)
+		if !ok || sameCondition(findCondition(p.Status.Conditions, v1alpha1.ConditionAccepted), st.Accepted) {
+			continue
+		}
+		r.mu.Lock()
+		r.policyStatuses[st.Namespace+"/"+st.Name] = st
+		r.mu.Unlock()
+		queued = true
+	}
+	if queued {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func findCondition(conds []metav1.Condition, typ string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == typ {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+// sameCondition compares a written condition with a wanted one, ignoring the
+// transition time.
+func sameCondition(have *metav1.Condition, want metav1.Condition) bool {
+	return have != nil && have.Status == want.Status && have.Reason == want.Reason &&
+		have.Message == want.Message && have.ObservedGeneration == want.ObservedGeneration
+}
+
+// writePolicyStatus sets the Accepted condition of one policy, keeping its transition
+// time while its status holds and any other condition as it is. A conflict (the policy
+// changed since it was read) is retried on a fresh read; if the spec changed, the next
+// build brings a condition of the new generation anyway.
+func (r *reporter) writePolicyStatus(ctx context.Context, st policyStatus) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	policies := r.authz.AuthorizationPolicies(st.Namespace)
+	written := false
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := policies.Get(ctx, st.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		old := findCondition(p.Status.Conditions, v1alpha1.ConditionAccepted)
+		if sameCondition(old, st.Accepted) {
+			return nil
+		}
+		c := st.Accepted
+		c.LastTransitionTime = metav1.NewTime(time.Now())
+		if old != nil && old.Status == c.Status {
+			c.LastTransitionTime = old.LastTransitionTime
+		}
+		if old != nil {
+			*old = c
+		} else {
+			p.Status.Conditions = append(p.Status.Conditions, c)
+		}
+		_, err = policies.UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		written = err == nil
+		return err
+	})
+	switch {
+	case err != nil:
+		// Deleted meanwhile, or the API is away: the next build tries again.
+		r.d.metrics.apiWrites.WithLabelValues("authorizationpolicies/status", "update", "error").Inc()
+		r.d.log.Warn("cannot write AuthorizationPolicy status", "policy", st.Namespace+"/"+st.Name, "err", err)
+	case written:
+		r.d.metrics.apiWrites.WithLabelValues("authorizationpolicies/status", "update", "ok").Inc()
+		r.d.log.Info("AuthorizationPolicy status written", "policy", st.Namespace+"/"+st.Name,
+			"accepted", st.Accepted.Status, "reason", st.Accepted.Reason)
+	}
 }

@@ -174,6 +174,27 @@ func TestManifestsServerDryRun(t *testing.T) {
 		}
 	})
 
+	// manifests/crds is applied by `make run/crds` (kubectl apply --server-side -f), not
+	// by the kustomizations; kubeenv created its CRDs already, so this is the apply a
+	// user's upgrade makes, strict.
+	t.Run("bearkong's CRDs", func(t *testing.T) {
+		files, err := filepath.Glob(filepath.Join(repoRoot(t), "manifests", "crds", "*.yaml"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no CRDs in manifests/crds: %v", err)
+		}
+		for _, f := range files {
+			crds, err := kubeenv.ReadYAML(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range crds {
+				if err := a.apply(ctx, object{file: f, obj: o}, true); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	})
+
 	t.Run("a misspelt field fails", func(t *testing.T) {
 		bad := object{file: "(modified copy)", obj: find(objs, "Deployment", "bearkong")[0].obj.DeepCopy()}
 		containers := bad.obj.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
@@ -539,8 +560,9 @@ func caSecretAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kube
 }
 
 // leastPrivilege checks, with the control plane's own client, that its RBAC grants
-// exactly what it uses: read Services, Pods, EndpointSlices and HTTPRoutes; list and
-// watch Namespaces; update HTTPRoute statuses; create events.k8s.io Events; and nothing
+// exactly what it uses: read Services, Pods, EndpointSlices, HTTPRoutes and
+// AuthorizationPolicies; list and watch Namespaces; update HTTPRoute and
+// AuthorizationPolicy statuses; create events.k8s.io Events; and nothing
 // else (ConfigMaps: rootConfigMapAccess; Secrets: caSecretAccess).
 func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, ns, svcName string) {
 	type access struct {
@@ -550,6 +572,7 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 	var cases []access
 	for _, r := range []struct{ group, resource string }{
 		{"", "services"}, {"", "pods"}, {"discovery.k8s.io", "endpointslices"}, {"gateway.networking.k8s.io", "httproutes"},
+		{"bearkong.dev", "authorizationpolicies"},
 	} {
 		for _, verb := range []string{"get", "list", "watch"} {
 			cases = append(cases, access{verb, r.group, r.resource, "", true}, access{verb, r.group, r.resource, ns, true})
@@ -561,6 +584,8 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 	cases = append(cases,
 		access{"update", "gateway.networking.k8s.io", "httproutes/status", ns, true},
 		access{"patch", "gateway.networking.k8s.io", "httproutes/status", ns, false},
+		access{"update", "bearkong.dev", "authorizationpolicies/status", ns, true},
+		access{"patch", "bearkong.dev", "authorizationpolicies/status", ns, false},
 		access{"list", "gateway.networking.k8s.io", "gateways", "", false},
 		access{"update", "gateway.networking.k8s.io", "gateways/status", ns, false},
 		access{"create", "events.k8s.io", "events", ns, true},
