@@ -147,7 +147,6 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("authorization", "default", *defaultAuthz, "default_deny", defaultDeny)
 	// The CA comes first: without it no proxy can get a certificate, and the xDS server
 	// has none to serve. Every replica loads the same Secret.
 	authority, err := ca.LoadOrCreate(ctx, discovery.CASecretStore{Client: client, Namespace: caNS, Name: caName},
@@ -164,7 +163,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	publish := publishRoots(ctx, roots, authority.Bundle(), log)
 	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
-		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode},
+		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
 	}
@@ -188,7 +187,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr(),
-		"trust_domain", *trustDomain, "ca_secret", *caSecret, "cert_lifetime", *certLifetime)
+		"trust_domain", *trustDomain, "ca_secret", *caSecret, "cert_lifetime", *certLifetime, "default_authz", *defaultAuthz)
 	if sec.Insecure {
 		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
 	}
