@@ -195,6 +195,26 @@ func callMatrix(ctx context.Context, m *localmesh.Mesh, n int, path string, deni
 
 // pushedSince returns, per node, the policy types whose version or push count changed
 // between two views of /debug/streams ("reconnected" when the stream is not the same one).
+// waitSettled waits until no proxy has been pushed anything (but certificates) for two
+// seconds, so that what the previous test changed (a Service it deleted, say) has reached
+// every proxy before a test compares versions; it returns the settled streams.
+func waitSettled(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
+	t.Helper()
+	prev := waitAllSynced(t, m)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		time.Sleep(2 * time.Second)
+		cur := waitAllSynced(t, m)
+		if len(pushedSince(prev, cur)) == 0 {
+			return cur
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxies are still being pushed config after 30 s: %v", pushedSince(prev, cur))
+		}
+		prev = cur
+	}
+}
+
 func pushedSince(before, after map[string]ads.StreamInfo) map[string][]string {
 	out := map[string][]string{}
 	for node, b := range before {
@@ -518,7 +538,7 @@ func accepted(ctx context.Context, c dynamic.ResourceInterface, name string) (me
 func TestAuthorizationMalformedPolicy(t *testing.T) {
 	m := sharedMesh(t)
 	eventually(t, authzConvergence, func(ctx context.Context) error { return callMatrix(ctx, m, 2, "/", nil) })
-	before := waitAllSynced(t, m)
+	before := waitSettled(t, m)
 	nacks0 := nacks(cpMetrics(t, m))
 	c := authzClient(t, m)
 
