@@ -307,7 +307,7 @@ func TestAuthorizationAllowOnlyOneCaller(t *testing.T) {
 	m := sharedMesh(t)
 	// No policy: every app calls every app (over mutual TLS, the default).
 	eventually(t, authzConvergence, func(ctx context.Context) error { return callMatrix(ctx, m, 4, "/", nil) })
-	before := waitAllSynced(t, m)
+	before := waitSettled(t, m)
 
 	withPolicy(t, m, app3CallersPolicy)
 	name := policyRef(m, "app-3-callers")
@@ -334,7 +334,7 @@ func TestAuthorizationAllowOnlyOneCaller(t *testing.T) {
 func TestAuthorizationDenyPathPrefix(t *testing.T) {
 	m := sharedMesh(t)
 	eventually(t, authzConvergence, func(ctx context.Context) error { return callMatrix(ctx, m, 2, "/admin/x", nil) })
-	before := waitAllSynced(t, m)
+	before := waitSettled(t, m)
 
 	withPolicy(t, m, denyAdminPolicy)
 	name := policyRef(m, "deny-admin")
