@@ -140,6 +140,7 @@ func TestAuthorize(t *testing.T) {
 					Headers: []mesh.ValueMatch{{Type: "Exact", Name: "x-user", Value: "alice"}}}}},
 			},
 			accepted: map[string]string{"a": "True/Accepted", "z": "True/Accepted"},
+			message:  map[string]string{"a": "enforced", "z": "Shadow: never enforced"},
 		},
 		{
 			name: "a caller Service that does not exist matches nobody; the policy is enforced",
