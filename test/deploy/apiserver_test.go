@@ -193,6 +193,16 @@ func TestManifestsServerDryRun(t *testing.T) {
 				}
 			}
 		}
+		// And the command `make run/crds` runs, as a server-side dry run.
+		root := repoRoot(t)
+		cmd := exec.CommandContext(ctx, filepath.Join(root, ".cache", "bin", "kubectl"), "--kubeconfig", env.Kubeconfig,
+			"apply", "--server-side", "--dry-run=server", "-f", filepath.Join("manifests", "crds"))
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("kubectl apply --server-side --dry-run=server -f manifests/crds: %v\n%s", err, out)
+		} else {
+			t.Logf("kubectl apply -f manifests/crds: %s", strings.TrimSpace(string(out)))
+		}
 	})
 
 	t.Run("a misspelt field fails", func(t *testing.T) {
