@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,6 +46,32 @@ func TestEnv(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("server version %s", v.GitVersion)
+	})
+
+	// The resources bearkong watches beyond the core ones: Gateway API HTTPRoutes and
+	// its own AuthorizationPolicies (manifests/crds), with their status subresources.
+	t.Run("the CRDs are served", func(t *testing.T) {
+		for gv, want := range map[string][]string{
+			"gateway.networking.k8s.io/v1": {"httproutes", "httproutes/status"},
+			"bearkong.dev/v1alpha1":        {"authorizationpolicies", "authorizationpolicies/status"},
+		} {
+			list, err := env.Client.Discovery().ServerResourcesForGroupVersion(gv)
+			if err != nil {
+				t.Fatalf("%s: %v", gv, err)
+			}
+			served := map[string]bool{}
+			for _, r := range list.APIResources {
+				served[r.Name] = true
+				if r.Name == "authorizationpolicies" && (!r.Namespaced || !slices.Equal(r.ShortNames, []string{"bap"})) {
+					t.Errorf("authorizationpolicies: namespaced %v, short names %v; want namespaced, [bap]", r.Namespaced, r.ShortNames)
+				}
+			}
+			for _, w := range want {
+				if !served[w] {
+					t.Errorf("%s: %s not served", gv, w)
+				}
+			}
+		}
 	})
 
 	t.Run("default service account exists", func(t *testing.T) {

@@ -61,6 +61,9 @@ func authorize(snap *mesh.Snapshot, services corelisters.ServiceLister, policies
 			reason, msg = v1alpha1.ReasonTargetNotFound, fmt.Sprintf("target Service %s does not exist", target)
 		default:
 			model, missing = resolvePolicy(snap, services, p)
+			if model.Shadow {
+				msg = "evaluated, logged and counted (Shadow: never enforced) on the inbound listeners of meshed Service " + target
+			}
 			svc.Authz = append(svc.Authz, model) // policies come in name order
 			if len(missing) > 0 {
 				reason = v1alpha1.ReasonCallerNotFound

@@ -205,18 +205,35 @@ spec:
 	if p.Spec.Mode != v1alpha1.ModeEnforce {
 		t.Errorf("mode = %q, want the schema's default Enforce", p.Spec.Mode)
 	}
+	since := findCondition(p.Status.Conditions, v1alpha1.ConditionAccepted).LastTransitionTime
+	// A new generation that stays accepted: the condition follows the generation and
+	// keeps its transition time (the status did not change).
+	time.Sleep(1100 * time.Millisecond) // transition times have a resolution of a second
+	must(policies.Patch(ctx, "app-3-callers", types.JSONPatchType, []byte(`[{"op":"add","path":"/spec/rules/0/to/methods/-","value":"POST"}]`), metav1.PatchOptions{}))
+	await("app-3's policy with POST", func(s *mesh.Snapshot) bool {
+		svc := s.Service(ns, "app-3")
+		return svc != nil && len(svc.Authz) == 1 && slices.Equal(svc.Authz[0].Rules[0].Methods, []string{"GET", "POST"})
+	})
+	p = accepted("app-3-callers", "True/Accepted")
+	if c := findCondition(p.Status.Conditions, v1alpha1.ConditionAccepted); p.Generation != 2 || !c.LastTransitionTime.Equal(&since) {
+		t.Errorf("generation %d, transition %v; want 2 and %v, the first", p.Generation, c.LastTransitionTime, since)
+	}
 
 	must(nil, create(`{apiVersion: bearkong.dev/v1alpha1, kind: AuthorizationPolicy, metadata: {name: on-ghost}, spec: {targetRef: {name: ghost}, action: DENY, rules: [{}]}}`))
-	accepted("on-ghost", "False/TargetNotFound")
+	ghostSince := findCondition(accepted("on-ghost", "False/TargetNotFound").Status.Conditions, v1alpha1.ConditionAccepted).LastTransitionTime
 	if s := d.Latest(); !hasDiagnostic(s, "on-ghost", v1alpha1.ReasonTargetNotFound) {
 		t.Errorf("no TargetNotFound diagnostic: %+v", s.Diagnostics)
 	}
 
 	// A change of the spec is a new generation, and the condition follows it: pointed
-	// at app-3, the policy is accepted and joins app-3's, in name order.
+	// at app-3, the policy is accepted and joins app-3's, in name order. The status
+	// changed, so the transition time did too.
+	time.Sleep(1100 * time.Millisecond) // transition times have a resolution of a second
 	must(policies.Patch(ctx, "on-ghost", types.MergePatchType, []byte(`{"spec":{"targetRef":{"name":"app-3"}}}`), metav1.PatchOptions{}))
 	if p := accepted("on-ghost", "True/Accepted"); p.Generation != 2 {
 		t.Errorf("generation %d, want 2", p.Generation)
+	} else if c := findCondition(p.Status.Conditions, v1alpha1.ConditionAccepted); !c.LastTransitionTime.After(ghostSince.Time) {
+		t.Errorf("transition time %v after False at %v: want a later one", c.LastTransitionTime, ghostSince)
 	}
 	await("two policies on app-3", func(s *mesh.Snapshot) bool {
 		svc := s.Service(ns, "app-3")

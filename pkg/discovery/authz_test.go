@@ -1,7 +1,11 @@
 package discovery
 
 import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -10,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/bearkong/bearkong/pkg/apis/bearkong/v1alpha1"
@@ -140,6 +145,7 @@ func TestAuthorize(t *testing.T) {
 					Headers: []mesh.ValueMatch{{Type: "Exact", Name: "x-user", Value: "alice"}}}}},
 			},
 			accepted: map[string]string{"a": "True/Accepted", "z": "True/Accepted"},
+			message:  map[string]string{"a": "enforced", "z": "Shadow: never enforced"},
 		},
 		{
 			name: "a caller Service that does not exist matches nobody; the policy is enforced",
@@ -292,5 +298,38 @@ func TestSameMeaningSeesPolicies(t *testing.T) {
 	}
 	if !sameMeaning(b, c) {
 		t.Error("equal policies: different meaning")
+	}
+}
+
+// TestPoliciesWithoutTheCRD: with an AuthzClient but no AuthorizationPolicy CRD in the
+// cluster, discovery says so once, never lists or watches policies (an informer on a
+// resource that is not served would never sync, and bearkong would never be ready),
+// and publishes its snapshots as before.
+func TestPoliciesWithoutTheCRD(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	authz, err := v1alpha1.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	opts := fastOptions()
+	opts.AuthzClient = authz
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	svc, slice, p := app1()
+	h := newHarness(t, opts, svc, slice, p)
+	first := h.start()
+	if first.Service("default", "app-1") == nil || !h.d.HasSynced() {
+		t.Fatalf("first snapshot: %s", describe(first))
+	}
+	if n := strings.Count(logs.String(), "the AuthorizationPolicy CRD is not installed"); n != 1 {
+		t.Errorf("%d log lines about the missing CRD, want 1:\n%s", n, logs.String())
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("%d requests for policies, want none", n)
 	}
 }

@@ -1,8 +1,11 @@
 // Package discovery watches the Kubernetes API and turns what it sees into immutable
-// mesh snapshots (pkg/mesh). It is the only bearkong package that imports client-go.
+// mesh snapshots (pkg/mesh). It is the only bearkong package that imports client-go
+// (beside the typed client of bearkong's own API, pkg/apis/bearkong/v1alpha1, which it
+// drives).
 //
 // It follows kubernetes/sample-controller: shared informers on Services, EndpointSlices
-// and Pods in all namespaces, and on Namespaces (their mesh-mtls annotation only); event
+// and Pods in all namespaces, and on Namespaces (their mesh-mtls annotation only), and,
+// when their CRDs are served, on HTTPRoutes and AuthorizationPolicies; event
 // handlers that only record that something changed; state read back from the listers;
 // no work before the caches have synced. Like
 // Contour's event coalescing, one worker waits for a quiet period (bounded by a maximum

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -333,8 +334,10 @@ func (r *reporter) writePolicyStatus(ctx context.Context, st policyStatus) {
 		return err
 	})
 	switch {
+	case apierrors.IsNotFound(err):
+		// Deleted meanwhile: nothing to report on.
 	case err != nil:
-		// Deleted meanwhile, or the API is away: the next build tries again.
+		// The API is away, or bearkong may not write: the next build tries again.
 		r.d.metrics.apiWrites.WithLabelValues("authorizationpolicies/status", "update", "error").Inc()
 		r.d.log.Warn("cannot write AuthorizationPolicy status", "policy", st.Namespace+"/"+st.Name, "err", err)
 	case written:

@@ -193,6 +193,16 @@ func TestManifestsServerDryRun(t *testing.T) {
 				}
 			}
 		}
+		// And the command `make run/crds` runs, as a server-side dry run.
+		root := repoRoot(t)
+		cmd := exec.CommandContext(ctx, filepath.Join(root, ".cache", "bin", "kubectl"), "--kubeconfig", env.Kubeconfig,
+			"apply", "--server-side", "--dry-run=server", "-f", filepath.Join("manifests", "crds"))
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("kubectl apply --server-side --dry-run=server -f manifests/crds: %v\n%s", err, out)
+		} else {
+			t.Logf("kubectl apply -f manifests/crds: %s", strings.TrimSpace(string(out)))
+		}
 	})
 
 	t.Run("a misspelt field fails", func(t *testing.T) {
@@ -456,6 +466,50 @@ func TestControlPlaneWithItsServiceAccount(t *testing.T) {
 				}
 			}
 			return fmt.Errorf("no parent status from %s on HTTPRoute %s", bkdiscovery.ControllerName, got.GetName())
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
+	// An AuthorizationPolicy on a meshed Service gets Accepted=True from bearkong, which
+	// it writes with its own token (update on authorizationpolicies/status).
+	t.Run("the control plane writes AuthorizationPolicy status", func(t *testing.T) {
+		svc := names[len(names)-1]
+		pol := object{file: "(test)", obj: &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "bearkong.dev/v1alpha1",
+			"kind":       "AuthorizationPolicy",
+			"metadata":   map[string]any{"name": svc + "-deploy-test", "namespace": m.Namespace()},
+			"spec": map[string]any{
+				"targetRef": map[string]any{"name": svc},
+				"action":    "DENY",
+				"mode":      "Shadow", // evaluated, never enforced: the other subtests keep their traffic
+				"rules":     []any{map[string]any{"to": map[string]any{"paths": []any{map[string]any{"value": "/deploy-test"}}}}},
+			},
+		}}}
+		if err := a.apply(ctx, pol, false); err != nil {
+			t.Fatal(err)
+		}
+		gvr := schema.GroupVersionResource{Group: "bearkong.dev", Version: "v1alpha1", Resource: "authorizationpolicies"}
+		policies := a.dyn.Resource(gvr).Namespace(m.Namespace())
+		defer func() {
+			if err := policies.Delete(ctx, pol.obj.GetName(), metav1.DeleteOptions{}); err != nil {
+				t.Error(err)
+			}
+		}()
+		err := localmesh.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			got, err := policies.Get(ctx, pol.obj.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+			for _, c := range conds {
+				if cm, ok := c.(map[string]any); ok && cm["type"] == "Accepted" && cm["status"] == "True" {
+					t.Logf("AuthorizationPolicy %s: %v", got.GetName(), cm)
+					return nil
+				}
+			}
+			return fmt.Errorf("no Accepted=True on AuthorizationPolicy %s: %v", got.GetName(), conds)
 		})
 		if err != nil {
 			t.Error(err)
