@@ -42,10 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9), // 100µs .. ~6.5s
 		}),
 	}
-	m.apiWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bearkong_kube_api_writes_total",
-		Help: "Writes bearkong made to the Kubernetes API, by resource, verb and result. In steady state it does not move.",
-	}, []string{"resource", "verb", "result"})
+	m.apiWrites = newAPIWrites()
 	m.diagnostics = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "bearkong_diagnostics",
 		Help: "Problems found in the mesh's objects (invalid annotations, targetPorts that miss the sidecar); see /debug/diagnostics.",
@@ -99,4 +96,14 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 		panic(err)
 	}
 	return c
+}
+
+// newAPIWrites is bearkong_kube_api_writes_total. Discovery and the RootPublisher both
+// write to the API and count it here: built from one definition, they share one
+// collector when they are registered on the same registry.
+func newAPIWrites() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bearkong_kube_api_writes_total",
+		Help: "Writes bearkong made to the Kubernetes API, by resource, verb and result. In steady state it does not move.",
+	}, []string{"resource", "verb", "result"})
 }

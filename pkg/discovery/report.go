@@ -170,10 +170,7 @@ func (r *reporter) syncRouteStatuses(want []routeStatus) {
 		queued = true
 	}
 	if queued {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.wake()
 	}
 }
 
@@ -278,10 +275,7 @@ func (r *reporter) syncPolicyStatuses(want []policyStatus) {
 		queued = true
 	}
 	if queued {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.wake()
 	}
 }
 
@@ -344,5 +338,14 @@ func (r *reporter) writePolicyStatus(ctx context.Context, st policyStatus) {
 		r.d.metrics.apiWrites.WithLabelValues("authorizationpolicies/status", "update", "ok").Inc()
 		r.d.log.Info("AuthorizationPolicy status written", "policy", st.Namespace+"/"+st.Name,
 			"accepted", st.Accepted.Status, "reason", st.Accepted.Reason)
+	}
+}
+
+// wake tells the writer goroutine that statuses are queued; a wake-up already pending
+// covers them.
+func (r *reporter) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
 }

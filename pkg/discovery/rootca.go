@@ -109,12 +109,9 @@ func NewRootPublisher(client kubernetes.Interface, opts RootPublisherOptions) *R
 		synced:  map[string]bool{},
 		failing: map[string]bool{},
 	}
-	// The same definition as Discovery's (metrics.go), so that both share one collector
-	// when they are registered on the same registry.
-	p.writes = register(opts.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "bearkong_kube_api_writes_total",
-		Help: "Writes bearkong made to the Kubernetes API, by resource, verb and result. In steady state it does not move.",
-	}, []string{"resource", "verb", "result"}))
+	// Discovery's definition (metrics.go), so that both share one collector when they
+	// are registered on the same registry.
+	p.writes = register(opts.Registerer, newAPIWrites())
 	p.pending = register(opts.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "bearkong_ca_root_pending_namespaces",
 		Help: "Namespaces whose ConfigMap " + RootConfigMapName + " could not be brought up to date with the CA's trust bundle at the last attempt (retried; see the log). New sidecars there cannot start, or get a stale root, until it is 0.",
