@@ -22,13 +22,16 @@
 package translate
 
 import (
+	"container/list"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -52,11 +55,19 @@ type Translator struct {
 	// outbound route configuration, marshalled once on first use (see outboundRoutes).
 	fullRoutes func() ([]byte, error)
 
-	// Per-proxy pieces, keyed by what they depend on.
-	listeners memo[*resource.Set] // by Node.ListenIP, Node.OutboundIP and the inbound mTLS mode
-	localApps memo[*resource.Set] // by Node.AppAddress
-	outbound  memo[*resource.Set] // by Node.PodNamespace
-	inbound   memo[*resource.Set] // by the keys of the Services the proxy serves
+	// Per-proxy pieces, keyed by what they depend on. A key is part of what a client
+	// sends, so no cache may grow with what a client invents (issue 16): the addresses
+	// of nodes whose pod the snapshot does not know go to a small LRU, a namespace
+	// without a meshed Service reads as the one unknown namespace, and inbound routes
+	// are keyed by what the snapshot says the pod serves.
+	listeners boundedMemo[*resource.Set] // by Node.ListenIP, Node.OutboundIP and the inbound mTLS mode
+	localApps boundedMemo[*resource.Set] // by Node.AppAddress
+	outbound  memo[*resource.Set]        // by Node.PodNamespace if it has Services, else unknownNamespace
+	inbound   memo[*resource.Set]        // by the keys of the Services the proxy serves
+	// knownLimit bounds the entries of known pods' addresses: one per pod at most
+	// (replicas usually share one), plus some slack for a pod that restarts with a
+	// new address before the snapshot says so.
+	knownLimit int
 }
 
 // Options are the inputs of a Translator that do not come from Kubernetes objects: the
@@ -146,6 +157,7 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 		clusters:   resource.NewSet(clusters...),
 		endpoints:  resource.NewSet(clas...),
 		fullRoutes: sync.OnceValues(func() ([]byte, error) { return appendRoutes(nil, fullNameRoutes(snap.Services)) }),
+		knownLimit: len(snap.Proxies) + unknownEntries,
 	}, nil
 }
 
@@ -172,24 +184,32 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 	}
 	var serves []string
 	mode := t.opts.DefaultMTLS
-	if p := t.snap.Proxy(n.PodNamespace, n.PodName); p != nil {
+	p := t.snap.Proxy(n.PodNamespace, n.PodName)
+	if p != nil {
 		serves = slices.Clone(p.Services)
 		mode = p.MTLS.Effective()
 	}
+	known := p != nil
 
 	listenIP, outboundIP, appAddress, namespace, td, defaultDeny := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain, t.opts.DefaultDeny
-	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), func() (*resource.Set, error) {
+	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), known, t.knownLimit, func() (*resource.Set, error) {
 		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
 		return newSet(resource.Listener, InboundListener(n, mode, td), OutboundListener(n))
 	})
 	if err != nil {
 		return nil, err
 	}
-	localApp, err := t.localApps.get(appAddress, func() (*resource.Set, error) {
+	localApp, err := t.localApps.get(appAddress, known, t.knownLimit, func() (*resource.Set, error) {
 		return newSet(resource.Cluster, LocalAppCluster(Node{AppAddress: appAddress}))
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Only the short-name routes depend on the namespace, and a namespace without
+	// Services has none: every such namespace gets the same bytes, so they share one
+	// entry, whatever a client names (TestUnknownNamespacesShareOutboundRoutes).
+	if !t.hasServices(namespace) {
+		namespace = unknownNamespace
 	}
 	outbound, err := t.outbound.get(namespace, func() (*resource.Set, error) {
 		return t.outboundRoutes(namespace)
@@ -368,4 +388,95 @@ func (c *memo[V]) get(key string, build func() (V, error)) (V, error) {
 		f, _ = c.m.LoadOrStore(key, sync.OnceValues(build))
 	}
 	return f.(func() (V, error))()
+}
+
+// unknownNamespace is the outbound cache key of every namespace without a meshed
+// Service. It is no valid namespace (Node.Validate refuses an empty one), and
+// localRoutes finds no Service in it.
+const unknownNamespace = ""
+
+// hasServices reports whether the snapshot has a meshed Service in namespace.
+func (t *Translator) hasServices(namespace string) bool {
+	svcs := t.snap.Services
+	i := sort.Search(len(svcs), func(i int) bool { return svcs[i].Namespace >= namespace })
+	return i < len(svcs) && svcs[i].Namespace == namespace
+}
+
+// unknownEntries bounds the cache entries of addresses that no known pod sent: enough
+// for the proxies that connect before the snapshot knows their pod, few enough that a
+// client inventing addresses costs a handful of KiB in all.
+const unknownEntries = 64
+
+// boundedMemo is a memo whose entries are bounded: keys of known pods (first come, up to
+// a limit the caller gives) are kept for the snapshot's life and shared; every other key
+// lives in a small LRU, so an invented one is built, used and soon forgotten. Dropping an
+// entry costs only a rebuild: versions are content hashes, so an equal set built again
+// pushes nothing.
+type boundedMemo[V any] struct {
+	known memo[V]
+	n     atomic.Int64 // keys admitted to known, an upper bound on its entries
+	other lru[V]
+}
+
+func (b *boundedMemo[V]) get(key string, known bool, limit int, build func() (V, error)) (V, error) {
+	if known {
+		if f, ok := b.known.m.Load(key); ok {
+			return f.(func() (V, error))()
+		}
+		if b.n.Add(1) <= int64(limit) {
+			return b.known.get(key, build)
+		}
+	}
+	return b.other.get(key, build)
+}
+
+func (b *boundedMemo[V]) len() int {
+	n := 0
+	b.known.m.Range(func(any, any) bool { n++; return true })
+	b.other.mu.Lock()
+	n += len(b.other.m)
+	b.other.mu.Unlock()
+	return n
+}
+
+// lru is a memo of at most unknownEntries keys, least recently used first out.
+type lru[V any] struct {
+	mu sync.Mutex
+	ll list.List // of *lruEntry[V], most recent first
+	m  map[string]*list.Element
+}
+
+type lruEntry[V any] struct {
+	key string
+	f   func() (V, error)
+}
+
+func (c *lru[V]) get(key string, build func() (V, error)) (V, error) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = make(map[string]*list.Element)
+	}
+	e, ok := c.m[key]
+	if ok {
+		c.ll.MoveToFront(e)
+	} else {
+		e = c.ll.PushFront(&lruEntry[V]{key: key, f: sync.OnceValues(build)})
+		c.m[key] = e
+		if c.ll.Len() > unknownEntries {
+			old := c.ll.Remove(c.ll.Back()).(*lruEntry[V])
+			delete(c.m, old.key)
+		}
+	}
+	f := e.Value.(*lruEntry[V]).f
+	c.mu.Unlock()
+	return f()
+}
+
+// cacheEntries counts the entries of the per-proxy caches, for tests.
+func (t *Translator) cacheEntries() int {
+	n := t.listeners.len() + t.localApps.len()
+	for _, m := range []*sync.Map{&t.outbound.m, &t.inbound.m} {
+		m.Range(func(any, any) bool { n++; return true })
+	}
+	return n
 }

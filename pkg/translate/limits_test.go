@@ -1,0 +1,101 @@
+package translate
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// heapAfterGC returns the live heap after a forced collection.
+func heapAfterGC() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestInventedNodesLeaveNothing plays a client that invents what no pod has: a namespace
+// without a meshed Service, listen and outbound IPs and app addresses no pod uses. Each
+// must cost what a valid node costs and leave at most a bounded number of cache entries
+// behind, while the proxies the snapshot knows keep sharing their sets.
+func TestInventedNodesLeaveNothing(t *testing.T) {
+	const invented = 2000
+	tr := mustNew(t, benchSnapshot(300, 3, 1))
+	honest := func(i int) Node {
+		return Node{PodNamespace: fmt.Sprintf("ns-%03d", i%3), PodName: fmt.Sprintf("svc-%05d-0", i)}
+	}
+	h1 := mustProxy(t, tr, honest(0))
+	// Warm what every node shares (the full-name routes) before measuring.
+	mustProxy(t, tr, Node{PodNamespace: "nowhere", PodName: "p"})
+	before := heapAfterGC()
+	entriesBefore := tr.cacheEntries()
+
+	for i := range invented {
+		n := Node{
+			PodNamespace: fmt.Sprintf("invented-%d", i),
+			PodName:      "p",
+			ListenIP:     fmt.Sprintf("10.200.%d.%d", i/250, i%250+1),
+			OutboundIP:   fmt.Sprintf("10.201.%d.%d", i/250, i%250+1),
+			AppAddress:   fmt.Sprintf("10.202.%d.%d:9090", i/250, i%250+1),
+		}
+		mustProxy(t, tr, n)
+	}
+	if got, limit := tr.cacheEntries(), entriesBefore+3*unknownEntries; got > limit {
+		t.Errorf("after %d invented nodes the caches hold %d entries, want at most %d", invented, got, limit)
+	}
+	after := heapAfterGC()
+	t.Logf("heap after GC: %d KiB before, %d KiB after %d invented nodes", before/1024, after/1024, invented)
+	if after > before+before/10 {
+		t.Errorf("heap grew from %d KiB to %d KiB (more than 10 %%)", before/1024, after/1024)
+	}
+
+	// Honest proxies still share: replicas in one namespace get the very same outbound
+	// routes, and the same listeners (all take the default addresses).
+	h2 := mustProxy(t, tr, honest(3))
+	for _, c := range []struct {
+		typ  resource.Type
+		name string
+	}{{resource.Route, OutboundRouteName}, {resource.Listener, InboundListenerName}, {resource.Cluster, LocalAppClusterName}} {
+		a, _ := h1.Views[c.typ].Get(c.name)
+		b, _ := h2.Views[c.typ].Get(c.name)
+		if a == nil || a != b {
+			t.Errorf("%s %q: honest proxies of one namespace do not share it", c.typ, c.name)
+		}
+	}
+}
+
+// TestUnknownNamespacesShareOutboundRoutes checks that every namespace without a meshed
+// Service gets one shared outbound route configuration, byte for byte what its own
+// would be (TestOutboundRoutesBytes checks the bytes against the builder).
+func TestUnknownNamespacesShareOutboundRoutes(t *testing.T) {
+	tr := mustNew(t, sampleSnapshot())
+	var first *resource.Resource
+	for _, ns := range []string{"nowhere", "elsewhere", "kube-system"} {
+		t.Run(ns, func(t *testing.T) {
+			p := mustProxy(t, tr, Node{PodName: "p", PodNamespace: ns})
+			r, ok := p.Views[resource.Route].Get(OutboundRouteName)
+			if !ok {
+				t.Fatal("no outbound route configuration")
+			}
+			fresh := mustProxy(t, mustNew(t, sampleSnapshot()), Node{PodName: "p", PodNamespace: ns})
+			want, _ := fresh.Views[resource.Route].Get(OutboundRouteName)
+			if !bytes.Equal(r.Any.GetValue(), want.Any.GetValue()) {
+				t.Errorf("shared bytes differ from the namespace's own")
+			}
+			if first == nil {
+				first = r
+			} else if r != first {
+				t.Errorf("namespace %q does not share the unknown namespaces' outbound routes", ns)
+			}
+		})
+	}
+	// A namespace with Services keeps its own (its short names).
+	d := mustProxy(t, tr, nodeApp1A)
+	if r, _ := d.Views[resource.Route].Get(OutboundRouteName); r == first {
+		t.Error("namespace default shares the unknown namespaces' outbound routes")
+	}
+}
