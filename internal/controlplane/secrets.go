@@ -47,7 +47,10 @@ func (c authorityCerts) NextRotation(now time.Time) time.Time { return c.a.NextR
 // secrets builds each proxy's SDS view: its own certificate, and the trust bundle shared
 // by all. Sets are kept between configs so that a proxy whose certificate did not change
 // keeps the very same set, and so gets no push; they age out two rotations after their
-// last use.
+// last use. Only pods the snapshot knows are kept that way: a client can name any pod,
+// so the sets of unknown ones (not yet in the snapshot, or invented) share a memo of at
+// most unknownSecretEntries, emptied at each rotation (issue 16). A set dropped from it
+// is built again with the same bytes, so its proxy gets no push.
 type secrets struct {
 	certs Certificates
 	// trustNode reports whether the node's service_account metadata comes from the
@@ -58,7 +61,13 @@ type secrets struct {
 	bundle    *resource.Set
 	bundleSrc []byte
 	cur, prev map[string]*workloadSet
+	unknown   map[string]*workloadSet
 }
+
+// unknownSecretEntries bounds the workload sets kept for pods the snapshot does not
+// know: enough for the sidecars of pods that select into no meshed Service (clients
+// only) in a small mesh, and at a few KiB each, little for a client that invents pods.
+const unknownSecretEntries = 32
 
 type workloadSet struct {
 	chain []byte
@@ -66,7 +75,7 @@ type workloadSet struct {
 }
 
 func newSecrets(certs Certificates, trustNode bool) *secrets {
-	return &secrets{certs: certs, trustNode: trustNode, cur: map[string]*workloadSet{}, prev: map[string]*workloadSet{}}
+	return &secrets{certs: certs, trustNode: trustNode, cur: map[string]*workloadSet{}, prev: map[string]*workloadSet{}, unknown: map[string]*workloadSet{}}
 }
 
 // view returns the Secret view of the proxy n, whose pod snap may know.
@@ -75,10 +84,9 @@ func (s *secrets) view(n translate.Node, snap *mesh.Snapshot) (resource.View, er
 	if s.trustNode {
 		sa = n.ServiceAccount
 	}
-	if sa == "" {
-		if p := snap.Proxy(n.PodNamespace, n.PodName); p != nil {
-			sa = p.ServiceAccount
-		}
+	p := snap.Proxy(n.PodNamespace, n.PodName)
+	if sa == "" && p != nil {
+		sa = p.ServiceAccount
 	}
 	if sa == "" {
 		sa = "default" // what the API server gives a pod that names none
@@ -99,9 +107,13 @@ func (s *secrets) view(n translate.Node, snap *mesh.Snapshot) (resource.View, er
 	if err != nil {
 		return nil, err
 	}
-	w := s.cur[k]
-	if w == nil {
-		w = s.prev[k]
+	var w *workloadSet
+	if p != nil {
+		if w = s.cur[k]; w == nil {
+			w = s.prev[k]
+		}
+	} else {
+		w = s.unknown[k]
 	}
 	if w == nil || !bytes.Equal(w.chain, chain) {
 		set, err := newSecretSet(translate.WorkloadSecretName, translate.WorkloadSecret(chain, key))
@@ -110,7 +122,17 @@ func (s *secrets) view(n translate.Node, snap *mesh.Snapshot) (resource.View, er
 		}
 		w = &workloadSet{chain: chain, set: set}
 	}
-	s.cur[k] = w
+	if p != nil {
+		s.cur[k] = w
+	} else {
+		if _, ok := s.unknown[k]; !ok && len(s.unknown) >= unknownSecretEntries {
+			for old := range s.unknown { // any one: the map's order is random enough
+				delete(s.unknown, old)
+				break
+			}
+		}
+		s.unknown[k] = w
+	}
 	return resource.View{w.set, bundle}, nil
 }
 
@@ -132,6 +154,7 @@ func (s *secrets) rotated() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.prev, s.cur = s.cur, map[string]*workloadSet{}
+	clear(s.unknown)
 }
 
 func newSecretSet(name string, msg proto.Message) (*resource.Set, error) {
