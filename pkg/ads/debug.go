@@ -2,8 +2,11 @@ package ads
 
 import (
 	"encoding/json"
+	"fmt"
+	"hash/fnv"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -49,17 +52,22 @@ func (ti *TypeInfos) Get(t resource.Type) *TypeInfo {
 type TypeInfo struct {
 	Status Status `json:"status"`
 	// Subscribed lists the requested names, with "*" first for a wildcard subscription.
-	Subscribed    []string   `json:"subscribed"`
-	VersionSent   string     `json:"version_sent"`
-	NonceSent     string     `json:"nonce_sent"`
-	SentAt        *time.Time `json:"sent_at,omitempty"`
-	VersionAcked  string     `json:"version_acked"`
-	AckedAt       *time.Time `json:"acked_at,omitempty"`
-	Pushes        uint64     `json:"pushes"`
-	Acks          uint64     `json:"acks"`
-	Nacks         uint64     `json:"nacks"`
-	StaleRequests uint64     `json:"stale_requests"`
-	LastNack      *Nack      `json:"last_nack,omitempty"`
+	// Only /debug/streams?node= shows it: the summary of every stream leaves it out.
+	Subscribed []string `json:"subscribed,omitempty"`
+	// SubscribedCount is len(Subscribed), and SubscribedHash a hash of the names in
+	// order: enough to see that two streams ask for the same, without listing them.
+	SubscribedCount int        `json:"subscribed_count"`
+	SubscribedHash  string     `json:"subscribed_hash"`
+	VersionSent     string     `json:"version_sent"`
+	NonceSent       string     `json:"nonce_sent"`
+	SentAt          *time.Time `json:"sent_at,omitempty"`
+	VersionAcked    string     `json:"version_acked"`
+	AckedAt         *time.Time `json:"acked_at,omitempty"`
+	Pushes          uint64     `json:"pushes"`
+	Acks            uint64     `json:"acks"`
+	Nacks           uint64     `json:"nacks"`
+	StaleRequests   uint64     `json:"stale_requests"`
+	LastNack        *Nack      `json:"last_nack,omitempty"`
 }
 
 var wildcardNames = []string{"*"}
@@ -107,16 +115,72 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-// DebugHandler serves /debug/streams: JSON, one entry per connected stream, filtered by
-// the node id in ?node= when given.
+// DebugStreamsLimit is the most streams /debug/streams lists. Beyond it the response
+// says how many there are ("total") and that it left some out ("truncated"): at 10,000
+// streams the full view was over 100 MiB (issue 16), the summary of 1000 is about 2 MiB.
+const DebugStreamsLimit = 1000
+
+// debugNackLimit is how much of a NACK's message the summary shows; ?node= shows what
+// the stream keeps.
+const debugNackLimit = 512
+
+// DebugHandler serves /debug/streams: JSON, with "total" streams connected and at most
+// DebugStreamsLimit of them listed, sorted by id ("truncated" when some were left out).
+// Without ?node= each stream is a summary: per type its state and counters, the number
+// and a hash of the subscribed names but not the names, and the start of the last NACK
+// message. With ?node= only that node's streams are listed, whole.
 func (s *Server) DebugHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		streams := s.Streams(r.URL.Query().Get("node"))
+		node := r.URL.Query().Get("node")
+		streams := s.Streams(node)
+		total := len(streams)
+		truncated := total > DebugStreamsLimit
+		if truncated {
+			streams = streams[:DebugStreamsLimit]
+		}
+		for i, info := range streams {
+			streams[i] = debugView(info, node != "")
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(struct {
-			Streams []*StreamInfo `json:"streams"`
-		}{streams})
+			Streams   []*StreamInfo `json:"streams"`
+			Total     int           `json:"total"`
+			Truncated bool          `json:"truncated"`
+		}{streams, total, truncated})
 	})
+}
+
+// debugView returns a copy of info with the counts and hashes of the subscriptions,
+// and, unless full, without the names and with the last NACK message cut short. info
+// itself is shared with the loop and never modified.
+func debugView(info *StreamInfo, full bool) *StreamInfo {
+	v := *info
+	for _, t := range resource.Types {
+		ti := v.Types.Get(t)
+		ti.SubscribedCount = len(ti.Subscribed)
+		ti.SubscribedHash = hashNames(ti.Subscribed)
+		if full {
+			continue
+		}
+		ti.Subscribed = nil
+		if n := ti.LastNack; n != nil && len(n.Message) > debugNackLimit {
+			cut := *n
+			cut.Message = fmt.Sprintf("%s... (cut: %d bytes; /debug/streams?node= shows more)", strings.ToValidUTF8(n.Message[:debugNackLimit], ""), len(n.Message))
+			ti.LastNack = &cut
+		}
+	}
+	return &v
+}
+
+// hashNames is an FNV-1a hash of the names in order, each ended by a NUL (which no
+// resource name holds), in hex.
+func hashNames(names []string) string {
+	h := fnv.New64a()
+	for _, n := range names {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+	}
+	return fmt.Sprintf("%016x", h.Sum64())
 }

@@ -527,8 +527,8 @@ func TestControlPlaneRestart(t *testing.T) {
 		}
 		for i, pair := range typePairs(b, a) {
 			if pair[0].VersionAcked != pair[1].VersionAcked {
-				t.Errorf("%s %s: version %s before the restart, %s after, for unchanged content (subscribed %v, then %v)",
-					node, resource.Types[i], pair[0].VersionAcked, pair[1].VersionAcked, pair[0].Subscribed, pair[1].Subscribed)
+				t.Errorf("%s %s: version %s before the restart, %s after, for unchanged content (subscribed %d names %s, then %d %s)",
+					node, resource.Types[i], pair[0].VersionAcked, pair[1].VersionAcked, pair[0].SubscribedCount, pair[0].SubscribedHash, pair[1].SubscribedCount, pair[1].SubscribedHash)
 			}
 		}
 	}

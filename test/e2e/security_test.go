@@ -472,13 +472,20 @@ type sdsState struct {
 	VersionSent  string
 	VersionAcked string
 	Pushes       uint64
-	Subscribed   []string
+	// Subscribed is only filled by sdsStreams with a node.
+	Subscribed      []string
+	SubscribedCount int
 }
 
 // sdsStreams returns the SDS state of every stream of the control plane at base (its HTTP
-// URL), keyed by node id.
-func sdsStreams(ctx context.Context, base string) (map[string]sdsState, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/debug/streams", nil)
+// URL), keyed by node id. With node set, only that node's, with its subscribed names:
+// the summary of every stream gives only their count.
+func sdsStreams(ctx context.Context, base, node string) (map[string]sdsState, error) {
+	u := base + "/debug/streams"
+	if node != "" {
+		u += "?node=" + url.QueryEscape(node)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
@@ -489,8 +496,9 @@ func sdsStreams(ctx context.Context, base string) (map[string]sdsState, error) {
 			ID    uint64 `json:"id"`
 			Node  string `json:"node"`
 			Types map[string]struct {
-				Status       string   `json:"status"`
-				Subscribed   []string `json:"subscribed"`
+				Status          string   `json:"status"`
+				Subscribed      []string `json:"subscribed"`
+				SubscribedCount int      `json:"subscribed_count"`
 				VersionSent  string   `json:"version_sent"`
 				VersionAcked string   `json:"version_acked"`
 				Pushes       uint64   `json:"pushes"`
@@ -509,7 +517,7 @@ func sdsStreams(ctx context.Context, base string) (map[string]sdsState, error) {
 		if _, dup := out[s.Node]; dup {
 			return nil, fmt.Errorf("two streams for node %s", s.Node)
 		}
-		out[s.Node] = sdsState{StreamID: s.ID, Status: sds.Status, VersionSent: sds.VersionSent, VersionAcked: sds.VersionAcked, Pushes: sds.Pushes, Subscribed: sds.Subscribed}
+		out[s.Node] = sdsState{StreamID: s.ID, Status: sds.Status, VersionSent: sds.VersionSent, VersionAcked: sds.VersionAcked, Pushes: sds.Pushes, Subscribed: sds.Subscribed, SubscribedCount: sds.SubscribedCount}
 	}
 	return out, nil
 }
@@ -529,12 +537,14 @@ func waitSDSSynced(t *testing.T, m *localmesh.Mesh) map[string]sdsState {
 	t.Helper()
 	var got map[string]sdsState
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
-		var err error
-		if got, err = sdsStreams(ctx, m.ControlPlaneURL()); err != nil {
-			return err
-		}
+		got = map[string]sdsState{}
 		for _, p := range m.Pods() {
-			s, ok := got[nodeID(p)]
+			one, err := sdsStreams(ctx, m.ControlPlaneURL(), nodeID(p))
+			if err != nil {
+				return err
+			}
+			s, ok := one[nodeID(p)]
+			got[nodeID(p)] = s
 			if !ok {
 				return fmt.Errorf("no stream for %s", nodeID(p))
 			}
@@ -1553,13 +1563,13 @@ func TestXDSChannelIsAuthenticated(t *testing.T) {
 // rotation window began, and returns when the last of them moved.
 func waitRotationBoundary(t *testing.T, m *localmesh.Mesh) time.Time {
 	t.Helper()
-	start, err := sdsStreams(ctxT(t, 10*time.Second), m.ControlPlaneURL())
+	start, err := sdsStreams(ctxT(t, 10*time.Second), m.ControlPlaneURL(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	moved := map[string]time.Time{}
 	eventually(t, certLifetime/2+15*time.Second, func(ctx context.Context) error {
-		now, err := sdsStreams(ctx, m.ControlPlaneURL())
+		now, err := sdsStreams(ctx, m.ControlPlaneURL(), "")
 		if err != nil {
 			return err
 		}

@@ -68,7 +68,7 @@ func TestRelabelLastMeshedService(t *testing.T) {
 		}
 		for _, s := range ss {
 			if s.Node == node {
-				if n := len(s.Types.EDS.Subscribed); n != 0 {
+				if n := s.Types.EDS.SubscribedCount; n != 0 {
 					return fmt.Errorf("%s still subscribes to %d assignments", node, n)
 				}
 				return nil
