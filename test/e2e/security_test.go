@@ -499,9 +499,9 @@ func sdsStreams(ctx context.Context, base, node string) (map[string]sdsState, er
 				Status          string   `json:"status"`
 				Subscribed      []string `json:"subscribed"`
 				SubscribedCount int      `json:"subscribed_count"`
-				VersionSent  string   `json:"version_sent"`
-				VersionAcked string   `json:"version_acked"`
-				Pushes       uint64   `json:"pushes"`
+				VersionSent     string   `json:"version_sent"`
+				VersionAcked    string   `json:"version_acked"`
+				Pushes          uint64   `json:"pushes"`
 			} `json:"types"`
 		} `json:"streams"`
 	}
