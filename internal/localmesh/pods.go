@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -535,6 +536,24 @@ func (m *Mesh) removePod(ctx context.Context, p *pod, graceful bool) error {
 	}
 	m.opts.Logf("localmesh: pod %s removed", p.Name)
 	return nil
+}
+
+// SignalEnvoy sends sig to the Envoy of the pod named pod: SIGSTOP pauses it as a proxy
+// that stops reading its xDS stream, SIGCONT resumes it. A test that pauses an Envoy
+// resumes it before the mesh is closed: a stopped process acts on SIGTERM only once
+// continued, so Close would wait for the SIGKILL.
+func (m *Mesh) SignalEnvoy(pod string, sig syscall.Signal) error {
+	m.mu.Lock()
+	p, ok := m.pods[pod]
+	var envoy *proc.Process
+	if ok {
+		envoy = p.envoy
+	}
+	m.mu.Unlock()
+	if envoy == nil {
+		return fmt.Errorf("localmesh: signal: no Envoy for pod %s", pod)
+	}
+	return envoy.Signal(sig)
 }
 
 // Pods returns the mesh's pods, sorted by name.

@@ -121,6 +121,16 @@ func (p *Process) Exited() (bool, error) {
 	}
 }
 
+// Signal sends sig to the process group (tests pause a process with SIGSTOP and resume
+// it with SIGCONT). It fails once the process has exited.
+func (p *Process) Signal(sig syscall.Signal) error {
+	if exited, _ := p.Exited(); exited {
+		return fmt.Errorf("signal %s: %s has exited", sig, p.spec.Name)
+	}
+	p.signalGroup(sig)
+	return nil
+}
+
 // Stop sends SIGTERM to the process group, waits up to the grace period, then sends SIGKILL
 // to the group, and waits for the process to exit. It is safe to call more than once and
 // from several goroutines; every call returns only after the process has exited (or the
