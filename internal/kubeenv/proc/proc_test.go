@@ -86,3 +86,47 @@ func TestContextCancelStops(t *testing.T) {
 		t.Fatal("process outlived its context")
 	}
 }
+
+// procState returns the state letter of /proc/<pid>/stat: T when stopped.
+func procState(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name is in parentheses and may hold spaces: the state follows it.
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[0]
+}
+
+func TestSignalPausesAndResumes(t *testing.T) {
+	p, err := Start(context.Background(), Spec{Name: "sleep", Path: "/bin/sleep", Args: []string{"60"}, LogPath: filepath.Join(t.TempDir(), "sleep.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT); _ = p.Stop() })
+	wait := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for procState(t, p.Pid()) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("state %s, want %s", procState(t, p.Pid()), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	wait("T")
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	wait("S")
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(syscall.SIGCONT); err == nil {
+		t.Error("Signal after exit: no error")
+	}
+}
