@@ -17,7 +17,10 @@
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
 // listen and outbound IPs and mTLS mode shares its listeners, every proxy in a namespace shares the outbound routes,
-// the replicas of an app share their inbound routes. Output is sorted and marshalled
+// the replicas of an app share their inbound routes. Those keys come from the client, so
+// the caches are bounded by what the snapshot holds: every namespace without a meshed
+// Service shares one outbound entry, and the addresses of pods the snapshot does not know
+// share a small LRU (see boundedMemo). Output is sorted and marshalled
 // deterministically, so equal snapshots give equal versions, across restarts too.
 package translate
 
