@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -97,5 +98,41 @@ func TestUnknownNamespacesShareOutboundRoutes(t *testing.T) {
 	d := mustProxy(t, tr, nodeApp1A)
 	if r, _ := d.Views[resource.Route].Get(OutboundRouteName); r == first {
 		t.Error("namespace default shares the unknown namespaces' outbound routes")
+	}
+}
+
+// TestInventedNodesConcurrent runs invented and honest nodes at once (run it with -race):
+// the LRU is shared, and concurrent callers of one unknown key get equal bytes.
+func TestInventedNodesConcurrent(t *testing.T) {
+	tr := mustNew(t, sampleSnapshot())
+	want := mustProxy(t, tr, Node{PodNamespace: "nowhere", PodName: "p", ListenIP: "10.9.9.9"})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				n := Node{PodNamespace: "nowhere", PodName: "p", ListenIP: fmt.Sprintf("10.%d.%d.1", g, i%100)}
+				if i%10 == 0 {
+					n.ListenIP = "10.9.9.9"
+				}
+				p, err := tr.Proxy(n)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if n.ListenIP == "10.9.9.9" && p.Views[resource.Listener].Version() != want.Views[resource.Listener].Version() {
+					errs <- fmt.Errorf("listeners of 10.9.9.9 differ from the first build")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := tr.cacheEntries(); got > 4+2*unknownEntries {
+		t.Errorf("%d cache entries", got)
 	}
 }
