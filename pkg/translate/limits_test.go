@@ -30,20 +30,25 @@ func TestInventedNodesLeaveNothing(t *testing.T) {
 		return Node{PodNamespace: fmt.Sprintf("ns-%03d", i%3), PodName: fmt.Sprintf("svc-%05d-0", i)}
 	}
 	h1 := mustProxy(t, tr, honest(0))
-	// Warm what every node shares (the full-name routes) before measuring.
-	mustProxy(t, tr, Node{PodNamespace: "nowhere", PodName: "p"})
-	before := heapAfterGC()
 	entriesBefore := tr.cacheEntries()
-
-	for i := range invented {
-		n := Node{
+	invent := func(i int) Node {
+		return Node{
 			PodNamespace: fmt.Sprintf("invented-%d", i),
 			PodName:      "p",
-			ListenIP:     fmt.Sprintf("10.200.%d.%d", i/250, i%250+1),
-			OutboundIP:   fmt.Sprintf("10.201.%d.%d", i/250, i%250+1),
-			AppAddress:   fmt.Sprintf("10.202.%d.%d:9090", i/250, i%250+1),
+			ListenIP:     fmt.Sprintf("10.%d.%d.%d", 200+i/62500, i/250%250, i%250+1),
+			OutboundIP:   fmt.Sprintf("10.%d.%d.%d", 210+i/62500, i/250%250, i%250+1),
+			AppAddress:   fmt.Sprintf("10.%d.%d.%d:9090", 220+i/62500, i/250%250, i%250+1),
 		}
-		mustProxy(t, tr, n)
+	}
+	// Warm what every node shares (the full-name routes) and fill the bounded caches
+	// (their entries are counted below) before measuring.
+	for i := range unknownEntries {
+		mustProxy(t, tr, invent(100000+i))
+	}
+	before := heapAfterGC()
+
+	for i := range invented {
+		mustProxy(t, tr, invent(i))
 	}
 	if got, limit := tr.cacheEntries(), entriesBefore+3*unknownEntries; got > limit {
 		t.Errorf("after %d invented nodes the caches hold %d entries, want at most %d", invented, got, limit)
