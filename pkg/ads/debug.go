@@ -117,7 +117,7 @@ func timePtr(t time.Time) *time.Time {
 
 // DebugStreamsLimit is the most streams /debug/streams lists. Beyond it the response
 // says how many there are ("total") and that it left some out ("truncated"): at 10,000
-// streams the full view was over 100 MiB (issue 16), the summary of 1000 is about 2 MiB.
+// streams the full view was over 100 MiB (issue 16), the summary of 1000 is about 2.5 MiB.
 const DebugStreamsLimit = 1000
 
 // debugNackLimit is how much of a NACK's message the summary shows; ?node= shows what
