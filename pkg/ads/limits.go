@@ -47,10 +47,10 @@ type Limits struct {
 
 // Defaults of Limits.
 const (
-	// An Envoy's node id is bearkong's sidecar~ip~pod.namespace~domain: a DNS label
-	// (63), a DNS subdomain (253 at worst, in practice far shorter) and an address.
-	// 256 covers every real pod; the id is logged on every line of its stream.
-	DefaultMaxNodeIDBytes = 256
+	// bearkong's bootstrap makes the node id <pod>.<namespace>: a pod name is a DNS
+	// subdomain (253 bytes at most) and a namespace a DNS label (63), 317 bytes at
+	// worst. 512 covers every pod; the id is logged on every line of its stream.
+	DefaultMaxNodeIDBytes = 512
 	// The bootstrap's metadata is a handful of short strings (namespace, service
 	// account, pod uid, listen IPs); Envoy adds nothing large. 64 KiB is a hundred times
 	// that.
