@@ -238,6 +238,27 @@ func TestLimitsRefuseOversizedRequests(t *testing.T) {
 		stillServed(t, e, w, honest)
 		within10(t, before)
 	})
+
+	t.Run("20 streams of 200,000 names leave no memory behind", func(t *testing.T) {
+		many := names(200000)
+		attack := func(n int) {
+			for i := range n {
+				st := refusal(t, e.addr, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("n-%d", i)}, TypeUrl: xdstest.EndpointType, ResourceNames: many})
+				if st.Code() != codes.InvalidArgument {
+					t.Fatalf("status %v", st)
+				}
+			}
+		}
+		attack(20) // warms gRPC's buffers for requests of this size
+		before := heap()
+		attack(20)
+		if n := metric(t, e, "bearkong_xds_refused_total", "reason", ads.ReasonTooManyNames); n != 41 {
+			t.Fatalf("refused = %v, want 41", n)
+		}
+		stillServed(t, e, w, honest)
+		within10(t, before)
+		runtime.KeepAlive(many) // live in both measures, so that they compare the server's
+	})
 }
 
 // TestLimitStreams: a node that opens more streams than MaxStreamsPerNode, or a server
