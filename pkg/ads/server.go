@@ -281,6 +281,13 @@ func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryReques
 }
 
 func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
+	if n := len(req.GetResourceNames()); n > l.srv.limits.MaxResourceNames {
+		// InvalidArgument rather than ResourceExhausted: the request is too large
+		// whatever the server's load, and retrying it cannot succeed. Checked first,
+		// before a first request's node is resolved.
+		return l.limit(ReasonTooManyNames, status.Errorf(codes.InvalidArgument,
+			"a DiscoveryRequest names %d resources; bearkong accepts at most %d (--xds-max-resource-names)", n, l.srv.limits.MaxResourceNames))
+	}
 	if l.node == nil {
 		// The node comes on the first request only (set_node_on_first_message_only).
 		if req.GetNode() == nil || req.GetNode().GetId() == "" {
@@ -312,12 +319,6 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		// malformed request (the node itself may be well formed), hence PermissionDenied.
 		return l.refuse(ReasonNodeChanged, status.Errorf(codes.PermissionDenied,
 			"the node of a stream cannot change: the stream was opened as %q, a later request says %q", prefix(l.sentNode.GetId()), prefix(n.GetId())))
-	}
-	if n := len(req.GetResourceNames()); n > l.srv.limits.MaxResourceNames {
-		// InvalidArgument rather than ResourceExhausted: the request is too large
-		// whatever the server's load, and retrying it cannot succeed.
-		return l.limit(ReasonTooManyNames, status.Errorf(codes.InvalidArgument,
-			"a DiscoveryRequest names %d resources; bearkong accepts at most %d (--xds-max-resource-names)", n, l.srv.limits.MaxResourceNames))
 	}
 	var cut bool
 	if d := req.GetErrorDetail(); d != nil {
