@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
 	"os"
 	"os/signal"
 	"slices"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
+	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
@@ -95,6 +98,16 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
 	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
+	// Limits on what one xDS client can make the control plane hold, log or do (README,
+	// "Limits"); the defaults are ads.Default*.
+	maxNodeID := fs.Int("xds-max-node-id-bytes", ads.DefaultMaxNodeIDBytes, "longest node id accepted; a longer one is refused with InvalidArgument")
+	maxNodeMeta := fs.Int("xds-max-node-metadata-bytes", ads.DefaultMaxNodeMetadataBytes, "largest node metadata accepted, serialized; larger is refused with InvalidArgument")
+	maxNames := fs.Int("xds-max-resource-names", ads.DefaultMaxResourceNames, "most resource names in one DiscoveryRequest; more is refused with InvalidArgument (bearkong's EDS and RDS subscriptions name one resource per Service)")
+	maxNodeStreams := fs.Int("xds-max-streams-per-node", ads.DefaultMaxStreamsPerNode, "most xDS streams open at once with one node id; a new one beyond is refused with ResourceExhausted")
+	maxStreams := fs.Int("xds-max-streams", ads.DefaultMaxStreams, "most xDS streams open at once; a new one beyond is refused with ResourceExhausted")
+	maxNack := fs.Int("xds-max-nack-detail-bytes", ads.DefaultMaxNackDetailBytes, "how much of a NACK's error_detail is kept, logged and shown in /debug/streams; the rest is cut")
+	sendTimeout := fs.Duration("xds-send-timeout", ads.DefaultSendTimeout, "a stream whose proxy does not take a response within this is closed with DeadlineExceeded")
+	maxConnStreams := fs.Uint("xds-max-concurrent-streams-per-connection", ads.DefaultMaxConcurrentStreamsPerConnection, "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS of each xDS connection (Envoy uses one ADS stream per connection)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
@@ -117,6 +130,14 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if err := translate.ValidateClusterDomain(*clusterDomain); err != nil {
 		return fmt.Errorf("--cluster-domain: %w", err)
+	}
+	limits, err := parseLimits(map[string]int{
+		"xds-max-node-id-bytes": *maxNodeID, "xds-max-node-metadata-bytes": *maxNodeMeta,
+		"xds-max-resource-names": *maxNames, "xds-max-streams-per-node": *maxNodeStreams,
+		"xds-max-streams": *maxStreams, "xds-max-nack-detail-bytes": *maxNack,
+	}, *sendTimeout, *maxConnStreams)
+	if err != nil {
+		return err
 	}
 	sec, err := parseCPSecurity(*xdsInsecure, *tokenAudience, *serverNames, *xdsAddr, envOr("POD_NAMESPACE", "bearkong-system"), *clusterDomain)
 	if err != nil {
@@ -162,7 +183,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg})
 	publish := publishRoots(ctx, roots, authority.Bundle(), log)
 	opts := controlplane.Options{
-		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg,
+		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg, Limits: limits,
 		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
@@ -195,6 +216,32 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
 	}
 	return cp.Serve(ctx)
+}
+
+// parseLimits checks the --xds-max-* flags and --xds-send-timeout: each must be positive
+// (a limit of zero would refuse every proxy; there is no "unlimited").
+func parseLimits(ints map[string]int, sendTimeout time.Duration, connStreams uint) (ads.Limits, error) {
+	for _, name := range slices.Sorted(maps.Keys(ints)) {
+		if ints[name] <= 0 {
+			return ads.Limits{}, fmt.Errorf("--%s %d: must be positive", name, ints[name])
+		}
+	}
+	if sendTimeout <= 0 {
+		return ads.Limits{}, fmt.Errorf("--xds-send-timeout %s: must be positive", sendTimeout)
+	}
+	if connStreams == 0 || connStreams > math.MaxUint32 {
+		return ads.Limits{}, fmt.Errorf("--xds-max-concurrent-streams-per-connection %d: must be between 1 and %d", connStreams, uint32(math.MaxUint32))
+	}
+	return ads.Limits{
+		MaxNodeIDBytes:                    ints["xds-max-node-id-bytes"],
+		MaxNodeMetadataBytes:              ints["xds-max-node-metadata-bytes"],
+		MaxResourceNames:                  ints["xds-max-resource-names"],
+		MaxStreamsPerNode:                 ints["xds-max-streams-per-node"],
+		MaxStreams:                        ints["xds-max-streams"],
+		MaxNackDetailBytes:                ints["xds-max-nack-detail-bytes"],
+		SendTimeout:                       sendTimeout,
+		MaxConcurrentStreamsPerConnection: uint32(connStreams),
+	}, nil
 }
 
 // unsafeSkipValidationFlag names the hidden testing flag of bearkong cp.

@@ -40,6 +40,12 @@ func TestRun(t *testing.T) {
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
 		{"cp with a bad default authz", []string{"cp", "--default-authz", "block"}, `--default-authz "block": want allow or deny`, ""},
+		{"cp with a zero node id limit", []string{"cp", "--xds-max-node-id-bytes", "0"}, "--xds-max-node-id-bytes 0: must be positive", ""},
+		{"cp with a negative stream limit", []string{"cp", "--xds-max-streams", "-1"}, "--xds-max-streams -1: must be positive", ""},
+		{"cp with a zero send timeout", []string{"cp", "--xds-send-timeout", "0s"}, "--xds-send-timeout 0s: must be positive", ""},
+		{"cp with no streams per connection", []string{"cp", "--xds-max-concurrent-streams-per-connection", "0"}, "--xds-max-concurrent-streams-per-connection 0", ""},
+		{"cp with a zero resource names limit", []string{"cp", "--xds-max-resource-names", "0"}, "--xds-max-resource-names 0: must be positive", ""},
+		{"cp with limits set", []string{"cp", "--xds-max-node-metadata-bytes", "1024", "--xds-max-streams-per-node", "3", "--xds-max-nack-detail-bytes", "100", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}

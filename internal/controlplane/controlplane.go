@@ -76,6 +76,9 @@ type Options struct {
 	// ads.Options.Authenticate); the service_account and pod_uid metadata of the node it
 	// returns are then believed.
 	Authenticate func(ctx context.Context, node *corev3.Node) (*corev3.Node, error)
+	// Limits bound what one xDS client can make the control plane hold, log or do (see
+	// ads.Limits); zero fields take their defaults.
+	Limits ads.Limits
 	// ServerOptions are added to the gRPC server's options: its TLS credentials.
 	ServerOptions []grpc.ServerOption
 	// OnSnapshot, when set, is told of every snapshot that became the config, from the
@@ -159,7 +162,7 @@ func New(src Source, o Options) *ControlPlane {
 	}
 	o.Registry.MustRegister(m.translations, m.translateTime, m.translateErrs, m.generation)
 	cp := &ControlPlane{opts: o, src: src, log: o.Logger, reg: o.Registry, metrics: m}
-	ao := ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry), Authenticate: o.Authenticate}
+	ao := ads.Options{Logger: o.Logger, Metrics: ads.NewMetrics(o.Registry), Authenticate: o.Authenticate, Limits: o.Limits}
 	if o.Certificates != nil {
 		cp.secrets = newSecrets(o.Certificates, o.Authenticate != nil)
 	}
@@ -283,7 +286,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	g := grpc.NewServer(append(append(ads.ServerOptions(), cp.opts.ServerOptions...),
+	g := grpc.NewServer(append(append(ads.ServerOptionsWith(cp.opts.Limits), cp.opts.ServerOptions...),
 		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
 		// grpc-go's default policy would answer pings more often than every 5 minutes
 		// with GOAWAY and drop the stream.

@@ -24,8 +24,9 @@ import (
 // destination, so a small buffer costs nothing but saves memory on every connection.
 const connReadBufferSize = 4 << 10
 
-// ServerOptions returns the gRPC server options that an ADS server for a fleet of Envoys
-// wants; pass them to grpc.NewServer along with your own (keepalive, credentials).
+// ServerOptionsWith returns the gRPC server options that an ADS server for a fleet of
+// Envoys wants, with the limits of l (zero fields at their defaults); pass them to
+// grpc.NewServer along with your own (keepalive, credentials).
 //
 //   - A codec that writes a DiscoveryResponse by copying its resources' bytes, marshalled
 //     once per snapshot, instead of walking and marshalling every resource again for each
@@ -33,11 +34,15 @@ const connReadBufferSize = 4 << 10
 //   - Small per-connection buffers: every Envoy holds a connection open, idle nearly all
 //     the time, so per-connection memory is per-proxy memory. The write buffer goes back
 //     to a shared pool after each flush; the read buffer is 4 KiB instead of 32.
-func ServerOptions() []grpc.ServerOption {
+//   - l.MaxConcurrentStreamsPerConnection: without it, one connection may open streams
+//     without bound (grpc-go's default is no limit).
+func ServerOptionsWith(l Limits) []grpc.ServerOption {
+	l = l.withDefaults()
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(codec{}),
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(connReadBufferSize),
+		grpc.MaxConcurrentStreams(l.MaxConcurrentStreamsPerConnection),
 	}
 }
 

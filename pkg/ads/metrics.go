@@ -22,6 +22,9 @@ type Metrics struct {
 	convergence *prometheus.HistogramVec
 	resolveErrs prometheus.Counter
 	authErrs    *prometheus.CounterVec
+	// refusedTotal counts streams refused or cut by a limit (Limits), by reason.
+	refusedTotal *prometheus.CounterVec
+	nackCut      prometheus.Counter
 
 	// byType holds each type's children of the vectors above, looked up once: every
 	// response and every ACK of every proxy counts, and WithLabelValues hashes the
@@ -73,9 +76,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		authErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bearkong_xds_auth_failures_total", Help: "Streams refused for their identity (Options.Authenticate, or a node that changed), by reason.",
 		}, []string{"reason"}),
+		refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bearkong_xds_refused_total", Help: "Streams refused or cut by a limit on what a client sends or does (ads.Limits), by reason.",
+		}, []string{"reason"}),
+		nackCut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bearkong_xds_nack_detail_truncated_total", Help: "NACKs whose error_detail was cut to --xds-max-nack-detail-bytes before it was kept, logged or reported.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs, m.authErrs)
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs, m.authErrs, m.refusedTotal, m.nackCut)
+	}
+	for _, r := range limitReasons {
+		m.refusedTotal.WithLabelValues(r)
 	}
 	// Every reason appears from the start, so that a rate over it is never empty.
 	for _, r := range []string{ReasonUnauthenticated, ReasonPermissionDenied, ReasonNodeChanged, ReasonOther} {
@@ -153,5 +165,17 @@ func (m *Metrics) resolveError() {
 func (m *Metrics) authFailure(reason string) {
 	if m != nil {
 		m.authErrs.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) refused(reason string) {
+	if m != nil {
+		m.refusedTotal.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) nackTruncated() {
+	if m != nil {
+		m.nackCut.Inc()
 	}
 }

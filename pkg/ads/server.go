@@ -69,6 +69,12 @@ type Options struct {
 	// stream's: it carries the peer and the request metadata. It is called from many
 	// streams at once and must be safe for concurrent use.
 	Authenticate func(ctx context.Context, node *corev3.Node) (*corev3.Node, error)
+	// Limits bound what one client can make the server hold, log or do; zero fields take
+	// their defaults. Pass the same Limits to ServerOptionsWith.
+	Limits Limits
+	// SummaryInterval is how often, at most, the INFO summary of streams opened, closed
+	// and refused is logged (only when something happened). Zero means a minute.
+	SummaryInterval time.Duration
 }
 
 // Report is one ACK or NACK, for Options.Observe.
@@ -103,9 +109,12 @@ type Server struct {
 	authn   func(context.Context, *corev3.Node) (*corev3.Node, error)
 	config  atomic.Pointer[Config]
 	nextID  atomic.Uint64
+	limits  Limits
+	summary *summary
 
 	mu      sync.Mutex
 	streams map[uint64]*stream
+	nodes   map[string]int // streams open per node id, for Limits.MaxStreamsPerNode
 }
 
 // NewServer returns a Server with no config: streams are accepted, and their requests are
@@ -115,7 +124,14 @@ func NewServer(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{log: log, metrics: o.Metrics, observe: o.Observe, authn: o.Authenticate, streams: map[uint64]*stream{}}
+	s := &Server{log: log, metrics: o.Metrics, observe: o.Observe, authn: o.Authenticate, limits: o.Limits.withDefaults(),
+		streams: map[uint64]*stream{}, nodes: map[string]int{}}
+	s.summary = newSummary(log, o.SummaryInterval, func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.streams)
+	})
+	return s
 }
 
 // Register adds the ADS service to g.
@@ -159,15 +175,30 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		st.peer = p.Addr.String()
 	}
+	l := &loop{ctx: ctx, srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
 	s.mu.Lock()
-	s.streams[st.id] = st
+	full := len(s.streams) >= s.limits.MaxStreams
+	if !full {
+		s.streams[st.id] = st
+	}
 	s.mu.Unlock()
+	if full {
+		return l.limit(ReasonTooManyStreams, status.Errorf(codes.ResourceExhausted,
+			"bearkong serves at most %d xDS streams at once (--xds-max-streams); retry later", s.limits.MaxStreams))
+	}
 	s.metrics.streamOpened()
+	s.summary.open()
 	defer func() {
 		s.mu.Lock()
 		delete(s.streams, st.id)
+		if l.nodeCounted {
+			if s.nodes[l.nodeID]--; s.nodes[l.nodeID] <= 0 {
+				delete(s.nodes, l.nodeID)
+			}
+		}
 		s.mu.Unlock()
 		s.metrics.streamClosed()
+		s.summary.close()
 	}()
 
 	reqs := make(chan *discoveryv3.DiscoveryRequest)
@@ -187,12 +218,13 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 		}
 	}()
 
-	l := &loop{ctx: ctx, srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
 	err := l.run(ctx, reqs, recvErr)
+	// Open and close are DEBUG: a fleet that reconnects would otherwise write two lines
+	// per proxy; the summary counts them at INFO.
 	if err != nil {
-		l.log.Info("stream closed", "err", err)
+		l.log.Debug("stream closed", "err", err)
 	} else {
-		l.log.Info("stream closed")
+		l.log.Debug("stream closed")
 	}
 	return err
 }
@@ -207,6 +239,8 @@ type loop struct {
 	log    *slog.Logger
 	node   *corev3.Node
 	nodeID string
+	// nodeCounted: the stream counts in srv.nodes under nodeID.
+	nodeCounted bool
 	// sentNode is the node as the client sent it, before Options.Authenticate: a later
 	// request that carries a node must carry this one.
 	sentNode *corev3.Node
@@ -247,10 +281,20 @@ func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryReques
 }
 
 func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
+	if n := len(req.GetResourceNames()); n > l.srv.limits.MaxResourceNames {
+		// InvalidArgument rather than ResourceExhausted: the request is too large
+		// whatever the server's load, and retrying it cannot succeed. Checked first,
+		// before a first request's node is resolved.
+		return l.limit(ReasonTooManyNames, status.Errorf(codes.InvalidArgument,
+			"a DiscoveryRequest names %d resources; bearkong accepts at most %d (--xds-max-resource-names)", n, l.srv.limits.MaxResourceNames))
+	}
 	if l.node == nil {
 		// The node comes on the first request only (set_node_on_first_message_only).
 		if req.GetNode() == nil || req.GetNode().GetId() == "" {
 			return status.Error(codes.InvalidArgument, "the first DiscoveryRequest on a stream must carry the node with its id")
+		}
+		if err := l.checkNode(req.GetNode()); err != nil {
+			return err
 		}
 		node, err := l.authenticate(req.GetNode())
 		if err != nil {
@@ -259,8 +303,11 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		l.sentNode = req.GetNode()
 		l.node = node
 		l.nodeID = l.node.GetId()
-		l.log = l.log.With("node", l.nodeID)
-		l.log.Info("stream opened", "peer", l.st.peer)
+		l.log = l.log.With("node", prefix(l.nodeID))
+		if err := l.countNode(); err != nil {
+			return err
+		}
+		l.log.Debug("stream opened", "peer", l.st.peer)
 		// Resolve the current config before answering, so the first answer is complete.
 		if err := l.refresh(); err != nil {
 			return err
@@ -271,7 +318,12 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		// were checked for the first one. That is a matter of permission, not of a
 		// malformed request (the node itself may be well formed), hence PermissionDenied.
 		return l.refuse(ReasonNodeChanged, status.Errorf(codes.PermissionDenied,
-			"the node of a stream cannot change: the stream was opened as %q, a later request says %q", l.sentNode.GetId(), n.GetId()))
+			"the node of a stream cannot change: the stream was opened as %q, a later request says %q", prefix(l.sentNode.GetId()), prefix(n.GetId())))
+	}
+	var cut bool
+	if d := req.GetErrorDetail(); d != nil {
+		// Cut before anything keeps, logs or reports it: a client may send MiBs.
+		d.Message, cut = truncate(d.Message, l.srv.limits.MaxNackDetailBytes)
 	}
 	t, ok := resource.TypeFromURL(req.GetTypeUrl())
 	if !ok {
@@ -281,14 +333,19 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		return nil
 	}
 	out, resps := l.sess.onRequest(t, req)
-	switch out.kind {
-	case NACK:
+	if cut && !out.repeat {
+		l.srv.metrics.nackTruncated()
+	}
+	switch {
+	case out.kind == NACK && out.repeat:
+		l.log.Debug("proxy rejected the same response again", "type", t, "nonce", req.GetResponseNonce())
+	case out.kind == NACK:
 		l.log.Warn("proxy rejected config", "type", t, "version", l.sess.types[t].version,
 			"nonce", req.GetResponseNonce(), "error", req.GetErrorDetail().GetMessage())
 		l.report(NACK, t, req)
-	case Stale:
+	case out.kind == Stale:
 		l.log.Debug("ignoring stale request", "type", t, "nonce", req.GetResponseNonce())
-	case ACK:
+	case out.kind == ACK:
 		l.log.Debug("ack", "type", t, "version", req.GetVersionInfo(), "nonce", req.GetResponseNonce())
 		l.report(ACK, t, req)
 	}
@@ -326,18 +383,71 @@ func (l *loop) authenticate(node *corev3.Node) (*corev3.Node, error) {
 		case codes.PermissionDenied:
 			reason = ReasonPermissionDenied
 		}
-		l.log = l.log.With("node", node.GetId())
+		l.log = l.log.With("node", prefix(node.GetId()))
 		return nil, l.refuse(reason, st.Err())
 	}
 	return out, nil
 }
 
-// refuse counts and logs, once (the stream ends with it), a stream refused for its
-// identity. The error names what was wrong, never the credentials.
+// refuse counts and logs a stream refused for its identity. The error names what was
+// wrong, never the credentials.
 func (l *loop) refuse(reason string, err error) error {
 	l.srv.metrics.authFailure(reason)
-	l.log.Warn("xds stream refused", "peer", l.st.peer, "reason", reason, "err", err)
+	l.logRefusal(reason, err)
 	return err
+}
+
+// limit counts and logs a stream refused or cut by one of the Limits.
+func (l *loop) limit(reason string, err error) error {
+	l.srv.metrics.refused(reason)
+	l.logRefusal(reason, err)
+	return err
+}
+
+// logRefusal logs the first refusal of each reason in a summary interval at WARN and the
+// others at DEBUG; the summary counts them all. A client refused in a loop costs a few
+// lines a minute, not one per attempt.
+func (l *loop) logRefusal(reason string, err error) {
+	level := slog.LevelDebug
+	if l.srv.summary.refuse(reason) {
+		level = slog.LevelWarn
+	}
+	l.log.Log(l.ctx, level, "xds stream refused", "peer", l.st.peer, "reason", reason, "err", err)
+}
+
+// checkNode refuses a node larger than the limits, before anything keeps or logs it.
+func (l *loop) checkNode(n *corev3.Node) error {
+	lim := l.srv.limits
+	if len(n.GetId()) > lim.MaxNodeIDBytes {
+		l.log = l.log.With("node", prefix(n.GetId()))
+		return l.limit(ReasonNodeIDTooLong, status.Errorf(codes.InvalidArgument,
+			"the node id is %d bytes; bearkong accepts at most %d (--xds-max-node-id-bytes)", len(n.GetId()), lim.MaxNodeIDBytes))
+	}
+	if size := proto.Size(n.GetMetadata()); size > lim.MaxNodeMetadataBytes {
+		l.log = l.log.With("node", prefix(n.GetId()))
+		return l.limit(ReasonNodeMetadataTooLarge, status.Errorf(codes.InvalidArgument,
+			"the node metadata is %d bytes serialized; bearkong accepts at most %d (--xds-max-node-metadata-bytes)", size, lim.MaxNodeMetadataBytes))
+	}
+	return nil
+}
+
+// countNode counts the stream under its node id, or refuses it when the node has as many
+// streams as Limits.MaxStreamsPerNode: the streams already open, honest or not, keep
+// running.
+func (l *loop) countNode() error {
+	s := l.srv
+	s.mu.Lock()
+	full := s.nodes[l.nodeID] >= s.limits.MaxStreamsPerNode
+	if !full {
+		s.nodes[l.nodeID]++
+		l.nodeCounted = true
+	}
+	s.mu.Unlock()
+	if full {
+		return l.limit(ReasonTooManyNodeStreams, status.Errorf(codes.ResourceExhausted,
+			"node %q already has %d xDS streams open, the most bearkong allows (--xds-max-streams-per-node); retry once one closes", prefix(l.nodeID), s.limits.MaxStreamsPerNode))
+	}
+	return nil
 }
 
 // report tells Options.Observe about an ACK or a NACK of the latest response of type t.
@@ -392,7 +502,7 @@ func (l *loop) refresh() error {
 
 func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
 	for _, r := range resps {
-		if err := l.gs.Send(r); err != nil {
+		if err := l.sendOne(r); err != nil {
 			return err
 		}
 		if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && l.proxy != nil && l.srv.observe != nil {
@@ -402,6 +512,26 @@ func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
 	}
 	l.publish()
 	return nil
+}
+
+// sendOne sends r within Limits.SendTimeout. gRPC's Send blocks while the client does
+// not read (HTTP/2 flow control) and no context of the handler's unblocks it, so Send
+// runs in a goroutine of its own while the loop waits for it or the deadline. On the
+// deadline the handler returns DeadlineExceeded: gRPC then ends the stream, which
+// cancels the transport stream and makes the blocked Send return, and the goroutine
+// ends. Send is never called twice at once: the loop waits for each one.
+func (l *loop) sendOne(r *discoveryv3.DiscoveryResponse) error {
+	done := make(chan error, 1)
+	go func() { done <- l.gs.Send(r) }()
+	t := time.NewTimer(l.srv.limits.SendTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return l.limit(ReasonSendTimeout, status.Errorf(codes.DeadlineExceeded,
+			"the proxy did not take a %s response within %s (--xds-send-timeout); reconnect", typeName(r.GetTypeUrl()), l.srv.limits.SendTimeout))
+	}
 }
 
 func typeName(url string) string {

@@ -190,6 +190,8 @@ func newSession(m *Metrics, now func() time.Time) *session {
 type outcome struct {
 	typ  resource.Type
 	kind Kind
+	// repeat: a NACK of a response already NACKed, not counted again.
+	repeat bool
 }
 
 // onRequest applies one request and returns the responses to send, in order.
@@ -205,6 +207,12 @@ func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) 
 		s.metrics.stale(t)
 		return out, nil
 	case NACK:
+		if ts.lastNack != nil && ts.lastNack.Nonce == ts.nonce {
+			// The same response rejected again (a client that repeats itself): it was
+			// counted, stored and reported the first time.
+			out.repeat = true
+			break
+		}
 		ts.nacks++
 		ts.status = Nacked
 		ts.lastNack = &Nack{Version: ts.version, Nonce: ts.nonce, Message: req.GetErrorDetail().GetMessage(), At: s.now()}
