@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
+	"github.com/bearkong/bearkong/pkg/ca"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
@@ -58,6 +59,20 @@ func startControlPlane(ctx context.Context, src controlplane.Source, o *controlp
 		opts = *o
 	}
 	opts.XDSAddr, opts.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if opts.Certificates == nil {
+		// As `bearkong cp` runs by default: mutual TLS between sidecars, so every proxy
+		// gets its own certificate over SDS from a CA with a generated root. (The xDS
+		// channel itself stays plaintext: the simulated proxies prove no identity.)
+		m, err := ca.GenerateRoot(ca.DefaultTrustDomain, time.Now())
+		if err != nil {
+			return "", err
+		}
+		a, err := ca.New(m, ca.Options{})
+		if err != nil {
+			return "", err
+		}
+		opts.Certificates = controlplane.AuthorityCertificates(a)
+	}
 	cp := controlplane.New(src, opts)
 	if err := cp.Listen(); err != nil {
 		return "", err
