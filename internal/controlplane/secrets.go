@@ -60,9 +60,13 @@ type secrets struct {
 	mu        sync.Mutex
 	bundle    *resource.Set
 	bundleSrc []byte
-	cur, prev map[string]*workloadSet
-	unknown   map[string]*workloadSet
+	cur, prev map[workloadKey]*workloadSet
+	unknown   map[workloadKey]*workloadSet
 }
+
+// workloadKey is what a workload certificate depends on besides the window. A struct, not
+// a joined string: view runs for every proxy at every config.
+type workloadKey struct{ namespace, pod, uid, serviceAccount string }
 
 // unknownSecretEntries bounds the workload sets kept for pods the snapshot does not
 // know: enough for the sidecars of pods that select into no meshed Service (clients
@@ -75,7 +79,7 @@ type workloadSet struct {
 }
 
 func newSecrets(certs Certificates, trustNode bool) *secrets {
-	return &secrets{certs: certs, trustNode: trustNode, cur: map[string]*workloadSet{}, prev: map[string]*workloadSet{}, unknown: map[string]*workloadSet{}}
+	return &secrets{certs: certs, trustNode: trustNode, cur: map[workloadKey]*workloadSet{}, prev: map[workloadKey]*workloadSet{}, unknown: map[workloadKey]*workloadSet{}}
 }
 
 // view returns the Secret view of the proxy n, whose pod snap may know.
@@ -99,7 +103,7 @@ func (s *secrets) view(n translate.Node, snap *mesh.Snapshot) (resource.View, er
 	if err != nil {
 		return nil, fmt.Errorf("issue the certificate of %s/%s: %w", n.PodNamespace, n.PodName, err)
 	}
-	k := n.PodNamespace + "/" + n.PodName + "/" + uid + "/" + sa
+	k := workloadKey{n.PodNamespace, n.PodName, uid, sa}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,7 +157,7 @@ func (s *secrets) bundleLocked() (*resource.Set, error) {
 func (s *secrets) rotated() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.prev, s.cur = s.cur, map[string]*workloadSet{}
+	s.prev, s.cur = s.cur, map[workloadKey]*workloadSet{}
 	clear(s.unknown)
 }
 
