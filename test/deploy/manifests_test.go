@@ -29,6 +29,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
@@ -255,6 +256,39 @@ func TestControlPlaneManifest(t *testing.T) {
 	ann := d.Spec.Template.Annotations
 	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != "9000" || ann["prometheus.io/path"] != "/metrics" {
 		t.Errorf("pod annotations %v, want prometheus.io scrape/port/path for :9000/metrics", ann)
+	}
+	// High availability: two replicas or more, spread over nodes, at most one taken by a
+	// voluntary disruption, each with the identity leader election needs.
+	if replicasOf(d) < 2 {
+		t.Errorf("replicas = %d, want at least 2 (unset means 1)", replicasOf(d))
+	}
+	spread := false
+	for _, c := range spec.TopologySpreadConstraints {
+		if c.TopologyKey == "kubernetes.io/hostname" && c.LabelSelector != nil &&
+			c.LabelSelector.MatchLabels["app.kubernetes.io/name"] == "bearkong" {
+			spread = true
+		}
+	}
+	if !spread {
+		t.Errorf("topologySpreadConstraints %+v, want the replicas spread over kubernetes.io/hostname", spec.TopologySpreadConstraints)
+	}
+	fromField := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			fromField[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if fromField["POD_NAME"] != "metadata.name" || fromField["POD_NAMESPACE"] != "metadata.namespace" {
+		t.Errorf("env from the downward API %v, want POD_NAME=metadata.name and POD_NAMESPACE=metadata.namespace", fromField)
+	}
+	pdbs := find(objs, "PodDisruptionBudget", "bearkong")
+	if len(pdbs) != 1 {
+		t.Fatalf("want one PodDisruptionBudget bearkong, got %v", pdbs)
+	}
+	pdb := typed[policyv1.PodDisruptionBudget](t, pdbs[0])
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 || pdb.Spec.Selector == nil ||
+		pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "bearkong" || pdb.Namespace != d.Namespace {
+		t.Errorf("PodDisruptionBudget %+v, want minAvailable 1 over the bearkong pods", pdb.Spec)
 	}
 	svcs := find(objs, "Service", "bearkong")
 	if len(svcs) != 1 {
@@ -655,4 +689,12 @@ func relabel(in map[string]string, cfgs []relabelConfig) (map[string]string, boo
 		}
 	}
 	return l, true, nil
+}
+
+// replicasOf is a Deployment's replica count, 1 when unset as Kubernetes defaults it.
+func replicasOf(d *appsv1.Deployment) int32 {
+	if d.Spec.Replicas == nil {
+		return 1
+	}
+	return *d.Spec.Replicas
 }
