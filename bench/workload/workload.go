@@ -206,7 +206,7 @@ func (s *State) Snapshot() *mesh.Snapshot {
 		for k, v := range svc.ann {
 			ms.Annotations[k] = v
 		}
-		ms.Policy, _ = mesh.ParsePolicy(ms.Namespace, ms.Name, ms.Annotations, mesh.Policy{})
+		ms.Policy, _ = mesh.ParsePolicy(ms.Namespace, ms.Name, ms.Annotations)
 		for _, ip := range svc.ips {
 			ms.Endpoints = append(ms.Endpoints, mesh.Endpoint{IP: ip})
 		}

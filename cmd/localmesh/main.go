@@ -241,7 +241,7 @@ Kubernetes API: %s
   export KUBECONFIG=%s
   kubectl get pods,services,endpointslices -o wide
   kubectl annotate service app-2 mesh-timeout=2s    # only app-2's proxies get a new RDS version
-  kubectl annotate --overwrite service app-2 mesh-timeout=banana && kubectl get events    # rejected
+  kubectl annotate --overwrite service app-2 mesh-timeout=banana    # refused by the admission policy
 
 Logs under %s. Press Ctrl-C to stop everything.
 `, env.Host, env.Kubeconfig, stateDir)

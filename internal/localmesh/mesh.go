@@ -86,6 +86,9 @@ type Options struct {
 	XDSInsecure bool
 	// EnvoyLogLevel is Envoy's --log-level. Default "warn".
 	EnvoyLogLevel string
+	// NoAdmissionPolicy leaves out the admission policy that refuses invalid mesh-*
+	// annotations (InstallAdmissionPolicy), which StartControlPlane installs by default.
+	NoAdmissionPolicy bool
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -227,6 +230,11 @@ func (m *Mesh) ControlPlaneLog() string { return filepath.Join(m.opts.Dir, "logs
 func (m *Mesh) StartControlPlane(ctx context.Context) error {
 	if err := m.ensureControlPlaneNamespace(ctx); err != nil {
 		return err
+	}
+	if !m.opts.NoAdmissionPolicy {
+		if err := InstallAdmissionPolicy(ctx, m.env); err != nil {
+			return err
+		}
 	}
 	m.mu.Lock()
 	if m.closed {

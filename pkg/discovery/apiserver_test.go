@@ -130,8 +130,8 @@ func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 			return d.Kind == KindNamespace && d.Name == ns && d.Reason == mesh.ReasonInvalidAnnotation
 		})
 	})
-	if got := s.Service(ns, "app-1").MTLS; got != mesh.MTLSPermissive {
-		t.Errorf("after an invalid Namespace annotation: %s, want the last good PERMISSIVE", got)
+	if got := s.Service(ns, "app-1").MTLS; got != mesh.MTLSStrict {
+		t.Errorf("after an invalid Namespace annotation: %s, want the default STRICT (invalid counts as absent)", got)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -47,7 +47,7 @@ func BenchmarkBuild(b *testing.B) {
 	opts := &buildOptions{namespaces: corelisters.NewNamespaceLister(nss)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := build(sl, el, pl, nil, nil, opts); err != nil {
+		if _, _, err := build(sl, el, pl, nil, opts); err != nil {
 			b.Fatal(err)
 		}
 	}

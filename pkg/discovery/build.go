@@ -26,12 +26,14 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 
 // build reads the listers and returns a snapshot of the mesh, without ChangedAt. It
 // reads only; the objects in a lister's cache are shared and must not be modified, so
-// everything in the snapshot is copied out of them. prev is the last published snapshot
-// (or nil): an invalid policy annotation keeps the value it had there.
+// everything in the snapshot is copied out of them. The snapshot is a function of the
+// listers' objects (and o) alone, never of an earlier snapshot: every replica, started at
+// any time, builds the same snapshot from the same objects. An invalid policy annotation
+// counts as absent (mesh.ParsePolicy).
 //
 // o (may be nil) holds the quarantined objects, left out, and the testing hook that
 // skips bearkong's own regex checks.
-func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, prev *mesh.Snapshot, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
 	if o == nil {
 		o = &buildOptions{}
 	}
@@ -50,12 +52,12 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		Services: make([]*mesh.Service, 0, len(svcs)),
 		Proxies:  map[string]*mesh.Proxy{},
 	}
-	nsModes, diags, err := namespaceModes(o.namespaces)
+	defaultMTLS := o.defaultMTLS.Effective()
+	nsModes, diags, err := namespaceModes(o.namespaces, defaultMTLS)
 	if err != nil {
 		return nil, nil, err
 	}
 	snap.Diagnostics = append(snap.Diagnostics, diags...)
-	defaultMTLS := o.defaultMTLS.Effective()
 	for _, svc := range svcs {
 		ms := &mesh.Service{
 			Namespace:   svc.Namespace,
@@ -63,15 +65,10 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 			Annotations: meshAnnotations(svc.Annotations),
 			Ports:       servicePorts(svc.Spec.Ports),
 		}
-		var lastGood mesh.Policy
-		var lastMTLS mesh.MTLSMode
-		if p := prev.Service(svc.Namespace, svc.Name); p != nil {
-			lastGood, lastMTLS = p.Policy, p.MTLS
-		}
 		var diags []mesh.Diagnostic
-		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations, lastGood)
+		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		ms.MTLS, diags = serviceMTLS(ms, nsModes[svc.Namespace], defaultMTLS, lastMTLS)
+		ms.MTLS, diags = serviceMTLS(ms, nsModes[svc.Namespace], defaultMTLS)
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 		if h := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]; h != nil {
 			// Quarantined: the part of the policy the proxies rejected stays as it was

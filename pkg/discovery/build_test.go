@@ -42,7 +42,7 @@ func buildFrom(t *testing.T, objs ...runtime.Object) *mesh.Snapshot {
 			t.Fatal(err)
 		}
 	}
-	snap, _, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods), nil, nil, nil)
+	snap, _, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods), nil, nil)
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}

@@ -471,7 +471,7 @@ func (d *Discovery) flush(first bool) {
 	d.liftQuarantines()
 	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation,
 		namespaces: d.namespaces, defaultMTLS: d.opts.DefaultMTLS}
-	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, d.latest.Load(), opts)
+	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
 	if err != nil {

@@ -16,19 +16,13 @@ import (
 // KindNamespace is the Kind of the diagnostics (and Events) about a Namespace.
 const KindNamespace = "Namespace"
 
-// namespaceMode is what a Namespace's mesh-mtls annotation says.
-type namespaceMode struct {
-	mode mesh.MTLSMode // "" when the annotation is absent or invalid
-	// invalid: the annotation is set but invalid; the Namespace's Services keep their
-	// last good mode.
-	invalid bool
-}
-
 // namespaceModes reads the mesh-mtls annotation of every Namespace, and reports the
 // invalid ones, whether or not they hold meshed Services yet: the user annotated the
-// Namespace for the mesh, so a typo deserves an answer now.
-func namespaceModes(lister corelisters.NamespaceLister) (map[string]namespaceMode, []mesh.Diagnostic, error) {
-	out := map[string]namespaceMode{}
+// Namespace for the mesh, so a typo deserves an answer now. A Namespace whose annotation
+// is absent or invalid (an invalid value counts as absent) has no entry. defaultMode is the control
+// plane's default, which the Namespace's Services get instead.
+func namespaceModes(lister corelisters.NamespaceLister, defaultMode mesh.MTLSMode) (map[string]mesh.MTLSMode, []mesh.Diagnostic, error) {
+	out := map[string]mesh.MTLSMode{}
 	if lister == nil {
 		return out, nil, nil
 	}
@@ -44,31 +38,27 @@ func namespaceModes(lister corelisters.NamespaceLister) (map[string]namespaceMod
 		}
 		m, err := mesh.ParseMTLSMode(v)
 		if err != nil {
-			out[ns.Name] = namespaceMode{invalid: true}
 			diags = append(diags, mesh.Diagnostic{
 				Kind: KindNamespace, Name: ns.Name, Reason: mesh.ReasonInvalidAnnotation, Event: true,
-				Message: fmt.Sprintf("annotation %s=%q is invalid: %v; the Namespace's Services without a %s of their own keep their last valid mode",
-					mesh.AnnotationMTLS, v, err, mesh.AnnotationMTLS),
+				Message: mesh.InvalidAnnotationMessage(mesh.AnnotationMTLS, v, err,
+					fmt.Sprintf("the Namespace's Services without a %s of their own get the control plane's default mode (%s)", mesh.AnnotationMTLS, defaultMode)),
 			})
 			continue
 		}
-		out[ns.Name] = namespaceMode{mode: m}
+		out[ns.Name] = m
 	}
 	return out, diags, nil
 }
 
 // serviceMTLS works out a Service's mode: its own mesh-mtls, else its Namespace's, else
 // the control plane's default. An invalid value, on the Service or on the Namespace,
-// keeps the mode the Service had in the last snapshot (prev, "" for a new Service), as
-// the other policy annotations keep their last good value: a typo must not switch
-// encryption on or off. Without a last mode, an invalid value counts as absent.
-func serviceMTLS(svc *mesh.Service, ns namespaceMode, defaultMode, prev mesh.MTLSMode) (mesh.MTLSMode, []mesh.Diagnostic) {
-	inherited := defaultMode
-	switch {
-	case ns.mode != "":
-		inherited = ns.mode
-	case ns.invalid && prev != "":
-		inherited = prev
+// counts as absent, as every invalid policy annotation does: the mode is a function of
+// the objects the API holds, the same on every replica and after every restart, and the
+// admission policy refuses invalid values before they are stored.
+func serviceMTLS(svc *mesh.Service, ns mesh.MTLSMode, defaultMode mesh.MTLSMode) (mesh.MTLSMode, []mesh.Diagnostic) {
+	inherited, from := defaultMode, "the control plane's default mode"
+	if ns != "" {
+		inherited, from = ns, "its Namespace's mode"
 	}
 	v, ok := svc.Annotations[mesh.AnnotationMTLS]
 	if !ok {
@@ -78,13 +68,9 @@ func serviceMTLS(svc *mesh.Service, ns namespaceMode, defaultMode, prev mesh.MTL
 	if err == nil {
 		return m, nil
 	}
-	keep := inherited
-	if prev != "" {
-		keep = prev
-	}
-	return keep, []mesh.Diagnostic{{
+	return inherited, []mesh.Diagnostic{{
 		Kind: KindService, Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonInvalidAnnotation, Event: true,
-		Message: fmt.Sprintf("annotation %s=%q is invalid: %v; keeping the last valid value (%s)", mesh.AnnotationMTLS, v, err, keep),
+		Message: mesh.InvalidAnnotationMessage(mesh.AnnotationMTLS, v, err, fmt.Sprintf("the Service gets %s (%s)", from, inherited)),
 	}}
 }
 

@@ -18,9 +18,9 @@ import (
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
-// buildWith is buildFrom with Namespaces among the objects, a previous snapshot (for
-// the last good values) and the control plane's default mode.
-func buildWith(t *testing.T, prev *mesh.Snapshot, defaultMTLS mesh.MTLSMode, objs ...runtime.Object) *mesh.Snapshot {
+// buildWith is buildFrom with Namespaces among the objects and the control plane's
+// default mode.
+func buildWith(t *testing.T, defaultMTLS mesh.MTLSMode, objs ...runtime.Object) *mesh.Snapshot {
 	t.Helper()
 	newIndexer := func() cache.Indexer {
 		return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
@@ -45,7 +45,7 @@ func buildWith(t *testing.T, prev *mesh.Snapshot, defaultMTLS mesh.MTLSMode, obj
 		}
 	}
 	opts := &buildOptions{namespaces: corelisters.NewNamespaceLister(nss), defaultMTLS: defaultMTLS}
-	snap, _, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods), nil, prev, opts)
+	snap, _, err := build(corelisters.NewServiceLister(svcs), discoverylisters.NewEndpointSliceLister(slices), corelisters.NewPodLister(pods), nil, opts)
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestMTLSPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap := buildWith(t, nil, tt.defaultMTLS, tt.objs...)
+			snap := buildWith(t, tt.defaultMTLS, tt.objs...)
 			if diff := cmp.Diff(tt.want, modes(snap)); diff != "" {
 				t.Errorf("modes (-want +got):\n%s", diff)
 			}
@@ -171,51 +171,35 @@ func TestMTLSPrecedence(t *testing.T) {
 	}
 }
 
-// TestMTLSInvalidKeepsLastGood: an invalid mesh-mtls, on a Service or on its Namespace,
-// keeps the mode the Service had in the last snapshot; a typo must not turn mTLS off (or
-// on) behind the user's back. With no last snapshot, the mode is what it would be
-// without the invalid annotation.
-func TestMTLSInvalidKeepsLastGood(t *testing.T) {
+// TestMTLSInvalidIsAsIfAbsent: an invalid mesh-mtls, on a Service or on its Namespace,
+// counts as absent, and the diagnostic says what applies instead. (pure_test.go proves
+// that what the Service had before does not matter.)
+func TestMTLSInvalidIsAsIfAbsent(t *testing.T) {
 	ann := mesh.AnnotationMTLS
-	prev := buildWith(t, nil, "",
-		service("a", "own", meshed, withAnnotations(ann, "DISABLE")),
-		service("a", "inherits", meshed),
-		namespace("a", ann, "PERMISSIVE"),
-	)
-	if diff := cmp.Diff(map[string]mesh.MTLSMode{"a/own": mesh.MTLSDisable, "a/inherits": mesh.MTLSPermissive}, modes(prev)); diff != "" {
-		t.Fatalf("first snapshot's modes (-want +got):\n%s", diff)
-	}
-	next := buildWith(t, prev, "",
+	snap := buildWith(t, mesh.MTLSPermissive,
 		service("a", "own", meshed, withAnnotations(ann, "Disabled")),
 		service("a", "inherits", meshed),
-		service("a", "new", meshed),
+		service("b", "own", meshed, withAnnotations(ann, "strict")),
 		namespace("a", ann, "PERMISIVE"),
+		namespace("b", ann, "DISABLE"),
 	)
-	want := map[string]mesh.MTLSMode{"a/own": mesh.MTLSDisable, "a/inherits": mesh.MTLSPermissive, "a/new": mesh.MTLSStrict}
-	if diff := cmp.Diff(want, modes(next)); diff != "" {
-		t.Errorf("modes after invalid annotations (-want +got):\n%s", diff)
+	want := map[string]mesh.MTLSMode{"a/own": mesh.MTLSPermissive, "a/inherits": mesh.MTLSPermissive, "b/own": mesh.MTLSDisable}
+	if diff := cmp.Diff(want, modes(snap)); diff != "" {
+		t.Errorf("modes (-want +got):\n%s", diff)
 	}
 	var got []string
-	for _, d := range next.Diagnostics {
+	for _, d := range snap.Diagnostics {
 		if d.Reason == mesh.ReasonInvalidAnnotation {
 			got = append(got, d.Kind+" "+d.Namespace+"/"+d.Name+": "+d.Message)
 		}
 	}
 	wantDiags := []string{
-		`Namespace /a: annotation mesh-mtls="PERMISIVE" is invalid: must be STRICT, PERMISSIVE or DISABLE (upper case); the Namespace's Services without a mesh-mtls of their own keep their last valid mode`,
-		`Service a/own: annotation mesh-mtls="Disabled" is invalid: must be STRICT, PERMISSIVE or DISABLE (upper case); keeping the last valid value (DISABLE)`,
+		`Namespace /a: annotation mesh-mtls="PERMISIVE" is invalid: must be STRICT, PERMISSIVE or DISABLE (upper case); it is ignored, as if absent: the Namespace's Services without a mesh-mtls of their own get the control plane's default mode (PERMISSIVE)`,
+		`Service a/own: annotation mesh-mtls="Disabled" is invalid: must be STRICT, PERMISSIVE or DISABLE (upper case); it is ignored, as if absent: the Service gets the control plane's default mode (PERMISSIVE)`,
+		`Service b/own: annotation mesh-mtls="strict" is invalid: must be STRICT, PERMISSIVE or DISABLE (upper case); it is ignored, as if absent: the Service gets its Namespace's mode (DISABLE)`,
 	}
 	if diff := cmp.Diff(wantDiags, got); diff != "" {
 		t.Errorf("diagnostics (-want +got):\n%s", diff)
-	}
-	// Fixed: the annotations apply again.
-	fixed := buildWith(t, next, "",
-		service("a", "own", meshed, withAnnotations(ann, "STRICT")),
-		service("a", "inherits", meshed),
-		namespace("a", ann, "DISABLE"),
-	)
-	if diff := cmp.Diff(map[string]mesh.MTLSMode{"a/own": mesh.MTLSStrict, "a/inherits": mesh.MTLSDisable}, modes(fixed)); diff != "" {
-		t.Errorf("modes once fixed (-want +got):\n%s", diff)
 	}
 }
 
@@ -225,7 +209,7 @@ func TestServiceAccounts(t *testing.T) {
 	ipv4 := discoveryv1.AddressTypeIPv4
 	lbl := map[string]string{"app": "app-1"}
 	notReady := conditions(ptr(false), ptr(false), nil)
-	snap := buildWith(t, nil, "",
+	snap := buildWith(t, "",
 		service("a", "app-1", meshed),
 		endpointSlice("a", "app-1-x", "app-1", ipv4,
 			endpoint("10.0.0.1", "p1"),
@@ -264,7 +248,7 @@ func TestServiceAccounts(t *testing.T) {
 func TestProxyMTLS(t *testing.T) {
 	ann := mesh.AnnotationMTLS
 	front := map[string]string{"app": "app-1", "tier": "front"}
-	snap := buildWith(t, nil, "",
+	snap := buildWith(t, "",
 		service("a", "app-1", meshed),
 		service("a", "web", meshed, withSelector(map[string]string{"tier": "front"}), withAnnotations(ann, "DISABLE")),
 		service("a", "app-2", meshed, withAnnotations(ann, "PERMISSIVE")),

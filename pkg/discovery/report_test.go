@@ -58,10 +58,11 @@ func TestPolicyAndDiagnostics(t *testing.T) {
 		wantTimeout time.Duration
 		wantErr     string // in the diagnostic and the Event; "" means none
 	}{
-		{"banana", 2 * time.Second, "not a duration"},
-		{"-1s", 2 * time.Second, "greater than 0s"},
-		{"0s", 2 * time.Second, "greater than 0s"},
-		{"2h", 2 * time.Second, "at most 1h0m0s"},
+		// An invalid value is ignored as if absent: no timeout.
+		{"banana", 0, "not a duration"},
+		{"-1s", 0, "greater than 0s"},
+		{"0s", 0, "greater than 0s"},
+		{"2h", 0, "at most 1h0m0s"},
 		{"3s", 3 * time.Second, ""},
 		{"", 0, ""}, // annotation removed: back to the default
 	}

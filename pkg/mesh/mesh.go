@@ -57,7 +57,7 @@ type Service struct {
 	Name      string
 	// Annotations holds only the annotations with AnnotationPrefix.
 	Annotations map[string]string
-	// Policy is parsed from Annotations; an invalid annotation keeps its last good value.
+	// Policy is parsed from Annotations alone; an invalid annotation counts as absent.
 	Policy Policy
 	// Routes are the rules of the HTTPRoutes attached to this Service, in precedence
 	// order; nil means plain routing to the Service.

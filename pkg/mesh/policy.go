@@ -55,81 +55,90 @@ type OutlierDetection struct {
 	MaxEjectionPercent uint32
 }
 
-// policyField is one annotation: how to parse it into a Policy, and how to keep the last
-// good value when the new one is invalid.
+// policyField is one annotation: how to parse it into a Policy, and what applies when
+// it is absent (for the message that reports an invalid value, which counts as absent).
 type policyField struct {
 	key   string
 	parse func(value string, p *Policy) error
-	keep  func(dst *Policy, prev Policy)
+	// absent describes what applies without the annotation, given the policy parsed
+	// from the Service's other annotations.
+	absent func(p Policy) string
 }
 
-// durationField and intField build the usual kinds of field.
-func durationField(key string, max time.Duration, set func(*Policy) *time.Duration, outlier bool) policyField {
+// envoyDefault describes Envoy's default for an outlier-detection or circuit-breaker
+// field. An outlier field without value is part of outlier detection only when another
+// mesh-outlier-* annotation turns it on.
+func envoyDefault(def string, outlier bool) func(Policy) string {
+	return func(p Policy) string {
+		if outlier && !p.Outlier.Enabled {
+			return "no outlier detection, unless another mesh-outlier-* annotation turns it on (then Envoy's default, " + def + ")"
+		}
+		return "Envoy's default (" + def + ")"
+	}
+}
+
+// durationField and intField build the usual kinds of field. def is Envoy's default
+// (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/outlier_detection.proto,
+// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/circuit_breaker.proto).
+func durationField(key string, max time.Duration, set func(*Policy) *time.Duration, outlier bool, def string) policyField {
 	return policyField{
 		key: key,
 		parse: func(v string, p *Policy) error {
 			d, err := parseDuration(v, 0, max)
-			*set(p) = d
-			if err == nil && outlier {
-				p.Outlier.Enabled = true
-			}
-			return err
-		},
-		keep: func(dst *Policy, prev Policy) {
-			*set(dst) = *set(&prev)
-			if outlier && prev.Outlier.Enabled {
-				dst.Outlier.Enabled = true
-			}
-		},
-	}
-}
-
-func intField(key string, min, max uint32, set func(*Policy) *uint32, outlier bool) policyField {
-	return policyField{
-		key: key,
-		parse: func(v string, p *Policy) error {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
 			if err != nil {
-				return fmt.Errorf("not a whole number")
+				return err
 			}
-			if uint32(n) < min || uint32(n) > max || n > uint64(max) {
-				return fmt.Errorf("must be from %d to %d", min, max)
-			}
-			*set(p) = uint32(n)
+			*set(p) = d
 			if outlier {
 				p.Outlier.Enabled = true
 			}
 			return nil
 		},
-		keep: func(dst *Policy, prev Policy) {
-			*set(dst) = *set(&prev)
-			if outlier && prev.Outlier.Enabled {
-				dst.Outlier.Enabled = true
+		absent: envoyDefault(def, outlier),
+	}
+}
+
+func intField(key string, min, max uint32, set func(*Policy) *uint32, outlier bool, def string) policyField {
+	return policyField{
+		key: key,
+		parse: func(v string, p *Policy) error {
+			n, err := parseUint(v, min, max)
+			if err != nil {
+				return err
 			}
+			*set(p) = n
+			if outlier {
+				p.Outlier.Enabled = true
+			}
+			return nil
 		},
+		absent: envoyDefault(def, outlier),
 	}
 }
 
 var policyFields = []policyField{
-	durationField(AnnotationOutlierInterval, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.Interval }, true),
-	durationField(AnnotationOutlierBaseEjectionTime, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.BaseEjectionTime }, true),
-	intField(AnnotationOutlierConsecutive5xx, 1, 1000, func(p *Policy) *uint32 { return &p.Outlier.Consecutive5xx }, true),
-	intField(AnnotationOutlierMaxEjectionPercent, 1, 100, func(p *Policy) *uint32 { return &p.Outlier.MaxEjectionPercent }, true),
-	intField(AnnotationMaxConnections, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxConnections }, false),
-	intField(AnnotationMaxPendingRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxPendingRequests }, false),
-	intField(AnnotationMaxRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxRequests }, false),
+	durationField(AnnotationOutlierInterval, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.Interval }, true, "10s"),
+	durationField(AnnotationOutlierBaseEjectionTime, time.Hour, func(p *Policy) *time.Duration { return &p.Outlier.BaseEjectionTime }, true, "30s"),
+	intField(AnnotationOutlierConsecutive5xx, 1, 1000, func(p *Policy) *uint32 { return &p.Outlier.Consecutive5xx }, true, "5"),
+	intField(AnnotationOutlierMaxEjectionPercent, 1, 100, func(p *Policy) *uint32 { return &p.Outlier.MaxEjectionPercent }, true, "10"),
+	intField(AnnotationMaxConnections, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxConnections }, false, "1024"),
+	intField(AnnotationMaxPendingRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxPendingRequests }, false, "1024"),
+	intField(AnnotationMaxRequests, 1, 1000000, func(p *Policy) *uint32 { return &p.MaxRequests }, false, "1024"),
 	{
 		key: AnnotationTimeout,
 		parse: func(v string, p *Policy) error {
 			d, err := parseDuration(v, 0, MaxTimeout)
+			if err != nil {
+				return err
+			}
 			p.Timeout = d
-			return err
+			return nil
 		},
-		keep: func(dst *Policy, prev Policy) { dst.Timeout = prev.Timeout },
+		absent: func(Policy) string { return "no timeout" },
 	},
 }
 
-// KnownAnnotations lists the policy annotations bearkong understands, sorted.
+// KnownAnnotations lists the policy annotations bearkong reads on a Service, sorted.
 func KnownAnnotations() []string {
 	out := make([]string, 0, len(policyFields)+1)
 	for _, f := range policyFields {
@@ -138,6 +147,28 @@ func KnownAnnotations() []string {
 	out = append(out, AnnotationMTLS)
 	slices.Sort(out)
 	return out
+}
+
+// NamespaceAnnotations lists the policy annotations bearkong reads on a Namespace.
+// Other mesh-* annotations on a Namespace are not read.
+func NamespaceAnnotations() []string { return []string{AnnotationMTLS} }
+
+// ValidateAnnotation checks one value of a policy annotation the way bearkong reads it
+// (ParsePolicy, ParseMTLSMode): known is false for a key bearkong does not read, and
+// err says why a value of a known key is invalid. The admission policy
+// (manifests/bearkong/admission-policy.yaml) must accept exactly the values this accepts;
+// test/deploy proves it against a real API server.
+func ValidateAnnotation(key, value string) (known bool, err error) {
+	if key == AnnotationMTLS {
+		_, err := ParseMTLSMode(value)
+		return true, err
+	}
+	for _, f := range policyFields {
+		if f.key == key {
+			return true, f.parse(value, &Policy{})
+		}
+	}
+	return false, nil
 }
 
 // ParseMTLSMode parses a mesh-mtls value (or the control plane's default mode). Only
@@ -167,13 +198,36 @@ func parseDuration(v string, min, max time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// ParsePolicy reads a Service's mesh annotations (as kept in Service.Annotations). An
-// invalid or unknown annotation yields a Diagnostic, and the invalid field keeps its
-// value from prev, the Service's last good policy: a typo must not undo a working
-// config. A removed annotation goes back to the default.
-func ParsePolicy(namespace, name string, annotations map[string]string, prev Policy) (Policy, []Diagnostic) {
+// parseUint parses a whole number in [min, max], decimal digits only.
+func parseUint(v string, min, max uint32) (uint32, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("not a whole number")
+	}
+	if n < uint64(min) || n > uint64(max) {
+		return 0, fmt.Errorf("must be from %d to %d", min, max)
+	}
+	return uint32(n), nil
+}
+
+// InvalidAnnotationMessage is the message of the diagnostic (and Event) about an invalid
+// policy annotation: which annotation, its value, why it is invalid, and what applies
+// instead (instead), since the value is ignored as if absent.
+func InvalidAnnotationMessage(key, value string, err error, instead string) string {
+	return fmt.Sprintf("annotation %s=%q is invalid: %v; it is ignored, as if absent: %s", key, value, err, instead)
+}
+
+// ParsePolicy reads a Service's mesh annotations (as kept in Service.Annotations). The
+// policy is a function of the annotations alone: an invalid annotation is ignored as if
+// it were absent, and yields a Diagnostic (with an Event) that says so. bearkong keeps no
+// "last valid value": a value remembered in memory would differ between replicas and
+// disappear on a restart, and the admission policy
+// (manifests/bearkong/admission-policy.yaml) refuses invalid values before they are
+// stored. An unknown mesh-* annotation yields a Diagnostic too, and is ignored.
+func ParsePolicy(namespace, name string, annotations map[string]string) (Policy, []Diagnostic) {
 	var p Policy
-	var diags []Diagnostic
+	var invalid []policyField
+	var errs []error
 	// mesh-mtls is not part of Policy: it depends on the Namespace too, so discovery
 	// reads it (and reports its errors) itself.
 	known := map[string]bool{AnnotationMTLS: true}
@@ -184,12 +238,18 @@ func ParsePolicy(namespace, name string, annotations map[string]string, prev Pol
 			continue
 		}
 		if err := f.parse(v, &p); err != nil {
-			f.keep(&p, prev)
-			diags = append(diags, Diagnostic{
-				Kind: "Service", Namespace: namespace, Name: name, Reason: ReasonInvalidAnnotation, Event: true,
-				Message: fmt.Sprintf("annotation %s=%q is invalid: %v; keeping the last valid value (%s)", f.key, v, err, describe(f.key, p)),
-			})
+			invalid = append(invalid, f)
+			errs = append(errs, err)
 		}
+	}
+	var diags []Diagnostic
+	// What applies instead depends on the whole policy (whether outlier detection is
+	// on), so the messages are written once every field is read.
+	for i, f := range invalid {
+		diags = append(diags, Diagnostic{
+			Kind: "Service", Namespace: namespace, Name: name, Reason: ReasonInvalidAnnotation, Event: true,
+			Message: InvalidAnnotationMessage(f.key, annotations[f.key], errs[i], f.absent(p)),
+		})
 	}
 	for k, v := range annotations {
 		if !known[k] {
@@ -201,42 +261,6 @@ func ParsePolicy(namespace, name string, annotations map[string]string, prev Pol
 	}
 	SortDiagnostics(diags)
 	return p, diags
-}
-
-// describe renders the value of one field for messages.
-func describe(key string, p Policy) string {
-	var v any
-	switch key {
-	case AnnotationTimeout:
-		v = p.Timeout
-	case AnnotationOutlierInterval:
-		v = p.Outlier.Interval
-	case AnnotationOutlierBaseEjectionTime:
-		v = p.Outlier.BaseEjectionTime
-	case AnnotationOutlierConsecutive5xx:
-		v = p.Outlier.Consecutive5xx
-	case AnnotationOutlierMaxEjectionPercent:
-		v = p.Outlier.MaxEjectionPercent
-	case AnnotationMaxConnections:
-		v = p.MaxConnections
-	case AnnotationMaxPendingRequests:
-		v = p.MaxPendingRequests
-	case AnnotationMaxRequests:
-		v = p.MaxRequests
-	}
-	switch x := v.(type) {
-	case time.Duration:
-		if x == 0 {
-			return "none: the default"
-		}
-		return x.String()
-	case uint32:
-		if x == 0 {
-			return "none: the default"
-		}
-		return strconv.FormatUint(uint64(x), 10)
-	}
-	return "?"
 }
 
 // Diagnostic reasons.

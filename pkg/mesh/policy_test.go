@@ -1,14 +1,13 @@
 package mesh
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
 func TestParsePolicy(t *testing.T) {
-	prev := Policy{Timeout: 2 * time.Second, MaxRequests: 7}
-	keepTimeout := Policy{Timeout: 2 * time.Second}
 	cases := []struct {
 		name        string
 		annotations map[string]string
@@ -20,27 +19,32 @@ func TestParsePolicy(t *testing.T) {
 		{"valid timeout", map[string]string{AnnotationTimeout: "3s"}, Policy{Timeout: 3 * time.Second}, nil, ""},
 		{"spaces around a valid value", map[string]string{AnnotationTimeout: " 500ms "}, Policy{Timeout: 500 * time.Millisecond}, nil, ""},
 		{"the maximum", map[string]string{AnnotationTimeout: "1h"}, Policy{Timeout: time.Hour}, nil, ""},
-		{"not a duration keeps the last good value", map[string]string{AnnotationTimeout: "banana"}, keepTimeout, []string{ReasonInvalidAnnotation}, "not a duration"},
-		{"negative", map[string]string{AnnotationTimeout: "-1s"}, keepTimeout, []string{ReasonInvalidAnnotation}, "greater than 0s"},
-		{"zero", map[string]string{AnnotationTimeout: "0s"}, keepTimeout, []string{ReasonInvalidAnnotation}, "greater than 0s"},
-		{"above the maximum", map[string]string{AnnotationTimeout: "61m"}, keepTimeout, []string{ReasonInvalidAnnotation}, "at most 1h0m0s"},
-		{"a number without a unit", map[string]string{AnnotationTimeout: "2"}, keepTimeout, []string{ReasonInvalidAnnotation}, "not a duration"},
+		{"not a duration is ignored as if absent", map[string]string{AnnotationTimeout: "banana"}, Policy{}, []string{ReasonInvalidAnnotation}, `annotation mesh-timeout="banana" is invalid: not a duration (use a Go duration such as 2s, 500ms or 1m30s); it is ignored, as if absent: no timeout`},
+		{"negative", map[string]string{AnnotationTimeout: "-1s"}, Policy{}, []string{ReasonInvalidAnnotation}, "greater than 0s"},
+		{"zero", map[string]string{AnnotationTimeout: "0s"}, Policy{}, []string{ReasonInvalidAnnotation}, "greater than 0s"},
+		{"above the maximum", map[string]string{AnnotationTimeout: "61m"}, Policy{}, []string{ReasonInvalidAnnotation}, "at most 1h0m0s"},
+		{"a number without a unit", map[string]string{AnnotationTimeout: "2"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a duration"},
 		{"unknown mesh annotation", map[string]string{"mesh-timout": "2s"}, Policy{}, []string{ReasonUnknownAnnotation}, "mesh-timeout); it is ignored"},
 		{"outlier detection", map[string]string{AnnotationOutlierConsecutive5xx: "3", AnnotationOutlierInterval: "1s", AnnotationOutlierBaseEjectionTime: "30s", AnnotationOutlierMaxEjectionPercent: "50"},
 			Policy{Outlier: OutlierDetection{Enabled: true, Consecutive5xx: 3, Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 50}}, nil, ""},
 		{"one outlier annotation turns it on", map[string]string{AnnotationOutlierConsecutive5xx: "3"}, Policy{Outlier: OutlierDetection{Enabled: true, Consecutive5xx: 3}}, nil, ""},
 		{"circuit breakers", map[string]string{AnnotationMaxConnections: "10", AnnotationMaxPendingRequests: "5", AnnotationMaxRequests: "20"},
 			Policy{MaxConnections: 10, MaxPendingRequests: 5, MaxRequests: 20}, nil, ""},
-		{"a percent above 100", map[string]string{AnnotationOutlierMaxEjectionPercent: "150"}, Policy{}, []string{ReasonInvalidAnnotation}, "from 1 to 100"},
-		{"a count that is not a number", map[string]string{AnnotationMaxRequests: "lots"}, Policy{MaxRequests: 7}, []string{ReasonInvalidAnnotation}, "not a whole number"},
+		{"leading zeros", map[string]string{AnnotationMaxRequests: "007"}, Policy{MaxRequests: 7}, nil, ""},
+		{"an invalid outlier annotation alone does not turn it on", map[string]string{AnnotationOutlierMaxEjectionPercent: "150"}, Policy{}, []string{ReasonInvalidAnnotation},
+			"must be from 1 to 100; it is ignored, as if absent: no outlier detection, unless another mesh-outlier-* annotation turns it on (then Envoy's default, 10)"},
+		{"an invalid outlier annotation next to a valid one: Envoy's default", map[string]string{AnnotationOutlierInterval: "soon", AnnotationOutlierConsecutive5xx: "3"},
+			Policy{Outlier: OutlierDetection{Enabled: true, Consecutive5xx: 3}}, []string{ReasonInvalidAnnotation}, `mesh-outlier-interval="soon" is invalid: not a duration (use a Go duration such as 2s, 500ms or 1m30s); it is ignored, as if absent: Envoy's default (10s)`},
+		{"a count that is not a number", map[string]string{AnnotationMaxRequests: "lots"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number; it is ignored, as if absent: Envoy's default (1024)"},
 		{"a negative count", map[string]string{AnnotationOutlierConsecutive5xx: "-3"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number"},
-		{"an invalid count keeps the last good count", map[string]string{AnnotationMaxRequests: "0"}, Policy{MaxRequests: 7}, []string{ReasonInvalidAnnotation}, "keeping the last valid value (7)"},
+		{"a count with a sign", map[string]string{AnnotationMaxRequests: "+3"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number"},
+		{"a count beyond 32 bits", map[string]string{AnnotationMaxRequests: "4294967297"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number"},
+		{"an invalid count is ignored, the others apply", map[string]string{AnnotationMaxRequests: "0", AnnotationMaxConnections: "9"}, Policy{MaxConnections: 9}, []string{ReasonInvalidAnnotation}, "from 1 to 1000000"},
 		{"zero connections", map[string]string{AnnotationMaxConnections: "0"}, Policy{}, []string{ReasonInvalidAnnotation}, "from 1 to 1000000"},
 	}
-	// Only the invalid field keeps its last good value; the others follow the annotations.
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, diags := ParsePolicy("default", "app-1", c.annotations, prev)
+			got, diags := ParsePolicy("default", "app-1", c.annotations)
 			if got != c.want {
 				t.Errorf("policy %+v, want %+v", got, c.want)
 			}
@@ -55,7 +59,40 @@ func TestParsePolicy(t *testing.T) {
 					t.Errorf("message %q does not say %q", d.Message, c.wantText)
 				}
 			}
+			// ValidateAnnotation agrees with ParsePolicy, value by value.
+			for k, v := range c.annotations {
+				known, err := ValidateAnnotation(k, v)
+				reported := false
+				for _, d := range diags {
+					reported = reported || strings.Contains(d.Message, "annotation "+k+"=")
+				}
+				if known != slices.Contains(KnownAnnotations(), k) || known && (err != nil) != reported {
+					t.Errorf("ValidateAnnotation(%q, %q) = %t, %v; ParsePolicy reported it: %t", k, v, known, err, reported)
+				}
+			}
 		})
+	}
+}
+
+func TestValidateAnnotation(t *testing.T) {
+	for _, tc := range []struct {
+		key, value string
+		known, ok  bool
+	}{
+		{AnnotationMTLS, "STRICT", true, true},
+		{AnnotationMTLS, " STRICT", true, false},
+		{AnnotationTimeout, "1h", true, true},
+		{AnnotationTimeout, "1h0m0.000000001s", true, false},
+		{AnnotationOutlierMaxEjectionPercent, "100", true, true},
+		{"mesh-timout", "2s", false, true},
+	} {
+		known, err := ValidateAnnotation(tc.key, tc.value)
+		if known != tc.known || (err == nil) != tc.ok {
+			t.Errorf("ValidateAnnotation(%q, %q) = %t, %v; want %t, ok %t", tc.key, tc.value, known, err, tc.known, tc.ok)
+		}
+	}
+	if got := NamespaceAnnotations(); !slices.Equal(got, []string{AnnotationMTLS}) {
+		t.Errorf("NamespaceAnnotations() = %v", got)
 	}
 }
 
@@ -201,7 +238,7 @@ func TestParseMTLSMode(t *testing.T) {
 		})
 	}
 	// mesh-mtls is read by discovery: ParsePolicy neither reports it nor parses it.
-	if _, diags := ParsePolicy("a", "s", map[string]string{AnnotationMTLS: "bogus"}, Policy{}); len(diags) != 0 {
+	if _, diags := ParsePolicy("a", "s", map[string]string{AnnotationMTLS: "bogus"}); len(diags) != 0 {
 		t.Errorf("ParsePolicy reported %+v for mesh-mtls", diags)
 	}
 }

@@ -400,8 +400,8 @@ func inboundRouteConfiguration(services []*mesh.Service) *routev3.RouteConfigura
 // holds.
 //
 // It depends only on services (the result is cached by their keys and shared by
-// proxies) and never fails: discovery validated the policy, keeping the last good value
-// of an invalid annotation.
+// proxies) and never fails: discovery validated the policy, ignoring an invalid
+// annotation as if absent.
 func inboundRouteAction(services []*mesh.Service) *routev3.RouteAction {
 	a := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: LocalAppClusterName},

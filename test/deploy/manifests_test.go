@@ -189,7 +189,7 @@ func TestKustomizations(t *testing.T) {
 // types that decode strictly.
 func TestObjects(t *testing.T) {
 	objs := loadAll(t)
-	clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true}
+	clusterScoped := map[string]bool{"Namespace": true, "ClusterRole": true, "ClusterRoleBinding": true, "ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true}
 	seen := map[string]string{}
 	for _, o := range objs {
 		id := o.obj.GetAPIVersion() + " " + o.obj.GetKind() + " " + key(o.obj)

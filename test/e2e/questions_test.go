@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bearkong/bearkong/internal/localmesh"
@@ -160,7 +161,8 @@ func timed(ctx context.Context, m *localmesh.Mesh, from, to string) (int, time.D
 }
 
 // Question 3: mesh-timeout on a Service ends slow requests at its proxies, touches only
-// those proxies and only RDS, and rejects bad values while keeping the last good one.
+// those proxies and only RDS. The admission policy refuses bad values; a bad value that
+// got past it is ignored as if absent, the same way after a restart.
 func TestQuestion3MeshTimeout(t *testing.T) {
 	m := sharedMesh(t)
 	ctx := ctxT(t, 4*time.Minute)
@@ -237,16 +239,41 @@ func TestQuestion3MeshTimeout(t *testing.T) {
 	}
 	expect504("with mesh-timeout: 2s")
 
-	// Invalid values: a clear message in the log, in diagnostics and as an Event; the
-	// last valid timeout stays in force and nobody is sent anything.
+	// With the admission policy (the local mesh installs it, as `kubectl apply -k
+	// manifests/` does), an invalid value is refused when it is written, with a message
+	// naming the annotation, and nothing changes.
 	synced := waitAllSynced(t, m)
-	for _, bad := range []string{"banana", "-1s", "0s", "2h"} {
+	err = m.SetServiceAnnotations(ctx, "slow", map[string]string{mesh.AnnotationTimeout: "banana"})
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), `annotation mesh-timeout="banana" is invalid`) {
+		t.Fatalf("mesh-timeout: banana with the admission policy: %v, want 422 Invalid naming the annotation", err)
+	}
+	expect504("after mesh-timeout: banana was refused")
+
+	// Without the policy, invalid values get stored. bearkong ignores them as if absent
+	// (no timeout), the same way on every replica and after every restart, with a clear
+	// message in the log, in diagnostics and as an Event.
+	if err := localmesh.RemoveAdmissionPolicy(ctx, shared.env); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := localmesh.InstallAdmissionPolicy(context.Background(), shared.env); err != nil {
+			t.Error(err)
+		}
+	})
+	expect200 := func(when string) {
+		t.Helper()
+		if status, took := timed(ctx, m, "app-1-0", "slow"); status != 200 || took < 3*time.Second {
+			t.Fatalf("%s: %d after %s, want 200 after the app's 3s (no timeout)", when, status, took)
+		}
+	}
+	var ignored map[string]ads.StreamInfo
+	for i, bad := range []string{"banana", "-1s", "0s", "2h"} {
 		setTimeout(bad)
 		want := fmt.Sprintf("annotation mesh-timeout=%q is invalid", bad)
 		err := localmesh.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
 			ds := diagnostics(t, m, "slow")
-			if !anyContains(ds, want) {
-				return fmt.Errorf("diagnostics %+v do not say %s", ds, want)
+			if !anyContains(ds, want+": ") || !anyContains(ds, "it is ignored, as if absent: no timeout") {
+				return fmt.Errorf("diagnostics %+v do not say %s, ignored as if absent", ds, want)
 			}
 			evs, err := shared.env.Client.EventsV1().Events("default").List(ctx, metav1.ListOptions{})
 			if err != nil {
@@ -266,9 +293,43 @@ func TestQuestion3MeshTimeout(t *testing.T) {
 		if !strings.Contains(cpLog(t, m), strings.ReplaceAll(want, `"`, `\"`)) {
 			t.Fatalf("the control plane log does not say %s", want)
 		}
-		expect504(fmt.Sprintf("with mesh-timeout: %s (the last valid 2s kept)", bad))
+		if i == 0 {
+			// 2s to an invalid value: the timeout goes, on the slow Service's proxy only,
+			// in RDS only.
+			err := localmesh.Eventually(ctx, 10*time.Second, func(context.Context) error {
+				ignored = waitAllSynced(t, m)
+				if ignored[slowNode].Types.RDS.VersionAcked == synced[slowNode].Types.RDS.VersionAcked {
+					return fmt.Errorf("%s has no new RDS version yet", slowNode)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkOnlyRDS(synced, ignored, slowNode)
+		}
+		expect200(fmt.Sprintf("with mesh-timeout: %s (ignored as if absent)", bad))
 	}
-	checkOnlyRDS(synced, waitAllSynced(t, m), "")
+	// From one invalid value to another, nobody is sent anything.
+	checkOnlyRDS(ignored, waitAllSynced(t, m), "")
+
+	// A restarted control plane has no memory of the 2s, and needs none: it serves the
+	// same config, version for version. (Its start installs the admission policy again.)
+	if err := m.StopControlPlane(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := waitAllSynced(t, m)
+	for node, b := range ignored {
+		for i, pair := range typePairs(b, restarted[node]) {
+			if pair[0].VersionAcked != pair[1].VersionAcked {
+				t.Errorf("%s %s: version %s before the restart, %s after", node, resource.Types[i], pair[0].VersionAcked, pair[1].VersionAcked)
+			}
+		}
+	}
+	expect200("after a restart of the control plane")
 
 	// Removing the annotation restores the default.
 	setTimeout("")
