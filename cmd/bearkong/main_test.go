@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/klog/v2"
 )
 
 func TestRun(t *testing.T) {
@@ -46,6 +49,12 @@ func TestRun(t *testing.T) {
 		{"cp with no streams per connection", []string{"cp", "--xds-max-concurrent-streams-per-connection", "0"}, "--xds-max-concurrent-streams-per-connection 0", ""},
 		{"cp with a zero resource names limit", []string{"cp", "--xds-max-resource-names", "0"}, "--xds-max-resource-names 0: must be positive", ""},
 		{"cp with limits set", []string{"cp", "--xds-max-node-metadata-bytes", "1024", "--xds-max-streams-per-node", "3", "--xds-max-nack-detail-bytes", "100", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
+		{"cp with a zero kube API QPS", []string{"cp", "--kube-api-qps", "0"}, "--kube-api-qps 0: must be positive", ""},
+		{"cp with a negative kube API QPS", []string{"cp", "--kube-api-qps", "-5"}, "--kube-api-qps -5: must be positive", ""},
+		{"cp with a zero kube API burst", []string{"cp", "--kube-api-burst", "0"}, "--kube-api-burst 0: must be positive", ""},
+		{"cp with a negative connection age", []string{"cp", "--xds-max-connection-age", "-1s"}, "--xds-max-connection-age (-1s)", ""},
+		{"cp with a negative connection age grace", []string{"cp", "--xds-max-connection-age-grace", "-1s"}, "must not be negative", ""},
+		{"cp with ops flags set", []string{"cp", "--kube-api-qps", "20", "--kube-api-burst", "30", "--xds-max-connection-age", "0", "--debug-addr", "", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
@@ -155,3 +164,41 @@ AgIEMAoGCCqGSM49BAMCA0gAMEUCIQCiK6P4ervyMYIX96HIwWPdupga4X3qyB9C
 xGIzAXsb4wIgfVSH2qJLpOL8HefzXNSBSlAnLRJgjKXHLVvDUWa21xU=
 -----END CERTIFICATE-----
 `
+
+// TestKlogJSON checks that, with the JSON logger runCP sets up, klog's lines (client-go
+// logs through klog) come out as JSON objects, one per line, with their message, level
+// and key-value pairs, and that klog's verbose lines stay off as before.
+func TestKlogJSON(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newLogger(&buf, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bridgeKlog(log)
+	t.Cleanup(klog.ClearLogger)
+	klog.Info("reflector started")
+	klog.InfoS("Caches are synced", "controller", "bearkong")
+	klog.ErrorS(errors.New("connection refused"), "Failed to watch", "type", "*v1.Pod")
+	klog.V(2).Info("a verbose line client-go writes at -v=2")
+	klog.Flush()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	type line struct {
+		Level, Msg, Logger, Controller, Type, Err string
+	}
+	var got []line
+	for _, l := range lines {
+		var v line
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatalf("not a JSON object: %q (%v); whole output:\n%s", l, err, buf.String())
+		}
+		got = append(got, v)
+	}
+	want := []line{
+		{Level: "INFO", Msg: "reflector started", Logger: "klog"},
+		{Level: "INFO", Msg: "Caches are synced", Logger: "klog", Controller: "bearkong"},
+		{Level: "ERROR", Msg: "Failed to watch", Logger: "klog", Type: "*v1.Pod", Err: "connection refused"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("klog through the JSON logger:\n got %+v\nwant %+v\noutput:\n%s", got, want, buf.String())
+	}
+}
