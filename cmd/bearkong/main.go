@@ -320,7 +320,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
 	fs.StringVar(&o.AdminAddress, "admin-address", envOr("ADMIN_ADDRESS", "127.0.0.1:8081"), "host:port of Envoy's admin listener")
-	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server")
+	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server, or several, comma-separated: the replicas, which in the secure mode must then be IPs, balanced round robin; $BEARKONG_XDS_ADDRESS sets the default")
 	caFile := fs.String("xds-ca-file", os.Getenv("BEARKONG_XDS_CA_FILE"), "PEM file of the roots of the control plane's certificate, inlined into the bootstrap (default $BEARKONG_XDS_CA_FILE)")
 	fs.StringVar(&o.XDSTokenFile, "xds-token-file", os.Getenv("BEARKONG_XDS_TOKEN_FILE"), "absolute path of the pod's projected ServiceAccount token, which Envoy reads at each connection (default $BEARKONG_XDS_TOKEN_FILE)")
 	fs.StringVar(&o.XDSServerName, "xds-server-name", os.Getenv("BEARKONG_XDS_SERVER_NAME"), "name the control plane's certificate must hold (default $BEARKONG_XDS_SERVER_NAME, else the host of --xds-address)")

@@ -56,6 +56,9 @@ func TestRun(t *testing.T) {
 		{"cp with a negative connection age grace", []string{"cp", "--xds-max-connection-age-grace", "-1s"}, "must not be negative", ""},
 		{"cp with ops flags set", []string{"cp", "--kube-api-qps", "20", "--kube-api-burst", "30", "--xds-max-connection-age", "0", "--debug-addr", "", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
+		{"bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,127.0.0.1:5001"}, "", `"portValue": 5001`},
+		{"secure bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-address", "10.0.0.1:5000,10.0.0.2:5000", "--xds-server-name", "bearkong.bearkong-system.svc"}, "", `"targetUri": "ipv4:10.0.0.1:5000,10.0.0.2:5000"`},
+		{"bootstrap with an empty xds address item", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,"}, "empty item", ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
 	for _, c := range cases {
