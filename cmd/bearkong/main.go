@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -112,7 +113,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json; client-go's own log lines (klog) go through the same logger")
 	// Operability (README, "Operations" and "Reconnects").
-	debugAddr := fs.String("debug-addr", "127.0.0.1:6060", "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward")
+	debugAddr := fs.String("debug-addr", defaultDebugAddr, "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward. The default, when another process holds it (a second bearkong on one host), is skipped with a warning; an address given is required")
 	kubeQPS := fs.Float64("kube-api-qps", discovery.DefaultKubeAPIQPS, "requests per second each Kubernetes client may make (client-side rate limit)")
 	kubeBurst := fs.Int("kube-api-burst", discovery.DefaultKubeAPIBurst, "burst of requests each Kubernetes client may make above --kube-api-qps")
 	connAge := fs.Duration("xds-max-connection-age", 30*time.Minute, "close each xDS connection after about this long (±10%), so that proxies reconnect and spread over the replicas after a rollout; the proxy keeps its config meanwhile. 0 disables")
@@ -214,6 +215,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 			return authority.ServerCertificate(names)
 		})}
 	}
+	explicitDebug := false
+	fs.Visit(func(f *flag.Flag) { explicitDebug = explicitDebug || f.Name == "debug-addr" })
+	opts.DebugAddr = debugListenAddr(opts.DebugAddr, explicitDebug, log)
 	cp := controlplane.New(disc, opts)
 	if err := cp.Listen(); err != nil {
 		return err
@@ -289,6 +293,27 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format must be text or json, got %q", format)
+}
+
+// defaultDebugAddr is the default of --debug-addr: loopback, so that only kubectl
+// port-forward (or a process on the node, outside a pod) reaches the profiles.
+const defaultDebugAddr = "127.0.0.1:6060"
+
+// debugListenAddr is the pprof address to listen on. An address the user gave is
+// kept, and failing to bind it stops the control plane like any listener. The default is
+// dropped, with a warning, when it cannot be bound now: profiles are a debugging aid, and
+// several control planes on one host (replicas in development) must not fail on it.
+func debugListenAddr(addr string, explicit bool, log *slog.Logger) string {
+	if addr == "" || explicit {
+		return addr
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("the default --debug-addr is taken; serving no profiles (set --debug-addr to choose another address)", "addr", addr, "err", err)
+		return ""
+	}
+	l.Close()
+	return addr
 }
 
 // bridgeKlog sends klog's lines through log. client-go logs through klog (reflectors,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,5 +204,49 @@ func TestKlogJSON(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("klog through the JSON logger:\n got %+v\nwant %+v\noutput:\n%s", got, want, buf.String())
+	}
+}
+
+// TestDebugListenAddr checks the choice of the pprof address: an address given is kept
+// even when taken (the control plane then fails to listen, as for any address it was
+// told to use); the default is kept when free and dropped, with a warning, when another
+// process holds it.
+func TestDebugListenAddr(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.Addr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	for _, tc := range []struct {
+		name     string
+		addr     string
+		explicit bool
+		want     string
+		warns    bool
+	}{
+		{"disabled", "", true, "", false},
+		{"given and taken", taken, true, taken, false},
+		{"default and free", free, false, free, false},
+		{"default and taken", taken, false, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, _ := newLogger(&buf, "info", "json")
+			if got := debugListenAddr(tc.addr, tc.explicit, log); got != tc.want {
+				t.Errorf("debugListenAddr(%q, %v) = %q, want %q", tc.addr, tc.explicit, got, tc.want)
+			}
+			if warned := strings.Contains(buf.String(), `"level":"WARN"`); warned != tc.warns {
+				t.Errorf("warned: %v, want %v; log: %s", warned, tc.warns, buf.String())
+			}
+		})
 	}
 }

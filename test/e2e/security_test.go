@@ -1669,8 +1669,7 @@ func TestCASurvivesRestartAndIsShared(t *testing.T) {
 		Name: "bearkong cp (second replica)",
 		Path: filepath.Join(shared.binDir, "bearkong"),
 		Args: []string{"cp", "--kubeconfig", shared.env.Kubeconfig, "--xds-addr", xds2, "--http-addr", http2,
-			"--cert-lifetime", certLifetime.String(), "--xds-server-names", xdsServerName,
-			"--debug-addr", ""}, // the first replica holds the default pprof address
+			"--cert-lifetime", certLifetime.String(), "--xds-server-names", xdsServerName},
 		LogPath: filepath.Join(t.TempDir(), "bearkong-cp-2.log"),
 		Grace:   10 * time.Second,
 	})
