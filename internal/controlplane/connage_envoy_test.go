@@ -2,6 +2,8 @@ package controlplane_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -16,12 +18,14 @@ import (
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/translate"
 )
@@ -43,24 +47,48 @@ func TestMaxConnectionAgeWithEnvoy(t *testing.T) {
 	if _, err := os.Stat(envoy); err != nil {
 		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
 	}
+	for _, mode := range []string{"secure", "insecure"} {
+		t.Run(mode, func(t *testing.T) { testMaxConnectionAge(t, envoy, mode == "secure") })
+	}
+}
+
+func testMaxConnectionAge(t *testing.T, envoy string, secure bool) {
 	const age, grace = 3 * time.Second, time.Second
+	cert, _ := selfSigned(t, "bearkong.test")
 	h := startOpts(t, testCertificates(t), func(o *controlplane.Options) {
 		o.MaxConnectionAge, o.MaxConnectionAgeGrace = age, grace
+		if secure {
+			o.ServerOptions = []grpc.ServerOption{controlplane.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil })}
+			o.Authenticate = controlplane.Authenticator(fakeReviewer{ids: map[string]discovery.PodIdentity{
+				"token-of-app-1-1": {Namespace: "default", ServiceAccount: "app-1", PodName: "app-1-1", PodUID: "uid-app-1-1"},
+			}})
+		}
 	})
 	ip := freeListenerIP(t)
 	ctx := context.Background()
 	// The pod behind the Envoy: a second replica of app-1, at the Envoy's address.
-	if _, err := h.client.CoreV1().Pods("default").Create(ctx, pod("app-1", 1, ip), metav1.CreateOptions{}); err != nil {
+	p := pod("app-1", 1, ip)
+	p.UID, p.Spec.ServiceAccountName = "uid-app-1-1", "app-1"
+	if _, err := h.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice("app-1", "10.0.0.1", ip), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	adminAddr := freeLoopbackAddr(t)
-	b, err := translate.Bootstrap(translate.BootstrapOptions{
+	o := translate.BootstrapOptions{
 		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
 		AdminAddress: adminAddr, XDSAddress: h.cp.XDSAddr(), XDSInsecure: true,
-	})
+	}
+	if secure {
+		token := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(token, []byte("token-of-app-1-1"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o.XDSInsecure, o.XDSServerName, o.XDSTokenFile = false, "bearkong.test", token
+		o.XDSRootCA = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	}
+	b, err := translate.Bootstrap(o)
 	if err != nil {
 		t.Fatal(err)
 	}
