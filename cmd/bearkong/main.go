@@ -112,7 +112,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	maxConnStreams := fs.Uint("xds-max-concurrent-streams-per-connection", ads.DefaultMaxConcurrentStreamsPerConnection, "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS of each xDS connection (Envoy uses one ADS stream per connection)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json; client-go's own log lines (klog) go through the same logger")
-	// Operability (README, "Operations" and "Reconnects").
+	// Operability (README, "Running the control plane" and "Reconnects").
 	debugAddr := fs.String("debug-addr", defaultDebugAddr, "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward. The default, when another process holds it (a second bearkong on one host), is skipped with a warning; an address given is required")
 	kubeQPS := fs.Float64("kube-api-qps", discovery.DefaultKubeAPIQPS, "requests per second each Kubernetes client may make (client-side rate limit)")
 	kubeBurst := fs.Int("kube-api-burst", discovery.DefaultKubeAPIBurst, "burst of requests each Kubernetes client may make above --kube-api-qps")
@@ -319,8 +319,8 @@ func debugListenAddr(addr string, explicit bool, log *slog.Logger) string {
 // bridgeKlog sends klog's lines through log. client-go logs through klog (reflectors,
 // leader election, request retries); without this they would ignore --log-format and
 // --log-level. klog's own verbosity stays 0, so client-go's V(2) and above stay off as
-// before. https://pkg.go.dev/k8s.io/klog/v2#SetSlogLogger
-// Its lines carry logger=klog, so that they can be told from bearkong's own.
+// before. Its lines carry logger=klog, so that they can be told from bearkong's own.
+// https://pkg.go.dev/k8s.io/klog/v2#SetSlogLogger
 func bridgeKlog(log *slog.Logger) { klog.SetSlogLogger(log.With("logger", "klog")) }
 
 // parseKubeClient checks --kube-api-qps and --kube-api-burst: each must be positive
