@@ -99,7 +99,7 @@ func newKube(kubeconfig string) (*kube, error) {
 }
 
 func (k *kube) Start(ctx context.Context) (string, error) {
-	client, gateway, err := discovery.NewClients(k.kubeconfig)
+	client, gateway, err := discovery.NewClients(discovery.ClientOptions{Kubeconfig: k.kubeconfig})
 	if err != nil {
 		return "", err
 	}

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -27,6 +28,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
+	"k8s.io/klog/v2"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/pkg/ads"
@@ -109,7 +111,13 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	sendTimeout := fs.Duration("xds-send-timeout", ads.DefaultSendTimeout, "a stream whose proxy does not take a response within this is closed with DeadlineExceeded")
 	maxConnStreams := fs.Uint("xds-max-concurrent-streams-per-connection", ads.DefaultMaxConcurrentStreamsPerConnection, "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS of each xDS connection (Envoy uses one ADS stream per connection)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
+	logFormat := fs.String("log-format", "text", "text or json; client-go's own log lines (klog) go through the same logger")
+	// Operability (README, "Running the control plane" and "Reconnects").
+	debugAddr := fs.String("debug-addr", defaultDebugAddr, "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward. The default, when another process holds it (a second bearkong on one host), is skipped with a warning; an address given is required")
+	kubeQPS := fs.Float64("kube-api-qps", discovery.DefaultKubeAPIQPS, "requests per second each Kubernetes client may make (client-side rate limit)")
+	kubeBurst := fs.Int("kube-api-burst", discovery.DefaultKubeAPIBurst, "burst of requests each Kubernetes client may make above --kube-api-qps")
+	connAge := fs.Duration("xds-max-connection-age", 30*time.Minute, "close each xDS connection after about this long (±10%), so that proxies reconnect and spread over the replicas after a rollout; the proxy keeps its config meanwhile. 0 disables")
+	connAgeGrace := fs.Duration("xds-max-connection-age-grace", 10*time.Second, "after --xds-max-connection-age, how long the connection's streams may go on before the connection is cut")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
 	// bearkong's regex checks (discovery.SkipValidationAnnotation), so that the tests
 	// can send the proxies a config they reject and watch the quarantine work.
@@ -124,6 +132,14 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	bridgeKlog(log)
+	kubeOpts, err := parseKubeClient(*kubeconfig, *kubeQPS, *kubeBurst)
+	if err != nil {
+		return err
+	}
+	if *connAge < 0 || *connAgeGrace < 0 {
+		return fmt.Errorf("--xds-max-connection-age (%s) and --xds-max-connection-age-grace (%s) must not be negative", *connAge, *connAgeGrace)
 	}
 	if *quiet <= 0 || *maxDelay < *quiet {
 		return fmt.Errorf("need 0 < --quiet-period (%s) <= --max-delay (%s)", *quiet, *maxDelay)
@@ -160,11 +176,11 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if !ok || caNS == "" || caName == "" || strings.Contains(caName, "/") {
 		return fmt.Errorf("--ca-secret %q: want namespace/name", *caSecret)
 	}
-	client, gateway, err := discovery.NewClients(*kubeconfig)
+	client, gateway, err := discovery.NewClients(kubeOpts)
 	if err != nil {
 		return err
 	}
-	authz, err := discovery.NewAuthzClient(*kubeconfig)
+	authz, err := discovery.NewAuthzClient(kubeOpts)
 	if err != nil {
 		return err
 	}
@@ -183,7 +199,8 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg})
 	publish := publishRoots(ctx, roots, authority.Bundle(), log)
 	opts := controlplane.Options{
-		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DrainTimeout: *drain, Logger: log, Registry: reg, Limits: limits,
+		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DebugAddr: *debugAddr, DrainTimeout: *drain,
+		MaxConnectionAge: *connAge, MaxConnectionAgeGrace: *connAgeGrace, Logger: log, Registry: reg, Limits: limits,
 		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
@@ -198,6 +215,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 			return authority.ServerCertificate(names)
 		})}
 	}
+	explicitDebug := false
+	fs.Visit(func(f *flag.Flag) { explicitDebug = explicitDebug || f.Name == "debug-addr" })
+	opts.DebugAddr = debugListenAddr(opts.DebugAddr, explicitDebug, log)
 	cp := controlplane.New(disc, opts)
 	if err := cp.Listen(); err != nil {
 		return err
@@ -207,7 +227,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Error("CA root publisher stopped", "err", err)
 		}
 	}()
-	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr(),
+	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr(), "debug", cp.DebugAddr(),
 		"trust_domain", *trustDomain, "ca_secret", *caSecret, "cert_lifetime", *certLifetime, "default_authz", *defaultAuthz)
 	if sec.Insecure {
 		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
@@ -275,6 +295,46 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, got %q", format)
 }
 
+// defaultDebugAddr is the default of --debug-addr: loopback, so that only kubectl
+// port-forward (or a process on the node, outside a pod) reaches the profiles.
+const defaultDebugAddr = "127.0.0.1:6060"
+
+// debugListenAddr is the pprof address to listen on. An address the user gave is
+// kept, and failing to bind it stops the control plane like any listener. The default is
+// dropped, with a warning, when it cannot be bound now: profiles are a debugging aid, and
+// several control planes on one host (replicas in development) must not fail on it.
+func debugListenAddr(addr string, explicit bool, log *slog.Logger) string {
+	if addr == "" || explicit {
+		return addr
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("the default --debug-addr is taken; serving no profiles (set --debug-addr to choose another address)", "addr", addr, "err", err)
+		return ""
+	}
+	l.Close()
+	return addr
+}
+
+// bridgeKlog sends klog's lines through log. client-go logs through klog (reflectors,
+// leader election, request retries); without this they would ignore --log-format and
+// --log-level. klog's own verbosity stays 0, so client-go's V(2) and above stay off as
+// before. Its lines carry logger=klog, so that they can be told from bearkong's own.
+// https://pkg.go.dev/k8s.io/klog/v2#SetSlogLogger
+func bridgeKlog(log *slog.Logger) { klog.SetSlogLogger(log.With("logger", "klog")) }
+
+// parseKubeClient checks --kube-api-qps and --kube-api-burst: each must be positive
+// (client-go takes a zero as "use my defaults" and a negative QPS as "no limit").
+func parseKubeClient(kubeconfig string, qps float64, burst int) (discovery.ClientOptions, error) {
+	if qps <= 0 || qps > math.MaxFloat32 {
+		return discovery.ClientOptions{}, fmt.Errorf("--kube-api-qps %v: must be positive", qps)
+	}
+	if burst <= 0 {
+		return discovery.ClientOptions{}, fmt.Errorf("--kube-api-burst %d: must be positive", burst)
+	}
+	return discovery.ClientOptions{Kubeconfig: kubeconfig, QPS: float32(qps), Burst: burst}, nil
+}
+
 func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bearkong bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -285,7 +345,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
 	fs.StringVar(&o.AdminAddress, "admin-address", envOr("ADMIN_ADDRESS", "127.0.0.1:8081"), "host:port of Envoy's admin listener")
-	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server")
+	fs.StringVar(&o.XDSAddress, "xds-address", envOr("BEARKONG_XDS_ADDRESS", "bearkong.bearkong-system.svc:5000"), "host:port of the control plane's xDS server, or several, comma-separated: the replicas, which in the secure mode must then be IPs, balanced round robin; $BEARKONG_XDS_ADDRESS sets the default")
 	caFile := fs.String("xds-ca-file", os.Getenv("BEARKONG_XDS_CA_FILE"), "PEM file of the roots of the control plane's certificate, inlined into the bootstrap (default $BEARKONG_XDS_CA_FILE)")
 	fs.StringVar(&o.XDSTokenFile, "xds-token-file", os.Getenv("BEARKONG_XDS_TOKEN_FILE"), "absolute path of the pod's projected ServiceAccount token, which Envoy reads at each connection (default $BEARKONG_XDS_TOKEN_FILE)")
 	fs.StringVar(&o.XDSServerName, "xds-server-name", os.Getenv("BEARKONG_XDS_SERVER_NAME"), "name the control plane's certificate must hold (default $BEARKONG_XDS_SERVER_NAME, else the host of --xds-address)")

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/klog/v2"
 )
 
 func TestRun(t *testing.T) {
@@ -46,7 +50,16 @@ func TestRun(t *testing.T) {
 		{"cp with no streams per connection", []string{"cp", "--xds-max-concurrent-streams-per-connection", "0"}, "--xds-max-concurrent-streams-per-connection 0", ""},
 		{"cp with a zero resource names limit", []string{"cp", "--xds-max-resource-names", "0"}, "--xds-max-resource-names 0: must be positive", ""},
 		{"cp with limits set", []string{"cp", "--xds-max-node-metadata-bytes", "1024", "--xds-max-streams-per-node", "3", "--xds-max-nack-detail-bytes", "100", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
+		{"cp with a zero kube API QPS", []string{"cp", "--kube-api-qps", "0"}, "--kube-api-qps 0: must be positive", ""},
+		{"cp with a negative kube API QPS", []string{"cp", "--kube-api-qps", "-5"}, "--kube-api-qps -5: must be positive", ""},
+		{"cp with a zero kube API burst", []string{"cp", "--kube-api-burst", "0"}, "--kube-api-burst 0: must be positive", ""},
+		{"cp with a negative connection age", []string{"cp", "--xds-max-connection-age", "-1s"}, "--xds-max-connection-age (-1s)", ""},
+		{"cp with a negative connection age grace", []string{"cp", "--xds-max-connection-age-grace", "-1s"}, "must not be negative", ""},
+		{"cp with ops flags set", []string{"cp", "--kube-api-qps", "20", "--kube-api-burst", "30", "--xds-max-connection-age", "0", "--debug-addr", "", "--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig", ""},
 		{"cp with a bad cluster domain", []string{"cp", "--cluster-domain", "Cluster.Local"}, "cluster domain", ""},
+		{"bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,127.0.0.1:5001"}, "", `"portValue": 5001`},
+		{"secure bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-address", "10.0.0.1:5000,10.0.0.2:5000", "--xds-server-name", "bearkong.bearkong-system.svc"}, "", `"targetUri": "ipv4:10.0.0.1:5000,10.0.0.2:5000"`},
+		{"bootstrap with an empty xds address item", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,"}, "empty item", ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
 	for _, c := range cases {
@@ -155,3 +168,85 @@ AgIEMAoGCCqGSM49BAMCA0gAMEUCIQCiK6P4ervyMYIX96HIwWPdupga4X3qyB9C
 xGIzAXsb4wIgfVSH2qJLpOL8HefzXNSBSlAnLRJgjKXHLVvDUWa21xU=
 -----END CERTIFICATE-----
 `
+
+// TestKlogJSON checks that, with the JSON logger runCP sets up, klog's lines (client-go
+// logs through klog) come out as JSON objects, one per line, with their message, level
+// and key-value pairs, and that klog's verbose lines stay off as before.
+func TestKlogJSON(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newLogger(&buf, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bridgeKlog(log)
+	t.Cleanup(klog.ClearLogger)
+	klog.Info("reflector started")
+	klog.InfoS("Caches are synced", "controller", "bearkong")
+	klog.ErrorS(errors.New("connection refused"), "Failed to watch", "type", "*v1.Pod")
+	klog.V(2).Info("a verbose line client-go writes at -v=2")
+	klog.Flush()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	type line struct {
+		Level, Msg, Logger, Controller, Type, Err string
+	}
+	var got []line
+	for _, l := range lines {
+		var v line
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatalf("not a JSON object: %q (%v); whole output:\n%s", l, err, buf.String())
+		}
+		got = append(got, v)
+	}
+	want := []line{
+		{Level: "INFO", Msg: "reflector started", Logger: "klog"},
+		{Level: "INFO", Msg: "Caches are synced", Logger: "klog", Controller: "bearkong"},
+		{Level: "ERROR", Msg: "Failed to watch", Logger: "klog", Type: "*v1.Pod", Err: "connection refused"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("klog through the JSON logger:\n got %+v\nwant %+v\noutput:\n%s", got, want, buf.String())
+	}
+}
+
+// TestDebugListenAddr checks the choice of the pprof address: an address given is kept
+// even when taken (the control plane then fails to listen, as for any address it was
+// told to use); the default is kept when free and dropped, with a warning, when another
+// process holds it.
+func TestDebugListenAddr(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.Addr().String()
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	for _, tc := range []struct {
+		name     string
+		addr     string
+		explicit bool
+		want     string
+		warns    bool
+	}{
+		{"disabled", "", true, "", false},
+		{"given and taken", taken, true, taken, false},
+		{"default and free", free, false, free, false},
+		{"default and taken", taken, false, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, _ := newLogger(&buf, "info", "json")
+			if got := debugListenAddr(tc.addr, tc.explicit, log); got != tc.want {
+				t.Errorf("debugListenAddr(%q, %v) = %q, want %q", tc.addr, tc.explicit, got, tc.want)
+			}
+			if warned := strings.Contains(buf.String(), `"level":"WARN"`); warned != tc.warns {
+				t.Errorf("warned: %v, want %v; log: %s", warned, tc.warns, buf.String())
+			}
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,15 @@ type Options struct {
 	// XDSAddr and HTTPAddr are host:port to listen on; port 0 picks a free port.
 	XDSAddr  string
 	HTTPAddr string
+	// DebugAddr, when set, is host:port of a listener of its own that serves
+	// net/http/pprof under /debug/pprof/; never on HTTPAddr, which a Service may expose.
+	DebugAddr string
+	// MaxConnectionAge, when positive, closes each xDS connection after about that long
+	// (gRPC adds ±10% jitter), MaxConnectionAgeGrace after telling the client so with a
+	// GOAWAY: the proxy reconnects, and through a Service may land on another replica,
+	// so that replicas rebalance after a rollout. Zero keeps connections forever.
+	MaxConnectionAge      time.Duration
+	MaxConnectionAgeGrace time.Duration
 	// DrainTimeout bounds the graceful stop of the gRPC server. xDS streams never end
 	// by themselves, so after it the remaining streams are cut.
 	DrainTimeout time.Duration
@@ -95,7 +105,7 @@ type ControlPlane struct {
 	ads     *ads.Server
 	metrics *metrics
 
-	xdsLis, httpLis net.Listener
+	xdsLis, httpLis, debugLis net.Listener
 
 	// snapshot is the latest snapshot received, for /debug/diagnostics.
 	snapshot atomic.Pointer[mesh.Snapshot]
@@ -270,7 +280,22 @@ func (cp *ControlPlane) Listen() error {
 		cp.xdsLis.Close()
 		return fmt.Errorf("listen for HTTP on %s: %w", cp.opts.HTTPAddr, err)
 	}
+	if cp.opts.DebugAddr != "" {
+		if cp.debugLis, err = net.Listen("tcp", cp.opts.DebugAddr); err != nil {
+			cp.xdsLis.Close()
+			cp.httpLis.Close()
+			return fmt.Errorf("listen for debug on %s: %w", cp.opts.DebugAddr, err)
+		}
+	}
 	return nil
+}
+
+// DebugAddr is the bound pprof address (after Listen), or "" when there is none.
+func (cp *ControlPlane) DebugAddr() string {
+	if cp.debugLis == nil {
+		return ""
+	}
+	return cp.debugLis.Addr().String()
 }
 
 // XDSAddr is the bound xDS address (after Listen).
@@ -291,14 +316,22 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 		// grpc-go's default policy would answer pings more often than every 5 minutes
 		// with GOAWAY and drop the stream.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: 30 * time.Second, Timeout: 10 * time.Second,
+			// Zero is infinity to grpc-go.
+			MaxConnectionAge: cp.opts.MaxConnectionAge, MaxConnectionAgeGrace: cp.opts.MaxConnectionAgeGrace,
+		}),
 	)...)
 	cp.ads.Register(g)
 	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	var debugSrv *http.Server
+	if cp.debugLis != nil {
+		debugSrv = &http.Server{Handler: DebugHandler(), ReadHeaderTimeout: 10 * time.Second}
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 6)
+	errs := make(chan error, 7)
 	go func() { errs <- wrap("xDS server", g.Serve(cp.xdsLis)) }()
 	go func() {
 		if err := httpSrv.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -307,6 +340,15 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 		}
 		errs <- nil
 	}()
+	if debugSrv != nil {
+		go func() {
+			if err := debugSrv.Serve(cp.debugLis); !errors.Is(err, http.ErrServerClosed) {
+				errs <- wrap("debug server", err)
+				return
+			}
+			errs <- nil
+		}()
+	}
 	go func() { errs <- wrap("discovery", cp.src.Run(ctx)) }()
 	go func() { cp.translateLoop(ctx); errs <- nil }()
 	if cp.reports != nil {
@@ -315,7 +357,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	if cp.secrets != nil {
 		go func() { cp.rotate(ctx); errs <- nil }()
 	}
-	cp.log.Info("control plane serving", "xds", cp.XDSAddr(), "http", cp.HTTPAddr())
+	cp.log.Info("control plane serving", "xds", cp.XDSAddr(), "http", cp.HTTPAddr(), "debug", cp.DebugAddr())
 
 	var first error
 	select {
@@ -327,7 +369,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 		}
 	}
 	cancel()
-	cp.stop(g, httpSrv)
+	cp.stop(g, httpSrv, debugSrv)
 	return first
 }
 
@@ -338,7 +380,7 @@ func wrap(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func (cp *ControlPlane) stop(g *grpc.Server, httpSrv *http.Server) {
+func (cp *ControlPlane) stop(g *grpc.Server, httpSrv, debugSrv *http.Server) {
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
@@ -349,6 +391,10 @@ func (cp *ControlPlane) stop(g *grpc.Server, httpSrv *http.Server) {
 	sctx, cancel := context.WithTimeout(context.Background(), cp.opts.DrainTimeout)
 	defer cancel()
 	_ = httpSrv.Shutdown(sctx)
+	if debugSrv != nil {
+		// A profile may take its ?seconds= to finish: cut it rather than wait.
+		_ = debugSrv.Close()
+	}
 	cp.log.Info("control plane stopped")
 }
 
@@ -429,6 +475,19 @@ func (cp *ControlPlane) Handler() http.Handler {
 			fmt.Fprintln(w, "ok")
 		}
 	})
+	return mux
+}
+
+// DebugHandler serves Go's profiles (net/http/pprof) under /debug/pprof/, on a mux of its
+// own: importing net/http/pprof also registers them on http.DefaultServeMux, which
+// bearkong never serves. https://pkg.go.dev/net/http/pprof
+func DebugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // the named profiles: heap, goroutine, allocs...
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

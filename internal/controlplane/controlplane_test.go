@@ -81,6 +81,12 @@ func start(t *testing.T) *harness {
 // startWith is start with the given certificates.
 func startWith(t *testing.T, certs controlplane.Certificates) *harness {
 	t.Helper()
+	return startOpts(t, certs, nil)
+}
+
+// startOpts is startWith with mod applied to the control plane's options.
+func startOpts(t *testing.T, certs controlplane.Certificates, mod func(*controlplane.Options)) *harness {
+	t.Helper()
 	client := fake.NewClientset(
 		service("app-1"), service("app-2"), service("app-3"),
 		pod("app-1", 0, "10.0.0.1"), pod("app-2", 0, "10.0.0.2"), pod("app-3", 0, "10.0.0.3"),
@@ -88,8 +94,12 @@ func startWith(t *testing.T, certs controlplane.Certificates) *harness {
 	)
 	reg := controlplane.NewRegistry()
 	d := discovery.New(client, discovery.Options{QuietPeriod: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond, ResyncPeriod: 100 * time.Millisecond, Registerer: reg})
-	cp := controlplane.New(d, controlplane.Options{XDSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Registry: reg, DrainTimeout: time.Second,
-		Certificates: certs})
+	o := controlplane.Options{XDSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Registry: reg, DrainTimeout: time.Second,
+		Certificates: certs}
+	if mod != nil {
+		mod(&o)
+	}
+	cp := controlplane.New(d, o)
 	if err := cp.Listen(); err != nil {
 		t.Fatal(err)
 	}

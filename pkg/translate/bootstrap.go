@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"time"
 
@@ -62,9 +61,12 @@ type BootstrapOptions struct {
 	AppAddress string
 	// AdminAddress is the admin listener's IP:port (default DefaultAdminAddress).
 	AdminAddress string
-	// XDSAddress is the control plane's host:port. Required. An IP host makes a STATIC
-	// cluster, a DNS name a STRICT_DNS one (insecure mode); the secure mode hands it to
-	// gRPC as its target.
+	// XDSAddress is the control plane's host:port, or several, comma-separated (its
+	// replicas). Required. Insecure mode: IPs make a STATIC cluster, DNS names a
+	// STRICT_DNS one, one endpoint per address. Secure mode: one address is gRPC's
+	// target as written; several must be IPs of one family, and become one ipv4: or
+	// ipv6: target balanced round robin, so that each new ADS stream goes to a replica
+	// that is up.
 	XDSAddress string
 	// XDSRootCA is the PEM of the roots that sign the control plane's certificate,
 	// inlined into the bootstrap. Required unless XDSInsecure.
@@ -74,7 +76,7 @@ type BootstrapOptions struct {
 	// unless XDSInsecure.
 	XDSTokenFile string
 	// XDSServerName is the name the control plane's certificate must hold (and the SNI
-	// sent); default the host of XDSAddress.
+	// sent); default the host of XDSAddress, which several addresses must then share.
 	XDSServerName string
 	// XDSInsecure connects to the control plane in plaintext without credentials: for
 	// development only; the control plane must run with --xds-insecure too.
@@ -122,33 +124,22 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		errs = append(errs, err)
 	}
 	var xds *clusterv3.Cluster
-	var xdsHost string
-	if o.XDSAddress == "" {
-		errs = append(errs, errors.New("xds address is required (host:port of the bearkong control plane)"))
-	} else if host, port, err := splitHostPort("xds address", o.XDSAddress); err != nil {
-		errs = append(errs, err)
-	} else if xds, err = xdsCluster(host, port); err != nil {
-		errs = append(errs, err)
-	} else {
-		xdsHost = host
-	}
 	var grpcService *corev3.GrpcService
-	if o.XDSInsecure {
+	eps, err := parseXDSAddresses(o.XDSAddress)
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case o.XDSInsecure:
+		xds = xdsCluster(eps)
 		grpcService = &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName},
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName, RetryPolicy: xdsRetryPolicy()},
 		}}
-	} else {
-		if o.XDSServerName == "" {
-			o.XDSServerName = xdsHost
-		}
-		s, err := secureXDS(o)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		grpcService = s
+	default:
 		// The secure channel is Envoy's Google gRPC client, which dials the control
 		// plane itself: no cluster is needed.
-		xds = nil
+		if grpcService, err = secureXDS(o, eps); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("translate: bootstrap: %w", err)
@@ -229,18 +220,13 @@ func layeredRuntime() *bootstrapv3.LayeredRuntime {
 	}
 }
 
-// xdsCluster is the static cluster to the control plane. A literal IP is a STATIC cluster;
-// a name (a Kubernetes Service, typically) is STRICT_DNS so that Envoy follows its
-// address: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
-func xdsCluster(host string, port uint32) (*clusterv3.Cluster, error) {
+// xdsCluster is the static cluster to the control plane, one endpoint per address.
+// Literal IPs make a STATIC cluster; names (a Kubernetes Service, typically) a
+// STRICT_DNS one, so that Envoy follows their addresses:
+// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
+func xdsCluster(eps []xdsEndpoint) *clusterv3.Cluster {
 	typ := clusterv3.Cluster_STATIC
-	if a, err := netip.ParseAddr(host); err == nil {
-		if a.Zone() != "" {
-			return nil, fmt.Errorf("xds address host %q: IP zones are not supported", host)
-		}
-	} else if !isDNSSubdomain(host) {
-		return nil, fmt.Errorf("xds address host %q is neither an IP address nor a DNS name", host)
-	} else {
+	if !eps[0].ip.IsValid() { // parseXDSAddresses allows no mix
 		typ = clusterv3.Cluster_STRICT_DNS
 	}
 	// ADS is gRPC, so the cluster must speak HTTP/2 to the control plane. The keepalive
@@ -264,11 +250,11 @@ func xdsCluster(host string, port uint32) (*clusterv3.Cluster, error) {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: typ},
 		// connect_timeout stays at Envoy's default (5s): the control plane may be
 		// across the network, unlike the sidecars' own clusters.
-		LoadAssignment: staticLoadAssignment(XDSClusterName, host, port),
+		LoadAssignment: xdsLoadAssignment(eps),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			httpProtocolOptionsKey: mustAny(opts),
 		},
-	}, nil
+	}
 }
 
 // MaxDownstreamConnections is the sidecar's limit on open downstream connections, over

@@ -32,8 +32,17 @@ const xdsStatPrefix = "xds"
 // asks for call credentials, that is for every call: the ADS stream, after every
 // reconnect. TestBootstrapTokenRotation checks it with the real Envoy.
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/grpc_service.proto#envoy-v3-api-msg-config-core-v3-grpcservice-googlegrpc
-func secureXDS(o BootstrapOptions) (*corev3.GrpcService, error) {
+func secureXDS(o BootstrapOptions, eps []xdsEndpoint) (*corev3.GrpcService, error) {
 	var errs []error
+	target, roundRobin, err := googleGrpcTarget(eps)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if o.XDSServerName == "" && err == nil {
+		if o.XDSServerName, err = defaultServerName(eps); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(o.XDSRootCA) == 0 {
 		errs = append(errs, errors.New("xds root CA is required (PEM of the roots of the control plane's certificate), or choose the insecure mode"))
 	} else if err := validateRoots(o.XDSRootCA); err != nil {
@@ -66,8 +75,19 @@ func secureXDS(o BootstrapOptions) (*corev3.GrpcService, error) {
 	num := func(n int64) *corev3.GrpcService_GoogleGrpc_ChannelArgs_Value {
 		return &corev3.GrpcService_GoogleGrpc_ChannelArgs_Value{ValueSpecifier: &corev3.GrpcService_GoogleGrpc_ChannelArgs_Value_IntValue{IntValue: n}}
 	}
+	args := map[string]*corev3.GrpcService_GoogleGrpc_ChannelArgs_Value{
+		"grpc.ssl_target_name_override":     str(o.XDSServerName),
+		"grpc.default_authority":            str(o.XDSServerName),
+		"grpc.keepalive_time_ms":            num(xdsKeepaliveInterval.Milliseconds()),
+		"grpc.keepalive_timeout_ms":         num(xdsKeepaliveTimeout.Milliseconds()),
+		"grpc.http2.max_pings_without_data": num(0),
+		"grpc.initial_reconnect_backoff_ms": num(xdsReconnectInitial.Milliseconds()),
+		"grpc.max_reconnect_backoff_ms":     num(xdsReconnectMax.Milliseconds()),
+		"grpc.min_reconnect_backoff_ms":     num(xdsConnectTimeout.Milliseconds()),
+	}
+	args["grpc.service_config"] = str(xdsServiceConfig(roundRobin))
 	return &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{GoogleGrpc: &corev3.GrpcService_GoogleGrpc{
-		TargetUri:  o.XDSAddress,
+		TargetUri:  target,
 		StatPrefix: xdsStatPrefix,
 		ChannelCredentials: &corev3.GrpcService_GoogleGrpc_ChannelCredentials{
 			CredentialSpecifier: &corev3.GrpcService_GoogleGrpc_ChannelCredentials_SslCredentials{
@@ -87,17 +107,11 @@ func secureXDS(o BootstrapOptions) (*corev3.GrpcService, error) {
 		// The factory that knows the plugin; the default one ignores from_plugin.
 		CredentialsFactoryName: fileBasedMetadata,
 		// gRPC core's channel arguments (https://grpc.github.io/grpc/core/group__grpc__arg__keys.html):
-		// the name the server certificate is checked against and sent as SNI, and the
+		// the name the server certificate is checked against and sent as SNI; the
 		// same keepalive as the insecure mode's HTTP/2 connection_keepalive, without
 		// gRPC's default cap of two pings while no data flows (an idle ADS stream sends
-		// none for long stretches).
-		ChannelArgs: &corev3.GrpcService_GoogleGrpc_ChannelArgs{Args: map[string]*corev3.GrpcService_GoogleGrpc_ChannelArgs_Value{
-			"grpc.ssl_target_name_override":     str(o.XDSServerName),
-			"grpc.default_authority":            str(o.XDSServerName),
-			"grpc.keepalive_time_ms":            num(xdsKeepaliveInterval.Milliseconds()),
-			"grpc.keepalive_timeout_ms":         num(xdsKeepaliveTimeout.Milliseconds()),
-			"grpc.http2.max_pings_without_data": num(0),
-		}},
+		// none for long stretches); and the reconnect backoff (see xdsReconnectInitial).
+		ChannelArgs: &corev3.GrpcService_GoogleGrpc_ChannelArgs{Args: args},
 	}}}, nil
 }
 

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,6 +45,15 @@ func TestBootstrapErrors(t *testing.T) {
 		{"xds bad port", with(func(o *BootstrapOptions) { o.XDSAddress = "bearkong:grpc" }), []string{`port "grpc" is not in 1-65535`}},
 		{"xds bad host", with(func(o *BootstrapOptions) { o.XDSAddress = "Bear_Kong:18000" }), []string{`"Bear_Kong" is neither an IP address nor a DNS name`}},
 		{"xds IPv6 zone", with(func(o *BootstrapOptions) { o.XDSAddress = "[fe80::1%eth0]:18000" }), []string{"zones are not supported"}},
+		{"xds replicas by IP", with(func(o *BootstrapOptions) { o.XDSAddress = "10.0.0.1:5000,10.0.0.2:5000" }), nil},
+		{"xds replicas by name", with(func(o *BootstrapOptions) { o.XDSAddress = "bearkong-0.bearkong:5000, bearkong-1.bearkong:5000" }), nil},
+		{"xds empty item", with(func(o *BootstrapOptions) { o.XDSAddress = "10.0.0.1:5000,,10.0.0.2:5000" }), []string{`xds address "10.0.0.1:5000,,10.0.0.2:5000" has an empty item`}},
+		{"xds trailing comma", with(func(o *BootstrapOptions) { o.XDSAddress = "10.0.0.1:5000," }), []string{"has an empty item"}},
+		{"xds only commas", with(func(o *BootstrapOptions) { o.XDSAddress = " , " }), []string{"has an empty item"}},
+		{"xds duplicate", with(func(o *BootstrapOptions) { o.XDSAddress = "10.0.0.1:5000,10.0.0.1:5000" }), []string{`xds address "10.0.0.1:5000" is listed twice`}},
+		{"xds duplicate IPv6 spelled twice", with(func(o *BootstrapOptions) { o.XDSAddress = "[fd00::1]:5000,[fd00:0::1]:5000" }), []string{`"[fd00:0::1]:5000" is listed twice`}},
+		{"xds mixed names and IPs", with(func(o *BootstrapOptions) { o.XDSAddress = "bearkong:5000,10.0.0.2:5000" }), []string{"mix IP addresses and DNS names"}},
+		{"xds bad item in a list", with(func(o *BootstrapOptions) { o.XDSAddress = "10.0.0.1:5000,nope" }), []string{`xds address "nope" is not host:port`}},
 		{"missing pod name", with(func(o *BootstrapOptions) { o.PodName = "" }), []string{"pod name is missing"}},
 		{"missing namespace", with(func(o *BootstrapOptions) { o.PodNamespace = "" }), []string{"pod namespace is missing"}},
 		{"bad pod name", with(func(o *BootstrapOptions) { o.PodName = "App_1" }), []string{`pod name "App_1" is not a valid Kubernetes pod name`}},
@@ -65,6 +75,19 @@ func TestBootstrapErrors(t *testing.T) {
 			o.XDSRootCA = []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 		}), []string{`a PEM block of type "PRIVATE KEY"`}},
 		{"secure: relative token path", withSecure(func(o *BootstrapOptions) { o.XDSTokenFile = "token" }), []string{`xds token file "token" must be an absolute path`}},
+		{"secure replicas with a server name", withSecure(func(o *BootstrapOptions) {
+			o.XDSAddress = "10.244.0.7:5000,10.244.1.9:5000"
+			o.XDSServerName = "bearkong.bearkong-system.svc"
+		}), nil},
+		{"secure replicas on one host", withSecure(func(o *BootstrapOptions) { o.XDSAddress = "127.0.0.1:5000,127.0.0.1:5001" }), nil},
+		{"secure replicas of different hosts need a server name", withSecure(func(o *BootstrapOptions) { o.XDSAddress = "10.244.0.7:5000,10.244.1.9:5000" }),
+			[]string{"xds server name is required with xds addresses of different hosts"}},
+		{"secure replicas by name", withSecure(func(o *BootstrapOptions) { o.XDSAddress = "bearkong-0.bearkong:5000,bearkong-1.bearkong:5000" }),
+			[]string{`several xds addresses must be IP addresses in the secure mode`}},
+		{"secure replicas of both families", withSecure(func(o *BootstrapOptions) {
+			o.XDSAddress = "10.244.0.7:5000,[fd00::7]:5000"
+			o.XDSServerName = "bearkong.bearkong-system.svc"
+		}), []string{"all IPv4 or all IPv6"}},
 		{"secure: bad server name", withSecure(func(o *BootstrapOptions) { o.XDSServerName = "Bear_Kong" }), []string{`xds server name "Bear_Kong" is neither`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -257,6 +280,18 @@ func TestBootstrapSecureChannel(t *testing.T) {
 			if got := args["grpc.keepalive_timeout_ms"].GetIntValue(); got != xdsKeepaliveTimeout.Milliseconds() {
 				t.Errorf("keepalive timeout %d ms, want %d", got, xdsKeepaliveTimeout.Milliseconds())
 			}
+			for arg, want := range map[string]time.Duration{
+				"grpc.initial_reconnect_backoff_ms": xdsReconnectInitial,
+				"grpc.max_reconnect_backoff_ms":     xdsReconnectMax,
+				"grpc.min_reconnect_backoff_ms":     xdsConnectTimeout,
+			} {
+				if got := args[arg].GetIntValue(); got != want.Milliseconds() {
+					t.Errorf("%s %d, want %d", arg, got, want.Milliseconds())
+				}
+			}
+			if got, want := args["grpc.service_config"].GetStringValue(), xdsServiceConfig(false); got != want {
+				t.Errorf("service config %s, want %s (one xds address keeps gRPC's default pick_first)", got, want)
+			}
 			cc := g.GetCallCredentials()
 			if len(cc) != 1 || cc[0].GetFromPlugin().GetName() != fileBasedMetadata || g.GetCredentialsFactoryName() != fileBasedMetadata {
 				t.Fatalf("call credentials %v (factory %q), want the file_based_metadata plugin", cc, g.GetCredentialsFactoryName())
@@ -270,6 +305,106 @@ func TestBootstrapSecureChannel(t *testing.T) {
 			}
 			if err := b.ValidateAll(); err != nil {
 				t.Errorf("bootstrap fails Envoy's proto constraints: %v", err)
+			}
+		})
+	}
+}
+
+// TestBootstrapXDSAddresses checks how one or several control-plane addresses reach
+// each mode: the insecure mode's cluster (type, one endpoint per address) and the secure
+// mode's gRPC target, load-balancing policy and server name.
+func TestBootstrapXDSAddresses(t *testing.T) {
+	type endpoint struct {
+		Host string
+		Port uint32
+	}
+	for _, tc := range []struct {
+		name, addr string
+		// insecure mode
+		wantType      clusterv3.Cluster_DiscoveryType
+		wantEndpoints []endpoint
+		// secure mode
+		wantTarget, wantLB, wantServerName string
+	}{
+		{"one IP", "10.96.0.10:5000", clusterv3.Cluster_STATIC, []endpoint{{"10.96.0.10", 5000}}, "10.96.0.10:5000", "", "10.96.0.10"},
+		{"one name", "bearkong.bearkong-system.svc:5000", clusterv3.Cluster_STRICT_DNS, []endpoint{{"bearkong.bearkong-system.svc", 5000}},
+			"bearkong.bearkong-system.svc:5000", "", "bearkong.bearkong-system.svc"},
+		{"two IPv4", "127.0.0.1:5000, 127.0.0.1:5001", clusterv3.Cluster_STATIC, []endpoint{{"127.0.0.1", 5000}, {"127.0.0.1", 5001}},
+			"ipv4:127.0.0.1:5000,127.0.0.1:5001", "round_robin", "127.0.0.1"},
+		{"two IPv6", "[fd00::7]:5000,[fd00::9]:5000", clusterv3.Cluster_STATIC, []endpoint{{"fd00::7", 5000}, {"fd00::9", 5000}},
+			"ipv6:[fd00::7]:5000,[fd00::9]:5000", "round_robin", ""},
+		{"two names", "bearkong-0.bearkong:5000,bearkong-1.bearkong:5000", clusterv3.Cluster_STRICT_DNS,
+			[]endpoint{{"bearkong-0.bearkong", 5000}, {"bearkong-1.bearkong", 5000}}, "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := Bootstrap(BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: tc.addr, XDSInsecure: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := b.GetStaticResources().GetClusters()
+			if len(cs) != 1 || cs[0].GetName() != XDSClusterName {
+				t.Fatalf("static clusters = %v, want only %q", cs, XDSClusterName)
+			}
+			if got := cs[0].GetType(); got != tc.wantType {
+				t.Errorf("xds cluster type = %v, want %v", got, tc.wantType)
+			}
+			var got []endpoint
+			for _, l := range cs[0].GetLoadAssignment().GetEndpoints() {
+				for _, e := range l.GetLbEndpoints() {
+					sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+					got = append(got, endpoint{sa.GetAddress(), sa.GetPortValue()})
+				}
+			}
+			if diff := cmp.Diff(tc.wantEndpoints, got); diff != "" {
+				t.Errorf("xds cluster endpoints (-want +got):\n%s", diff)
+			}
+			rp := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetEnvoyGrpc().GetRetryPolicy().GetRetryBackOff()
+			if rp.GetBaseInterval().AsDuration() != XDSRetryBaseInterval || rp.GetMaxInterval().AsDuration() != XDSRetryMaxInterval {
+				t.Errorf("ADS retry backoff %v, want %s..%s", rp, XDSRetryBaseInterval, XDSRetryMaxInterval)
+			}
+			if tc.wantTarget == "" {
+				return
+			}
+			b, err = Bootstrap(BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: tc.addr,
+				XDSServerName: map[bool]string{true: "bearkong.test"}[tc.wantServerName == ""],
+				XDSRootCA:     []byte(testRootPEM), XDSTokenFile: "/var/run/secrets/bearkong/token"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetGoogleGrpc()
+			if g.GetTargetUri() != tc.wantTarget {
+				t.Errorf("target %q, want %q", g.GetTargetUri(), tc.wantTarget)
+			}
+			args := g.GetChannelArgs().GetArgs()
+			var sc struct {
+				MethodConfig []struct {
+					Name         []map[string]string
+					WaitForReady bool
+				}
+				LoadBalancingConfig []map[string]struct{}
+			}
+			if err := json.Unmarshal([]byte(args["grpc.service_config"].GetStringValue()), &sc); err != nil {
+				t.Fatalf("grpc.service_config: %v", err)
+			}
+			if len(sc.MethodConfig) != 1 || !sc.MethodConfig[0].WaitForReady ||
+				!cmp.Equal(sc.MethodConfig[0].Name, []map[string]string{{"service": "envoy.service.discovery.v3.AggregatedDiscoveryService"}}) {
+				t.Errorf("service config's method config %+v, want waitForReady on the ADS service", sc.MethodConfig)
+			}
+			var lb string
+			for _, c := range sc.LoadBalancingConfig {
+				for name := range c {
+					lb += name
+				}
+			}
+			if lb != tc.wantLB {
+				t.Errorf("LB policy %q, want %q", lb, tc.wantLB)
+			}
+			wantName := tc.wantServerName
+			if wantName == "" {
+				wantName = "bearkong.test"
+			}
+			if got := args["grpc.ssl_target_name_override"].GetStringValue(); got != wantName {
+				t.Errorf("server name %q, want %q", got, wantName)
 			}
 		})
 	}

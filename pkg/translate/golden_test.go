@@ -71,8 +71,8 @@ func TestBootstrapGolden(t *testing.T) {
 	}
 }
 
-// bootstrapCases are valid options: a real pod (defaults, control plane by DNS name) and
-// a local process (loopback addresses, control plane by IP).
+// bootstrapCases are valid options: a real pod (defaults, control plane by DNS name), a
+// local process (loopback addresses, control plane by IP), and both with two replicas.
 var bootstrapCases = []struct {
 	name string
 	opts BootstrapOptions
@@ -92,6 +92,26 @@ var bootstrapCases = []struct {
 		AppAddress:   "127.0.1.2:9090",
 		AdminAddress: "127.0.1.2:8081",
 		XDSAddress:   "127.0.0.1:18000",
+		XDSInsecure:  true,
+	}},
+	// Several replicas of the control plane, by IP: one round-robin gRPC target in the
+	// secure mode, one endpoint each in the insecure mode's cluster.
+	{"replicas", BootstrapOptions{
+		PodName:       "app-1-7d4b9c-xk2lp",
+		PodNamespace:  "default",
+		XDSAddress:    "10.244.0.7:5000,10.244.1.9:5000",
+		XDSServerName: "bearkong.bearkong-system.svc",
+		XDSRootCA:     []byte(testRootPEM),
+		XDSTokenFile:  "/var/run/secrets/bearkong/token",
+	}},
+	{"local-replicas", BootstrapOptions{
+		PodName:      "app-2-0",
+		PodNamespace: "default",
+		ListenIP:     "127.0.1.2",
+		OutboundIP:   "127.0.2.2",
+		AppAddress:   "127.0.1.2:9090",
+		AdminAddress: "127.0.1.2:8081",
+		XDSAddress:   "127.0.0.1:18000,127.0.0.1:18001",
 		XDSInsecure:  true,
 	}},
 }
