@@ -192,8 +192,21 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	// Every Namespace is watched (a cluster-scoped list and watch) for one annotation;
 	// the transform drops the rest before it reaches the cache, so a cluster of many
 	// Namespaces costs a name and a short map each.
-	if err := nsInf.Informer().SetTransform(keepNamespaceMTLS); err != nil {
-		d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: namespace transform: %w", err))
+	// Pods, Services and EndpointSlices are watched cluster-wide too; their transforms
+	// (transform.go) keep what discovery reads.
+	for _, t := range []struct {
+		kind      string
+		informer  cache.SharedIndexInformer
+		transform cache.TransformFunc
+	}{
+		{kindNamespace, nsInf.Informer(), keepNamespaceMTLS},
+		{kindPod, podInf.Informer(), keepPod},
+		{kindService, svcInf.Informer(), keepService},
+		{kindEndpointSlice, sliceInf.Informer(), keepEndpointSlice},
+	} {
+		if err := t.informer.SetTransform(t.transform); err != nil {
+			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: %s transform: %w", t.kind, err))
+		}
 	}
 
 	for _, inf := range []struct {
