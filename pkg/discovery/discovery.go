@@ -192,8 +192,26 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	// Every Namespace is watched (a cluster-scoped list and watch) for one annotation;
 	// the transform drops the rest before it reaches the cache, so a cluster of many
 	// Namespaces costs a name and a short map each.
-	if err := nsInf.Informer().SetTransform(keepNamespaceMTLS); err != nil {
-		d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: namespace transform: %w", err))
+	// Pods, Services and EndpointSlices are watched cluster-wide too; their transforms
+	// (transform.go) keep what discovery reads.
+	for _, t := range []struct {
+		kind      string
+		informer  cache.SharedIndexInformer
+		transform cache.TransformFunc
+	}{
+		{kindNamespace, nsInf.Informer(), keepNamespaceMTLS},
+		{kindPod, podInf.Informer(), keepPod},
+		{kindService, svcInf.Informer(), keepService},
+		{kindEndpointSlice, sliceInf.Informer(), keepEndpointSlice},
+	} {
+		if err := t.informer.SetTransform(t.transform); err != nil {
+			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: %s transform: %w", t.kind, err))
+		}
+	}
+
+	// The handlers ask which meshed Service's slices name a pod (filter.go).
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{podIndex: slicePods}); err != nil {
+		d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: endpointslice pod index: %w", err))
 	}
 
 	for _, inf := range []struct {
@@ -359,40 +377,40 @@ func (d *Discovery) Run(ctx context.Context) error {
 // happens in the worker, from the listers, so a handler never blocks the informer.
 func (d *Discovery) handler(kind string) cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { d.observe(kind, eventAdd, obj) },
+		AddFunc: func(obj any) { d.observe(kind, eventAdd, nil, obj) },
 		UpdateFunc: func(oldObj, newObj any) {
 			// Every write to an object bumps its resourceVersion, so equal versions mean
 			// a resync replaying the cache: nothing happened, not even an event to count.
 			if sameResourceVersion(oldObj, newObj) {
 				return
 			}
-			// A Namespace matters to the mesh only through its mesh-mtls annotation
-			// (the cache holds nothing else), so its other writes, such as labels or
-			// status, are counted but not worth a build.
-			if kind == kindNamespace && sameNamespaceMTLS(oldObj, newObj) {
-				d.metrics.events.WithLabelValues(kind, eventUpdate).Inc()
-				return
-			}
-			d.observe(kind, eventUpdate, newObj)
+			d.observe(kind, eventUpdate, oldObj, newObj)
 		},
-		DeleteFunc: func(obj any) { d.observe(kind, eventDelete, obj) },
+		DeleteFunc: func(obj any) { d.observe(kind, eventDelete, nil, obj) },
 	}
 }
 
-// observe records one event: it marks the state dirty and wakes the worker.
-func (d *Discovery) observe(kind, event string, obj any) {
+// observe records one event: unless it cannot change the mesh (filter.go), it marks the
+// state dirty and wakes the worker. oldObj is the previous state, for updates only.
+func (d *Discovery) observe(kind, event string, oldObj, obj any) {
 	now := time.Now()
 	d.metrics.events.WithLabelValues(kind, event).Inc()
 
 	// A watch that missed a delete delivers a tombstone; the object inside is the last
-	// state the cache knew. It is only needed for the log line: the worker rebuilds from
-	// the listers, which already dropped the object, so even an unreadable tombstone is
-	// still worth a rebuild.
+	// state the cache knew. The worker rebuilds from the listers, which already dropped
+	// the object, so an unreadable tombstone is still worth a rebuild.
 	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = tomb.Obj
 		if obj == nil {
 			d.log.Warn("tombstone without an object", "kind", kind, "key", tomb.Key)
 		}
+	}
+	if d.ignorable(kind, event, oldObj, obj) {
+		d.metrics.ignored.WithLabelValues(kind).Inc()
+		if d.log.Enabled(context.Background(), slog.LevelDebug) {
+			d.log.Debug("event ignored: it cannot change the mesh", "kind", kind, "event", event, "object", objectKey(obj))
+		}
+		return
 	}
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
 		d.log.Debug("event", "kind", kind, "event", event, "object", objectKey(obj))

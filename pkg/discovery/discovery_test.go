@@ -366,9 +366,13 @@ func TestChanges(t *testing.T) {
 		change func(h *harness, svc *corev1.Service, slice *discoveryv1.EndpointSlice, p *corev1.Pod)
 		// check is nil when the change must publish nothing.
 		check func(t *testing.T, s *mesh.Snapshot)
+		// ignored is the kind of a change that must not even be built: it touches
+		// nothing bearkong keeps of the object (filter.go).
+		ignored string
 	}{
 		{
-			name: "unrelated annotation",
+			name:    "unrelated annotation",
+			ignored: kindService,
 			change: func(h *harness, svc *corev1.Service, _ *discoveryv1.EndpointSlice, _ *corev1.Pod) {
 				withAnnotations("team", "bears")(svc)
 				h.update(svc)
@@ -388,7 +392,8 @@ func TestChanges(t *testing.T) {
 			},
 		},
 		{
-			name: "pod condition timestamp",
+			name:    "pod condition timestamp",
+			ignored: kindPod,
 			change: func(h *harness, _ *corev1.Service, _ *discoveryv1.EndpointSlice, p *corev1.Pod) {
 				p.Status.Conditions = []corev1.PodCondition{{
 					Type: corev1.PodReady, Status: corev1.ConditionTrue, LastProbeTime: metav1.Now(),
@@ -531,7 +536,20 @@ func TestChanges(t *testing.T) {
 			svc, slice, p := app1()
 			h := newHarness(t, fastOptions(), svc.DeepCopy(), slice.DeepCopy(), p.DeepCopy())
 			h.start()
+			var ignored float64
+			if tt.ignored != "" {
+				// The initial list may ignore a pod listed before its Service.
+				ignored = h.counter("bearkong_discovery_events_ignored_total", map[string]string{"kind": tt.ignored})
+			}
 			tt.change(h, svc, slice, p)
+			if tt.ignored != "" {
+				h.waitCounter("bearkong_discovery_events_ignored_total", map[string]string{"kind": tt.ignored}, ignored+1)
+				h.nothing()
+				if got := h.counter("bearkong_discovery_snapshots_total", map[string]string{"result": resultUnchanged}); got != 0 {
+					t.Errorf("unchanged snapshots = %v, want 0: an ignored change is not built", got)
+				}
+				return
+			}
 			if tt.check == nil {
 				h.nothing()
 				// The change was seen and built, just not published.
@@ -771,8 +789,9 @@ func TestChangedAtOfSuppressedBurstDoesNotLeak(t *testing.T) {
 	h := newHarness(t, fastOptions(), svc, slice, p)
 	h.start()
 
-	// Burst A changes nothing the mesh cares about.
-	withAnnotations("team", "bears")(svc)
+	// Burst A changes nothing the mesh cares about, but something bearkong keeps (a
+	// label), so it is built.
+	svc.Labels["team"] = "bears"
 	h.update(svc)
 	h.waitCounter("bearkong_discovery_snapshots_total", map[string]string{"result": resultUnchanged}, 1)
 

@@ -18,6 +18,7 @@ const (
 // instances do not collide.
 type metrics struct {
 	events       *prometheus.CounterVec
+	ignored      *prometheus.CounterVec
 	snapshots    *prometheus.CounterVec
 	buildSeconds prometheus.Histogram
 	apiWrites    *prometheus.CounterVec
@@ -62,6 +63,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.events = register(reg, m.events)
 	m.snapshots = register(reg, m.snapshots)
 	m.buildSeconds = register(reg, m.buildSeconds)
+	m.ignored = newIgnoredEvents(reg)
 
 	// Create every series up front so that dashboards and rate() see zeros, not gaps.
 	for _, kind := range []string{kindService, kindEndpointSlice, kindPod, kindHTTPRoute} {

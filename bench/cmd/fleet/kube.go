@@ -136,6 +136,9 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 	if st := f.Status(); st.Err != nil {
 		return nil, st.Err
 	}
+	if err := r.end(ch); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 

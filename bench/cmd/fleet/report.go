@@ -160,7 +160,7 @@ var rows = []row{
 	{"control-plane CPU for the initial sync (s)", stat(func(r *Run) float64 { return r.SyncCPU }), "%.1f", true},
 	{"heap in use after sync (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.HeapInuse) / mibf }), "%.0f", true},
 	{"RSS after sync (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.RSS) / mibf }), "%.0f", true},
-	{"peak RSS (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.HWM) / mibf }), "%.0f", true},
+	{"peak RSS over the run (MiB)", stat(func(r *Run) float64 { return float64(r.PeakRSS()) / mibf }), "%.0f", true},
 	{"heap per proxy beyond the shared config (KiB)", stat(func(r *Run) float64 {
 		return (float64(r.AfterSync.HeapInuse) - float64(r.Baseline.HeapInuse)) / float64(r.N) / kib
 	}), "%.1f", true},
@@ -245,7 +245,8 @@ func (r *report) markdown() string {
 			}
 			fmt.Fprintf(&b, "| %s | %d/%d | %.0f | %.0f | %.0f | %.0f | %.2f |\n", kind, c.Reached, c.Clients, c.P50, c.P99, c.Max, c.Bytes, c.ServerCPU)
 		}
-		fmt.Fprintf(&b, "\nControl plane after sync: heap %.0f MiB, RSS %.0f MiB (informer caches included).\n", float64(k.AfterSync.HeapInuse)/mibf, float64(k.AfterSync.RSS)/mibf)
+		fmt.Fprintf(&b, "\nControl plane (informer caches included): after sync heap %.0f MiB, RSS %.0f MiB; peak RSS over the run %.0f MiB; before any proxy connected (baseline) RSS %.0f MiB.\n",
+			float64(k.AfterSync.HeapInuse)/mibf, float64(k.AfterSync.RSS)/mibf, float64(k.PeakRSS())/mibf, float64(k.Baseline.RSS)/mibf)
 	}
 	if !r.Finished.IsZero() {
 		fmt.Fprintf(&b, "\nRun %s, %s.\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))

@@ -38,6 +38,9 @@ type Run struct {
 	// synced. Both after a GC that returns freed memory to the OS.
 	Baseline  server.Stats `json:"baseline"`
 	AfterSync server.Stats `json:"after_sync"`
+	// End is the server at the end of the run, after the last change, without a GC:
+	// its HWM is the peak RSS over the whole run (sync and changes).
+	End server.Stats `json:"end"`
 	// SyncCPU is the server's CPU seconds for the initial sync.
 	SyncCPU float64 `json:"sync_cpu_s"`
 	// ClientRSS is the simulator's (driver's) RSS after sync, for scale.
@@ -247,8 +250,25 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 	if st := f.Status(); st.Err != nil {
 		return nil, st.Err
 	}
+	if err := r.end(ch); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
+
+// end records the server's state at the end of the run, with its peak RSS.
+func (r *Run) end(ch *child) error {
+	var err error
+	if r.End, err = ch.stats(false); err != nil {
+		return err
+	}
+	logf("%s N=%d: server RSS after sync %s, peak RSS over the run %s", r.Impl, r.N, mib(r.AfterSync.RSS), mib(r.PeakRSS()))
+	return nil
+}
+
+// PeakRSS is the server's peak RSS (VmHWM) over the run: the high-water mark at its
+// end, or after sync for a run that stopped there.
+func (r *Run) PeakRSS() uint64 { return max(r.End.HWM, r.AfterSync.HWM) }
 
 // expectation is what each normal proxy must have ACKed before a change counts as done.
 func expectation(kind string) []sim.Type {
