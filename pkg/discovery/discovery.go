@@ -93,6 +93,10 @@ type Options struct {
 	// DefaultMTLS is the mutual-TLS mode of a meshed Service when neither it nor its
 	// Namespace carries a valid mesh-mtls annotation. Default mesh.MTLSStrict.
 	DefaultMTLS mesh.MTLSMode
+	// LeaderElection, when set, makes this replica write to the API (Events, statuses,
+	// and the CA root through Leadership) only while it holds the Lease it names
+	// (leader.go). Nil means this replica always writes: one replica, or tests.
+	LeaderElection *LeaderElectionConfig
 }
 
 // Discovery watches Services, EndpointSlices, Pods and Namespaces and publishes mesh snapshots.
@@ -134,6 +138,7 @@ type Discovery struct {
 
 	reporter   *reporter
 	quarantine *quarantine
+	leadership *Leadership
 
 	out       chan *mesh.Snapshot
 	latest    atomic.Pointer[mesh.Snapshot]
@@ -177,6 +182,19 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 
 		quarantine: newQuarantine(),
 		regErr:     optErr,
+	}
+	d.leadership = newLeadership(register(opts.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bearkong_leader",
+		Help: "1 while this replica holds the leader Lease, or runs without leader election, and so writes to the Kubernetes API; else 0. Every replica serves xDS either way.",
+	})))
+	if opts.LeaderElection == nil {
+		d.leadership.begin(context.Background()) // one term, for good
+	} else {
+		le := *opts.LeaderElection
+		if err := checkLeaderElection(&le); err != nil {
+			d.regErr = errors.Join(d.regErr, err)
+		}
+		d.opts.LeaderElection = &le
 	}
 	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
@@ -299,6 +317,10 @@ func (d *Discovery) Snapshots() <-chan *mesh.Snapshot { return d.out }
 // been published, which is what /readyz needs: from then on Latest is never nil.
 func (d *Discovery) HasSynced() bool { return d.hasSynced.Load() }
 
+// Leadership is the signal that gates this replica's writes to the API; the CA root's
+// RootPublisher shares it (RootPublisherOptions.Leadership).
+func (d *Discovery) Leadership() *Leadership { return d.leadership }
+
 // Latest returns the last published snapshot, or nil before the first.
 func (d *Discovery) Latest() *mesh.Snapshot { return d.latest.Load() }
 
@@ -312,6 +334,15 @@ func (d *Discovery) Run(ctx context.Context) error {
 	}
 	if d.regErr != nil {
 		return d.regErr
+	}
+
+	if le := d.opts.LeaderElection; le != nil {
+		// Campaign from the start, alongside the caches' sync: the Lease is about
+		// writing, and writing waits for the caches anyway (the reporter starts after
+		// them). Run waits for it, so that the Lease is released before Run returns.
+		var campaigning sync.WaitGroup
+		campaigning.Go(func() { campaign(ctx, d.client, *le, d.leadership, d.log) })
+		defer campaigning.Wait()
 	}
 
 	synced := d.synced
