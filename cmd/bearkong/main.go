@@ -181,6 +181,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		election = &discovery.LeaderElectionConfig{Namespace: *leNamespace, Name: *leName, Identity: id,
 			LeaseDuration: *leLease, RenewDeadline: *leRenew, RetryPeriod: *leRetry}
+		if err := discovery.ValidateLeaderElection(election); err != nil {
+			return fmt.Errorf("--leader-election-*: %w", err)
+		}
 	}
 	client, gateway, err := discovery.NewClients(*kubeconfig)
 	if err != nil {
@@ -244,7 +247,16 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
 	}
-	return cp.Serve(ctx)
+	err = cp.Serve(ctx)
+	// Serve returns once xDS is drained; discovery may still be releasing the Lease.
+	// Wait for it (bounded by the renew deadline, which bounds the release), so that
+	// another replica takes over at once instead of after the lease duration.
+	select {
+	case <-disc.Stopped():
+	case <-time.After(*leRenew):
+		log.Warn("discovery did not stop in time; the Lease may stay held until it expires")
+	}
+	return err
 }
 
 // defaultIdentity is --leader-election-identity's default: $POD_NAME (the downward

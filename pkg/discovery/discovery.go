@@ -13,6 +13,11 @@
 // costs one snapshot rather than one per event. A snapshot is published only when its
 // meaning differs from the previous one, so resyncs and status noise never reach the
 // proxies.
+//
+// Every replica watches and builds; only the one that holds the leader Lease writes to
+// the API (leader.go): Events and statuses (report.go), and the CA root (rootca.go,
+// through Leadership). Its writes follow sample-controller too: Events through
+// client-go's events recorder, statuses through a rate-limited workqueue with retries.
 package discovery
 
 import (
@@ -141,6 +146,7 @@ type Discovery struct {
 	leadership *Leadership
 
 	out       chan *mesh.Snapshot
+	stopped   chan struct{} // closed when Run returns
 	latest    atomic.Pointer[mesh.Snapshot]
 	hasSynced atomic.Bool
 	running   atomic.Bool
@@ -179,6 +185,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		factory: informers.NewSharedInformerFactory(client, opts.ResyncPeriod),
 		kick:    make(chan struct{}, 1),
 		out:     make(chan *mesh.Snapshot, 1),
+		stopped: make(chan struct{}),
 
 		quarantine: newQuarantine(),
 		regErr:     optErr,
@@ -191,7 +198,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		d.leadership.begin(context.Background()) // one term, for good
 	} else {
 		le := *opts.LeaderElection
-		if err := checkLeaderElection(&le); err != nil {
+		if err := ValidateLeaderElection(&le); err != nil {
 			d.regErr = errors.Join(d.regErr, err)
 		}
 		d.opts.LeaderElection = &le
@@ -317,6 +324,11 @@ func (d *Discovery) Snapshots() <-chan *mesh.Snapshot { return d.out }
 // been published, which is what /readyz needs: from then on Latest is never nil.
 func (d *Discovery) HasSynced() bool { return d.hasSynced.Load() }
 
+// Stopped is closed when Run has returned: by then the Lease is released (when leader
+// election is on) and no write is in flight. A process waits for it before it exits,
+// so that another replica takes over at once rather than after the lease duration.
+func (d *Discovery) Stopped() <-chan struct{} { return d.stopped }
+
 // Leadership is the signal that gates this replica's writes to the API; the CA root's
 // RootPublisher shares it (RootPublisherOptions.Leadership).
 func (d *Discovery) Leadership() *Leadership { return d.leadership }
@@ -332,6 +344,7 @@ func (d *Discovery) Run(ctx context.Context) error {
 	if !d.running.CompareAndSwap(false, true) {
 		return errors.New("discovery: Run called more than once")
 	}
+	defer close(d.stopped)
 	if d.regErr != nil {
 		return d.regErr
 	}

@@ -127,9 +127,9 @@ func (l *Leadership) stop() bool {
 	return true
 }
 
-// checkLeaderElection fills in c's defaults and checks it as client-go would, so that a
-// bad flag fails at start rather than in a loop.
-func checkLeaderElection(c *LeaderElectionConfig) error {
+// ValidateLeaderElection fills in c's defaults and checks it as client-go would, so that
+// a bad flag fails at start rather than in a loop. New calls it too.
+func ValidateLeaderElection(c *LeaderElectionConfig) error {
 	if c.LeaseDuration <= 0 {
 		c.LeaseDuration = DefaultLeaseDuration
 	}
@@ -198,7 +198,7 @@ func campaign(ctx context.Context, client kubernetes.Interface, c LeaderElection
 			},
 		})
 		if err != nil {
-			// checkLeaderElection ruled out every error NewLeaderElector returns.
+			// ValidateLeaderElection ruled out every error NewLeaderElector returns.
 			log.Error("leader election", "err", err)
 			return
 		}
