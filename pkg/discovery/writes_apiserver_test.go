@@ -458,3 +458,53 @@ func TestOneWriterWithTheAPIServer(t *testing.T) {
 		t.Errorf("the Lease names %q after the last replica stopped, want it released", h)
 	}
 }
+
+// TestLosingTheLeaseWithTheAPIServer: a leader that cannot renew its Lease (here: its
+// RBAC for Leases taken away) stops writing after the renew deadline, keeps building
+// snapshots, and campaigns again; when it can, it takes the Lease back and writes what
+// it held back.
+func TestLosingTheLeaseWithTheAPIServer(t *testing.T) {
+	w := startWritesEnv(t)
+	a := w.startReplica("a", Options{LeaderElection: leaseFor("a")}, nil)
+	leading := func() bool { return sumMetric(t, a.reg, "bearkong_leader", nil) == 1 }
+	w.eventually("a leads", leading)
+	w.eventually("the Event of the invalid mesh-timeout", func() bool { return len(w.bearkongEvents()) == 1 })
+
+	bindings := w.admin.RbacV1().RoleBindings("bearkong-system")
+	binding, err := bindings.Get(w.ctx, "bearkong-leader-election", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bindings.Delete(w.ctx, binding.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("a stops leading once it cannot renew", func() bool { return !leading() })
+
+	// Still building and serving: a new problem reaches the snapshot, but no Event.
+	svc, err := w.admin.CoreV1().Services(writesNS).Get(w.ctx, "app-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Annotations[mesh.AnnotationTimeout] = "-1s"
+	if _, err := w.admin.CoreV1().Services(writesNS).Update(w.ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("the new diagnostic in a's snapshot", func() bool {
+		return slices.ContainsFunc(a.d.Latest().Diagnostics, func(d mesh.Diagnostic) bool { return strings.Contains(d.Message, `"-1s"`) })
+	})
+	time.Sleep(time.Second) // room for a wrong write
+	if evs := w.bearkongEvents(); len(evs) != 1 {
+		t.Fatalf("Events while not leading: %q, want the first one only", evs)
+	}
+
+	binding.ResourceVersion = ""
+	if _, err := bindings.Create(w.ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("a leads again", leading)
+	w.eventually("the Event held back", func() bool { return len(w.bearkongEvents()) == 2 })
+	if got := writes(t, "events", "create", "ok", a); got != 2 {
+		t.Errorf("%v Events written, want 2", got)
+	}
+	a.stop() // while the API server is up, so that it releases the Lease
+}
