@@ -8,7 +8,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -96,6 +98,15 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	tokenAudience := fs.String("xds-token-audience", defaultTokenAudience, "audience the proxies' ServiceAccount tokens must be issued for")
 	trustDomain := fs.String("trust-domain", ca.DefaultTrustDomain, "SPIFFE trust domain of the workload identities: spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>")
 	caSecret := fs.String("ca-secret", envOr("POD_NAMESPACE", "bearkong-system")+"/bearkong-ca", "namespace/name of the Secret that holds the CA: created with a new root on first start unless it exists (bring your own by creating it first)")
+	// High availability: every replica serves xDS; the holder of a Lease writes to the
+	// API (README, "High availability").
+	leaderElect := fs.Bool("leader-elect", true, "elect one writer among the replicas with a coordination.k8s.io Lease: only its holder writes Events, statuses and the CA root ConfigMaps, and every replica serves xDS; false makes this replica write unconditionally (one-replica development setups only: two such replicas would write everything twice)")
+	leNamespace := fs.String("leader-election-namespace", envOr("POD_NAMESPACE", "bearkong-system"), "namespace of the leader-election Lease (default $POD_NAMESPACE, else bearkong-system)")
+	leName := fs.String("leader-election-name", "bearkong", "name of the leader-election Lease (coordination.k8s.io/v1)")
+	leIdentity := fs.String("leader-election-identity", "", "this replica's identity in the Lease; must differ between replicas (default $POD_NAME, else the hostname, followed by _ and 8 random hex digits)")
+	leLease := fs.Duration("leader-election-lease-duration", discovery.DefaultLeaseDuration, "how long the other replicas wait after the leader's last renewal before they take the Lease")
+	leRenew := fs.Duration("leader-election-renew-deadline", discovery.DefaultRenewDeadline, "how long the leader keeps trying to renew the Lease before it stops writing")
+	leRetry := fs.Duration("leader-election-retry-period", discovery.DefaultRetryPeriod, "interval between tries to take or renew the Lease")
 	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
 	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
@@ -176,6 +187,20 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if !ok || caNS == "" || caName == "" || strings.Contains(caName, "/") {
 		return fmt.Errorf("--ca-secret %q: want namespace/name", *caSecret)
 	}
+	var election *discovery.LeaderElectionConfig
+	if *leaderElect {
+		id := *leIdentity
+		if id == "" {
+			if id, err = defaultIdentity(); err != nil {
+				return err
+			}
+		}
+		election = &discovery.LeaderElectionConfig{Namespace: *leNamespace, Name: *leName, Identity: id,
+			LeaseDuration: *leLease, RenewDeadline: *leRenew, RetryPeriod: *leRetry}
+		if err := discovery.ValidateLeaderElection(election); err != nil {
+			return fmt.Errorf("--leader-election-*: %w", err)
+		}
+	}
 	client, gateway, err := discovery.NewClients(kubeOpts)
 	if err != nil {
 		return err
@@ -195,8 +220,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	disc := discovery.New(client, discovery.Options{
 		QuietPeriod: *quiet, MaxDelay: *maxDelay, ResyncPeriod: *resync, Logger: log, Registerer: reg,
 		GatewayClient: gateway, AuthzClient: authz, AllowSkipValidation: *skipValidation, DefaultMTLS: mode,
+		LeaderElection: election,
 	})
-	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg})
+	roots := discovery.NewRootPublisher(client, discovery.RootPublisherOptions{Logger: log, Registerer: reg, Leadership: disc.Leadership()})
 	publish := publishRoots(ctx, roots, authority.Bundle(), log)
 	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DebugAddr: *debugAddr, DrainTimeout: *drain,
@@ -229,13 +255,48 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	log.Info("bearkong starting", "version", version, "xds", cp.XDSAddr(), "http", cp.HTTPAddr(), "debug", cp.DebugAddr(),
 		"trust_domain", *trustDomain, "ca_secret", *caSecret, "cert_lifetime", *certLifetime, "default_authz", *defaultAuthz)
+	if election != nil {
+		log.Info("leader election on: this replica writes to the API only while it holds the Lease",
+			"lease", election.Namespace+"/"+election.Name, "identity", election.Identity)
+	} else {
+		log.Warn("--leader-elect=false: this replica writes to the API unconditionally; run one replica only")
+	}
 	if sec.Insecure {
 		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
 	}
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
 	}
-	return cp.Serve(ctx)
+	err = cp.Serve(ctx)
+	// Serve returns once xDS is drained; discovery may still be releasing the Lease.
+	// Wait for it (bounded by the renew deadline, which bounds the release), so that
+	// another replica takes over at once instead of after the lease duration.
+	select {
+	case <-disc.Stopped():
+	case <-time.After(*leRenew):
+		log.Warn("discovery did not stop in time; the Lease may stay held until it expires")
+	}
+	return err
+}
+
+// defaultIdentity is --leader-election-identity's default: $POD_NAME (the downward
+// API), else the hostname, with a random suffix so that two processes on one host (or
+// a pod restarted in place) never share an identity: two holders of one identity would
+// both believe they lead.
+func defaultIdentity() (string, error) {
+	base := os.Getenv("POD_NAME")
+	if base == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("--leader-election-identity: no $POD_NAME and no hostname: %w", err)
+		}
+		base = h
+	}
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("--leader-election-identity: %w", err)
+	}
+	return base + "_" + hex.EncodeToString(b[:]), nil
 }
 
 // parseLimits checks the --xds-max-* flags and --xds-send-timeout: each must be positive

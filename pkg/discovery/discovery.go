@@ -13,6 +13,11 @@
 // costs one snapshot rather than one per event. A snapshot is published only when its
 // meaning differs from the previous one, so resyncs and status noise never reach the
 // proxies.
+//
+// Every replica watches and builds; only the one that holds the leader Lease writes to
+// the API (leader.go): Events and statuses (report.go), and the CA root (rootca.go,
+// through Leadership). Its writes follow sample-controller too: Events through
+// client-go's events recorder, statuses through a rate-limited workqueue with retries.
 package discovery
 
 import (
@@ -93,6 +98,10 @@ type Options struct {
 	// DefaultMTLS is the mutual-TLS mode of a meshed Service when neither it nor its
 	// Namespace carries a valid mesh-mtls annotation. Default mesh.MTLSStrict.
 	DefaultMTLS mesh.MTLSMode
+	// LeaderElection, when set, makes this replica write to the API (Events, statuses,
+	// and the CA root through Leadership) only while it holds the Lease it names
+	// (leader.go). Nil means this replica always writes: one replica, or tests.
+	LeaderElection *LeaderElectionConfig
 }
 
 // Discovery watches Services, EndpointSlices, Pods and Namespaces and publishes mesh snapshots.
@@ -134,8 +143,10 @@ type Discovery struct {
 
 	reporter   *reporter
 	quarantine *quarantine
+	leadership *Leadership
 
 	out       chan *mesh.Snapshot
+	stopped   chan struct{} // closed when Run returns
 	latest    atomic.Pointer[mesh.Snapshot]
 	hasSynced atomic.Bool
 	running   atomic.Bool
@@ -174,9 +185,23 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		factory: informers.NewSharedInformerFactory(client, opts.ResyncPeriod),
 		kick:    make(chan struct{}, 1),
 		out:     make(chan *mesh.Snapshot, 1),
+		stopped: make(chan struct{}),
 
 		quarantine: newQuarantine(),
 		regErr:     optErr,
+	}
+	d.leadership = newLeadership(register(opts.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "bearkong_leader",
+		Help: "1 while this replica holds the leader Lease, or runs without leader election, and so writes to the Kubernetes API; else 0. Every replica serves xDS either way.",
+	})))
+	if opts.LeaderElection == nil {
+		d.leadership.begin(context.Background()) // one term, for good
+	} else {
+		le := *opts.LeaderElection
+		if err := ValidateLeaderElection(&le); err != nil {
+			d.regErr = errors.Join(d.regErr, err)
+		}
+		d.opts.LeaderElection = &le
 	}
 	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
@@ -317,6 +342,15 @@ func (d *Discovery) Snapshots() <-chan *mesh.Snapshot { return d.out }
 // been published, which is what /readyz needs: from then on Latest is never nil.
 func (d *Discovery) HasSynced() bool { return d.hasSynced.Load() }
 
+// Stopped is closed when Run has returned: by then the Lease is released (when leader
+// election is on) and no write is in flight. A process waits for it before it exits,
+// so that another replica takes over at once rather than after the lease duration.
+func (d *Discovery) Stopped() <-chan struct{} { return d.stopped }
+
+// Leadership is the signal that gates this replica's writes to the API; the CA root's
+// RootPublisher shares it (RootPublisherOptions.Leadership).
+func (d *Discovery) Leadership() *Leadership { return d.leadership }
+
 // Latest returns the last published snapshot, or nil before the first.
 func (d *Discovery) Latest() *mesh.Snapshot { return d.latest.Load() }
 
@@ -328,8 +362,18 @@ func (d *Discovery) Run(ctx context.Context) error {
 	if !d.running.CompareAndSwap(false, true) {
 		return errors.New("discovery: Run called more than once")
 	}
+	defer close(d.stopped)
 	if d.regErr != nil {
 		return d.regErr
+	}
+
+	if le := d.opts.LeaderElection; le != nil {
+		// Campaign from the start, alongside the caches' sync: the Lease is about
+		// writing, and writing waits for the caches anyway (the reporter starts after
+		// them). Run waits for it, so that the Lease is released before Run returns.
+		var campaigning sync.WaitGroup
+		campaigning.Go(func() { campaign(ctx, d.client, *le, d.leadership, d.log) })
+		defer campaigning.Wait()
 	}
 
 	synced := d.synced

@@ -64,6 +64,11 @@ type RootPublisherOptions struct {
 	// someone else is undone. Each resync costs one GET per namespace and no write when
 	// all is well. Default DefaultRootResyncInterval.
 	ResyncInterval time.Duration
+	// Leadership gates the writes: with it, the publisher writes only while this
+	// replica leads (Discovery.Leadership), and checks every namespace when a term
+	// begins; Publish between terms only remembers what to publish. Nil means it
+	// always writes.
+	Leadership *Leadership
 }
 
 // RootPublisher keeps ConfigMap bearkong-ca-root, key ca.crt, equal to the CA's trust
@@ -129,6 +134,9 @@ func NewRootPublisher(client kubernetes.Interface, opts RootPublisherOptions) *R
 // Namespaces already published with this bundle, by this publisher, cost nothing; a
 // namespace that failed is retried on the next call and by Run. It returns the
 // failures, joined; they are also logged and counted.
+//
+// Between terms of leadership (RootPublisherOptions.Leadership) it writes nothing: it
+// remembers bundle and namespaces for Run to publish when this replica leads.
 func (p *RootPublisher) Publish(ctx context.Context, bundle []byte, namespaces []string) error {
 	if len(bundle) == 0 {
 		return errors.New("publish the CA root: empty trust bundle")
@@ -154,7 +162,30 @@ func (p *RootPublisher) Publish(ctx context.Context, bundle []byte, namespaces [
 			}
 		}
 	}
+	ctx, done, leading := p.term(ctx)
+	defer done()
+	if !leading {
+		return nil
+	}
 	return p.syncLocked(ctx, false)
+}
+
+// term returns ctx bounded by the current term of leadership, and whether this replica
+// leads: requests made for a term stop when it ends.
+func (p *RootPublisher) term(ctx context.Context) (context.Context, context.CancelFunc, bool) {
+	l := p.opts.Leadership
+	if l == nil {
+		return ctx, func() {}, true
+	}
+	if !l.Leading() {
+		return ctx, func() {}, false
+	}
+	// Leading now, so Await returns at once.
+	term, cancel := l.Await(ctx)
+	if term == nil {
+		return ctx, func() {}, false
+	}
+	return term, cancel, true
 }
 
 // Resync reads every published ConfigMap back and puts back any that was edited or
@@ -162,12 +193,36 @@ func (p *RootPublisher) Publish(ctx context.Context, bundle []byte, namespaces [
 func (p *RootPublisher) Resync(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	ctx, done, leading := p.term(ctx)
+	defer done()
+	if !leading {
+		return nil
+	}
 	return p.syncLocked(ctx, true)
 }
 
 // Run retries failed namespaces every RetryInterval and resyncs every ResyncInterval,
-// until ctx ends. It returns nil then.
+// until ctx ends. It returns nil then. With a Leadership, it does so only while this
+// replica leads, and at the start of each term it checks every namespace (another
+// leader may have published meanwhile, or not at all).
 func (p *RootPublisher) Run(ctx context.Context) error {
+	if p.opts.Leadership == nil {
+		p.runTerm(ctx)
+		return nil
+	}
+	for {
+		term, cancel := p.opts.Leadership.Await(ctx)
+		if term == nil {
+			return nil
+		}
+		_ = p.Resync(term) // already logged and counted
+		p.runTerm(term)
+		cancel()
+	}
+}
+
+// runTerm retries and resyncs until ctx ends.
+func (p *RootPublisher) runTerm(ctx context.Context) {
 	retryTick := time.NewTicker(p.opts.RetryInterval)
 	defer retryTick.Stop()
 	resyncTick := time.NewTicker(p.opts.ResyncInterval)
@@ -175,7 +230,7 @@ func (p *RootPublisher) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-retryTick.C:
 			p.mu.Lock()
 			_ = p.syncLocked(ctx, false) // already logged and counted

@@ -17,6 +17,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -539,6 +540,82 @@ func TestControlPlaneWithItsServiceAccount(t *testing.T) {
 	t.Run("the CA Secret and no other", func(t *testing.T) {
 		caSecretAccess(ctx, t, env, sa, m.Namespace())
 	})
+	t.Run("the leader Lease and no other", func(t *testing.T) {
+		leaseAccess(ctx, t, env, sa, m.Namespace())
+	})
+}
+
+// leaseAccess checks, with the control plane's own client, that it may get and update
+// the leader-election Lease bearkong-system/bearkong and create it (client-go's leader
+// election, pkg/discovery/leader.go), and nothing else: not another Lease's, not in
+// another namespace, no list, watch, patch or delete. The control plane under test holds
+// that Lease already, through those verbs.
+func leaseAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kubernetes.Interface, appNS string) {
+	const cpNS, name = "bearkong-system", "bearkong"
+	for _, c := range []struct {
+		verb, namespace, name string
+		allowed               bool
+	}{
+		{"get", cpNS, name, true},
+		{"update", cpNS, name, true},
+		{"create", cpNS, "", true}, // RBAC cannot restrict create by name (rbac.yaml)
+		{"get", cpNS, "other", false},
+		{"update", cpNS, "other", false},
+		{"get", cpNS, "", false},
+		{"list", cpNS, "", false},
+		{"watch", cpNS, name, false},
+		{"patch", cpNS, name, false},
+		{"delete", cpNS, name, false},
+		{"deletecollection", cpNS, "", false},
+		{"get", appNS, name, false},
+		{"update", appNS, name, false},
+		{"create", appNS, "", false},
+		{"create", "kube-system", "", false},
+	} {
+		r, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Group: "coordination.k8s.io", Resource: "leases", Namespace: c.namespace, Name: c.name,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != c.allowed {
+			t.Errorf("%s leases %q in %q: allowed=%t, want %t", c.verb, c.name, c.namespace, r.Status.Allowed, c.allowed)
+		}
+	}
+
+	// The same with real requests: the control plane's Lease is there and readable;
+	// it may not be deleted, and another Lease (the admin's) may be neither read nor
+	// updated.
+	lease, err := sa.CoordinationV1().Leases(cpNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get the leader Lease: %v", err)
+	}
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		t.Errorf("the leader Lease has no holder: %+v", lease.Spec)
+	} else {
+		t.Logf("Lease %s/%s held by %s", cpNS, name, *lease.Spec.HolderIdentity)
+	}
+	if err := sa.CoordinationV1().Leases(cpNS).Delete(ctx, name, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("delete the leader Lease: %v, want Forbidden", err)
+	}
+	other := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: cpNS}}
+	other, err = env.Client.CoordinationV1().Leases(cpNS).Create(ctx, other, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sa.CoordinationV1().Leases(cpNS).Get(ctx, other.Name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("get Lease %s: %v, want Forbidden", other.Name, err)
+	}
+	holder := "intruder"
+	other.Spec.HolderIdentity = &holder
+	if _, err := sa.CoordinationV1().Leases(cpNS).Update(ctx, other, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("update Lease %s: %v, want Forbidden", other.Name, err)
+	}
+	if _, err := sa.CoordinationV1().Leases(cpNS).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list Leases: %v, want Forbidden", err)
+	}
 }
 
 // caSecretAccess checks, with the control plane's own client, that it may read the CA
@@ -617,8 +694,8 @@ func caSecretAccess(ctx context.Context, t *testing.T, env *kubeenv.Env, sa kube
 // leastPrivilege checks, with the control plane's own client, that its RBAC grants
 // exactly what it uses: read Services, Pods, EndpointSlices, HTTPRoutes and
 // AuthorizationPolicies; list and watch Namespaces; update HTTPRoute and
-// AuthorizationPolicy statuses; create events.k8s.io Events; and nothing
-// else (ConfigMaps: rootConfigMapAccess; Secrets: caSecretAccess).
+// AuthorizationPolicy statuses; create, patch and list events.k8s.io Events; and nothing
+// else (ConfigMaps: rootConfigMapAccess; Secrets: caSecretAccess; Leases: leaseAccess).
 func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, ns, svcName string) {
 	type access struct {
 		verb, group, resource, namespace string
@@ -645,11 +722,15 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 		access{"update", "gateway.networking.k8s.io", "gateways/status", ns, false},
 		access{"create", "events.k8s.io", "events", ns, true},
 		access{"create", "events.k8s.io", "events", "bearkong-system", true},
-		access{"patch", "events.k8s.io", "events", ns, false},
+		// The events recorder patches a repeated Event into a series; a new leader
+		// lists the Events bearkong wrote, once, to write none twice.
+		access{"patch", "events.k8s.io", "events", ns, true},
+		access{"list", "events.k8s.io", "events", "", true},
 		access{"update", "events.k8s.io", "events", ns, false},
 		access{"delete", "events.k8s.io", "events", ns, false},
+		access{"deletecollection", "events.k8s.io", "events", ns, false},
 		access{"get", "events.k8s.io", "events", ns, false},
-		access{"list", "events.k8s.io", "events", "", false},
+		access{"watch", "events.k8s.io", "events", "", false},
 		access{"create", "authentication.k8s.io", "tokenreviews", "", true}, // the proxies' tokens
 		access{"create", "authorization.k8s.io", "subjectaccessreviews", "", false},
 		access{"create", "", "serviceaccounts/token", ns, false},
@@ -670,7 +751,9 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 		access{"create", "events.k8s.io", "events", "default", true}, // Events about Namespaces
 		access{"create", "", "serviceaccounts/token", "bearkong-system", false},
 		access{"update", "", "pods/status", ns, false},
-		access{"create", "coordination.k8s.io", "leases", "bearkong-system", false},
+		// Leases: leaseAccess.
+		access{"create", "coordination.k8s.io", "leases", ns, false},
+		access{"list", "coordination.k8s.io", "leases", "", false},
 		access{"list", "apps", "deployments", "", false},
 		access{"bind", "rbac.authorization.k8s.io", "clusterroles", "", false},
 		access{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", false},
@@ -727,9 +810,16 @@ func leastPrivilege(ctx context.Context, t *testing.T, sa kubernetes.Interface, 
 	if err != nil {
 		t.Fatalf("create an events.k8s.io Event: %v", err)
 	}
-	patch := []byte(`{"note":"changed"}`)
-	if _, err := sa.EventsV1().Events(ns).Patch(ctx, created.Name, types.MergePatchType, patch, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
-		t.Errorf("patch an Event: %v, want Forbidden", err)
+	// The recorder's series patch (a strategic merge patch, as client-go's sink sends).
+	patch := []byte(`{"series":{"count":2,"lastObservedTime":"` + metav1.NowMicro().UTC().Format(metav1.RFC3339Micro) + `"}}`)
+	if _, err := sa.EventsV1().Events(ns).Patch(ctx, created.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Errorf("patch an Event into a series: %v, want allowed", err)
+	}
+	if _, err := sa.EventsV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "reportingController=bearkong.dev/deploy-test"}); err != nil {
+		t.Errorf("list Events by reportingController: %v, want allowed", err)
+	}
+	if _, err := sa.EventsV1().Events(ns).Update(ctx, created, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("update an Event: %v, want Forbidden", err)
 	}
 	if err := sa.EventsV1().Events(ns).Delete(ctx, created.Name, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("delete an Event: %v, want Forbidden", err)
