@@ -254,6 +254,10 @@ func (e permanentError) Unwrap() error { return e.err }
 // permanent marks an error that Eventually should not retry.
 func permanent(err error) error { return permanentError{err} }
 
+// Permanent marks an error that ends an Eventually at once: what the check found will not
+// get better by waiting.
+func Permanent(err error) error { return permanent(err) }
+
 func truncate(b []byte, n int) string {
 	if len(b) > n {
 		return string(b[:n]) + "..."

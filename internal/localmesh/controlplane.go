@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -92,9 +91,6 @@ func (m *Mesh) ControlPlaneURLs() []string {
 // under /debug/pprof/).
 func (m *Mesh) DebugURL(i int) string { return "http://" + m.cps[i].debugAddr }
 
-// ControlPlaneLog returns the path of the log file of the control plane's replica 0.
-func (m *Mesh) ControlPlaneLog() string { return m.ControlPlaneReplicaLog(0) }
-
 // ControlPlaneReplicaLog returns the path of replica i's log file: bearkong-cp.log when
 // the mesh runs one replica, as it always did, else bearkong-cp-<i>.log.
 func (m *Mesh) ControlPlaneReplicaLog(i int) string {
@@ -103,30 +99,6 @@ func (m *Mesh) ControlPlaneReplicaLog(i int) string {
 		name = "bearkong-cp-" + strconv.Itoa(i) + ".log"
 	}
 	return filepath.Join(m.opts.Dir, "logs", name)
-}
-
-// StartControlPlane starts every replica that is not running, in parallel, and waits for
-// each one's /readyz. It can be called again after StopControlPlane or KillControlPlane;
-// the replicas keep their addresses.
-func (m *Mesh) StartControlPlane(ctx context.Context) error {
-	var idle []int
-	m.mu.Lock()
-	for i, r := range m.cps {
-		if r.proc == nil {
-			idle = append(idle, i)
-		}
-	}
-	m.mu.Unlock()
-	if len(idle) == 0 {
-		return errors.New("localmesh: control plane already running")
-	}
-	errs := make([]error, len(idle))
-	var wg sync.WaitGroup
-	for k, i := range idle {
-		wg.Go(func() { errs[k] = m.StartControlPlaneReplica(ctx, i) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // StartControlPlaneReplica starts replica i and waits for its /readyz.

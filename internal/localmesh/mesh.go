@@ -224,6 +224,40 @@ func (m *Mesh) Namespace() string { return m.opts.Namespace }
 // DrainPeriod returns how long a gracefully removed pod keeps serving (Options.DrainPeriod).
 func (m *Mesh) DrainPeriod() time.Duration { return m.opts.DrainPeriod }
 
+// ControlPlaneLog returns the path of the log file of the control plane (of its replica 0).
+func (m *Mesh) ControlPlaneLog() string { return m.ControlPlaneReplicaLog(0) }
+
+// StartControlPlane starts every control-plane replica that is not running, in parallel,
+// and waits for each one's /readyz. It can be called again after StopControlPlane or
+// KillControlPlane; the replicas keep their addresses.
+func (m *Mesh) StartControlPlane(ctx context.Context) error {
+	if err := m.ensureControlPlaneNamespace(ctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return errors.New("localmesh: closed")
+	}
+	var idle []int
+	for i, r := range m.cps {
+		if r.proc == nil {
+			idle = append(idle, i)
+		}
+	}
+	m.mu.Unlock()
+	if len(idle) == 0 {
+		return errors.New("localmesh: control plane already running")
+	}
+	errs := make([]error, len(idle))
+	var wg sync.WaitGroup
+	for k, i := range idle {
+		wg.Go(func() { errs[k] = m.StartControlPlaneReplica(ctx, i) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Close stops every process the mesh started (pods, control plane, Prometheus) and waits
 // for them to exit. It leaves the Kubernetes objects alone; they go with the Env.
 func (m *Mesh) Close() error {
