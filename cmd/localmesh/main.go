@@ -278,12 +278,12 @@ func printReplicas(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
 		if i == leader {
 			role = "   <- leader"
 		}
-		fmt.Fprintf(out, "  replica %d (%s): xDS %s, HTTP %s, pprof %s/debug/pprof/, log %s%s\n", i, localmesh.ReplicaIdentity(i), xds[i], u, m.DebugURL(i), m.ControlPlaneReplicaLog(i), role)
+		fmt.Fprintf(out, "  replica %d (%s, pid %d): xDS %s, HTTP %s, pprof %s/debug/pprof/, log %s%s\n", i, localmesh.ReplicaIdentity(i), m.ControlPlanePid(i), xds[i], u, m.DebugURL(i), m.ControlPlaneReplicaLog(i), role)
 	}
 	if leader < 0 {
 		fmt.Fprintf(out, "  (the Lease names %q, none of them, for now)\n", holder)
 	}
-	fmt.Fprintln(out, "  kubectl -n bearkong-system get lease bearkong    # who leads; kill -9 its process and the other one takes over")
+	fmt.Fprintln(out, "  kubectl -n bearkong-system get lease bearkong    # who leads; kill -9 the leader's pid and another replica takes over")
 }
 
 // lock takes an exclusive, non-blocking flock on path, so that a second localmesh fails at

@@ -247,6 +247,16 @@ func (m *Mesh) ControlPlaneRunning(i int) bool {
 	return i >= 0 && i < len(m.cps) && m.cps[i].proc != nil
 }
 
+// ControlPlanePid returns the process id of replica i, or 0 when it is not running.
+func (m *Mesh) ControlPlanePid(i int) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if i < 0 || i >= len(m.cps) || m.cps[i].proc == nil {
+		return 0
+	}
+	return m.cps[i].proc.Pid()
+}
+
 // LeaderReplica returns the replica that holds the Lease according to the API, or -1 and
 // the holder's identity when the Lease names no replica of this mesh (no holder yet, or
 // one released by a replica that stopped).
