@@ -667,10 +667,35 @@ func startLoad(m *localmesh.Mesh) (stop func() loadResult) {
 // the Lease within the lease duration (plus the retry periods at which it looks); a bad
 // annotation and an HTTPRoute change made after the kill get their Event and status.
 func (h *haMesh) testLeaderKilled(t *testing.T) {
-	h.waitSynced(t)
+	_, on := h.waitSynced(t)
 	ctx := ctxT(t, 2*time.Minute)
 	leader := h.leader(t)
 	survivor := (leader + 1) % h.m.ControlPlaneReplicas()
+	onLeader := func(on map[string]int) int {
+		n := 0
+		for _, i := range on {
+			if i == leader {
+				n++
+			}
+		}
+		return n
+	}
+	if onLeader(on) < len(on) {
+		// Where each proxy connects is up to its gRPC client. Move them all to the
+		// leader, so that the kill moves every one: restart the other replica, and its
+		// proxies reconnect to the only one left.
+		if err := h.m.StopControlPlaneReplica(survivor); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.m.StartControlPlaneReplica(ctx, survivor); err != nil {
+			t.Fatal(err)
+		}
+		_, on = h.waitSynced(t)
+	}
+	moving := onLeader(on)
+	if moving == 0 {
+		t.Fatalf("no proxy on replica %d, the leader, to move: %v", leader, on)
+	}
 	stop := startLoad(h.m)
 	stopped := false
 	defer func() {
@@ -680,13 +705,6 @@ func (h *haMesh) testLeaderKilled(t *testing.T) {
 	}()
 	time.Sleep(time.Second) // the loop is in full swing
 
-	_, on := h.waitSynced(t)
-	moving := 0
-	for _, i := range on {
-		if i == leader {
-			moving++
-		}
-	}
 	killed := time.Now()
 	if err := h.m.KillControlPlane(leader); err != nil {
 		t.Fatal(err)
