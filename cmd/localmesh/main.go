@@ -1,5 +1,6 @@
 // Command localmesh runs the whole mesh on this machine, for `make run`: a real etcd and
-// kube-apiserver, the bearkong control plane, Prometheus, and three demo apps (app-1 with
+// kube-apiserver, the bearkong control plane (two replicas by default, electing the one
+// that writes to the API through a Lease), Prometheus, and three demo apps (app-1 with
 // one replica, app-2 and app-3 with two), each replica a demo app plus an Envoy sidecar on
 // its own loopback address 127.0.1.N. It prints who answers whom, and how to poke at it,
 // then runs until SIGINT or SIGTERM, when it stops everything it started.
@@ -38,6 +39,7 @@ type config struct {
 	promAddr         string
 	xdsAddr          string
 	httpAddr         string
+	replicas         int
 	noPrometheus     bool
 	envoyLogLevel    string
 }
@@ -48,12 +50,16 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.binDir, "bin-dir", "", "directory with bearkong, demo-app, envoy, etcd and kube-apiserver (default <repo>/.cache/bin)")
 	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for the cluster's data and every log; wiped at start (default <repo>/.cache/run)")
 	fs.StringVar(&cfg.promAddr, "prometheus-addr", "127.0.0.1:9091", "Prometheus listen address")
-	fs.StringVar(&cfg.xdsAddr, "xds-addr", "127.0.0.1:5000", "the control plane's xDS address")
-	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:9000", "the control plane's HTTP address (/metrics, /debug/streams, /debug/diagnostics)")
+	fs.StringVar(&cfg.xdsAddr, "xds-addr", "127.0.0.1:5000", "the xDS address of the control plane's replica 0 (the others take free ports)")
+	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:9000", "the HTTP address (/metrics, /debug/streams, /debug/diagnostics) of the control plane's replica 0 (the others take free ports)")
+	fs.IntVar(&cfg.replicas, "replicas", 2, "how many control-plane replicas to run: each serves xDS, the holder of the Lease writes to the API")
 	fs.BoolVar(&cfg.noPrometheus, "no-prometheus", false, "do not start Prometheus")
 	fs.StringVar(&cfg.envoyLogLevel, "envoy-log-level", "warn", "Envoy --log-level")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
+	}
+	if cfg.replicas < 1 {
+		return config{}, fmt.Errorf("-replicas %d: want at least 1", cfg.replicas)
 	}
 	if cfg.binDir == "" || cfg.stateDir == "" {
 		root, err := kubeenv.RepoRoot()
@@ -136,6 +142,8 @@ func run(args []string, out io.Writer) (err error) {
 		XDSAddr:       cfg.xdsAddr,
 		HTTPAddr:      cfg.httpAddr,
 		Logf:          logf,
+
+		ControlPlaneReplicas: cfg.replicas,
 	})
 	if err != nil {
 		return err
@@ -145,7 +153,7 @@ func run(args []string, out io.Writer) (err error) {
 		err = errors.Join(err, m.Close())
 	}()
 
-	step("starting the control plane: bearkong cp")
+	step("starting the control plane: %d × bearkong cp", cfg.replicas)
 	if err := m.StartControlPlane(ctx); err != nil {
 		return err
 	}
@@ -168,7 +176,7 @@ func run(args []string, out io.Writer) (err error) {
 	step("mesh ready after %s", time.Since(started).Round(100*time.Millisecond))
 
 	printTable(ctx, out, m)
-	printHowTo(out, m, env, promURL, cfg.stateDir)
+	printHowTo(ctx, out, m, env, promURL, cfg.stateDir)
 
 	<-ctx.Done()
 	fmt.Fprintln(out)
@@ -208,7 +216,7 @@ func printTable(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
 }
 
 // printHowTo prints copy-pasteable commands to poke at the mesh.
-func printHowTo(out io.Writer, m *localmesh.Mesh, env *kubeenv.Env, promURL, stateDir string) {
+func printHowTo(ctx context.Context, out io.Writer, m *localmesh.Mesh, env *kubeenv.Env, promURL, stateDir string) {
 	pods := m.Pods()
 	first := pods[0]
 	cp := m.ControlPlaneURL()
@@ -224,6 +232,7 @@ Control plane:
   curl -s %[3]s/debug/diagnostics     # app-3's targetPort 5080 misses the sidecar
   curl -s %[3]s/metrics | grep ^bearkong_
 `, first.Name, first.OutboundURL(), cp, first.InboundAddr(), first.AdminURL(), first.Namespace, first.ServiceAccount)
+	printReplicas(ctx, out, m)
 	if promURL != "" {
 		fmt.Fprintf(out, `
 Prometheus: %[1]s
@@ -245,6 +254,36 @@ Kubernetes API: %s
 
 Logs under %s. Press Ctrl-C to stop everything.
 `, env.Host, env.Kubeconfig, stateDir)
+}
+
+// printReplicas lists the control plane's replicas and says which one holds the Lease.
+func printReplicas(ctx context.Context, out io.Writer, m *localmesh.Mesh) {
+	if m.ControlPlaneReplicas() == 1 {
+		fmt.Fprintf(out, "  curl -s %s/debug/pprof/heap > heap.pprof && go tool pprof -top heap.pprof\n", m.DebugURL(0))
+		return
+	}
+	leader, holder := -1, ""
+	// The first replica ready takes the free Lease at once; give it a moment.
+	for range 50 {
+		var err error
+		if leader, holder, err = m.LeaderReplica(ctx); err != nil || leader >= 0 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "\n%d replicas; every one serves xDS, and the one holding Lease %s writes Events and statuses:\n", m.ControlPlaneReplicas(), localmesh.LeaseName)
+	xds := m.XDSAddrs()
+	for i, u := range m.ControlPlaneURLs() {
+		role := ""
+		if i == leader {
+			role = "   <- leader"
+		}
+		fmt.Fprintf(out, "  replica %d (%s, pid %d): xDS %s, HTTP %s, pprof %s/debug/pprof/, log %s%s\n", i, localmesh.ReplicaIdentity(i), m.ControlPlanePid(i), xds[i], u, m.DebugURL(i), m.ControlPlaneReplicaLog(i), role)
+	}
+	if leader < 0 {
+		fmt.Fprintf(out, "  (the Lease names %q, none of them, for now)\n", holder)
+	}
+	fmt.Fprintln(out, "  kubectl -n bearkong-system get lease bearkong    # who leads; kill -9 the leader's pid and another replica takes over")
 }
 
 // lock takes an exclusive, non-blocking flock on path, so that a second localmesh fails at

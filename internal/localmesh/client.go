@@ -173,9 +173,27 @@ func (m *Mesh) EnvoyConfigDump(ctx context.Context, podName string) ([]byte, err
 	return m.httpGet(ctx, p.AdminURL()+"/config_dump")
 }
 
-// ControlPlaneGet GETs a path of the control plane's HTTP server, e.g. "/debug/streams".
+// ControlPlaneGet GETs a path of the control plane's HTTP server (of its replica 0), e.g.
+// "/debug/streams".
 func (m *Mesh) ControlPlaneGet(ctx context.Context, path string) ([]byte, error) {
 	return m.httpGet(ctx, m.ControlPlaneURL()+path)
+}
+
+// ControlPlaneReplicaGet GETs a path of replica i's HTTP server.
+func (m *Mesh) ControlPlaneReplicaGet(ctx context.Context, i int, path string) ([]byte, error) {
+	urls := m.ControlPlaneURLs()
+	if i < 0 || i >= len(urls) {
+		return nil, fmt.Errorf("localmesh: no control-plane replica %d (the mesh runs %d)", i, len(urls))
+	}
+	return m.httpGet(ctx, urls[i]+path)
+}
+
+// DebugGet GETs a path of replica i's --debug-addr listener, e.g. "/debug/pprof/heap".
+func (m *Mesh) DebugGet(ctx context.Context, i int, path string) ([]byte, error) {
+	if i < 0 || i >= len(m.cps) {
+		return nil, fmt.Errorf("localmesh: no control-plane replica %d (the mesh runs %d)", i, len(m.cps))
+	}
+	return m.httpGet(ctx, m.DebugURL(i)+path)
 }
 
 func (m *Mesh) httpGet(ctx context.Context, url string) ([]byte, error) {
@@ -235,6 +253,10 @@ func (e permanentError) Unwrap() error { return e.err }
 
 // permanent marks an error that Eventually should not retry.
 func permanent(err error) error { return permanentError{err} }
+
+// Permanent marks an error that ends an Eventually at once: what the check found will not
+// get better by waiting.
+func Permanent(err error) error { return permanent(err) }
 
 func truncate(b []byte, n int) string {
 	if len(b) > n {

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -78,6 +81,8 @@ func TestHarness(t *testing.T) {
 		Logf:        t.Logf,
 		// The stand-in control plane has no CA: the harness must not wait for one.
 		XDSInsecure: true,
+		// Two replicas, as a highly available control plane runs.
+		ControlPlaneReplicas: 2,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -259,6 +264,93 @@ func TestHarness(t *testing.T) {
 		}
 	})
 
+	t.Run("control plane replicas", func(t *testing.T) {
+		urls := m.ControlPlaneURLs()
+		if len(urls) != 2 || urls[0] != m.ControlPlaneURL() || urls[0] == urls[1] {
+			t.Fatalf("ControlPlaneURLs() = %v (ControlPlaneURL() %s)", urls, m.ControlPlaneURL())
+		}
+		whoami := func(i int) (identity, debugAddr string, err error) {
+			b, err := m.httpGet(ctx, urls[i]+"/whoami")
+			if err != nil {
+				return "", "", err
+			}
+			var w struct {
+				Identity  string `json:"identity"`
+				DebugAddr string `json:"debug_addr"`
+			}
+			err = json.Unmarshal(b, &w)
+			return w.Identity, w.DebugAddr, err
+		}
+		for i := range 2 {
+			id, debug, err := whoami(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id != ReplicaIdentity(i) || "http://"+debug != m.DebugURL(i) {
+				t.Errorf("replica %d runs as %q with --debug-addr %s, want %q and %s", i, id, debug, ReplicaIdentity(i), m.DebugURL(i))
+			}
+			if b, err := m.httpGet(ctx, m.DebugURL(i)+"/debug/pprof/"); err != nil || string(b) != "debug\n" {
+				t.Errorf("replica %d's debug listener: %q %v", i, b, err)
+			}
+			if !strings.HasSuffix(m.ControlPlaneReplicaLog(i), fmt.Sprintf("bearkong-cp-%d.log", i)) {
+				t.Errorf("replica %d logs to %s", i, m.ControlPlaneReplicaLog(i))
+			}
+		}
+		if m.DebugURL(0) == m.DebugURL(1) {
+			t.Errorf("both replicas debug on %s", m.DebugURL(0))
+		}
+		// Every bootstrap lists both replicas' xDS addresses.
+		b, err := os.ReadFile(m.BootstrapPath(p1.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Join(m.XDSAddrs(), ","); len(m.XDSAddrs()) != 2 || !strings.Contains(string(b), `"xds_address": "`+want+`"`) {
+			t.Errorf("the bootstrap of %s does not name %s:\n%s", p1.Name, want, b)
+		}
+
+		// A crash of one replica leaves the other serving; it comes back on its address.
+		if err := m.KillControlPlane(1); err != nil {
+			t.Fatal(err)
+		}
+		if m.ControlPlaneRunning(1) || !m.ControlPlaneRunning(0) {
+			t.Errorf("after KillControlPlane(1): running %t, %t", m.ControlPlaneRunning(0), m.ControlPlaneRunning(1))
+		}
+		if err := m.KillControlPlane(1); err == nil {
+			t.Error("KillControlPlane of a dead replica succeeded")
+		}
+		if _, err := m.httpGet(ctx, urls[1]+"/readyz"); err == nil {
+			t.Error("the killed replica still answers")
+		}
+		if _, err := m.httpGet(ctx, urls[0]+"/readyz"); err != nil {
+			t.Errorf("the other replica: %v", err)
+		}
+		if err := m.StartControlPlaneReplica(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if id, _, err := whoami(1); err != nil || id != ReplicaIdentity(1) {
+			t.Errorf("restarted replica 1: %q %v", id, err)
+		}
+		if err := m.StartControlPlane(ctx); err == nil {
+			t.Error("StartControlPlane with every replica running succeeded")
+		}
+
+		// The Lease's holder, as the API has it, names a replica.
+		if i, holder, err := m.LeaderReplica(ctx); err != nil || i != -1 || holder != "" {
+			t.Errorf("LeaderReplica with no Lease = %d, %q, %v", i, holder, err)
+		}
+		ns, _ := caSecret()
+		lease := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: LeaseName},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr(ReplicaIdentity(1))},
+		}
+		if _, err := env.Client.CoordinationV1().Leases(ns).Create(ctx, lease, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if i, holder, err := m.LeaderReplica(ctx); err != nil || i != 1 || holder != ReplicaIdentity(1) {
+			t.Errorf("LeaderReplica = %d, %q, %v; want 1", i, holder, err)
+		}
+	})
+
 	t.Run("control plane restart", func(t *testing.T) {
 		if err := m.StopControlPlane(); err != nil {
 			t.Fatal(err)
@@ -289,9 +381,11 @@ func TestHarness(t *testing.T) {
 		if !portsFree(p2.IP, 8000, 8001, 8081, 9090) || !portsFree(p2.OutboundIP, 8001) {
 			t.Error("ports still bound after Close")
 		}
-		if c, err := net.DialTimeout("tcp", m.opts.HTTPAddr, time.Second); err == nil {
-			c.Close()
-			t.Error("control plane still listening after Close")
+		for i, u := range m.ControlPlaneURLs() {
+			if c, err := net.DialTimeout("tcp", strings.TrimPrefix(u, "http://"), time.Second); err == nil {
+				c.Close()
+				t.Errorf("control-plane replica %d still listening after Close", i)
+			}
 		}
 	})
 }

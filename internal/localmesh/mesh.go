@@ -22,7 +22,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -64,12 +63,23 @@ type Options struct {
 	// address, as 127.0.0.1 is in a real pod. Default: IPPrefix with its third octet
 	// plus one (127.0.1. gives 127.0.2.).
 	OutboundIPPrefix string
-	// XDSAddr and HTTPAddr are the control plane's listen addresses. Default: free ports
-	// on 127.0.0.1, picked once so that a restarted control plane keeps them.
+	// XDSAddr and HTTPAddr are the listen addresses of the control plane (of its replica
+	// 0). Default: free ports on 127.0.0.1, picked once so that a restarted control plane
+	// keeps them.
 	XDSAddr  string
 	HTTPAddr string
-	// ControlPlaneArgs are extra arguments for `bearkong cp`.
+	// ControlPlaneReplicas is how many `bearkong cp` processes run. Default 1. Replica 0
+	// listens on XDSAddr and HTTPAddr; every other one on free ports of 127.0.0.1, picked
+	// once. Each replica serves xDS and has its own log, its own --debug-addr (a free
+	// port) and its own --leader-election-identity (ReplicaIdentity); each Envoy's
+	// bootstrap lists every replica's xDS address, as a Deployment's replicas would sit
+	// behind one Service.
+	ControlPlaneReplicas int
+	// ControlPlaneArgs are extra arguments for `bearkong cp`, every replica.
 	ControlPlaneArgs []string
+	// ControlPlaneReplicaArgs, when set, returns more arguments for replica i, after
+	// ControlPlaneArgs (say, --log-format json on one of them).
+	ControlPlaneReplicaArgs func(replica int) []string
 	// ControlPlaneKubeconfig is the kubeconfig `bearkong cp` runs with. Default: the
 	// Env's admin kubeconfig. Tests set it to a ServiceAccount's token to prove that the
 	// control plane's RBAC (manifests/bearkong) is enough.
@@ -110,7 +120,8 @@ type Mesh struct {
 	pods     map[string]*pod
 	nextIP   int            // last octet to try next
 	podSeq   map[string]int // next pod index per service
-	cp       *proc.Process
+	cps      []*replica     // one per control-plane replica, addresses fixed at New
+	cpFlags  map[string]bool
 	prom     *prometheus
 	closed   bool
 }
@@ -179,19 +190,20 @@ func New(ctx context.Context, opts Options) (*Mesh, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	if opts.XDSAddr == "" || opts.HTTPAddr == "" {
-		ports, err := kubeenv.FreePorts(2)
-		if err != nil {
-			return nil, fmt.Errorf("localmesh: %w", err)
-		}
-		if opts.XDSAddr == "" {
-			opts.XDSAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
-		}
-		if opts.HTTPAddr == "" {
-			opts.HTTPAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
-		}
+	if opts.ControlPlaneReplicas <= 0 {
+		opts.ControlPlaneReplicas = 1
+	}
+	if host, _, err := net.SplitHostPort(opts.XDSAddr); opts.ControlPlaneReplicas > 1 && opts.XDSAddr != "" && (err != nil || host != "127.0.0.1") {
+		// The other replicas listen on 127.0.0.1, and the Envoys check every replica's
+		// certificate for one name.
+		return nil, fmt.Errorf("localmesh: with %d control-plane replicas, XDSAddr %q must be on 127.0.0.1", opts.ControlPlaneReplicas, opts.XDSAddr)
+	}
+	cps, err := replicaAddrs(&opts)
+	if err != nil {
+		return nil, err
 	}
 	return &Mesh{
+		cps:  cps,
 		env:  opts.Env,
 		opts: opts,
 		ctx:  ctx,
@@ -215,18 +227,12 @@ func (m *Mesh) Namespace() string { return m.opts.Namespace }
 // DrainPeriod returns how long a gracefully removed pod keeps serving (Options.DrainPeriod).
 func (m *Mesh) DrainPeriod() time.Duration { return m.opts.DrainPeriod }
 
-// XDSAddr returns the control plane's xDS address.
-func (m *Mesh) XDSAddr() string { return m.opts.XDSAddr }
+// ControlPlaneLog returns the path of the log file of the control plane (of its replica 0).
+func (m *Mesh) ControlPlaneLog() string { return m.ControlPlaneReplicaLog(0) }
 
-// ControlPlaneURL returns the base URL of the control plane's HTTP server (metrics, debug,
-// health).
-func (m *Mesh) ControlPlaneURL() string { return "http://" + m.opts.HTTPAddr }
-
-// ControlPlaneLog returns the path of the control plane's log file.
-func (m *Mesh) ControlPlaneLog() string { return filepath.Join(m.opts.Dir, "logs", "bearkong-cp.log") }
-
-// StartControlPlane starts `bearkong cp` and waits for its /readyz. It can be called again
-// after StopControlPlane; the control plane keeps its addresses.
+// StartControlPlane starts every control-plane replica that is not running, in parallel,
+// and waits for each one's /readyz. It can be called again after StopControlPlane or
+// KillControlPlane; the replicas keep their addresses.
 func (m *Mesh) StartControlPlane(ctx context.Context) error {
 	if err := m.ensureControlPlaneNamespace(ctx); err != nil {
 		return err
@@ -241,65 +247,23 @@ func (m *Mesh) StartControlPlane(ctx context.Context) error {
 		m.mu.Unlock()
 		return errors.New("localmesh: closed")
 	}
-	if m.cp != nil {
-		m.mu.Unlock()
-		return errors.New("localmesh: control plane already running")
-	}
-	kubeconfig := m.opts.ControlPlaneKubeconfig
-	if kubeconfig == "" {
-		kubeconfig = m.env.Kubeconfig
-	}
-	args := []string{"cp",
-		"--kubeconfig", kubeconfig,
-		"--xds-addr", m.opts.XDSAddr,
-		"--http-addr", m.opts.HTTPAddr,
-	}
-	if m.opts.XDSInsecure {
-		args = append(args, "--xds-insecure")
-	}
-	args = append(args, m.opts.ControlPlaneArgs...)
-	p, err := proc.Start(m.ctx, proc.Spec{
-		Name:    "bearkong cp",
-		Path:    m.opts.BearkongBin,
-		Args:    args,
-		LogPath: m.ControlPlaneLog(),
-		Grace:   10 * time.Second,
-	})
-	if err != nil {
-		m.mu.Unlock()
-		return fmt.Errorf("localmesh: %w", err)
-	}
-	m.cp = p
-	m.mu.Unlock()
-
-	started := time.Now()
-	if err := waitProcess(ctx, m.opts.ReadyTimeout, p, func(ctx context.Context) error {
-		return m.httpOK(ctx, m.ControlPlaneURL()+"/readyz")
-	}); err != nil {
-		return fmt.Errorf("localmesh: control plane not ready: %w", err)
-	}
-	if !m.opts.XDSInsecure {
-		if err := m.writeCARoot(ctx); err != nil {
-			return err
+	var idle []int
+	for i, r := range m.cps {
+		if r.proc == nil {
+			idle = append(idle, i)
 		}
 	}
-	m.opts.Logf("localmesh: control plane ready after %s (xDS %s, HTTP %s)", time.Since(started).Round(time.Millisecond), m.opts.XDSAddr, m.opts.HTTPAddr)
-	return nil
-}
-
-// StopControlPlane stops `bearkong cp` and waits for it to exit.
-func (m *Mesh) StopControlPlane() error {
-	m.mu.Lock()
-	p := m.cp
-	m.cp = nil
 	m.mu.Unlock()
-	if p == nil {
-		return nil
+	if len(idle) == 0 {
+		return errors.New("localmesh: control plane already running")
 	}
-	if err := p.Stop(); err != nil {
-		return fmt.Errorf("localmesh: %w", err)
+	errs := make([]error, len(idle))
+	var wg sync.WaitGroup
+	for k, i := range idle {
+		wg.Go(func() { errs[k] = m.StartControlPlaneReplica(ctx, i) })
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Close stops every process the mesh started (pods, control plane, Prometheus) and waits
@@ -311,9 +275,11 @@ func (m *Mesh) Close() error {
 	for _, p := range m.pods {
 		ps = append(ps, p.processes()...)
 	}
-	if m.cp != nil {
-		ps = append(ps, m.cp)
-		m.cp = nil
+	for _, r := range m.cps {
+		if r.proc != nil {
+			ps = append(ps, r.proc)
+			r.proc = nil
+		}
 	}
 	if m.prom != nil {
 		ps = append(ps, m.prom.proc)

@@ -392,8 +392,11 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 		"--outbound-ip", p.OutboundIP,
 		"--app-address", p.AppAddr(),
 		"--admin-address", p.addr(mesh.AdminPort),
-		"--xds-address", m.opts.XDSAddr,
+		"--xds-address", m.xdsAddressList(),
 		"-o", bootstrap,
+	}
+	if name := m.xdsServerName(); name != "" && !m.opts.XDSInsecure {
+		args = append(args, "--xds-server-name", name)
 	}
 	if m.opts.XDSInsecure {
 		args = append(args, "--xds-insecure")

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bearkong/bearkong/internal/kubeenv/proc"
@@ -25,8 +27,8 @@ func (m *Mesh) promDir() string { return filepath.Join(m.opts.Dir, "prometheus")
 
 func (m *Mesh) promTargetsPath() string { return filepath.Join(m.promDir(), "envoy-targets.json") }
 
-// StartPrometheus starts Prometheus on addr (for example 127.0.0.1:9091), scraping the
-// control plane's /metrics and every Envoy's /stats/prometheus every 5 seconds, and waits
+// StartPrometheus starts Prometheus on addr (for example 127.0.0.1:9091), scraping every
+// control-plane replica's /metrics and every Envoy's /stats/prometheus every 5 seconds, and waits
 // until it is ready. The Envoy targets live in a file_sd file that the mesh rewrites as
 // pods come and go; Prometheus watches it, so no reload is needed. bin is the prometheus
 // binary; "" means "prometheus" on PATH.
@@ -39,6 +41,10 @@ func (m *Mesh) StartPrometheus(ctx context.Context, bin, addr string) (url strin
 	if err := os.MkdirAll(m.promDir(), 0o755); err != nil {
 		return "", fmt.Errorf("localmesh: %w", err)
 	}
+	var cpTargets []string
+	for _, r := range m.cps {
+		cpTargets = append(cpTargets, strconv.Quote(r.httpAddr))
+	}
 	config := fmt.Sprintf(`# Written by internal/localmesh.
 global:
   scrape_interval: 5s
@@ -46,13 +52,13 @@ global:
 scrape_configs:
   - job_name: bearkong
     static_configs:
-      - targets: [%q]
+      - targets: [%s]
   - job_name: envoy
     metrics_path: /stats/prometheus
     file_sd_configs:
       - files: [%q]
         refresh_interval: 5s
-`, m.opts.HTTPAddr, m.promTargetsPath())
+`, strings.Join(cpTargets, ", "), m.promTargetsPath())
 	configPath := filepath.Join(m.promDir(), "prometheus.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return "", fmt.Errorf("localmesh: %w", err)

@@ -61,13 +61,28 @@ func (m *Mesh) CARoot(ctx context.Context) ([]byte, error) {
 	return b, nil
 }
 
-// writeCARoot saves the CA's trust bundle for the bootstraps.
+// writeCARoot saves the CA's trust bundle for the bootstraps. Replicas starting together
+// each write it: through a file of its own and a rename, so that no bootstrap reads a
+// half-written one.
 func (m *Mesh) writeCARoot(ctx context.Context) error {
 	b, err := m.CARoot(ctx)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(m.CARootPath(), b, 0o644)
+	f, err := os.CreateTemp(filepath.Dir(m.CARootPath()), "ca.crt.*")
+	if err != nil {
+		return fmt.Errorf("localmesh: %w", err)
+	}
+	_, err = f.Write(b)
+	err = errors.Join(err, f.Close(), os.Chmod(f.Name(), 0o644))
+	if err == nil {
+		err = os.Rename(f.Name(), m.CARootPath())
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("localmesh: %w", err)
+	}
+	return nil
 }
 
 // ensureServiceAccount creates a ServiceAccount in the mesh's namespace: the pods of a

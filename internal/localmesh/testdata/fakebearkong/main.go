@@ -85,7 +85,7 @@ func bootstrap(args []string) error {
 	outIP := fs.String("outbound-ip", "", "")
 	app := fs.String("app-address", "", "")
 	admin := fs.String("admin-address", "", "")
-	fs.String("xds-address", "", "")
+	xds := fs.String("xds-address", "", "")
 	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -109,7 +109,8 @@ func bootstrap(args []string) error {
 		return err
 	}
 	cfg := obj{
-		"node":  obj{"id": *ns + "/" + *pod, "cluster": "fake"},
+		// The xDS addresses go into the node's metadata, for the harness's test to read.
+		"node":  obj{"id": *ns + "/" + *pod, "cluster": "fake", "metadata": obj{"xds_address": *xds}},
 		"admin": obj{"address": adminSock},
 		"static_resources": obj{
 			"listeners": []obj{in, outL},
@@ -126,26 +127,49 @@ func bootstrap(args []string) error {
 	return os.WriteFile(*out, b, 0o644)
 }
 
+// cp serves "ok" on every path of --http-addr, but /whoami, which answers its
+// --leader-election-identity and --debug-addr as JSON; --debug-addr answers "debug".
 func cp(args []string) error {
 	fs := flag.NewFlagSet("cp", flag.ContinueOnError)
 	fs.String("kubeconfig", "", "")
 	fs.String("xds-addr", "", "")
 	fs.Bool("xds-insecure", false, "")
 	httpAddr := fs.String("http-addr", "", "")
+	debugAddr := fs.String("debug-addr", "", "")
+	identity := fs.String("leader-election-identity", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	srv := &http.Server{Addr: *httpAddr, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := &http.Server{Addr: *httpAddr, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/whoami" {
+			json.NewEncoder(w).Encode(obj{"identity": *identity, "debug_addr": *debugAddr})
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+	servers := []*http.Server{srv}
+	if *debugAddr != "" {
+		servers = append(servers, &http.Server{Addr: *debugAddr, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintln(w, "debug")
+		})})
+	}
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() {
+			if err := s.ListenAndServe(); err != http.ErrServerClosed {
+				errs <- err
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errs:
 		return err
+	}
+	for _, s := range servers {
+		s.Close()
 	}
 	return nil
 }
