@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -109,10 +108,6 @@ func (m *Mesh) StartControlPlaneReplica(ctx context.Context, i int) error {
 	if err := m.ensureControlPlaneNamespace(ctx); err != nil {
 		return err
 	}
-	known, err := m.controlPlaneFlags(ctx)
-	if err != nil {
-		return err
-	}
 	r := m.cps[i]
 	kubeconfig := m.opts.ControlPlaneKubeconfig
 	if kubeconfig == "" {
@@ -124,14 +119,8 @@ func (m *Mesh) StartControlPlaneReplica(ctx context.Context, i int) error {
 		"--http-addr", r.httpAddr,
 	}
 	// Each replica needs a debug listener and an identity of its own: the defaults
-	// (127.0.0.1:6060, the hostname) are one per host. A bearkong built before these
-	// flags has neither, and is run without them.
-	if known["debug-addr"] {
-		args = append(args, "--debug-addr", r.debugAddr)
-	}
-	if known["leader-election-identity"] {
-		args = append(args, "--leader-election-identity", ReplicaIdentity(i))
-	}
+	// (127.0.0.1:6060, the hostname) are one per host.
+	args = append(args, "--debug-addr", r.debugAddr, "--leader-election-identity", ReplicaIdentity(i))
 	if m.opts.XDSInsecure {
 		args = append(args, "--xds-insecure")
 	}
@@ -279,35 +268,6 @@ func (m *Mesh) LeaderReplica(ctx context.Context) (int, string, error) {
 		}
 	}
 	return -1, holder, nil
-}
-
-// controlPlaneFlags returns the flags of BearkongBin's `cp`, read once from its usage
-// (the flag package prints each as "  -name ...").
-func (m *Mesh) controlPlaneFlags(ctx context.Context) (map[string]bool, error) {
-	m.mu.Lock()
-	known := m.cpFlags
-	m.mu.Unlock()
-	if known != nil {
-		return known, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, m.opts.BearkongBin, "cp", "-h")
-	out, err := cmd.CombinedOutput()
-	known = map[string]bool{}
-	for _, line := range strings.Split(string(out), "\n") {
-		if rest, ok := strings.CutPrefix(line, "  -"); ok {
-			name, _, _ := strings.Cut(rest, " ")
-			known[name] = true
-		}
-	}
-	if len(known) == 0 {
-		return nil, fmt.Errorf("localmesh: %s: no flags in its usage (%v): %q", cmd, err, truncate(out, 300))
-	}
-	m.mu.Lock()
-	m.cpFlags = known
-	m.mu.Unlock()
-	return known, nil
 }
 
 // xdsAddressList is the bootstraps' --xds-address: every replica's xDS address, comma

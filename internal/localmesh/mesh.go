@@ -121,7 +121,6 @@ type Mesh struct {
 	nextIP   int            // last octet to try next
 	podSeq   map[string]int // next pod index per service
 	cps      []*replica     // one per control-plane replica, addresses fixed at New
-	cpFlags  map[string]bool
 	prom     *prometheus
 	closed   bool
 }
