@@ -29,7 +29,7 @@ import (
 // a token of the ServiceAccount that manifests/bearkong/rbac.yaml defines and grants, so
 // that the RBAC the product ships is the one under test: annotating a Namespace changes
 // the mode of its Services in the snapshot, an invalid value is reported as an Event on
-// the Namespace (written with that token) and keeps the last good mode, and the
+// the Namespace (written with that token) and counts as absent (the default mode), and the
 // ServiceAccounts come from the pods behind the endpoints.
 func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 	if testing.Short() {
