@@ -2,7 +2,7 @@ package ads
 
 import (
 	"errors"
-	"math/bits"
+	"slices"
 	"sync"
 	"unicode/utf8"
 
@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/bearkong/bearkong/pkg/resource"
 )
@@ -31,6 +32,7 @@ const connReadBufferSize = 4 << 10
 //   - A codec that writes a DiscoveryResponse by copying its resources' bytes, marshalled
 //     once per snapshot, instead of walking and marshalling every resource again for each
 //     proxy as the default proto codec does. The bytes are the same (TestCodecBytes).
+//     The streams of a push share one copy of the resources (TestCodecMemory).
 //   - Small per-connection buffers: every Envoy holds a connection open, idle nearly all
 //     the time, so per-connection memory is per-proxy memory. The write buffer goes back
 //     to a shared pool after each flush; the read buffer is 4 KiB instead of 32.
@@ -67,14 +69,72 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	if r, ok := v.(*discoveryv3.DiscoveryResponse); ok && plainResponse(r) {
 		size := responseSize(r)
-		if mem.IsBelowBufferPoolingThreshold(size) {
+		if size < minSharedBody {
 			return mem.BufferSlice{mem.SliceBuffer(appendResponse(make([]byte, 0, size), r))}, nil
 		}
-		buf := responsePool.Get(size)
-		*buf = appendResponse((*buf)[:0], r)
-		return mem.BufferSlice{mem.NewBuffer(buf, responsePool)}, nil
+		// The body (version and resources) is the same for every proxy the push goes to;
+		// only the type URL and nonce, which proto.Marshal writes after the resources,
+		// are the stream's own.
+		tail := appendString(appendString(make([]byte, 0, sizeString(len(r.TypeUrl))+sizeString(len(r.Nonce))),
+			fieldTypeURL, r.TypeUrl), fieldNonce, r.Nonce)
+		return mem.BufferSlice{mem.SliceBuffer(sharedBodies.body(r)), mem.SliceBuffer(tail)}, nil
 	}
 	return protoCodec.Marshal(v)
+}
+
+// minSharedBody is the size from which a response's body is shared between streams;
+// below it, a response is one small allocation, cheaper than a look-up.
+const minSharedBody = 16 << 10
+
+// sharedBodies holds the bodies of the last large responses: a push writes one copy of
+// its resources, which every stream's response points to until written, whatever the
+// number of proxies. The buffers are plain garbage-collected memory, not pooled: once no
+// stream writes a body and the cache has moved on, the next GC takes it, so the memory
+// held after a push does not grow with the number of pushes or proxies (issue 14
+// measured a pool of one buffer per stream keeping RSS up after every full push).
+var sharedBodies = &bodyCache{}
+
+// bodyCacheEntries bounds the bodies kept: a push interleaves CDS, EDS, LDS and RDS
+// across streams, and EDS may name several subsets; a few per type is plenty.
+const bodyCacheEntries = 16
+
+// bodyCache finds a response's body by content: same version, same type, and the same
+// resources, compared by identity. A snapshot's resources are immutable and the cache
+// keeps the ones it compares alive, so an identical list of pointers is identical bytes.
+// The version alone is not enough: EDS and RDS responses name only what changed, so two
+// streams may get different subsets under one version.
+type bodyCache struct {
+	mu      sync.Mutex
+	entries [bodyCacheEntries]bodyEntry
+	next    int
+}
+
+type bodyEntry struct {
+	version, typeURL string
+	resources        []*anypb.Any
+	body             []byte
+}
+
+func (e *bodyEntry) matches(r *discoveryv3.DiscoveryResponse) bool {
+	return e.body != nil && e.version == r.VersionInfo && e.typeURL == r.TypeUrl && slices.Equal(e.resources, r.Resources)
+}
+
+// body returns the bytes of r's version and resources, as appendResponse writes them,
+// from the cache or written now. The caller must not modify them. It marshals under the
+// lock, so that the streams of a push that ask at once wait for one copy rather than
+// each making its own.
+func (c *bodyCache) body(r *discoveryv3.DiscoveryResponse) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.entries {
+		if c.entries[i].matches(r) {
+			return c.entries[i].body
+		}
+	}
+	body := appendBody(make([]byte, 0, bodySize(r)), r)
+	c.entries[c.next] = bodyEntry{version: r.VersionInfo, typeURL: r.TypeUrl, resources: r.Resources, body: body}
+	c.next = (c.next + 1) % len(c.entries)
+	return body
 }
 
 // DiscoveryRequest field numbers.
@@ -266,13 +326,18 @@ func anySize(typeURL string, value []byte) int {
 	return sizeString(len(typeURL)) + sizeString(len(value))
 }
 
-func responseSize(r *discoveryv3.DiscoveryResponse) int {
-	n := sizeString(len(r.VersionInfo)) + sizeString(len(r.TypeUrl)) + sizeString(len(r.Nonce))
+// bodySize is the size of what appendBody writes.
+func bodySize(r *discoveryv3.DiscoveryResponse) int {
+	n := sizeString(len(r.VersionInfo))
 	for _, a := range r.Resources {
 		s := anySize(a.TypeUrl, a.Value)
 		n += 1 + protowire.SizeVarint(uint64(s)) + s
 	}
 	return n
+}
+
+func responseSize(r *discoveryv3.DiscoveryResponse) int {
+	return bodySize(r) + sizeString(len(r.TypeUrl)) + sizeString(len(r.Nonce))
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -286,6 +351,14 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 // appendResponse appends r as proto.Marshal writes it: fields in number order, empty
 // proto3 scalars left out, each resource an embedded Any (type_url, then value).
 func appendResponse(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
+	b = appendBody(b, r)
+	b = appendString(b, fieldTypeURL, r.TypeUrl)
+	return appendString(b, fieldNonce, r.Nonce)
+}
+
+// appendBody appends the fields of r that come before its type URL: the version and the
+// resources.
+func appendBody(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
 	b = appendString(b, fieldVersionInfo, r.VersionInfo)
 	for _, a := range r.Resources {
 		b = protowire.AppendTag(b, fieldResources, protowire.BytesType)
@@ -296,45 +369,5 @@ func appendResponse(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
 			b = protowire.AppendBytes(b, a.Value)
 		}
 	}
-	b = appendString(b, fieldTypeURL, r.TypeUrl)
-	return appendString(b, fieldNonce, r.Nonce)
-}
-
-// responsePool recycles response buffers by power-of-two size class. Unlike gRPC's
-// default pool it does not clear a buffer on reuse: appendResponse overwrites every byte
-// it hands out.
-var responsePool = &sizedPool{}
-
-const (
-	minPoolClass = 10 // 1 KiB
-	maxPoolClass = 24 // 16 MiB
-)
-
-type sizedPool struct {
-	classes [maxPoolClass + 1]sync.Pool
-}
-
-func (p *sizedPool) Get(length int) *[]byte {
-	c := bits.Len(uint(length - 1))
-	if c < minPoolClass {
-		c = minPoolClass
-	}
-	if c > maxPoolClass {
-		b := make([]byte, length)
-		return &b
-	}
-	if b, ok := p.classes[c].Get().(*[]byte); ok {
-		*b = (*b)[:length]
-		return b
-	}
-	b := make([]byte, length, 1<<c)
-	return &b
-}
-
-func (p *sizedPool) Put(b *[]byte) {
-	c := bits.Len(uint(cap(*b) - 1))
-	if cap(*b) != 1<<c || c < minPoolClass || c > maxPoolClass {
-		return
-	}
-	p.classes[c].Put(b)
+	return b
 }

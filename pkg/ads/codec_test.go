@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
@@ -36,7 +37,7 @@ func TestCodecBytes(t *testing.T) {
 		"empty":              {},
 		"no resources":       {VersionInfo: "v1", TypeUrl: resource.Cluster.URL(), Nonce: "1"},
 		"one":                {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "12", Resources: []*anypb.Any{small.Any}},
-		"large (pooled)":     {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "99999", Resources: []*anypb.Any{big.Any, small.Any}},
+		"large (shared)":     {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "99999", Resources: []*anypb.Any{big.Any, small.Any}},
 		"many":               {VersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", Resources: many},
 		"empty any value":    {VersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", Resources: []*anypb.Any{{TypeUrl: resource.Cluster.URL()}}},
 		"empty any":          {Resources: []*anypb.Any{{}}},
@@ -185,5 +186,66 @@ func BenchmarkEDSAck(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCodecMemory: a push sends the same resources to every proxy, each response with its
+// own nonce. The bytes the codec holds for those responses, while they wait to be
+// written and after they are written, must not grow with the number of proxies: the
+// resources are written once and shared, and nothing pools a copy per stream (the issue
+// measured RSS climbing with every full push, the response buffers held by a pool).
+func TestCodecMemory(t *testing.T) {
+	const streams, resources, size = 64, 256, 4 << 10 // a 1 MiB response to 64 proxies
+	var anys []*anypb.Any
+	for i := range resources {
+		anys = append(anys, res(t, resource.Cluster, "c", strings.Repeat(string(rune('a'+i%26)), size)).Any)
+	}
+	respond := func(nonce int, rs []*anypb.Any) *discoveryv3.DiscoveryResponse {
+		// Each stream builds its own response and list (session.respond), naming the
+		// snapshot's resources.
+		return &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resource.Cluster.URL(),
+			Nonce: strconv.Itoa(nonce), Resources: slices.Clone(rs)}
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	base := heap()
+	var inFlight []mem.BufferSlice
+	for i := range streams {
+		bs, err := codec{}.Marshal(respond(i, anys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inFlight = append(inFlight, bs)
+	}
+	held := heap() - base
+	for i, bs := range inFlight {
+		if want, _ := proto.Marshal(respond(i, anys)); !bytes.Equal(bs.Materialize(), want) {
+			t.Fatalf("stream %d: the codec's bytes differ from proto.Marshal's", i)
+		}
+		bs.Free()
+	}
+	inFlight = nil
+	retained := heap() - base
+	const bound = 4 << 20 // a few copies of the 1 MiB response, not one per stream
+	if held > bound || retained > bound {
+		t.Fatalf("%d streams of a %d KiB response: %d KiB held while in flight, %d KiB after they were written; want both under %d KiB",
+			streams, resources*size>>10, held>>10, retained>>10, bound>>10)
+	}
+
+	// The same version with other resources (EDS names only what changed) is other bytes.
+	for i, rs := range [][]*anypb.Any{anys[:10], anys[1:], {anys[3], anys[2]}} {
+		resp := respond(1000+i, rs)
+		bs, err := codec{}.Marshal(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := proto.Marshal(resp); !bytes.Equal(bs.Materialize(), want) {
+			t.Fatalf("subset %d: the codec's bytes differ from proto.Marshal's", i)
+		}
+		bs.Free()
 	}
 }
