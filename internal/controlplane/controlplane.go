@@ -71,6 +71,9 @@ type Options struct {
 	// so that replicas rebalance after a rollout. Zero keeps connections forever.
 	MaxConnectionAge      time.Duration
 	MaxConnectionAgeGrace time.Duration
+	// KeepaliveTimeout is how long an HTTP/2 ping of an idle xDS connection may go
+	// unanswered before the connection is closed; zero is DefaultKeepaliveTimeout.
+	KeepaliveTimeout time.Duration
 	// DrainTimeout bounds the graceful stop of the gRPC server. xDS streams never end
 	// by themselves, so after it the remaining streams are cut.
 	DrainTimeout time.Duration
@@ -304,6 +307,28 @@ func (cp *ControlPlane) XDSAddr() string { return cp.xdsLis.Addr().String() }
 // HTTPAddr is the bound HTTP address (after Listen).
 func (cp *ControlPlane) HTTPAddr() string { return cp.httpLis.Addr().String() }
 
+// DefaultKeepaliveTimeout is Options.KeepaliveTimeout's default.
+const DefaultKeepaliveTimeout = 10 * time.Second
+
+// newXDSServer is the gRPC server of the xDS API, with opts' limits and keepalive.
+func newXDSServer(opts Options) *grpc.Server {
+	timeout := opts.KeepaliveTimeout
+	if timeout <= 0 {
+		timeout = DefaultKeepaliveTimeout
+	}
+	return grpc.NewServer(append(append(ads.ServerOptionsWith(opts.Limits), opts.ServerOptions...),
+		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
+		// grpc-go's default policy would answer pings more often than every 5 minutes
+		// with GOAWAY and drop the stream.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: 30 * time.Second, Timeout: timeout,
+			// Zero is infinity to grpc-go.
+			MaxConnectionAge: opts.MaxConnectionAge, MaxConnectionAgeGrace: opts.MaxConnectionAgeGrace,
+		}),
+	)...)
+}
+
 // Serve runs until ctx ends, then stops within the drain timeout. Listen must come first.
 func (cp *ControlPlane) Serve(ctx context.Context) error {
 	if cp.xdsLis == nil {
@@ -311,17 +336,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	g := grpc.NewServer(append(append(ads.ServerOptionsWith(cp.opts.Limits), cp.opts.ServerOptions...),
-		// Envoy pings its ADS connection (the bootstrap sets connection_keepalive);
-		// grpc-go's default policy would answer pings more often than every 5 minutes
-		// with GOAWAY and drop the stream.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{
-			Time: 30 * time.Second, Timeout: 10 * time.Second,
-			// Zero is infinity to grpc-go.
-			MaxConnectionAge: cp.opts.MaxConnectionAge, MaxConnectionAgeGrace: cp.opts.MaxConnectionAgeGrace,
-		}),
-	)...)
+	g := newXDSServer(cp.opts)
 	cp.ads.Register(g)
 	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var debugSrv *http.Server
@@ -332,7 +347,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 7)
-	go func() { errs <- wrap("xDS server", g.Serve(cp.xdsLis)) }()
+	go func() { errs <- wrap("xDS server", g.Serve(xdsListener(cp.xdsLis, cp.opts))) }()
 	go func() {
 		if err := httpSrv.Serve(cp.httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errs <- wrap("HTTP server", err)
