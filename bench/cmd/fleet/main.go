@@ -69,6 +69,7 @@ type config struct {
 	timeout             time.Duration
 	binDir              string
 	profile             bool
+	pushes              int
 }
 
 func driverMain(args []string) error {
@@ -86,6 +87,7 @@ func driverMain(args []string) error {
 	fs.IntVar(&c.kubeProxies, "kube-proxies", 500, "N of the run through a real API server and informers (0 skips it)")
 	fs.IntVar(&c.kubeServices, "kube-services", 100, "S of that run (E = N/S)")
 	fs.IntVar(&c.conns, "conns", 0, "gRPC connections the simulated proxies share (0: one each, as real Envoys)")
+	fs.IntVar(&c.pushes, "pushes", 0, "after the changes, this many new Services in a row (full pushes), each awaited, with the server's RSS after each (0 skips the phase)")
 	fs.StringVar(&c.out, "out", "out", "directory for results and logs")
 	fs.DurationVar(&c.timeout, "timeout", 14*time.Minute, "the whole run stops after this")
 	fs.BoolVar(&c.profile, "profile", false, "write CPU profiles of each change and heap profiles after sync of the server processes to <out>/prof")

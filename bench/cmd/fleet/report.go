@@ -248,6 +248,24 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "\nControl plane (informer caches included): after sync heap %.0f MiB, RSS %.0f MiB; peak RSS over the run %.0f MiB; before any proxy connected (baseline) RSS %.0f MiB.\n",
 			float64(k.AfterSync.HeapInuse)/mibf, float64(k.AfterSync.RSS)/mibf, float64(k.PeakRSS())/mibf, float64(k.Baseline.RSS)/mibf)
 	}
+	for _, run := range r.Runs {
+		if len(run.Pushes) == 0 {
+			continue
+		}
+		last := run.Pushes[len(run.Pushes)-1]
+		reached := 0
+		for _, p := range run.Pushes {
+			reached += p.Reached
+		}
+		fmt.Fprintf(&b, "\n%s, N=%d, %d full pushes (a new Service each, awaited; RSS as the process runs, no forced GC): RSS after sync %.0f MiB; after each push",
+			run.Impl, run.N, len(run.Pushes), float64(run.AfterSyncNoGC.RSS)/mibf)
+		for _, p := range run.Pushes {
+			fmt.Fprintf(&b, " %.0f", float64(p.RSS)/mibf)
+		}
+		fmt.Fprintf(&b, " MiB; after %d pushes %+.0f %% of after sync; heap in use after sync %.0f, after the last push %.0f MiB; peak RSS over the run %.0f MiB; %d of %d proxy-pushes reached.\n",
+			len(run.Pushes), 100*(float64(last.RSS)/float64(run.AfterSyncNoGC.RSS)-1), float64(run.AfterSyncNoGC.HeapInuse)/mibf, float64(last.HeapInuse)/mibf,
+			float64(run.PeakRSS())/mibf, reached, len(run.Pushes)*last.Clients)
+	}
 	if !r.Finished.IsZero() {
 		fmt.Fprintf(&b, "\nRun %s, %s.\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))
 	}

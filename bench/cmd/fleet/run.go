@@ -38,6 +38,9 @@ type Run struct {
 	// synced. Both after a GC that returns freed memory to the OS.
 	Baseline  server.Stats `json:"baseline"`
 	AfterSync server.Stats `json:"after_sync"`
+	// AfterSyncNoGC is the server after sync as it runs, before that GC: what the
+	// pushes phase compares with.
+	AfterSyncNoGC server.Stats `json:"after_sync_no_gc"`
 	// End is the server at the end of the run, after the last change, without a GC:
 	// its HWM is the peak RSS over the whole run (sync and changes).
 	End server.Stats `json:"end"`
@@ -46,6 +49,8 @@ type Run struct {
 	// ClientRSS is the simulator's (driver's) RSS after sync, for scale.
 	ClientRSS uint64    `json:"client_rss"`
 	Changes   []*Change `json:"changes"`
+	// Pushes are the pushes phase's new Services, in order (see -pushes).
+	Pushes []*Change `json:"pushes,omitempty"`
 }
 
 // Change is one change and what it cost.
@@ -72,6 +77,10 @@ type Change struct {
 	// simulator from the change until all was quiet.
 	ServerCPU float64 `json:"server_cpu_s"`
 	ClientCPU float64 `json:"client_cpu_s"`
+	// RSS and HeapInuse are the server's once all was quiet after the change, without
+	// a forced GC: what the process holds as it runs.
+	RSS       uint64 `json:"rss"`
+	HeapInuse uint64 `json:"heap_inuse"`
 	// StuckGot is how many never-ACKing proxies got a response for the change.
 	StuckGot int `json:"stuck_got"`
 	// Samples are the per-proxy latencies (ms), for pooling; not saved.
@@ -247,6 +256,23 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 		logf("%s: %-10s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy  server CPU %.2fs",
 			impl, kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes, chg.ServerCPU)
 	}
+	if stuck == 0 {
+		// Memory over a series of full pushes: each new Service sends every proxy the
+		// whole CDS set; the server must not hold more after ten than after the first.
+		for i := range c.pushes {
+			var wc workload.Change
+			if err := ch.post("/prepare?kind="+workload.NewService, &wc); err != nil {
+				return nil, err
+			}
+			chg, err := measureChange(ctx, f, ch, workload.NewService, wc.Cluster, func() error { return ch.post("/commit", &struct{}{}) })
+			if err != nil {
+				return nil, err
+			}
+			r.Pushes = append(r.Pushes, chg)
+			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s",
+				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse))
+		}
+	}
 	if st := f.Status(); st.Err != nil {
 		return nil, st.Err
 	}
@@ -355,7 +381,7 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		}
 	}
 	chg := &Change{Kind: kind, Cluster: cluster, ServerCPU: after.CPU - before.CPU, ClientCPU: selfAfter.CPU - selfBefore.CPU,
-		ResourcesPerResponse: map[string][2]int{}}
+		RSS: after.RSS, HeapInuse: after.HeapInuse, ResourcesPerResponse: map[string][2]int{}}
 	for _, cl := range f.Clients {
 		evs := cl.Events()
 		if cl.Mode != sim.Normal {
@@ -544,6 +570,9 @@ func syncFleet(ctx context.Context, c config, ch *child, r *Run, nodes []*corev3
 	slices.Sort(syncs)
 	r.SyncAll, r.SyncP50 = syncs[len(syncs)-1], percentile(syncs, 50)
 	if err := waitQuiet(ctx, f, ch, time.Time{}, time.Minute); err != nil {
+		return f, err
+	}
+	if r.AfterSyncNoGC, err = ch.stats(false); err != nil {
 		return f, err
 	}
 	if r.AfterSync, err = ch.stats(true); err != nil {
