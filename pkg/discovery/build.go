@@ -34,6 +34,54 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 // o (may be nil) holds the quarantined objects, left out, and the testing hook that
 // skips bearkong's own regex checks.
 func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	var b builder
+	return b.build(nil, services, endpointSlices, pods, routes, o)
+}
+
+// builder builds snapshots and keeps, between builds, each meshed Service's part of the
+// last one (servicePart), so that a build after an endpoint or pod change recomputes
+// only the Services the change touched (incremental.go). Its result is the same as
+// build's for the same listers: what it reuses is exactly what build would compute
+// again from unchanged inputs. The zero value builds everything. Only one goroutine (the
+// worker) uses a builder.
+type builder struct {
+	// parts are the last build's Service parts by key; nil after an error or before the
+	// first build, which makes the next build a full one.
+	parts map[string]*servicePart
+}
+
+// servicePart is what build computes from one meshed Service, its EndpointSlices and its
+// pods, apart from the parts that depend on other Services or on HTTPRoutes and
+// AuthorizationPolicies. It is never modified once built: later builds share it.
+type servicePart struct {
+	// The inputs besides the slices and pods, to tell whether the part is still valid:
+	// the lister's object (replaced, never modified, on every change), the Namespace's
+	// mode and the quarantine hold.
+	src    *corev1.Service
+	nsMode mesh.MTLSMode
+	held   *hold
+
+	// svc has no Routes and no Authz: each snapshot gets its own copy of it, on which
+	// the HTTPRoutes and AuthorizationPolicies are set.
+	svc   *mesh.Service
+	diags []mesh.Diagnostic
+	// pods are the pods the Service selects, sorted by name, as proxies without
+	// Services or MTLS; each snapshot makes its own Proxy of each.
+	pods []mesh.Proxy
+}
+
+// build builds a snapshot. dirty names the Services to recompute, by key; nil recomputes
+// every Service (a full build). A Service not in dirty whose part from the last build is
+// still valid keeps it.
+func (b *builder) build(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	snap, statuses, err := b.buildParts(dirty, services, endpointSlices, pods, routes, o)
+	if err != nil {
+		b.parts = nil
+	}
+	return snap, statuses, err
+}
+
+func (b *builder) buildParts(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
 	if o == nil {
 		o = &buildOptions{}
 	}
@@ -58,87 +106,37 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		return nil, nil, err
 	}
 	snap.Diagnostics = append(snap.Diagnostics, diags...)
+	prev := b.parts
+	if dirty == nil {
+		prev = nil
+	}
+	parts := make(map[string]*servicePart, len(svcs))
 	for _, svc := range svcs {
-		ms := &mesh.Service{
-			Namespace:   svc.Namespace,
-			Name:        svc.Name,
-			Annotations: meshAnnotations(svc.Annotations),
-			Ports:       servicePorts(svc.Spec.Ports),
-		}
-		var diags []mesh.Diagnostic
-		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		ms.MTLS, diags = serviceMTLS(ms, nsModes[svc.Namespace], defaultMTLS)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		if h := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]; h != nil {
-			// Quarantined: the part of the policy the proxies rejected stays as it was
-			// in the last config they accepted.
-			ms.Policy = withPolicyPart(h.part, ms.Policy, h.lastGood)
-			if h.confirmed {
-				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
-					Reason: mesh.ReasonRejectedByEnvoy, Message: rejectedMessage(h), Event: true})
+		key := svc.Namespace + "/" + svc.Name
+		held := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]
+		part := prev[key]
+		if part == nil || dirty[key] || part.src != svc || part.nsMode != nsModes[svc.Namespace] || part.held != held {
+			part, err = buildService(svc, nsModes[svc.Namespace], defaultMTLS, held, endpointSlices, pods)
+			if err != nil {
+				return nil, nil, err
 			}
 		}
-		ms.Protocol, diags = mesh.ServiceProtocol(ms)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		snap.Services = append(snap.Services, ms)
+		parts[key] = part
 
-		// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
-		// gives it no endpoints, and kube-proxy no rules
-		// (https://kubernetes.io/docs/concepts/services-networking/service/#externalname).
-		// It stays in the mesh, so that a caller gets an answer that names it, but the
-		// mesh has no pod to send its traffic to: say so rather than answer 503 silently.
-		if svc.Spec.Type == corev1.ServiceTypeExternalName {
-			snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
-				Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonExternalName, Event: true,
-				Message: fmt.Sprintf("ExternalName Service (an alias of %q) has no endpoints the mesh can route to: bearkong sends mesh traffic to the sidecars of a Service's pods, so requests for it through the mesh get 503; call %s directly, or give the Service a selector and pods",
-					svc.Spec.ExternalName, svc.Spec.ExternalName),
-			})
-			continue
-		}
-
-		var eps endpoints
-		eps, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name, primaryFamily(svc))
-		if err != nil {
-			return nil, nil, err
-		}
-		ms.Endpoints = eps.list
-		ms.ServiceAccounts = endpointServiceAccounts(pods, svc.Namespace, eps.list)
-
-		// A Service without a selector (endpoints managed by hand) selects no pods: an
-		// empty selector would otherwise match every pod in the namespace. Its
-		// endpoints are whatever EndpointSlices name it; with none, the mesh has
-		// nowhere to send its traffic. That is how such a Service starts, so it is a
-		// diagnostic but no Event.
-		if len(svc.Spec.Selector) == 0 {
-			if eps.slices == 0 {
-				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
-					Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonNoEndpointSlices,
-					Message: fmt.Sprintf("Service has no selector and no EndpointSlice of IP addresses labelled %s=%s: requests for it through the mesh get 503 until one names its endpoints",
-						discoveryv1.LabelServiceName, svc.Name),
-				})
-			}
-			snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, nil)...)
-			continue
-		}
-		selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
-		if err != nil {
-			return nil, nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
-		}
-		// Pods come from the lister in map order; sort them so that everything built from
-		// them is the same for the same objects.
-		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
-		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, namedPortResolver(selected))...)
-		for _, pod := range selected {
-			key := pod.Namespace + "/" + pod.Name
-			p := snap.Proxies[key]
+		ms := *part.svc // this snapshot's own copy: Routes and Authz are set on it
+		snap.Services = append(snap.Services, &ms)
+		snap.Diagnostics = append(snap.Diagnostics, part.diags...)
+		for _, pp := range part.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			p := snap.Proxies[pk]
 			if p == nil {
-				p = &mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP, ServiceAccount: serviceAccountOf(pod)}
-				snap.Proxies[key] = p
+				p = &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount}
+				snap.Proxies[pk] = p
 			}
-			p.Services = append(p.Services, ms.Key())
+			p.Services = append(p.Services, key)
 		}
 	}
+	b.parts = parts
 	// Services were visited in sorted order, so each proxy's keys are already sorted;
 	// sorting again keeps that true if the loop above ever changes.
 	for _, p := range snap.Proxies {
@@ -166,6 +164,86 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 	}
 	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, statuses, nil
+}
+
+// buildService computes one meshed Service's part of the snapshot from the Service, its
+// Namespace's mode, its quarantine hold, its EndpointSlices and its pods.
+func buildService(svc *corev1.Service, nsMode, defaultMTLS mesh.MTLSMode, h *hold, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister) (*servicePart, error) {
+	part := &servicePart{src: svc, nsMode: nsMode, held: h}
+	ms := &mesh.Service{
+		Namespace:   svc.Namespace,
+		Name:        svc.Name,
+		Annotations: meshAnnotations(svc.Annotations),
+		Ports:       servicePorts(svc.Spec.Ports),
+	}
+	part.svc = ms
+	var diags []mesh.Diagnostic
+	ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations)
+	part.diags = append(part.diags, diags...)
+	ms.MTLS, diags = serviceMTLS(ms, nsMode, defaultMTLS)
+	part.diags = append(part.diags, diags...)
+	if h != nil {
+		// Quarantined: the part of the policy the proxies rejected stays as it was
+		// in the last config they accepted.
+		ms.Policy = withPolicyPart(h.part, ms.Policy, h.lastGood)
+		if h.confirmed {
+			part.diags = append(part.diags, mesh.Diagnostic{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
+				Reason: mesh.ReasonRejectedByEnvoy, Message: rejectedMessage(h), Event: true})
+		}
+	}
+	ms.Protocol, diags = mesh.ServiceProtocol(ms)
+	part.diags = append(part.diags, diags...)
+
+	// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
+	// gives it no endpoints, and kube-proxy no rules
+	// (https://kubernetes.io/docs/concepts/services-networking/service/#externalname).
+	// It stays in the mesh, so that a caller gets an answer that names it, but the
+	// mesh has no pod to send its traffic to: say so rather than answer 503 silently.
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		part.diags = append(part.diags, mesh.Diagnostic{
+			Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonExternalName, Event: true,
+			Message: fmt.Sprintf("ExternalName Service (an alias of %q) has no endpoints the mesh can route to: bearkong sends mesh traffic to the sidecars of a Service's pods, so requests for it through the mesh get 503; call %s directly, or give the Service a selector and pods",
+				svc.Spec.ExternalName, svc.Spec.ExternalName),
+		})
+		return part, nil
+	}
+
+	eps, err := readyEndpoints(endpointSlices, svc.Namespace, svc.Name, primaryFamily(svc))
+	if err != nil {
+		return nil, err
+	}
+	ms.Endpoints = eps.list
+	ms.ServiceAccounts = endpointServiceAccounts(pods, svc.Namespace, eps.list)
+
+	// A Service without a selector (endpoints managed by hand) selects no pods: an
+	// empty selector would otherwise match every pod in the namespace. Its
+	// endpoints are whatever EndpointSlices name it; with none, the mesh has
+	// nowhere to send its traffic. That is how such a Service starts, so it is a
+	// diagnostic but no Event.
+	if len(svc.Spec.Selector) == 0 {
+		if eps.slices == 0 {
+			part.diags = append(part.diags, mesh.Diagnostic{
+				Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonNoEndpointSlices,
+				Message: fmt.Sprintf("Service has no selector and no EndpointSlice of IP addresses labelled %s=%s: requests for it through the mesh get 503 until one names its endpoints",
+					discoveryv1.LabelServiceName, svc.Name),
+			})
+		}
+		part.diags = append(part.diags, mesh.CheckTargetPorts(ms, nil)...)
+		return part, nil
+	}
+	selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
+	if err != nil {
+		return nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
+	}
+	// Pods come from the lister in map order; sort them so that everything built from
+	// them is the same for the same objects.
+	sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
+	part.diags = append(part.diags, mesh.CheckTargetPorts(ms, namedPortResolver(selected))...)
+	part.pods = make([]mesh.Proxy, 0, len(selected))
+	for _, pod := range selected {
+		part.pods = append(part.pods, mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP, ServiceAccount: serviceAccountOf(pod)})
+	}
+	return part, nil
 }
 
 // buildOptions are the inputs of build beyond the listers.

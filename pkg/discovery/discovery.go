@@ -134,12 +134,21 @@ type Discovery struct {
 	regErr error
 
 	// mu guards the pending-change record the handlers write and the worker takes.
-	mu      sync.Mutex
-	dirty   bool
+	mu    sync.Mutex
+	dirty bool
+	// full asks for a full build; otherwise touched names the only Services whose part
+	// of the snapshot changed (incremental.go).
+	full    bool
+	touched map[string]bool
 	firstAt time.Time // the first change not yet folded into a build
 	lastAt  time.Time // the latest change, for the quiet period
 	// kick wakes the worker; capacity 1 because one wake-up covers any number of events.
 	kick chan struct{}
+
+	// builder keeps the last build's Service parts; lastFull is when it last built
+	// everything. Only the worker uses them.
+	builder  builder
+	lastFull time.Time
 
 	reporter   *reporter
 	quarantine *quarantine
@@ -459,17 +468,32 @@ func (d *Discovery) observe(kind, event string, oldObj, obj any) {
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
 		d.log.Debug("event", "kind", kind, "event", event, "object", objectKey(obj))
 	}
-	d.markDirty(now)
+	keys, ok := touchedServices(d.services, d.sliceIndexer(), kind, oldObj, obj)
+	d.mark(now, keys, !ok)
 }
 
-// markDirty asks the worker for a new build.
-func (d *Discovery) markDirty(now time.Time) {
+// markDirty asks the worker for a new build of everything.
+func (d *Discovery) markDirty(now time.Time) { d.mark(now, nil, true) }
+
+// mark asks the worker for a new build: of everything when full, else of the Services
+// keys names (none is fine: the build then recomputes only what spans Services).
+func (d *Discovery) mark(now time.Time, keys []string, full bool) {
 	d.mu.Lock()
 	if !d.dirty {
 		d.dirty = true
 		d.firstAt = now
 	}
 	d.lastAt = now
+	if full {
+		d.full = true
+	} else if !d.full {
+		if d.touched == nil {
+			d.touched = map[string]bool{}
+		}
+		for _, k := range keys {
+			d.touched[k] = true
+		}
+	}
 	d.mu.Unlock()
 
 	select {
@@ -527,13 +551,27 @@ func (d *Discovery) flush(first bool) {
 	// start time with it instead of leaking it into the next snapshot's ChangedAt.
 	d.dirty = false
 	d.firstAt = time.Time{}
+	dirty := d.touched
+	if dirty == nil {
+		dirty = map[string]bool{}
+	}
+	if d.full {
+		dirty = nil
+	}
+	d.full, d.touched = false, nil
 	d.mu.Unlock()
 
 	start := time.Now()
+	if first || start.Sub(d.lastFull) >= fullBuildEvery {
+		dirty = nil // the safety net: a full build now and then
+	}
+	if dirty == nil {
+		d.lastFull = start
+	}
 	d.liftQuarantines()
 	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation,
 		namespaces: d.namespaces, defaultMTLS: d.opts.DefaultMTLS}
-	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, opts)
+	snap, statuses, err := d.builder.build(dirty, d.services, d.slices, d.pods, d.routes, opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
 	if err != nil {
@@ -571,7 +609,17 @@ func (d *Discovery) flush(first bool) {
 		"endpoints", countEndpoints(snap),
 		"changed_at", snap.ChangedAt,
 		"build_duration", elapsed,
+		"full_build", dirty == nil,
+		"services_rebuilt", rebuilt(dirty, len(snap.Services)),
 	)
+}
+
+// rebuilt is how many Services a build recomputed, at most: all for a full build.
+func rebuilt(dirty map[string]bool, all int) int {
+	if dirty == nil {
+		return all
+	}
+	return len(dirty)
 }
 
 // publish makes snap the latest and hands it to the reader, replacing any snapshot the
