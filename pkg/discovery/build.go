@@ -39,55 +39,90 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 }
 
 // builder builds snapshots and keeps, between builds, each meshed Service's part of the
-// last one (servicePart), so that a build after an endpoint or pod change recomputes
-// only the Services the change touched (incremental.go). Its result is the same as
-// build's for the same listers: what it reuses is exactly what build would compute
-// again from unchanged inputs. The zero value builds everything. Only one goroutine (the
-// worker) uses a builder.
+// last one (servicePart) and what spans Services (the proxies, the conflicts between
+// Services that share pods), so that a build after an endpoint or pod change recomputes
+// only the Services the change touched and the pods they select (incremental.go). Its
+// result is the same as a full build's for the same listers: what it reuses is exactly
+// what a full build would compute again from unchanged inputs. The zero value builds
+// everything. Only one goroutine (the worker) uses a builder.
+//
+// Everything the builder hands to a snapshot (Services, Proxies) is never modified
+// afterwards, so consecutive snapshots share what did not change; the builder's own maps
+// and slices are copied into each snapshot.
 type builder struct {
 	// parts are the last build's Service parts by key; nil after an error or before the
 	// first build, which makes the next build a full one.
 	parts map[string]*servicePart
+	// order holds the meshed Services' keys, sorted; index is the position of each, and
+	// svcs the Service at each position. Only a full build changes the set of Services:
+	// every Service event calls for one.
+	order []string
+	index map[string]int
+	svcs  []*mesh.Service
+	// held is the quarantine view the parts were built with; another view calls for a
+	// full build.
+	held map[ObjectRef]*hold
+	// nsModes and nsDiags are the Namespaces' modes and diagnostics; a Namespace event
+	// calls for a full build.
+	nsModes map[string]mesh.MTLSMode
+	nsDiags []mesh.Diagnostic
+	// podSvcs holds, by pod key, the sorted keys of the Services that select the pod;
+	// proxies the proxy of each such pod.
+	podSvcs map[string][]string
+	proxies map[string]*mesh.Proxy
+	// conflicts holds, by Service key, the diagnostics about the Services that share its
+	// pods (mesh.CheckPolicyConflicts and proxyModes).
+	conflicts map[string][]mesh.Diagnostic
 }
 
 // servicePart is what build computes from one meshed Service, its EndpointSlices and its
 // pods, apart from the parts that depend on other Services or on HTTPRoutes and
 // AuthorizationPolicies. It is never modified once built: later builds share it.
 type servicePart struct {
-	// The inputs besides the slices and pods, to tell whether the part is still valid:
-	// the lister's object (replaced, never modified, on every change), the Namespace's
-	// mode and the quarantine hold.
-	src    *corev1.Service
-	nsMode mesh.MTLSMode
-	held   *hold
+	// src is the lister's object the part was built from (replaced, never modified, on
+	// every change of the Service).
+	src *corev1.Service
 
-	// svc has no Routes and no Authz: each snapshot gets its own copy of it, on which
-	// the HTTPRoutes and AuthorizationPolicies are set.
+	// svc has no Routes and no Authz: a snapshot whose HTTPRoutes or
+	// AuthorizationPolicies apply to it gets a copy with them set.
 	svc   *mesh.Service
 	diags []mesh.Diagnostic
 	// pods are the pods the Service selects, sorted by name, as proxies without
-	// Services or MTLS; each snapshot makes its own Proxy of each.
+	// Services or MTLS.
 	pods []mesh.Proxy
 }
 
 // build builds a snapshot. dirty names the Services to recompute, by key; nil recomputes
-// every Service (a full build). A Service not in dirty whose part from the last build is
-// still valid keeps it.
+// every Service (a full build), and so does a builder that has not built yet or cannot
+// tell that its state is still valid.
 func (b *builder) build(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
-	snap, statuses, err := b.buildParts(dirty, services, endpointSlices, pods, routes, o)
+	if o == nil {
+		o = &buildOptions{}
+	}
+	var err error
+	ok := false
+	if dirty != nil && b.parts != nil {
+		ok, err = b.update(dirty, services, endpointSlices, pods, o)
+	}
+	if err == nil && !ok {
+		err = b.rebuild(services, endpointSlices, pods, o)
+	}
+	if err != nil {
+		b.parts = nil
+		return nil, nil, err
+	}
+	snap, statuses, err := b.snapshot(routes, o)
 	if err != nil {
 		b.parts = nil
 	}
 	return snap, statuses, err
 }
 
-func (b *builder) buildParts(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
-	if o == nil {
-		o = &buildOptions{}
-	}
+// rebuild computes the builder's state from the listers alone.
+func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) error {
 	svcs, err := services.List(meshedSelector)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list services: %w", err)
+		return fmt.Errorf("list services: %w", err)
 	}
 	sort.Slice(svcs, func(i, j int) bool {
 		if svcs[i].Namespace != svcs[j].Namespace {
@@ -95,55 +130,195 @@ func (b *builder) buildParts(dirty map[string]bool, services corelisters.Service
 		}
 		return svcs[i].Name < svcs[j].Name
 	})
-
-	snap := &mesh.Snapshot{
-		Services: make([]*mesh.Service, 0, len(svcs)),
-		Proxies:  map[string]*mesh.Proxy{},
-	}
 	defaultMTLS := o.defaultMTLS.Effective()
-	nsModes, diags, err := namespaceModes(o.namespaces, defaultMTLS)
+	nsModes, nsDiags, err := namespaceModes(o.namespaces, defaultMTLS)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	snap.Diagnostics = append(snap.Diagnostics, diags...)
-	prev := b.parts
-	if dirty == nil {
-		prev = nil
+	*b = builder{
+		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
+		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
+		held: o.held, nsModes: nsModes, nsDiags: nsDiags,
+		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, conflicts: map[string][]mesh.Diagnostic{},
 	}
-	parts := make(map[string]*servicePart, len(svcs))
 	for _, svc := range svcs {
 		key := svc.Namespace + "/" + svc.Name
-		held := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]
-		part := prev[key]
-		if part == nil || dirty[key] || part.src != svc || part.nsMode != nsModes[svc.Namespace] || part.held != held {
-			part, err = buildService(svc, nsModes[svc.Namespace], defaultMTLS, held, endpointSlices, pods)
-			if err != nil {
-				return nil, nil, err
-			}
+		part, err := buildService(svc, nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		if err != nil {
+			return err
 		}
-		parts[key] = part
-
-		ms := *part.svc // this snapshot's own copy: Routes and Authz are set on it
-		snap.Services = append(snap.Services, &ms)
-		snap.Diagnostics = append(snap.Diagnostics, part.diags...)
+		b.parts[key] = part
+		b.index[key] = len(b.order)
+		b.order = append(b.order, key)
+		b.svcs = append(b.svcs, part.svc)
 		for _, pp := range part.pods {
 			pk := pp.Namespace + "/" + pp.Name
-			p := snap.Proxies[pk]
+			p := b.proxies[pk]
 			if p == nil {
 				p = &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount}
-				snap.Proxies[pk] = p
+				b.proxies[pk] = p
 			}
+			// Services are visited in sorted order, so each proxy's keys are sorted.
 			p.Services = append(p.Services, key)
 		}
 	}
-	b.parts = parts
-	// Services were visited in sorted order, so each proxy's keys are already sorted;
-	// sorting again keeps that true if the loop above ever changes.
-	for _, p := range snap.Proxies {
-		sort.Strings(p.Services)
+	for pk, p := range b.proxies {
+		b.podSvcs[pk] = p.Services
 	}
-	snap.Diagnostics = append(snap.Diagnostics, mesh.CheckPolicyConflicts(snap)...)
-	snap.Diagnostics = append(snap.Diagnostics, proxyModes(snap)...)
+	all := &mesh.Snapshot{Services: b.svcs, Proxies: b.proxies}
+	conflicts := mesh.CheckPolicyConflicts(all)
+	conflicts = append(conflicts, proxyModes(all)...) // sets each proxy's MTLS too
+	for _, d := range conflicts {
+		k := d.Namespace + "/" + d.Name
+		b.conflicts[k] = append(b.conflicts[k], d)
+	}
+	return nil
+}
+
+// update recomputes the dirty Services and what depends on them: the proxies of the pods
+// they selected before or select now, and the conflicts of every Service of those pods.
+// It reports false, having changed nothing, when its state may no longer hold: the
+// quarantine changed, or a dirty Service is no longer the object it was built from (a
+// Service event not yet seen, which will ask for a full build anyway).
+func (b *builder) update(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) (bool, error) {
+	if !sameHolds(b.held, o.held) {
+		return false, nil
+	}
+	defaultMTLS := o.defaultMTLS.Effective()
+	keys := make([]string, 0, len(dirty))
+	for k := range dirty {
+		if _, ok := b.index[k]; ok { // others are not meshed: a Service event adds them
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	rebuilt := make([]*servicePart, len(keys))
+	for i, k := range keys {
+		old := b.parts[k]
+		svc, err := services.Services(old.src.Namespace).Get(old.src.Name)
+		if err != nil || svc != old.src {
+			return false, nil
+		}
+		rebuilt[i], err = buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		if err != nil {
+			return false, err
+		}
+	}
+
+	// The pods whose proxy may change, with their state as the rebuilt parts saw it.
+	touchedPods := map[string]*mesh.Proxy{}
+	for i, k := range keys {
+		old, part := b.parts[k], rebuilt[i]
+		for _, pp := range old.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			if _, ok := touchedPods[pk]; !ok {
+				touchedPods[pk] = nil
+			}
+			b.podSvcs[pk] = slices.DeleteFunc(slices.Clone(b.podSvcs[pk]), func(s string) bool { return s == k })
+		}
+		for _, pp := range part.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			if touchedPods[pk] == nil {
+				touchedPods[pk] = &pp
+			}
+			if i, found := slices.BinarySearch(b.podSvcs[pk], k); !found {
+				b.podSvcs[pk] = slices.Insert(slices.Clone(b.podSvcs[pk]), i, k)
+			}
+		}
+		b.parts[k] = part
+		b.svcs[b.index[k]] = part.svc
+	}
+
+	// The Services whose conflicts may change: the rebuilt ones and every Service of a
+	// touched pod (before the change, a touched pod had the same Services but for
+	// rebuilt ones).
+	affected := map[string]bool{}
+	for _, k := range keys {
+		affected[k] = true
+	}
+	for pk, pp := range touchedPods {
+		svcKeys := b.podSvcs[pk]
+		if len(svcKeys) == 0 {
+			delete(b.podSvcs, pk)
+			delete(b.proxies, pk)
+			continue
+		}
+		for _, k := range svcKeys {
+			affected[k] = true
+		}
+		if pp == nil {
+			pp = b.proxies[pk] // selected by none of the rebuilt Services: unchanged
+		}
+		p := &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount, Services: svcKeys}
+		proxyModes(b.neighbourhood([]*mesh.Proxy{p})) // sets p.MTLS
+		b.proxies[pk] = p
+	}
+	for k := range affected {
+		b.updateConflicts(k)
+	}
+	b.held = o.held
+	return true, nil
+}
+
+// neighbourhood is a snapshot of the given proxies and every Service they serve: enough
+// for the computations that read the Services of one pod or of one Service's pods.
+func (b *builder) neighbourhood(proxies []*mesh.Proxy) *mesh.Snapshot {
+	n := &mesh.Snapshot{Proxies: make(map[string]*mesh.Proxy, len(proxies))}
+	seen := map[string]bool{}
+	for _, p := range proxies {
+		n.Proxies[p.Namespace+"/"+p.Name] = p
+		for _, k := range p.Services {
+			if !seen[k] {
+				seen[k] = true
+				n.Services = append(n.Services, b.svcs[b.index[k]])
+			}
+		}
+	}
+	return n
+}
+
+// updateConflicts recomputes the conflicts of Service k: the full computations, over
+// copies of k's proxies and their Services, keeping what they say about k (what they say
+// about the others needs all of their pods).
+func (b *builder) updateConflicts(k string) {
+	delete(b.conflicts, k)
+	part := b.parts[k]
+	var proxies []*mesh.Proxy
+	for _, pp := range part.pods {
+		if p := b.proxies[pp.Namespace+"/"+pp.Name]; p != nil {
+			c := *p // proxyModes sets MTLS; the proxies are shared with snapshots
+			proxies = append(proxies, &c)
+		}
+	}
+	if len(proxies) == 0 {
+		return
+	}
+	n := b.neighbourhood(proxies)
+	ds := mesh.CheckPolicyConflicts(n)
+	ds = append(ds, proxyModes(n)...)
+	for _, d := range ds {
+		if d.Namespace == part.svc.Namespace && d.Name == part.svc.Name {
+			b.conflicts[k] = append(b.conflicts[k], d)
+		}
+	}
+}
+
+// sameHolds reports whether two quarantine views hold the same holds.
+func sameHolds(a, b map[ObjectRef]*hold) bool {
+	return maps.EqualFunc(a, b, func(x, y *hold) bool { return x == y })
+}
+
+// snapshot assembles a snapshot from the builder's state, and adds the HTTPRoutes.
+func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	snap := &mesh.Snapshot{
+		Services: slices.Clone(b.svcs),
+		Proxies:  maps.Clone(b.proxies),
+	}
+	snap.Diagnostics = append(snap.Diagnostics, b.nsDiags...)
+	for _, k := range b.order {
+		snap.Diagnostics = append(snap.Diagnostics, b.parts[k].diags...)
+		snap.Diagnostics = append(snap.Diagnostics, b.conflicts[k]...)
+	}
 	var statuses []routeStatus
 	if routes != nil {
 		list, err := routes.List(labels.Everything())
@@ -158,7 +333,11 @@ func (b *builder) buildParts(dirty map[string]bool, services corelisters.Service
 		var diags []mesh.Diagnostic
 		rules, statuses, diags = routeRules(list, meshed, o)
 		for k, rs := range rules {
-			meshed[k].Routes = rs
+			// A copy: the Service is shared with other snapshots.
+			i := b.index[k]
+			c := *snap.Services[i]
+			c.Routes = rs
+			snap.Services[i] = &c
 		}
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 	}
@@ -169,7 +348,7 @@ func (b *builder) buildParts(dirty map[string]bool, services corelisters.Service
 // buildService computes one meshed Service's part of the snapshot from the Service, its
 // Namespace's mode, its quarantine hold, its EndpointSlices and its pods.
 func buildService(svc *corev1.Service, nsMode, defaultMTLS mesh.MTLSMode, h *hold, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister) (*servicePart, error) {
-	part := &servicePart{src: svc, nsMode: nsMode, held: h}
+	part := &servicePart{src: svc}
 	ms := &mesh.Service{
 		Namespace:   svc.Namespace,
 		Name:        svc.Name,

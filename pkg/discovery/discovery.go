@@ -589,7 +589,9 @@ func (d *Discovery) flush(first bool) {
 	if d.policies != nil {
 		// Policies change only the model of the Services they target, so a policy
 		// change reaches only the proxies that serve them (pkg/translate).
-		d.reporter.syncPolicyStatuses(authorize(snap, d.services, cachedPolicies(d.policies)))
+		policies := cachedPolicies(d.policies)
+		ownTargets(snap, policies)
+		d.reporter.syncPolicyStatuses(authorize(snap, d.services, policies))
 	}
 	d.applyVerdict(d.quarantine.skipProbe(snap))
 	// Route statuses are compared with what the routes say on every build, published

@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"sort"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -8,6 +10,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/bearkong/bearkong/pkg/apis/bearkong/v1alpha1"
+	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
 // Incremental builds. In a mesh of thousands of Services most events are endpoint and
@@ -94,4 +99,25 @@ func touchedServices(services corelisters.ServiceLister, sliceIdx cache.Indexer,
 		return keys, true
 	}
 	return nil, false
+}
+
+// ownTargets replaces, in snap, the Services the policies target with copies, before
+// authorize sets their Authz: the builder shares a Service with every snapshot built
+// since it last changed, and those must not change.
+func ownTargets(snap *mesh.Snapshot, policies []*v1alpha1.AuthorizationPolicy) {
+	copied := map[int]bool{}
+	for _, p := range policies {
+		i, found := sort.Find(len(snap.Services), func(i int) int {
+			s := snap.Services[i]
+			if c := strings.Compare(p.Namespace, s.Namespace); c != 0 {
+				return c
+			}
+			return strings.Compare(p.Spec.TargetRef.Name, s.Name)
+		})
+		if found && !copied[i] {
+			copied[i] = true
+			c := *snap.Services[i]
+			snap.Services[i] = &c
+		}
+	}
 }
