@@ -59,6 +59,8 @@ type builder struct {
 	order []string
 	index map[string]int
 	svcs  []*mesh.Service
+	// meshed is svcs by key, for routeRules.
+	meshed map[string]*mesh.Service
 	// held is the quarantine view the parts were built with; another view calls for a
 	// full build.
 	held map[ObjectRef]*hold
@@ -73,6 +75,8 @@ type builder struct {
 	// conflicts holds, by Service key, the diagnostics about the Services that share its
 	// pods (mesh.CheckPolicyConflicts and proxyModes).
 	conflicts map[string][]mesh.Diagnostic
+	// wasFull reports whether the last build was a full one.
+	wasFull bool
 }
 
 // servicePart is what build computes from one meshed Service, its EndpointSlices and its
@@ -107,6 +111,7 @@ func (b *builder) build(dirty map[string]bool, services corelisters.ServiceListe
 	if err == nil && !ok {
 		err = b.rebuild(services, endpointSlices, pods, o)
 	}
+	b.wasFull = !ok
 	if err != nil {
 		b.parts = nil
 		return nil, nil, err
@@ -138,7 +143,8 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 	*b = builder{
 		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
 		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
-		held: o.held, nsModes: nsModes, nsDiags: nsDiags,
+		meshed: make(map[string]*mesh.Service, len(svcs)),
+		held:   o.held, nsModes: nsModes, nsDiags: nsDiags,
 		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, conflicts: map[string][]mesh.Diagnostic{},
 	}
 	for _, svc := range svcs {
@@ -151,6 +157,7 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		b.index[key] = len(b.order)
 		b.order = append(b.order, key)
 		b.svcs = append(b.svcs, part.svc)
+		b.meshed[key] = part.svc
 		for _, pp := range part.pods {
 			pk := pp.Namespace + "/" + pp.Name
 			p := b.proxies[pk]
@@ -227,6 +234,7 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		}
 		b.parts[k] = part
 		b.svcs[b.index[k]] = part.svc
+		b.meshed[k] = part.svc
 	}
 
 	// The Services whose conflicts may change: the rebuilt ones and every Service of a
@@ -325,13 +333,10 @@ func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*
 		if err != nil {
 			return nil, nil, fmt.Errorf("list httproutes: %w", err)
 		}
-		meshed := make(map[string]*mesh.Service, len(snap.Services))
-		for _, s := range snap.Services {
-			meshed[s.Key()] = s
-		}
 		var rules map[string][]mesh.RouteRule
 		var diags []mesh.Diagnostic
-		rules, statuses, diags = routeRules(list, meshed, o)
+		// routeRules reads the Services; the Routes go on copies, below.
+		rules, statuses, diags = routeRules(list, b.meshed, o)
 		for k, rs := range rules {
 			// A copy: the Service is shared with other snapshots.
 			i := b.index[k]
@@ -648,6 +653,9 @@ func sameMeaning(a, b *mesh.Snapshot) bool {
 }
 
 func sameService(a, b *mesh.Service) bool {
+	if a == b {
+		return true // shared by consecutive snapshots, which never modify it
+	}
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
@@ -662,6 +670,9 @@ func sameService(a, b *mesh.Service) bool {
 }
 
 func sameProxy(a, b *mesh.Proxy) bool {
+	if a == b {
+		return true
+	}
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		a.IP == b.IP &&

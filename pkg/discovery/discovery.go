@@ -149,6 +149,7 @@ type Discovery struct {
 	// everything. Only the worker uses them.
 	builder  builder
 	lastFull time.Time
+	builds   *prometheus.CounterVec
 
 	reporter   *reporter
 	quarantine *quarantine
@@ -212,6 +213,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		}
 		d.opts.LeaderElection = &le
 	}
+	d.builds = newBuilds(opts.Registerer)
 	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
 
@@ -565,15 +567,18 @@ func (d *Discovery) flush(first bool) {
 	if first || start.Sub(d.lastFull) >= fullBuildEvery {
 		dirty = nil // the safety net: a full build now and then
 	}
-	if dirty == nil {
-		d.lastFull = start
-	}
 	d.liftQuarantines()
 	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation,
 		namespaces: d.namespaces, defaultMTLS: d.opts.DefaultMTLS}
 	snap, statuses, err := d.builder.build(dirty, d.services, d.slices, d.pods, d.routes, opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
+	if d.builder.wasFull {
+		d.lastFull = start
+		d.builds.WithLabelValues(buildFull).Inc()
+	} else {
+		d.builds.WithLabelValues(buildIncremental).Inc()
+	}
 	if err != nil {
 		// Listers read an in-memory cache, so this is not expected; keep the last good
 		// snapshot in force rather than publish a partial one.
@@ -611,17 +616,8 @@ func (d *Discovery) flush(first bool) {
 		"endpoints", countEndpoints(snap),
 		"changed_at", snap.ChangedAt,
 		"build_duration", elapsed,
-		"full_build", dirty == nil,
-		"services_rebuilt", rebuilt(dirty, len(snap.Services)),
+		"full_build", d.builder.wasFull,
 	)
-}
-
-// rebuilt is how many Services a build recomputed, at most: all for a full build.
-func rebuilt(dirty map[string]bool, all int) int {
-	if dirty == nil {
-		return all
-	}
-	return len(dirty)
 }
 
 // publish makes snap the latest and hands it to the reader, replacing any snapshot the

@@ -2,6 +2,8 @@ package discovery
 
 import (
 	"sort"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"strings"
 	"time"
 
@@ -120,4 +122,21 @@ func ownTargets(snap *mesh.Snapshot, policies []*v1alpha1.AuthorizationPolicy) {
 			snap.Services[i] = &c
 		}
 	}
+}
+
+// Values of the kind label of bearkong_discovery_builds_total.
+const (
+	buildFull        = "full"
+	buildIncremental = "incremental"
+)
+
+// newBuilds is bearkong_discovery_builds_total, with both series created up front.
+func newBuilds(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bearkong_discovery_builds_total",
+		Help: "Snapshot builds attempted, by kind: full (every Service from the informer caches) or incremental (only the Services an EndpointSlice or Pod change touched).",
+	}, []string{"kind"}))
+	c.WithLabelValues(buildFull)
+	c.WithLabelValues(buildIncremental)
+	return c
 }

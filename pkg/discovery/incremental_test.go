@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
@@ -223,4 +225,61 @@ func describeSnapshot(s *mesh.Snapshot) string {
 		out += fmt.Sprintf("\n  diag %s/%s %s", d.Namespace, d.Name, d.Reason)
 	}
 	return out
+}
+
+// TestIncrementalBuildsThroughInformers drives random pod and EndpointSlice changes
+// through the informers and checks that after each the published snapshot converges to
+// a full build of the informers' caches, and that the worker built incrementally.
+func TestIncrementalBuildsThroughInformers(t *testing.T) {
+	w := newIncrementalWorld(t)
+	var objs []runtime.Object
+	for _, idx := range []cache.Indexer{w.svcs, w.pods} {
+		for _, o := range idx.List() {
+			objs = append(objs, o.(runtime.Object))
+		}
+	}
+	h := newHarness(t, fastOptions(), objs...)
+	h.start()
+	r := rand.New(rand.NewPCG(7, 14))
+	for step := range 25 {
+		ns := []string{"a", "b"}[r.IntN(2)]
+		var obj runtime.Object
+		var lister func() (metav1.Object, error)
+		if r.IntN(2) == 0 {
+			p := w.randomPod(r, ns, r.IntN(6))
+			obj = p
+			lister = func() (metav1.Object, error) { return h.d.pods.Pods(ns).Get(p.Name) }
+		} else {
+			svc := []string{"web", "api", "shared", "named", "manual"}[r.IntN(5)]
+			sl := w.randomSlice(r, ns, svc+"-0", svc)
+			obj = sl
+			lister = func() (metav1.Object, error) { return h.d.slices.EndpointSlices(ns).Get(sl.Name) }
+		}
+		_, err := lister()
+		h.apply(obj, err != nil)
+		want := obj.(metav1.Object).GetResourceVersion()
+		deadline := time.Now().Add(waitFor)
+		for {
+			cur, err := lister()
+			if err == nil && cur.GetResourceVersion() == want {
+				full, _, err := build(h.d.services, h.d.slices, h.d.pods, nil, &buildOptions{namespaces: h.d.namespaces, defaultMTLS: h.d.opts.DefaultMTLS})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sameMeaning(h.d.Latest(), full) {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("step %d: the published snapshot did not converge to a full build within %v\npublished: %s", step, waitFor, describeSnapshot(h.d.Latest()))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if got := h.counter("bearkong_discovery_builds_total", map[string]string{"kind": buildIncremental}); got == 0 {
+		t.Errorf("incremental builds = 0, want some")
+	}
+	if got := h.counter("bearkong_discovery_builds_total", map[string]string{"kind": buildFull}); got != 1 {
+		t.Errorf("full builds = %v, want 1 (the first)", got)
+	}
 }
