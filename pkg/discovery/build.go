@@ -69,12 +69,19 @@ type builder struct {
 	nsModes map[string]mesh.MTLSMode
 	nsDiags []mesh.Diagnostic
 	// podSvcs holds, by pod key, the sorted keys of the Services that select the pod;
-	// proxies the proxy of each such pod.
-	podSvcs map[string][]string
-	proxies map[string]*mesh.Proxy
+	// proxies the proxy of each such pod. The last snapshot shares proxies (the map)
+	// unless ownProxies: a build that changes a proxy copies the map first, so an
+	// endpoint change that leaves every proxy as it was costs no copy of it.
+	podSvcs    map[string][]string
+	proxies    map[string]*mesh.Proxy
+	ownProxies bool
 	// conflicts holds, by Service key, the diagnostics about the Services that share its
 	// pods (mesh.CheckPolicyConflicts and proxyModes).
 	conflicts map[string][]mesh.Diagnostic
+	// diags are the diagnostics of the Namespaces, of every part and of the conflicts,
+	// sorted; staleDiags says that a part's or a conflict's changed since.
+	diags      []mesh.Diagnostic
+	staleDiags bool
 	// wasFull reports whether the last build was a full one.
 	wasFull bool
 }
@@ -145,7 +152,8 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
 		meshed: make(map[string]*mesh.Service, len(svcs)),
 		held:   o.held, nsModes: nsModes, nsDiags: nsDiags,
-		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, conflicts: map[string][]mesh.Diagnostic{},
+		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, ownProxies: true,
+		conflicts: map[string][]mesh.Diagnostic{}, staleDiags: true,
 	}
 	for _, svc := range svcs {
 		key := svc.Namespace + "/" + svc.Name
@@ -232,6 +240,9 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 				b.podSvcs[pk] = slices.Insert(slices.Clone(b.podSvcs[pk]), i, k)
 			}
 		}
+		if !slices.Equal(old.diags, part.diags) {
+			b.staleDiags = true
+		}
 		b.parts[k] = part
 		b.svcs[b.index[k]] = part.svc
 		b.meshed[k] = part.svc
@@ -248,6 +259,7 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		svcKeys := b.podSvcs[pk]
 		if len(svcKeys) == 0 {
 			delete(b.podSvcs, pk)
+			b.ownProxyMap()
 			delete(b.proxies, pk)
 			continue
 		}
@@ -259,13 +271,24 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		}
 		p := &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount, Services: svcKeys}
 		proxyModes(b.neighbourhood([]*mesh.Proxy{p})) // sets p.MTLS
-		b.proxies[pk] = p
+		if old := b.proxies[pk]; old == nil || !sameProxy(old, p) {
+			b.ownProxyMap()
+			b.proxies[pk] = p
+		}
 	}
 	for k := range affected {
 		b.updateConflicts(k)
 	}
 	b.held = o.held
 	return true, nil
+}
+
+// ownProxyMap makes b.proxies a map no snapshot shares, so that it can change.
+func (b *builder) ownProxyMap() {
+	if !b.ownProxies {
+		b.proxies = maps.Clone(b.proxies)
+		b.ownProxies = true
+	}
 }
 
 // neighbourhood is a snapshot of the given proxies and every Service they serve: enough
@@ -289,7 +312,13 @@ func (b *builder) neighbourhood(proxies []*mesh.Proxy) *mesh.Snapshot {
 // copies of k's proxies and their Services, keeping what they say about k (what they say
 // about the others needs all of their pods).
 func (b *builder) updateConflicts(k string) {
+	old := b.conflicts[k]
 	delete(b.conflicts, k)
+	defer func() {
+		if !slices.Equal(old, b.conflicts[k]) {
+			b.staleDiags = true
+		}
+	}()
 	part := b.parts[k]
 	var proxies []*mesh.Proxy
 	for _, pp := range part.pods {
@@ -318,15 +347,23 @@ func sameHolds(a, b map[ObjectRef]*hold) bool {
 
 // snapshot assembles a snapshot from the builder's state, and adds the HTTPRoutes.
 func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	if b.staleDiags {
+		b.diags = slices.Clone(b.nsDiags)
+		for _, k := range b.order {
+			b.diags = append(b.diags, b.parts[k].diags...)
+			b.diags = append(b.diags, b.conflicts[k]...)
+		}
+		mesh.SortDiagnostics(b.diags)
+		b.staleDiags = false
+	}
+	// The snapshot's own Services and Diagnostics slices: later steps set HTTPRoutes and
+	// AuthorizationPolicies in them.
 	snap := &mesh.Snapshot{
-		Services: slices.Clone(b.svcs),
-		Proxies:  maps.Clone(b.proxies),
+		Services:    slices.Clone(b.svcs),
+		Proxies:     b.proxies,
+		Diagnostics: slices.Clone(b.diags),
 	}
-	snap.Diagnostics = append(snap.Diagnostics, b.nsDiags...)
-	for _, k := range b.order {
-		snap.Diagnostics = append(snap.Diagnostics, b.parts[k].diags...)
-		snap.Diagnostics = append(snap.Diagnostics, b.conflicts[k]...)
-	}
+	b.ownProxies = false
 	var statuses []routeStatus
 	if routes != nil {
 		list, err := routes.List(labels.Everything())
