@@ -52,7 +52,8 @@ vet:
 # the fleet simulator (bearkong and the peer, S=1000 E=3, N=1000 and 5000; a run where 1%
 # of the proxies never ACK; N=500 through a real API server) and prints the table of
 # BENCHMARKS.md, in about 10 minutes; results and logs go to bench/out. `make bench/go`
-# runs the Go benchmarks of translate and of the ADS fan-out.
+# runs the Go benchmarks of translate, of the ADS fan-out and of discovery's builds
+# (BenchmarkBuildPerChange: one endpoint change at S = 1,000, 5,000 and 10,000).
 .PHONY: bench bench/go
 
 bench:
@@ -60,7 +61,7 @@ bench:
 	cd bench && $(GO) run ./cmd/fleet -out out
 
 bench/go:
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/translate ./pkg/ads
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/translate ./pkg/ads ./pkg/discovery
 
 # ---------------------------------------------------------------------------------------
 # On a real cluster (k3d). Needs docker, k3d and kubectl; see "Deploying to a cluster" in

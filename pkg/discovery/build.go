@@ -34,12 +34,107 @@ var meshedSelector = labels.SelectorFromSet(labels.Set{mesh.MeshedLabel: mesh.Me
 // o (may be nil) holds the quarantined objects, left out, and the testing hook that
 // skips bearkong's own regex checks.
 func build(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	var b builder
+	return b.build(nil, services, endpointSlices, pods, routes, o)
+}
+
+// builder builds snapshots and keeps, between builds, each meshed Service's part of the
+// last one (servicePart) and what spans Services (the proxies, the conflicts between
+// Services that share pods), so that a build after an endpoint or pod change recomputes
+// only the Services the change touched and the pods they select (incremental.go). Its
+// result is the same as a full build's for the same listers: what it reuses is exactly
+// what a full build would compute again from unchanged inputs. The zero value builds
+// everything. Only one goroutine (the worker) uses a builder.
+//
+// Everything the builder hands to a snapshot (Services, Proxies) is never modified
+// afterwards, so consecutive snapshots share what did not change; the builder's own maps
+// and slices are copied into each snapshot.
+type builder struct {
+	// parts are the last build's Service parts by key; nil after an error or before the
+	// first build, which makes the next build a full one.
+	parts map[string]*servicePart
+	// order holds the meshed Services' keys, sorted; index is the position of each, and
+	// svcs the Service at each position. Only a full build changes the set of Services:
+	// every Service event calls for one.
+	order []string
+	index map[string]int
+	svcs  []*mesh.Service
+	// meshed is svcs by key, for routeRules.
+	meshed map[string]*mesh.Service
+	// held is the quarantine view the parts were built with; another view calls for a
+	// full build.
+	held map[ObjectRef]*hold
+	// nsModes and nsDiags are the Namespaces' modes and diagnostics; a Namespace event
+	// calls for a full build.
+	nsModes map[string]mesh.MTLSMode
+	nsDiags []mesh.Diagnostic
+	// podSvcs holds, by pod key, the sorted keys of the Services that select the pod;
+	// proxies the proxy of each such pod. The last snapshot shares proxies (the map)
+	// unless ownProxies: a build that changes a proxy copies the map first, so an
+	// endpoint change that leaves every proxy as it was costs no copy of it.
+	podSvcs    map[string][]string
+	proxies    map[string]*mesh.Proxy
+	ownProxies bool
+	// conflicts holds, by Service key, the diagnostics about the Services that share its
+	// pods (mesh.CheckPolicyConflicts and proxyModes).
+	conflicts map[string][]mesh.Diagnostic
+	// diags are the diagnostics of the Namespaces, of every part and of the conflicts,
+	// sorted; staleDiags says that a part's or a conflict's changed since.
+	diags      []mesh.Diagnostic
+	staleDiags bool
+	// wasFull reports whether the last build was a full one.
+	wasFull bool
+}
+
+// servicePart is what build computes from one meshed Service, its EndpointSlices and its
+// pods, apart from the parts that depend on other Services or on HTTPRoutes and
+// AuthorizationPolicies. It is never modified once built: later builds share it.
+type servicePart struct {
+	// src is the lister's object the part was built from (replaced, never modified, on
+	// every change of the Service).
+	src *corev1.Service
+
+	// svc has no Routes and no Authz: a snapshot whose HTTPRoutes or
+	// AuthorizationPolicies apply to it gets a copy with them set.
+	svc   *mesh.Service
+	diags []mesh.Diagnostic
+	// pods are the pods the Service selects, sorted by name, as proxies without
+	// Services or MTLS.
+	pods []mesh.Proxy
+}
+
+// build builds a snapshot. dirty names the Services to recompute, by key; nil recomputes
+// every Service (a full build), and so does a builder that has not built yet or cannot
+// tell that its state is still valid.
+func (b *builder) build(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
 	if o == nil {
 		o = &buildOptions{}
 	}
+	var err error
+	ok := false
+	if dirty != nil && b.parts != nil {
+		ok, err = b.update(dirty, services, endpointSlices, pods, o)
+	}
+	if err == nil && !ok {
+		err = b.rebuild(services, endpointSlices, pods, o)
+	}
+	b.wasFull = !ok
+	if err != nil {
+		b.parts = nil
+		return nil, nil, err
+	}
+	snap, statuses, err := b.snapshot(routes, o)
+	if err != nil {
+		b.parts = nil
+	}
+	return snap, statuses, err
+}
+
+// rebuild computes the builder's state from the listers alone.
+func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) error {
 	svcs, err := services.List(meshedSelector)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list services: %w", err)
+		return fmt.Errorf("list services: %w", err)
 	}
 	sort.Slice(svcs, func(i, j int) bool {
 		if svcs[i].Namespace != svcs[j].Namespace {
@@ -47,125 +142,329 @@ func build(services corelisters.ServiceLister, endpointSlices discoverylisters.E
 		}
 		return svcs[i].Name < svcs[j].Name
 	})
+	defaultMTLS := o.defaultMTLS.Effective()
+	nsModes, nsDiags, err := namespaceModes(o.namespaces, defaultMTLS)
+	if err != nil {
+		return err
+	}
+	*b = builder{
+		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
+		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
+		meshed: make(map[string]*mesh.Service, len(svcs)),
+		held:   o.held, nsModes: nsModes, nsDiags: nsDiags,
+		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, ownProxies: true,
+		conflicts: map[string][]mesh.Diagnostic{}, staleDiags: true,
+	}
+	for _, svc := range svcs {
+		key := svc.Namespace + "/" + svc.Name
+		part, err := buildService(svc, nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		if err != nil {
+			return err
+		}
+		b.parts[key] = part
+		b.index[key] = len(b.order)
+		b.order = append(b.order, key)
+		b.svcs = append(b.svcs, part.svc)
+		b.meshed[key] = part.svc
+		for _, pp := range part.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			p := b.proxies[pk]
+			if p == nil {
+				p = &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount}
+				b.proxies[pk] = p
+			}
+			// Services are visited in sorted order, so each proxy's keys are sorted.
+			p.Services = append(p.Services, key)
+		}
+	}
+	for pk, p := range b.proxies {
+		b.podSvcs[pk] = p.Services
+	}
+	all := &mesh.Snapshot{Services: b.svcs, Proxies: b.proxies}
+	conflicts := mesh.CheckPolicyConflicts(all)
+	conflicts = append(conflicts, proxyModes(all)...) // sets each proxy's MTLS too
+	for _, d := range conflicts {
+		k := d.Namespace + "/" + d.Name
+		b.conflicts[k] = append(b.conflicts[k], d)
+	}
+	return nil
+}
 
-	snap := &mesh.Snapshot{
-		Services: make([]*mesh.Service, 0, len(svcs)),
-		Proxies:  map[string]*mesh.Proxy{},
+// update recomputes the dirty Services and what depends on them: the proxies of the pods
+// they selected before or select now, and the conflicts of every Service of those pods.
+// It reports false, having changed nothing, when its state may no longer hold: the
+// quarantine changed, or a dirty Service is no longer the object it was built from (a
+// Service event not yet seen, which will ask for a full build anyway).
+func (b *builder) update(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) (bool, error) {
+	if !sameHolds(b.held, o.held) {
+		return false, nil
 	}
 	defaultMTLS := o.defaultMTLS.Effective()
-	nsModes, diags, err := namespaceModes(o.namespaces, defaultMTLS)
-	if err != nil {
-		return nil, nil, err
-	}
-	snap.Diagnostics = append(snap.Diagnostics, diags...)
-	for _, svc := range svcs {
-		ms := &mesh.Service{
-			Namespace:   svc.Namespace,
-			Name:        svc.Name,
-			Annotations: meshAnnotations(svc.Annotations),
-			Ports:       servicePorts(svc.Spec.Ports),
+	keys := make([]string, 0, len(dirty))
+	for k := range dirty {
+		if _, ok := b.index[k]; ok { // others are not meshed: a Service event adds them
+			keys = append(keys, k)
 		}
-		var diags []mesh.Diagnostic
-		ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		ms.MTLS, diags = serviceMTLS(ms, nsModes[svc.Namespace], defaultMTLS)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		if h := o.held[ObjectRef{KindService, svc.Namespace, svc.Name}]; h != nil {
-			// Quarantined: the part of the policy the proxies rejected stays as it was
-			// in the last config they accepted.
-			ms.Policy = withPolicyPart(h.part, ms.Policy, h.lastGood)
-			if h.confirmed {
-				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
-					Reason: mesh.ReasonRejectedByEnvoy, Message: rejectedMessage(h), Event: true})
+	}
+	sort.Strings(keys)
+	rebuilt := make([]*servicePart, len(keys))
+	for i, k := range keys {
+		old := b.parts[k]
+		svc, err := services.Services(old.src.Namespace).Get(old.src.Name)
+		if err != nil || svc != old.src {
+			return false, nil
+		}
+		rebuilt[i], err = buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		if err != nil {
+			return false, err
+		}
+	}
+
+	// The pods whose proxy may change, with their state as the rebuilt parts saw it.
+	touchedPods := map[string]*mesh.Proxy{}
+	for i, k := range keys {
+		old, part := b.parts[k], rebuilt[i]
+		for _, pp := range old.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			if _, ok := touchedPods[pk]; !ok {
+				touchedPods[pk] = nil
+			}
+			b.podSvcs[pk] = slices.DeleteFunc(slices.Clone(b.podSvcs[pk]), func(s string) bool { return s == k })
+		}
+		for _, pp := range part.pods {
+			pk := pp.Namespace + "/" + pp.Name
+			if touchedPods[pk] == nil {
+				touchedPods[pk] = &pp
+			}
+			if i, found := slices.BinarySearch(b.podSvcs[pk], k); !found {
+				b.podSvcs[pk] = slices.Insert(slices.Clone(b.podSvcs[pk]), i, k)
 			}
 		}
-		ms.Protocol, diags = mesh.ServiceProtocol(ms)
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
-		snap.Services = append(snap.Services, ms)
+		if !slices.Equal(old.diags, part.diags) {
+			b.staleDiags = true
+		}
+		b.parts[k] = part
+		b.svcs[b.index[k]] = part.svc
+		b.meshed[k] = part.svc
+	}
 
-		// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
-		// gives it no endpoints, and kube-proxy no rules
-		// (https://kubernetes.io/docs/concepts/services-networking/service/#externalname).
-		// It stays in the mesh, so that a caller gets an answer that names it, but the
-		// mesh has no pod to send its traffic to: say so rather than answer 503 silently.
-		if svc.Spec.Type == corev1.ServiceTypeExternalName {
-			snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
-				Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonExternalName, Event: true,
-				Message: fmt.Sprintf("ExternalName Service (an alias of %q) has no endpoints the mesh can route to: bearkong sends mesh traffic to the sidecars of a Service's pods, so requests for it through the mesh get 503; call %s directly, or give the Service a selector and pods",
-					svc.Spec.ExternalName, svc.Spec.ExternalName),
-			})
+	// The Services whose conflicts may change: the rebuilt ones and every Service of a
+	// touched pod (before the change, a touched pod had the same Services but for
+	// rebuilt ones).
+	affected := map[string]bool{}
+	for _, k := range keys {
+		affected[k] = true
+	}
+	for pk, pp := range touchedPods {
+		svcKeys := b.podSvcs[pk]
+		if len(svcKeys) == 0 {
+			delete(b.podSvcs, pk)
+			b.ownProxyMap()
+			delete(b.proxies, pk)
 			continue
 		}
-
-		var eps endpoints
-		eps, err = readyEndpoints(endpointSlices, svc.Namespace, svc.Name, primaryFamily(svc))
-		if err != nil {
-			return nil, nil, err
+		for _, k := range svcKeys {
+			affected[k] = true
 		}
-		ms.Endpoints = eps.list
-		ms.ServiceAccounts = endpointServiceAccounts(pods, svc.Namespace, eps.list)
-
-		// A Service without a selector (endpoints managed by hand) selects no pods: an
-		// empty selector would otherwise match every pod in the namespace. Its
-		// endpoints are whatever EndpointSlices name it; with none, the mesh has
-		// nowhere to send its traffic. That is how such a Service starts, so it is a
-		// diagnostic but no Event.
-		if len(svc.Spec.Selector) == 0 {
-			if eps.slices == 0 {
-				snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{
-					Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonNoEndpointSlices,
-					Message: fmt.Sprintf("Service has no selector and no EndpointSlice of IP addresses labelled %s=%s: requests for it through the mesh get 503 until one names its endpoints",
-						discoveryv1.LabelServiceName, svc.Name),
-				})
-			}
-			snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, nil)...)
-			continue
+		if pp == nil {
+			pp = b.proxies[pk] // selected by none of the rebuilt Services: unchanged
 		}
-		selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
-		if err != nil {
-			return nil, nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
-		}
-		// Pods come from the lister in map order; sort them so that everything built from
-		// them is the same for the same objects.
-		sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
-		snap.Diagnostics = append(snap.Diagnostics, mesh.CheckTargetPorts(ms, namedPortResolver(selected))...)
-		for _, pod := range selected {
-			key := pod.Namespace + "/" + pod.Name
-			p := snap.Proxies[key]
-			if p == nil {
-				p = &mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP, ServiceAccount: serviceAccountOf(pod)}
-				snap.Proxies[key] = p
-			}
-			p.Services = append(p.Services, ms.Key())
+		p := &mesh.Proxy{Namespace: pp.Namespace, Name: pp.Name, IP: pp.IP, ServiceAccount: pp.ServiceAccount, Services: svcKeys}
+		proxyModes(b.neighbourhood([]*mesh.Proxy{p})) // sets p.MTLS
+		if old := b.proxies[pk]; old == nil || !sameProxy(old, p) {
+			b.ownProxyMap()
+			b.proxies[pk] = p
 		}
 	}
-	// Services were visited in sorted order, so each proxy's keys are already sorted;
-	// sorting again keeps that true if the loop above ever changes.
-	for _, p := range snap.Proxies {
-		sort.Strings(p.Services)
+	for k := range affected {
+		b.updateConflicts(k)
 	}
-	snap.Diagnostics = append(snap.Diagnostics, mesh.CheckPolicyConflicts(snap)...)
-	snap.Diagnostics = append(snap.Diagnostics, proxyModes(snap)...)
+	b.held = o.held
+	return true, nil
+}
+
+// ownProxyMap makes b.proxies a map no snapshot shares, so that it can change.
+func (b *builder) ownProxyMap() {
+	if !b.ownProxies {
+		b.proxies = maps.Clone(b.proxies)
+		b.ownProxies = true
+	}
+}
+
+// neighbourhood is a snapshot of the given proxies and every Service they serve: enough
+// for the computations that read the Services of one pod or of one Service's pods.
+func (b *builder) neighbourhood(proxies []*mesh.Proxy) *mesh.Snapshot {
+	n := &mesh.Snapshot{Proxies: make(map[string]*mesh.Proxy, len(proxies))}
+	seen := map[string]bool{}
+	for _, p := range proxies {
+		n.Proxies[p.Namespace+"/"+p.Name] = p
+		for _, k := range p.Services {
+			if !seen[k] {
+				seen[k] = true
+				n.Services = append(n.Services, b.svcs[b.index[k]])
+			}
+		}
+	}
+	return n
+}
+
+// updateConflicts recomputes the conflicts of Service k: the full computations, over
+// copies of k's proxies and their Services, keeping what they say about k (what they say
+// about the others needs all of their pods).
+func (b *builder) updateConflicts(k string) {
+	old := b.conflicts[k]
+	delete(b.conflicts, k)
+	defer func() {
+		if !slices.Equal(old, b.conflicts[k]) {
+			b.staleDiags = true
+		}
+	}()
+	part := b.parts[k]
+	var proxies []*mesh.Proxy
+	for _, pp := range part.pods {
+		if p := b.proxies[pp.Namespace+"/"+pp.Name]; p != nil {
+			c := *p // proxyModes sets MTLS; the proxies are shared with snapshots
+			proxies = append(proxies, &c)
+		}
+	}
+	if len(proxies) == 0 {
+		return
+	}
+	n := b.neighbourhood(proxies)
+	ds := mesh.CheckPolicyConflicts(n)
+	ds = append(ds, proxyModes(n)...)
+	for _, d := range ds {
+		if d.Namespace == part.svc.Namespace && d.Name == part.svc.Name {
+			b.conflicts[k] = append(b.conflicts[k], d)
+		}
+	}
+}
+
+// sameHolds reports whether two quarantine views hold the same holds.
+func sameHolds(a, b map[ObjectRef]*hold) bool {
+	return maps.EqualFunc(a, b, func(x, y *hold) bool { return x == y })
+}
+
+// snapshot assembles a snapshot from the builder's state, and adds the HTTPRoutes.
+func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
+	if b.staleDiags {
+		b.diags = slices.Clone(b.nsDiags)
+		for _, k := range b.order {
+			b.diags = append(b.diags, b.parts[k].diags...)
+			b.diags = append(b.diags, b.conflicts[k]...)
+		}
+		mesh.SortDiagnostics(b.diags)
+		b.staleDiags = false
+	}
+	// The snapshot's own Services and Diagnostics slices: later steps set HTTPRoutes and
+	// AuthorizationPolicies in them.
+	snap := &mesh.Snapshot{
+		Services:    slices.Clone(b.svcs),
+		Proxies:     b.proxies,
+		Diagnostics: slices.Clone(b.diags),
+	}
+	b.ownProxies = false
 	var statuses []routeStatus
 	if routes != nil {
 		list, err := routes.List(labels.Everything())
 		if err != nil {
 			return nil, nil, fmt.Errorf("list httproutes: %w", err)
 		}
-		meshed := make(map[string]*mesh.Service, len(snap.Services))
-		for _, s := range snap.Services {
-			meshed[s.Key()] = s
-		}
 		var rules map[string][]mesh.RouteRule
 		var diags []mesh.Diagnostic
-		rules, statuses, diags = routeRules(list, meshed, o)
+		// routeRules reads the Services; the Routes go on copies, below.
+		rules, statuses, diags = routeRules(list, b.meshed, o)
 		for k, rs := range rules {
-			meshed[k].Routes = rs
+			// A copy: the Service is shared with other snapshots.
+			i := b.index[k]
+			c := *snap.Services[i]
+			c.Routes = rs
+			snap.Services[i] = &c
 		}
 		snap.Diagnostics = append(snap.Diagnostics, diags...)
 	}
 	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, statuses, nil
+}
+
+// buildService computes one meshed Service's part of the snapshot from the Service, its
+// Namespace's mode, its quarantine hold, its EndpointSlices and its pods.
+func buildService(svc *corev1.Service, nsMode, defaultMTLS mesh.MTLSMode, h *hold, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister) (*servicePart, error) {
+	part := &servicePart{src: svc}
+	ms := &mesh.Service{
+		Namespace:   svc.Namespace,
+		Name:        svc.Name,
+		Annotations: meshAnnotations(svc.Annotations),
+		Ports:       servicePorts(svc.Spec.Ports),
+	}
+	part.svc = ms
+	var diags []mesh.Diagnostic
+	ms.Policy, diags = mesh.ParsePolicy(svc.Namespace, svc.Name, ms.Annotations)
+	part.diags = append(part.diags, diags...)
+	ms.MTLS, diags = serviceMTLS(ms, nsMode, defaultMTLS)
+	part.diags = append(part.diags, diags...)
+	if h != nil {
+		// Quarantined: the part of the policy the proxies rejected stays as it was
+		// in the last config they accepted.
+		ms.Policy = withPolicyPart(h.part, ms.Policy, h.lastGood)
+		if h.confirmed {
+			part.diags = append(part.diags, mesh.Diagnostic{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
+				Reason: mesh.ReasonRejectedByEnvoy, Message: rejectedMessage(h), Event: true})
+		}
+	}
+	ms.Protocol, diags = mesh.ServiceProtocol(ms)
+	part.diags = append(part.diags, diags...)
+
+	// An ExternalName Service is a DNS alias: Kubernetes ignores its selector and
+	// gives it no endpoints, and kube-proxy no rules
+	// (https://kubernetes.io/docs/concepts/services-networking/service/#externalname).
+	// It stays in the mesh, so that a caller gets an answer that names it, but the
+	// mesh has no pod to send its traffic to: say so rather than answer 503 silently.
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		part.diags = append(part.diags, mesh.Diagnostic{
+			Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonExternalName, Event: true,
+			Message: fmt.Sprintf("ExternalName Service (an alias of %q) has no endpoints the mesh can route to: bearkong sends mesh traffic to the sidecars of a Service's pods, so requests for it through the mesh get 503; call %s directly, or give the Service a selector and pods",
+				svc.Spec.ExternalName, svc.Spec.ExternalName),
+		})
+		return part, nil
+	}
+
+	eps, err := readyEndpoints(endpointSlices, svc.Namespace, svc.Name, primaryFamily(svc))
+	if err != nil {
+		return nil, err
+	}
+	ms.Endpoints = eps.list
+	ms.ServiceAccounts = endpointServiceAccounts(pods, svc.Namespace, eps.list)
+
+	// A Service without a selector (endpoints managed by hand) selects no pods: an
+	// empty selector would otherwise match every pod in the namespace. Its
+	// endpoints are whatever EndpointSlices name it; with none, the mesh has
+	// nowhere to send its traffic. That is how such a Service starts, so it is a
+	// diagnostic but no Event.
+	if len(svc.Spec.Selector) == 0 {
+		if eps.slices == 0 {
+			part.diags = append(part.diags, mesh.Diagnostic{
+				Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: mesh.ReasonNoEndpointSlices,
+				Message: fmt.Sprintf("Service has no selector and no EndpointSlice of IP addresses labelled %s=%s: requests for it through the mesh get 503 until one names its endpoints",
+					discoveryv1.LabelServiceName, svc.Name),
+			})
+		}
+		part.diags = append(part.diags, mesh.CheckTargetPorts(ms, nil)...)
+		return part, nil
+	}
+	selected, err := pods.Pods(svc.Namespace).List(labels.SelectorFromSet(svc.Spec.Selector))
+	if err != nil {
+		return nil, fmt.Errorf("list pods for service %s: %w", ms.Key(), err)
+	}
+	// Pods come from the lister in map order; sort them so that everything built from
+	// them is the same for the same objects.
+	sort.Slice(selected, func(i, j int) bool { return selected[i].Name < selected[j].Name })
+	part.diags = append(part.diags, mesh.CheckTargetPorts(ms, namedPortResolver(selected))...)
+	part.pods = make([]mesh.Proxy, 0, len(selected))
+	for _, pod := range selected {
+		part.pods = append(part.pods, mesh.Proxy{Namespace: pod.Namespace, Name: pod.Name, IP: pod.Status.PodIP, ServiceAccount: serviceAccountOf(pod)})
+	}
+	return part, nil
 }
 
 // buildOptions are the inputs of build beyond the listers.
@@ -391,6 +690,9 @@ func sameMeaning(a, b *mesh.Snapshot) bool {
 }
 
 func sameService(a, b *mesh.Service) bool {
+	if a == b {
+		return true // shared by consecutive snapshots, which never modify it
+	}
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		maps.Equal(a.Annotations, b.Annotations) &&
@@ -405,6 +707,9 @@ func sameService(a, b *mesh.Service) bool {
 }
 
 func sameProxy(a, b *mesh.Proxy) bool {
+	if a == b {
+		return true
+	}
 	return a.Namespace == b.Namespace &&
 		a.Name == b.Name &&
 		a.IP == b.IP &&

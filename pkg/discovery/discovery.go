@@ -134,12 +134,22 @@ type Discovery struct {
 	regErr error
 
 	// mu guards the pending-change record the handlers write and the worker takes.
-	mu      sync.Mutex
-	dirty   bool
+	mu    sync.Mutex
+	dirty bool
+	// full asks for a full build; otherwise touched names the only Services whose part
+	// of the snapshot changed (incremental.go).
+	full    bool
+	touched map[string]bool
 	firstAt time.Time // the first change not yet folded into a build
 	lastAt  time.Time // the latest change, for the quiet period
 	// kick wakes the worker; capacity 1 because one wake-up covers any number of events.
 	kick chan struct{}
+
+	// builder keeps the last build's Service parts; lastFull is when it last built
+	// everything. Only the worker uses them.
+	builder  builder
+	lastFull time.Time
+	builds   *prometheus.CounterVec
 
 	reporter   *reporter
 	quarantine *quarantine
@@ -203,6 +213,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		}
 		d.opts.LeaderElection = &le
 	}
+	d.builds = newBuilds(opts.Registerer)
 	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
 
@@ -459,17 +470,32 @@ func (d *Discovery) observe(kind, event string, oldObj, obj any) {
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
 		d.log.Debug("event", "kind", kind, "event", event, "object", objectKey(obj))
 	}
-	d.markDirty(now)
+	keys, ok := touchedServices(d.services, d.sliceIndexer(), kind, oldObj, obj)
+	d.mark(now, keys, !ok)
 }
 
-// markDirty asks the worker for a new build.
-func (d *Discovery) markDirty(now time.Time) {
+// markDirty asks the worker for a new build of everything.
+func (d *Discovery) markDirty(now time.Time) { d.mark(now, nil, true) }
+
+// mark asks the worker for a new build: of everything when full, else of the Services
+// keys names (none is fine: the build then recomputes only what spans Services).
+func (d *Discovery) mark(now time.Time, keys []string, full bool) {
 	d.mu.Lock()
 	if !d.dirty {
 		d.dirty = true
 		d.firstAt = now
 	}
 	d.lastAt = now
+	if full {
+		d.full = true
+	} else if !d.full {
+		if d.touched == nil {
+			d.touched = map[string]bool{}
+		}
+		for _, k := range keys {
+			d.touched[k] = true
+		}
+	}
 	d.mu.Unlock()
 
 	select {
@@ -527,15 +553,32 @@ func (d *Discovery) flush(first bool) {
 	// start time with it instead of leaking it into the next snapshot's ChangedAt.
 	d.dirty = false
 	d.firstAt = time.Time{}
+	dirty := d.touched
+	if dirty == nil {
+		dirty = map[string]bool{}
+	}
+	if d.full {
+		dirty = nil
+	}
+	d.full, d.touched = false, nil
 	d.mu.Unlock()
 
 	start := time.Now()
+	if first || start.Sub(d.lastFull) >= fullBuildEvery {
+		dirty = nil // the safety net: a full build now and then
+	}
 	d.liftQuarantines()
 	opts := &buildOptions{held: d.quarantine.view(), skipValidation: d.opts.AllowSkipValidation,
 		namespaces: d.namespaces, defaultMTLS: d.opts.DefaultMTLS}
-	snap, statuses, err := build(d.services, d.slices, d.pods, d.routes, opts)
+	snap, statuses, err := d.builder.build(dirty, d.services, d.slices, d.pods, d.routes, opts)
 	elapsed := time.Since(start)
 	d.metrics.buildSeconds.Observe(elapsed.Seconds())
+	if d.builder.wasFull {
+		d.lastFull = start
+		d.builds.WithLabelValues(buildFull).Inc()
+	} else {
+		d.builds.WithLabelValues(buildIncremental).Inc()
+	}
 	if err != nil {
 		// Listers read an in-memory cache, so this is not expected; keep the last good
 		// snapshot in force rather than publish a partial one.
@@ -551,7 +594,9 @@ func (d *Discovery) flush(first bool) {
 	if d.policies != nil {
 		// Policies change only the model of the Services they target, so a policy
 		// change reaches only the proxies that serve them (pkg/translate).
-		d.reporter.syncPolicyStatuses(authorize(snap, d.services, cachedPolicies(d.policies)))
+		policies := cachedPolicies(d.policies)
+		ownTargets(snap, policies)
+		d.reporter.syncPolicyStatuses(authorize(snap, d.services, policies))
 	}
 	d.applyVerdict(d.quarantine.skipProbe(snap))
 	// Route statuses are compared with what the routes say on every build, published
@@ -571,6 +616,7 @@ func (d *Discovery) flush(first bool) {
 		"endpoints", countEndpoints(snap),
 		"changed_at", snap.ChangedAt,
 		"build_duration", elapsed,
+		"full_build", d.builder.wasFull,
 	)
 }
 
