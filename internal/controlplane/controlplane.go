@@ -40,6 +40,15 @@ type Source interface {
 	HasSynced() bool
 }
 
+// APIHealthReporter is a Source that can tell whether the Kubernetes API answers it
+// (pkg/discovery). /readyz shows an unreachable API as a condition, not a failure: the
+// replica keeps serving the last config it built, which is what the proxies need.
+type APIHealthReporter interface {
+	// APIUnreachableSince returns when the API stopped answering, and why; a zero time
+	// while it answers.
+	APIUnreachableSince() (time.Time, error)
+}
+
 // Quarantiner is a Source that can leave out of the config the objects behind what the
 // proxies reject (pkg/discovery). The control plane tells it which snapshots the NACKed
 // and ACKed configs were built from.
@@ -481,13 +490,27 @@ func (cp *ControlPlane) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// An unreachable API does not make a replica unready once it has a config: taking
+		// every replica out of its Service during an API outage would cut the proxies off
+		// the config they still need. It is a line of the body (and the
+		// bearkong_kube_api_reachable gauge) instead.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		var condition string
+		if h, ok := cp.src.(APIHealthReporter); ok {
+			if since, err := h.APIUnreachableSince(); !since.IsZero() {
+				condition = fmt.Sprintf("Kubernetes API unreachable since %s (%s): %v; serving the last config built\n",
+					since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second), err)
+			}
+		}
 		switch {
 		case !cp.src.HasSynced():
-			http.Error(w, "not ready: Kubernetes caches not synced", http.StatusServiceUnavailable)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, "not ready: Kubernetes caches not synced\n"+condition)
 		case !cp.ads.HasConfig():
-			http.Error(w, "not ready: no config built yet", http.StatusServiceUnavailable)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, "not ready: no config built yet\n"+condition)
 		default:
-			fmt.Fprintln(w, "ok")
+			fmt.Fprint(w, "ok\n"+condition)
 		}
 	})
 	return mux

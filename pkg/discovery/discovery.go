@@ -32,6 +32,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -154,6 +155,9 @@ type Discovery struct {
 	reporter   *reporter
 	quarantine *quarantine
 	leadership *Leadership
+	// health tracks whether the API server answers; every informer's lists and watches
+	// go through it (apihealth.go).
+	health *apiHealth
 
 	out       chan *mesh.Snapshot
 	stopped   chan struct{} // closed when Run returns
@@ -216,6 +220,47 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	d.builds = newBuilds(opts.Registerer)
 	d.reporter = newReporter(d, client, opts.GatewayClient, opts.AuthzClient)
 	d.client = client
+	d.health = newAPIHealth(client, opts.Registerer, log)
+
+	// Every informer is built here, before the factory would build its default one, so
+	// that its lists and watches wait for the API prober during an outage rather than
+	// for the reflector's backoff (apihealth.go). The listers below then read these.
+	d.factory.InformerFor(&corev1.Service{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return d.health.informer(&corev1.Service{}, resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return c.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return c.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+			})
+	})
+	d.factory.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return d.health.informer(&discoveryv1.EndpointSlice{}, resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return c.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).Watch(ctx, o)
+			})
+	})
+	d.factory.InformerFor(&corev1.Pod{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return d.health.informer(&corev1.Pod{}, resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return c.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return c.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
+			})
+	})
+	d.factory.InformerFor(&corev1.Namespace{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return d.health.informer(&corev1.Namespace{}, resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return c.CoreV1().Namespaces().List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return c.CoreV1().Namespaces().Watch(ctx, o)
+			})
+	})
 
 	svcInf := d.factory.Core().V1().Services()
 	sliceInf := d.factory.Discovery().V1().EndpointSlices()
@@ -268,6 +313,15 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 	}
 	if opts.GatewayClient != nil {
 		d.gwFactory = gwinformers.NewSharedInformerFactory(opts.GatewayClient, opts.ResyncPeriod)
+		d.gwFactory.InformerFor(&gwv1.HTTPRoute{}, func(c gwclient.Interface, resync time.Duration) cache.SharedIndexInformer {
+			return d.health.informer(&gwv1.HTTPRoute{}, resync,
+				func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					return c.GatewayV1().HTTPRoutes(metav1.NamespaceAll).List(ctx, o)
+				},
+				func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+					return c.GatewayV1().HTTPRoutes(metav1.NamespaceAll).Watch(ctx, o)
+				})
+		})
 		inf := d.gwFactory.Gateway().V1().HTTPRoutes()
 		d.routeLister = inf.Lister()
 		reg, err := inf.Informer().AddEventHandler(d.handler(kindHTTPRoute))
@@ -278,7 +332,7 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 		}
 	}
 	if opts.AuthzClient != nil {
-		d.authzInformer = newPolicyInformer(opts.AuthzClient, opts.ResyncPeriod)
+		d.authzInformer = newPolicyInformer(d.health, opts.AuthzClient, opts.ResyncPeriod)
 		reg, err := d.authzInformer.AddEventHandler(d.handler(kindAuthzPolicy))
 		if err != nil {
 			d.regErr = errors.Join(d.regErr, fmt.Errorf("discovery: add %s event handler: %w", kindAuthzPolicy, err))
@@ -291,18 +345,15 @@ func New(client kubernetes.Interface, opts Options) *Discovery {
 
 // newPolicyInformer is a shared informer on the AuthorizationPolicies of every
 // namespace, through the typed client: the informer client-go's generators would write,
-// without the generators.
-func newPolicyInformer(c v1alpha1.Interface, resync time.Duration) cache.SharedIndexInformer {
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+// without the generators, and with h's patience during an outage like every other.
+func newPolicyInformer(h *apiHealth, c v1alpha1.Interface, resync time.Duration) cache.SharedIndexInformer {
+	return h.informer(&v1alpha1.AuthorizationPolicy{}, resync,
+		func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			return c.AuthorizationPolicies(metav1.NamespaceAll).List(ctx, opts)
 		},
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			return c.AuthorizationPolicies(metav1.NamespaceAll).Watch(ctx, opts)
-		},
-	}
-	return cache.NewSharedIndexInformer(lw, &v1alpha1.AuthorizationPolicy{}, resync,
-		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+		})
 }
 
 // watchPolicies reports whether the cluster serves AuthorizationPolicies. Like
@@ -362,6 +413,19 @@ func (d *Discovery) Stopped() <-chan struct{} { return d.stopped }
 // RootPublisher shares it (RootPublisherOptions.Leadership).
 func (d *Discovery) Leadership() *Leadership { return d.leadership }
 
+// APIHealth reports whether the Kubernetes API server answers this replica. While it
+// does not, Latest stays the last snapshot built, and /readyz says so without failing.
+func (d *Discovery) APIHealth() APIHealth { return d.health.health() }
+
+// APIUnreachableSince is APIHealth for internal/controlplane's /readyz: when the API
+// stopped answering and why, or a zero time while it answers.
+func (d *Discovery) APIUnreachableSince() (time.Time, error) {
+	if h := d.APIHealth(); !h.Reachable {
+		return h.Since, h.Err
+	}
+	return time.Time{}, nil
+}
+
 // Latest returns the last published snapshot, or nil before the first.
 func (d *Discovery) Latest() *mesh.Snapshot { return d.latest.Load() }
 
@@ -386,6 +450,11 @@ func (d *Discovery) Run(ctx context.Context) error {
 		campaigning.Go(func() { campaign(ctx, d.client, *le, d.leadership, d.log) })
 		defer campaigning.Wait()
 	}
+
+	// The prober runs for as long as the informers do; Run waits for it.
+	var probing sync.WaitGroup
+	probing.Go(func() { d.health.run(ctx) })
+	defer probing.Wait()
 
 	synced := d.synced
 	if d.watchRoutes() {
