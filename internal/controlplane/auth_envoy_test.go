@@ -1,12 +1,10 @@
 package controlplane_test
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/pem"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -15,7 +13,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/kubeenv"
@@ -99,33 +96,7 @@ func TestSecureChannelWithEnvoy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		js, err := protojson.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(dir, "envoy.json")
-		if err := os.WriteFile(path, js, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, envoy, "-c", path, "--disable-hot-restart", "--log-level", "warn", "--concurrency", "1")
-		logFile, err := os.Create(filepath.Join(dir, "envoy.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cancel()
-			_ = cmd.Wait()
-			logFile.Close()
-			if t.Failed() {
-				out, _ := os.ReadFile(logFile.Name())
-				t.Logf("envoy %s log:\n%s", pod, out)
-			}
-		})
+		runEnvoy(t, envoy, b)
 	}
 	run("app-1-a", "token-of-app-1-a")
 	run("app-2-a", "token-of-app-1-a") // another pod's token
