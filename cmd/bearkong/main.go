@@ -127,6 +127,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	debugAddr := fs.String("debug-addr", defaultDebugAddr, "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward. The default, when another process holds it (a second bearkong on one host), is skipped with a warning; an address given is required")
 	kubeQPS := fs.Float64("kube-api-qps", discovery.DefaultKubeAPIQPS, "requests per second each Kubernetes client may make (client-side rate limit)")
 	kubeBurst := fs.Int("kube-api-burst", discovery.DefaultKubeAPIBurst, "burst of requests each Kubernetes client may make above --kube-api-qps")
+	promURL := fs.String("prometheus-url", "", "base URL of a Prometheus that scrapes the sidecars (e.g. http://prometheus.monitoring.svc:9090): the page at /debug/ and /debug/signals then show each Service's request rate, error rate and p99 latency; empty shows none")
 	connAge := fs.Duration("xds-max-connection-age", 30*time.Minute, "close each xDS connection after about this long (±10%), so that proxies reconnect and spread over the replicas after a rollout; the proxy keeps its config meanwhile. 0 disables")
 	connAgeGrace := fs.Duration("xds-max-connection-age-grace", 10*time.Second, "after --xds-max-connection-age, how long the connection's streams may go on before the connection is cut")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
@@ -231,6 +232,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
 	}
+	opts.PrometheusURL = *promURL
 	if !sec.Insecure {
 		names := slices.Clone(sec.ServerNames)
 		for _, ip := range sec.ServerIPs {

@@ -106,6 +106,10 @@ type Options struct {
 	// OnSnapshot, when set, is told of every snapshot that became the config, from the
 	// translate loop: it must not block.
 	OnSnapshot func(*mesh.Snapshot)
+	// PrometheusURL, when set, is the base URL of a Prometheus that scrapes the
+	// sidecars: /debug/signals (and the page at /debug/) asks it for each Service's
+	// golden signals.
+	PrometheusURL string
 }
 
 // ControlPlane is one running bearkong.
@@ -480,12 +484,17 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
 }
 
-// Handler serves /metrics, /debug/streams, /debug/diagnostics, /healthz and /readyz.
+// Handler serves /metrics, /debug/streams, /debug/diagnostics, /debug/signals, the page
+// /debug/, /healthz and /readyz.
 func (cp *ControlPlane) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/streams", cp.ads.DebugHandler())
 	mux.HandleFunc("GET /debug/diagnostics", cp.diagnostics)
+	mux.HandleFunc("GET /debug/signals", cp.signals)
+	// {$} matches /debug/ alone: a bare "/debug/" pattern would answer every unknown
+	// /debug/... path with the page instead of a 404.
+	mux.HandleFunc("GET /debug/{$}", cp.ui)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
