@@ -144,6 +144,7 @@ func run(args []string, out io.Writer) (err error) {
 		Logf:          logf,
 
 		ControlPlaneReplicas: cfg.replicas,
+		ControlPlaneArgs:     controlPlaneArgs(cfg),
 	})
 	if err != nil {
 		return err
@@ -181,6 +182,16 @@ func run(args []string, out io.Writer) (err error) {
 	<-ctx.Done()
 	fmt.Fprintln(out)
 	return nil
+}
+
+// controlPlaneArgs are the extra flags of every `bearkong cp`: the URL of the Prometheus
+// that run starts after the control plane (its address is fixed by -prometheus-addr), so
+// that the page at /debug/ shows each Service's golden signals.
+func controlPlaneArgs(cfg config) []string {
+	if cfg.noPrometheus {
+		return nil
+	}
+	return []string{"--prometheus-url", "http://" + cfg.promAddr}
 }
 
 // printTable prints who answers a request from each app's first pod to each app.
@@ -228,6 +239,7 @@ Poke at it (from %[1]s, whose outbound listener is %[2]s):
   curl -s %[5]s/certs    # its workload certificate: spiffe://cluster.local/ns/%[6]s/sa/%[7]s
 
 Control plane:
+  %[3]s/debug/    (in a browser: proxies, services, diagnostics)
   curl -s %[3]s/debug/streams
   curl -s %[3]s/debug/diagnostics     # app-3's targetPort 5080 misses the sidecar
   curl -s %[3]s/metrics | grep ^bearkong_

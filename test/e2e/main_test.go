@@ -126,6 +126,14 @@ func setup() error {
 	}
 	shared.envoy = envoy
 
+	// Prometheus starts last, as it scrapes the control plane, whose --prometheus-url
+	// (the page at /debug/) names it: its port is picked first.
+	promPorts, err := kubeenv.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	promAddr := fmt.Sprintf("127.0.0.1:%d", promPorts[0])
+
 	shared.env, err = kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(dir, "kube"), BinDir: toolDir, Logf: logf})
 	if err != nil {
 		return err
@@ -141,7 +149,8 @@ func setup() error {
 		// bearkong's regex checks, so that the proxies get a route Envoy rejects.
 		// --cert-lifetime 60s makes every proxy's certificate rotate every 30 s for the
 		// whole run, under every other test (security_test.go counts the rotations).
-		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String()},
+		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String(),
+			"--prometheus-url", "http://" + promAddr},
 	})
 	if err != nil {
 		return err
@@ -160,11 +169,7 @@ func setup() error {
 	if err != nil {
 		return fmt.Errorf("%w (run make install)", err)
 	}
-	ports, err := kubeenv.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	if shared.prom, err = m.StartPrometheus(ctx, promBin, fmt.Sprintf("127.0.0.1:%d", ports[0])); err != nil {
+	if shared.prom, err = m.StartPrometheus(ctx, promBin, promAddr); err != nil {
 		return err
 	}
 	logf("mesh ready after %s", time.Since(started).Round(time.Millisecond))
