@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/bearkong/bearkong/internal/browser"
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/xdstest"
+	"github.com/bearkong/bearkong/pkg/ads"
 )
 
 func get(t *testing.T, url string) (*http.Response, string) {
@@ -170,9 +172,10 @@ func TestSignals(t *testing.T) {
 }
 
 // TestUIInBrowser renders /debug/ in headless Chromium while three test proxies are
-// connected, one of which rejects its listeners: the page lists every proxy, the NACKing
-// one first with the proxy's message, the others SYNCED on every type; it shows the
-// diagnostics and says that no Prometheus is configured. A missing Chromium is a failure
+// connected: one rejects its listeners, one never ACKs, one is in sync. The page lists
+// every proxy, the problems first: the NACKing one with the proxy's message, then the
+// STALE one, then the one SYNCED on every type; it shows the diagnostics, says that no
+// Prometheus is configured, and refreshes by itself. A missing Chromium is a failure
 // (scripts/install-chromium.sh installs it); -short skips the test.
 func TestUIInBrowser(t *testing.T) {
 	if testing.Short() {
@@ -185,7 +188,17 @@ func TestUIInBrowser(t *testing.T) {
 	h := start(t)
 	const msg = "Error adding/updating listener(s) outbound: cannot bind <script>alert(1)</script>"
 	h.connect(t, "app-1-0", "10.0.0.1")
-	h.connect(t, "app-3-0", "10.0.0.3")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	silent, err := xdstest.Dial(ctx, h.cp.XDSAddr(), node("app-3-0", "10.0.0.3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(silent.Close)
+	silent.NoAck = true
+	if err := silent.Start(); err != nil {
+		t.Fatal(err)
+	}
 	h.connect(t, "app-2-0", "10.0.0.2", func(typeURL string, _ []string) string {
 		if typeURL == xdstest.ListenerType {
 			return msg
@@ -193,18 +206,17 @@ func TestUIInBrowser(t *testing.T) {
 		return ""
 	})
 	h.waitSynced(t, "app-1-0.default")
-	h.waitSynced(t, "app-3-0.default")
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if s := h.streams(t, "app-2-0.default"); len(s) == 1 && s[0].Types.LDS.LastNack != nil {
+		nacked, stale := h.streams(t, "app-2-0.default"), h.streams(t, "app-3-0.default")
+		if len(nacked) == 1 && nacked[0].Types.LDS.LastNack != nil && len(stale) == 1 && stale[0].Types.CDS.Status == ads.StaleStatus {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	dom, err := browser.DumpDOM(ctx, bin, h.http+"/debug/", browser.Options{})
+	// 12 s of virtual time: the page loads, then refreshes twice (every 5 s).
+	dom, err := browser.DumpDOM(ctx, bin, h.http+"/debug/", browser.Options{Budget: 12 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,8 +232,11 @@ func TestUIInBrowser(t *testing.T) {
 	for _, r := range rows {
 		order = append(order, r.Attr("data-node"))
 	}
-	if strings.Join(order, " ") != "app-2-0.default app-1-0.default app-3-0.default" {
-		t.Fatalf("rows %q, want the NACKing proxy first, then the others by name\n%s", order, dom)
+	if strings.Join(order, " ") != "app-2-0.default app-3-0.default app-1-0.default" {
+		t.Fatalf("rows %q, want the NACKing proxy first, then the STALE one, then the SYNCED one\n%s", order, dom)
+	}
+	if n, _ := strconv.Atoi(page.Tag("body")[0].Attr("data-loaded")); n < 3 {
+		t.Errorf("the page loaded its data %d times in 12 s, want 3 (every 5 s)", n)
 	}
 	cell := func(r *browser.Element, typ string) *browser.Element {
 		for _, c := range r.Tag("td") {
@@ -238,7 +253,10 @@ func TestUIInBrowser(t *testing.T) {
 	if !rows[0].HasClass("problem") || !strings.Contains(rows[0].Text(), "LDS: "+msg) {
 		t.Errorf("app-2-0's row %q (class %q), want a problem with LDS's NACK message as text", rows[0].Text(), rows[0].Attr("class"))
 	}
-	for _, r := range rows[1:] {
+	if c := cell(rows[1], "cds"); !c.HasClass("STALE") || !strings.Contains(c.Text(), "sent ") || !rows[1].HasClass("problem") {
+		t.Errorf("app-3-0's CDS cell %q (class %q), want STALE and when it was sent", c.Text(), c.Attr("class"))
+	}
+	for _, r := range rows[2:] {
 		for _, typ := range []string{"cds", "eds", "lds", "rds", "sds"} {
 			if c := cell(r, typ); !c.HasClass("SYNCED") || !strings.Contains(c.Text(), "SYNCED") || !strings.Contains(c.Text(), "ago") {
 				t.Errorf("%s's %s cell %q (class %q), want SYNCED and how long ago", r.Attr("data-node"), typ, c.Text(), c.Attr("class"))
