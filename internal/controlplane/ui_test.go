@@ -21,7 +21,7 @@ import (
 	"github.com/bearkong/bearkong/pkg/ads"
 )
 
-func get(t *testing.T, url string) (*http.Response, string) {
+func uiGet(t *testing.T, url string) (*http.Response, string) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -42,7 +42,7 @@ func get(t *testing.T, url string) (*http.Response, string) {
 func TestUIPage(t *testing.T) {
 	h := start(t)
 
-	resp, body := get(t, h.http+"/debug/")
+	resp, body := uiGet(t, h.http+"/debug/")
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /debug/: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -62,19 +62,19 @@ func TestUIPage(t *testing.T) {
 	}
 
 	for _, path := range []string{"/debug/streams", "/debug/diagnostics", "/debug/signals", "/metrics", "/healthz"} {
-		resp, body := get(t, h.http+path)
+		resp, body := uiGet(t, h.http+path)
 		if resp.StatusCode != http.StatusOK || strings.Contains(body, "<html") {
 			t.Errorf("GET %s: %d %.100q, want its own answer", path, resp.StatusCode, body)
 		}
 	}
 	for _, path := range []string{"/debug/nope", "/debug/streams/x", "/debugger"} {
-		if resp, _ := get(t, h.http+path); resp.StatusCode != http.StatusNotFound {
+		if resp, _ := uiGet(t, h.http+path); resp.StatusCode != http.StatusNotFound {
 			t.Errorf("GET %s: %d, want 404", path, resp.StatusCode)
 		}
 	}
 
 	var sig controlplane.Signals
-	_, body = get(t, h.http+"/debug/signals")
+	_, body = uiGet(t, h.http+"/debug/signals")
 	if err := json.Unmarshal([]byte(body), &sig); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, `{"status":"success","data":{"resultType":"vector","result":%s}}`, result)
 }
 
-func sample(service, value string) string {
+func uiSample(service, value string) string {
 	return fmt.Sprintf(`{"metric":{"envoy_cluster_name":%q},"value":[1700000000.1,%q]}`, service, value)
 }
 
@@ -119,15 +119,15 @@ func sample(service, value string) string {
 // quantile of nothing), and an error, not a failure, when Prometheus does not answer.
 func TestSignals(t *testing.T) {
 	prom := &fakePrometheus{answers: map[string]string{
-		"upstream_rq_total":  "[" + sample("default/app-1", "2") + "," + sample("default/app-2", "0.5") + "," + sample("default/idle", "0") + "]",
-		"upstream_rq_xx":     "[" + sample("default/app-1", "0.5") + "]",
-		"histogram_quantile": "[" + sample("default/app-1", "12.5") + "," + sample("default/app-2", "4") + "," + sample("default/idle", "NaN") + "]",
+		"upstream_rq_total":  "[" + uiSample("default/app-1", "2") + "," + uiSample("default/app-2", "0.5") + "," + uiSample("default/idle", "0") + "]",
+		"upstream_rq_xx":     "[" + uiSample("default/app-1", "0.5") + "]",
+		"histogram_quantile": "[" + uiSample("default/app-1", "12.5") + "," + uiSample("default/app-2", "4") + "," + uiSample("default/idle", "NaN") + "]",
 	}}
 	srv := httptest.NewServer(prom)
 	defer srv.Close()
 	h := startOpts(t, testCertificates(t), func(o *controlplane.Options) { o.PrometheusURL = srv.URL })
 
-	_, body := get(t, h.http+"/debug/signals")
+	_, body := uiGet(t, h.http+"/debug/signals")
 	var sig controlplane.Signals
 	if err := json.Unmarshal([]byte(body), &sig); err != nil {
 		t.Fatal(err)
@@ -160,7 +160,7 @@ func TestSignals(t *testing.T) {
 		down := "http://" + l.Addr().String()
 		l.Close()
 		h := startOpts(t, testCertificates(t), func(o *controlplane.Options) { o.PrometheusURL = down })
-		resp, body := get(t, h.http+"/debug/signals")
+		resp, body := uiGet(t, h.http+"/debug/signals")
 		var sig controlplane.Signals
 		if err := json.Unmarshal([]byte(body), &sig); err != nil {
 			t.Fatal(err)

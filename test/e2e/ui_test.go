@@ -41,11 +41,11 @@ func TestUIShowsTheMesh(t *testing.T) {
 	var sig controlplane.Signals
 	err = localmesh.Eventually(ctxT(t, 2*time.Minute), 100*time.Second, func(ctx context.Context) error {
 		var err error
-		if sig, err = signals(ctx, m.ControlPlaneURL()); err != nil {
+		if sig, err = uiSignals(ctx, m.ControlPlaneURL()); err != nil {
 			return err
 		}
 		for _, a := range localmesh.DemoApps {
-			if s, ok := serviceSignals(sig, m.Namespace()+"/"+a.Name); !ok || s.RequestRate <= 0 || s.P99Ms == nil {
+			if s, ok := uiServiceSignals(sig, m.Namespace()+"/"+a.Name); !ok || s.RequestRate <= 0 || s.P99Ms == nil {
 				return fmt.Errorf("no request rate and p99 for %s/%s yet", m.Namespace(), a.Name)
 			}
 		}
@@ -66,7 +66,7 @@ func TestUIShowsTheMesh(t *testing.T) {
 		if dom, err = browser.DumpDOM(ctxT(t, 2*time.Minute), bin, page, browser.Options{}); err != nil {
 			t.Fatal(err)
 		}
-		if problem = checkPage(m, dom); problem == nil {
+		if problem = uiCheckPage(m, dom); problem == nil {
 			break
 		}
 		t.Logf("attempt %d: %v", attempt+1, problem)
@@ -75,19 +75,19 @@ func TestUIShowsTheMesh(t *testing.T) {
 		t.Fatalf("%s: %v\n%s", page, problem, dom)
 	}
 
-	dir := artifactDir(t)
+	dir := uiArtifactDir(t)
 	file := filepath.Join(dir, "ui.png")
 	if err := browser.Screenshot(ctxT(t, 2*time.Minute), bin, page, file, browser.Options{Width: 1280, Height: 900}); err != nil {
 		t.Fatal(err)
 	}
-	checkScreenshot(t, file, 1280, 900)
+	uiCheckScreenshot(t, file, 1280, 900)
 	t.Logf("screenshot of %s: %s", page, file)
 }
 
-// checkPage checks a rendered /debug/: every pod of the mesh in the proxy table, SYNCED
+// uiCheckPage checks a rendered /debug/: every pod of the mesh in the proxy table, SYNCED
 // on every type; every demo Service in the signals table with a request rate above 0;
 // app-3's targetPort diagnostic.
-func checkPage(m *localmesh.Mesh, dom string) error {
+func uiCheckPage(m *localmesh.Mesh, dom string) error {
 	doc, err := browser.Parse(dom)
 	if err != nil {
 		return err
@@ -161,9 +161,9 @@ func checkPage(m *localmesh.Mesh, dom string) error {
 	return errors.Join(errs...)
 }
 
-// checkScreenshot checks that file is a PNG of w×h pixels that shows something: a blank
+// uiCheckScreenshot checks that file is a PNG of w×h pixels that shows something: a blank
 // or half-painted page has a handful of colours, the page's text and status pills many.
-func checkScreenshot(t *testing.T, file string, w, h int) {
+func uiCheckScreenshot(t *testing.T, file string, w, h int) {
 	t.Helper()
 	f, err := os.Open(file)
 	if err != nil {
@@ -177,12 +177,12 @@ func checkScreenshot(t *testing.T, file string, w, h int) {
 	if b := img.Bounds(); b.Dx() != w || b.Dy() != h {
 		t.Errorf("%s is %dx%d, want %dx%d", file, b.Dx(), b.Dy(), w, h)
 	}
-	if n := colours(img); n < 50 {
+	if n := uiColours(img); n < 50 {
 		t.Errorf("%s has %d colours: the page did not render", file, n)
 	}
 }
 
-func colours(img image.Image) int {
+func uiColours(img image.Image) int {
 	seen := map[[4]uint32]bool{}
 	b := img.Bounds()
 	for y := b.Min.Y; y < b.Max.Y; y += 2 {
@@ -194,10 +194,10 @@ func colours(img image.Image) int {
 	return len(seen)
 }
 
-// artifactDir is where the test keeps what it produces for people to look at:
+// uiArtifactDir is where the test keeps what it produces for people to look at:
 // $BEARKONG_E2E_ARTIFACTS, else go test's -outputdir, else bearkong-e2e-artifacts in the
 // temporary directory. Unlike the mesh's directory it is never removed.
-func artifactDir(t *testing.T) string {
+func uiArtifactDir(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("BEARKONG_E2E_ARTIFACTS")
 	if dir == "" {
@@ -214,8 +214,8 @@ func artifactDir(t *testing.T) string {
 	return dir
 }
 
-// signals reads the control plane's /debug/signals.
-func signals(ctx context.Context, base string) (controlplane.Signals, error) {
+// uiSignals reads the control plane's /debug/signals.
+func uiSignals(ctx context.Context, base string) (controlplane.Signals, error) {
 	var out controlplane.Signals
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/debug/signals", nil)
 	if err != nil {
@@ -238,7 +238,7 @@ func signals(ctx context.Context, base string) (controlplane.Signals, error) {
 	return out, nil
 }
 
-func serviceSignals(s controlplane.Signals, name string) (controlplane.ServiceSignals, bool) {
+func uiServiceSignals(s controlplane.Signals, name string) (controlplane.ServiceSignals, bool) {
 	for _, x := range s.Services {
 		if x.Service == name {
 			return x, true
