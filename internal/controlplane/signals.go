@@ -30,8 +30,9 @@ import (
 // target labels it adds.
 // https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats
 const (
-	// signalWindow is the range of every rate(): four of the local mesh's 5 s scrapes at
-	// the least, as Prometheus advises for rate().
+	// signalWindow is the range of every rate(): twelve scrapes at the 5 s interval of the
+	// local mesh's and manifests/prometheus's Prometheus, well above the two a rate()
+	// needs, and still recent enough to show a change within a minute.
 	signalWindow = "1m"
 	// signalServiceLabel is the label that names the Service in every query's result.
 	signalServiceLabel = "envoy_cluster_name"
