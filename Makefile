@@ -4,7 +4,7 @@
 GO  ?= go
 BIN := .cache/bin
 
-.PHONY: all build install run test test/unit fmt vet
+.PHONY: all build install install/test run test test/unit fmt vet
 
 all: build
 
@@ -21,13 +21,17 @@ install:
 	scripts/install-prometheus.sh
 	scripts/install-tcpdump.sh
 
+# What only the tests need on top: Chromium (Debian package) for the browser tests of /debug/.
+install/test: install
+	scripts/install-chromium.sh
+
 # The whole mesh on loopback addresses; Ctrl-C stops everything.
 run: install build
 	$(BIN)/localmesh
 
 # Unit, in-process and end-to-end tests (the e2e tests start a real kube-apiserver,
 # etcd and Envoys, so they need the tools from `make install`).
-test: install build
+test: install/test build
 	$(GO) test -count=1 -timeout 30m ./...
 
 test/unit:
