@@ -2,6 +2,8 @@ package ads_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -10,7 +12,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/bearkong/bearkong/internal/xdstest"
 	"github.com/bearkong/bearkong/pkg/ads"
@@ -214,4 +218,71 @@ func TestDeltaOverGRPC(t *testing.T) {
 		nack.Resources[0].Hash != cds.Resources[0].Version || nack.Version != cds.SystemVersionInfo {
 		t.Fatalf("NACK report: %+v", nack)
 	}
+}
+
+// deltaRefusal sends reqs on a new delta stream and returns the status it ends with.
+func deltaRefusal(t *testing.T, addr string, reqs ...*discoveryv3.DeltaDiscoveryRequest) *grpcstatus.Status {
+	t.Helper()
+	c := dialDelta(t, addr)
+	for _, r := range reqs {
+		if err := c.stream.Send(r); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-c.resps:
+			if !ok {
+				_, err := c.stream.Recv()
+				return grpcstatus.Convert(err)
+			}
+		case <-deadline:
+			t.Fatal("the stream was not ended within 10s")
+		}
+	}
+}
+
+// TestDeltaSharesTheStreamRules: the limits, node checks and refusals of the SotW side
+// hold on delta streams, counted in the same metrics.
+func TestDeltaSharesTheStreamRules(t *testing.T) {
+	e := startLimited(t, ads.Options{Limits: ads.Limits{MaxResourceNames: 10, MaxStreamsPerNode: 1}}, nil, slog.LevelInfo)
+	w := world{endpoints: map[string]int{"app-1": 1}, routeTag: map[string]string{}}
+	e.set(t, w)
+	for _, tc := range []struct {
+		name   string
+		reqs   []*discoveryv3.DeltaDiscoveryRequest
+		code   codes.Code
+		metric string
+		reason string
+	}{
+		{"subscribe and unsubscribe names count together", []*discoveryv3.DeltaDiscoveryRequest{{Node: &corev3.Node{Id: "names"}, TypeUrl: xdstest.EndpointType,
+			ResourceNamesSubscribe: names(6), ResourceNamesUnsubscribe: names(6)}}, codes.InvalidArgument, "bearkong_xds_refused_total", ads.ReasonTooManyNames},
+		{"no node", []*discoveryv3.DeltaDiscoveryRequest{{TypeUrl: xdstest.ClusterType}}, codes.InvalidArgument, "", ""},
+		{"the node changes", []*discoveryv3.DeltaDiscoveryRequest{{Node: &corev3.Node{Id: "one"}, TypeUrl: xdstest.ClusterType},
+			{Node: &corev3.Node{Id: "other"}, TypeUrl: xdstest.EndpointType}}, codes.PermissionDenied, "bearkong_xds_auth_failures_total", ads.ReasonNodeChanged},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if st := deltaRefusal(t, e.addr, tc.reqs...); st.Code() != tc.code {
+				t.Fatalf("status %v %q, want %v", st.Code(), st.Message(), tc.code)
+			}
+			if tc.metric != "" {
+				if n := metric(t, e, tc.metric, "reason", tc.reason); n != 1 {
+					t.Fatalf("%s{reason=%s} = %v, want 1", tc.metric, tc.reason, n)
+				}
+			}
+		})
+	}
+
+	t.Run("a node has at most MaxStreamsPerNode streams, whatever their protocol", func(t *testing.T) {
+		sotw := e.connect(t, "twice", nil)
+		e.waitSynced(t, sotw)
+		st := deltaRefusal(t, e.addr, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "twice"}, TypeUrl: xdstest.ClusterType})
+		if st.Code() != codes.ResourceExhausted {
+			t.Fatalf("status %v %q, want ResourceExhausted", st.Code(), st.Message())
+		}
+		if s := e.srv.Streams("twice"); len(s) != 1 || s[0].Protocol != "sotw" {
+			t.Fatalf("streams of twice: %+v", s)
+		}
+	})
 }
