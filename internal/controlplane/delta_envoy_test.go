@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/translate"
@@ -163,5 +164,70 @@ func waitWarm(t *testing.T, admin string) {
 			t.Fatalf("Envoy still has %d clusters warming after 10s", envoyStat(t, admin, "cluster_manager.warming_clusters"))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDeltaReconnectWithEnvoy: a delta Envoy whose connection ages out opens a new
+// stream that declares what it holds (initial_resource_versions). The versions are
+// content hashes, so nothing is sent again: each type gets one empty answer, ACKed at
+// the version the old stream had, and Envoy's config does not move.
+func TestDeltaReconnectWithEnvoy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a real Envoy: skipped with -short")
+	}
+	bin, err := kubeenv.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	envoy := filepath.Join(bin, "envoy")
+	if _, err := os.Stat(envoy); err != nil {
+		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
+	}
+	const age, grace = 3 * time.Second, time.Second
+	h := startOpts(t, testCertificates(t), func(o *controlplane.Options) { o.MaxConnectionAge, o.MaxConnectionAgeGrace = age, grace })
+	ip := freeListenerIP(t)
+	ctx := context.Background()
+	if _, err := h.client.CoreV1().Pods("default").Create(ctx, pod("app-1", 1, ip), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := freeLoopbackAddr(t)
+	b, err := translate.Bootstrap(translate.BootstrapOptions{
+		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
+		AdminAddress: adminAddr, XDSAddress: h.cp.XDSAddr(), XDSInsecure: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.DynamicResources.AdsConfig.ApiType = corev3.ApiConfigSource_DELTA_GRPC
+	runEnvoy(t, envoy, b)
+	const nodeID = "app-1-1.default"
+
+	first := waitStreamSynced(t, h, nodeID, 0, 30*time.Second)
+	sent := map[string]float64{}
+	for _, ty := range []string{"cds", "eds", "lds", "rds", "sds"} {
+		sent[ty] = h.metric(t, `bearkong_xds_resources_sent_total{type="`+ty+`"}`)
+	}
+	second := waitStreamSynced(t, h, nodeID, first.ID, age+age/10+grace+15*time.Second)
+	if second.Protocol != "delta" {
+		t.Fatalf("protocol %q", second.Protocol)
+	}
+	for _, ty := range []struct {
+		name          string
+		before, after ads.TypeInfo
+	}{
+		{"cds", first.Types.CDS, second.Types.CDS}, {"eds", first.Types.EDS, second.Types.EDS},
+		{"lds", first.Types.LDS, second.Types.LDS}, {"rds", first.Types.RDS, second.Types.RDS},
+		{"sds", first.Types.SDS, second.Types.SDS},
+	} {
+		if ty.after.VersionAcked != ty.before.VersionAcked || ty.after.Pushes != 1 || ty.after.Nacks != 0 {
+			t.Errorf("%s: the new stream ACKed %s (the old one %s), with %d pushes and %d NACKs; want the same version, 1 push, 0 NACKs",
+				ty.name, ty.after.VersionAcked, ty.before.VersionAcked, ty.after.Pushes, ty.after.Nacks)
+		}
+		if got := h.metric(t, `bearkong_xds_resources_sent_total{type="`+ty.name+`"}`); got != sent[ty.name] {
+			t.Errorf("%s: %v resources sent on the reconnect, want 0", ty.name, got-sent[ty.name])
+		}
+	}
+	if got := envoyStat(t, adminAddr, "cluster_manager.cds.update_rejected"); got != 0 {
+		t.Errorf("Envoy's cds.update_rejected = %d", got)
 	}
 }

@@ -297,6 +297,14 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 			// Clusters and their assignments go last.
 			late[t], removed = removed, nil
 		}
+		if ts.pushes == 0 && len(send) == 0 && len(removed) == 0 && len(late[t]) == 0 {
+			// The first request of a type is answered even when there is nothing to
+			// send: Envoy waits for a CDS and an LDS answer before it finishes starting
+			// (an empty mesh has no clusters), and a reconnecting client that holds
+			// everything learns, from the ACK it sends back, that its versions stand.
+			out = append(out, s.respond(t, ts, nil, nil))
+			continue
+		}
 		add(&out, t, ts, send, removed)
 	}
 	for _, t := range []resource.Type{resource.Cluster, resource.Endpoint} {

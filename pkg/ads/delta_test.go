@@ -205,7 +205,7 @@ func TestDeltaSession(t *testing.T) {
 
 	t.Run("a first EDS request naming nothing is no wildcard", func(t *testing.T) {
 		s := newDeltaSession(nil, nil)
-		drun(t, s, []dstep{{config: base}, {req: dreq(resource.Endpoint, ""), wantKind: Initial}})
+		drun(t, s, []dstep{{config: base}, {req: dreq(resource.Endpoint, ""), wantKind: Initial, want: []dsent{{typ: resource.Endpoint}}}})
 	})
 
 	t.Run("legacy wildcard goes on when the client subscribes a name, and ends with unsubscribe *", func(t *testing.T) {
@@ -298,7 +298,19 @@ func TestDeltaSession(t *testing.T) {
 		drun(t, s, []dstep{{req: first, wantKind: Initial, want: []dsent{{typ: resource.Endpoint, sent: []string{"b=1"}}}}})
 	})
 
-	t.Run("a reconnect with nothing changed sends nothing", func(t *testing.T) {
+	t.Run("a first request with nothing to send is answered, empty", func(t *testing.T) {
+		s := newDeltaSession(nil, nil)
+		drun(t, s, []dstep{
+			{config: with(with(base, resource.Cluster, "a", ""), resource.Cluster, "b", "")},
+			{req: dreq(resource.Cluster, ""), wantKind: Initial, want: []dsent{{typ: resource.Cluster}}},
+			ack(s, resource.Cluster),
+		})
+		if st := s.types[resource.Cluster].status; st != Synced {
+			t.Fatalf("CDS status %s, want SYNCED", st)
+		}
+	})
+
+	t.Run("a reconnect with nothing changed gets one empty answer per type, at the same versions", func(t *testing.T) {
 		old := dsynced(t)
 		s := newDeltaSession(nil, nil)
 		drun(t, s, []dstep{{config: base}})
@@ -311,7 +323,10 @@ func TestDeltaSession(t *testing.T) {
 			for _, r := range old.cur.Views[typ].All() {
 				first.InitialResourceVersions[r.Name] = r.Hash
 			}
-			drun(t, s, []dstep{{req: first, wantKind: Initial}})
+			drun(t, s, []dstep{{req: first, wantKind: Initial, want: []dsent{{typ: typ}}}, ack(s, typ)})
+			if got, want := s.types[typ].ackedVersion, old.types[typ].ackedVersion; got != want {
+				t.Fatalf("%s: version %s after the reconnect, %s before", typ, got, want)
+			}
 		}
 	})
 
