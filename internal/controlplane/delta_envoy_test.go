@@ -26,42 +26,12 @@ import (
 // not stay warming), and /debug/streams shows the stream as "delta", ACKed on every
 // type, with no NACK.
 func TestDeltaWithEnvoy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a real Envoy: skipped with -short")
-	}
-	bin, err := kubeenv.BinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	envoy := filepath.Join(bin, "envoy")
-	if _, err := os.Stat(envoy); err != nil {
-		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
-	}
+	envoy := envoyBinary(t)
 	h := start(t)
-	ip := freeListenerIP(t)
 	ctx := context.Background()
-	p := pod("app-1", 1, ip)
-	if _, err := h.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice("app-1", "10.0.0.1", ip), metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	adminAddr := freeLoopbackAddr(t)
-	b, err := translate.Bootstrap(translate.BootstrapOptions{
-		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
-		AdminAddress: adminAddr, XDSAddress: h.cp.XDSAddr(), XDSInsecure: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The bootstrap's --xds-protocol flag comes separately; until then the test sets the
-	// ADS variant itself.
-	b.DynamicResources.AdsConfig.ApiType = corev3.ApiConfigSource_DELTA_GRPC
-	runEnvoy(t, envoy, b)
-	const nodeID = "app-1-1.default"
+	adminAddr := startDeltaEnvoy(t, h, envoy)
 
-	first := waitStreamSynced(t, h, nodeID, 0, 30*time.Second)
+	first := waitStreamSynced(t, h, deltaNodeID, 0, 30*time.Second)
 	if first.Protocol != "delta" {
 		t.Fatalf("the stream's protocol is %q, want delta", first.Protocol)
 	}
@@ -105,7 +75,7 @@ func TestDeltaWithEnvoy(t *testing.T) {
 		t.Fatal("app-3's cluster went with app-4's")
 	}
 
-	s := waitStreamSynced(t, h, nodeID, 0, 10*time.Second)
+	s := waitStreamSynced(t, h, deltaNodeID, 0, 10*time.Second)
 	if s.ID != first.ID {
 		t.Fatalf("the stream was replaced (%d, then %d): Envoy reconnected", first.ID, s.ID)
 	}
@@ -125,6 +95,54 @@ func TestDeltaWithEnvoy(t *testing.T) {
 			t.Errorf("Envoy's %s = %d, want 0", stat, got)
 		}
 	}
+}
+
+// deltaNodeID is the node of the Envoy startDeltaEnvoy runs.
+const deltaNodeID = "app-1-1.default"
+
+// envoyBinary returns the path of the Envoy the tests run; a test that needs it fails
+// without it, unless -short skips it.
+func envoyBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real Envoy: skipped with -short")
+	}
+	bin, err := kubeenv.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	envoy := filepath.Join(bin, "envoy")
+	if _, err := os.Stat(envoy); err != nil {
+		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
+	}
+	return envoy
+}
+
+// startDeltaEnvoy runs an Envoy on incremental ADS as a second replica of app-1 (node
+// deltaNodeID) against h, and returns its admin address.
+func startDeltaEnvoy(t *testing.T, h *harness, envoy string) string {
+	t.Helper()
+	ip := freeListenerIP(t)
+	ctx := context.Background()
+	if _, err := h.client.CoreV1().Pods("default").Create(ctx, pod("app-1", 1, ip), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice("app-1", "10.0.0.1", ip), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := freeLoopbackAddr(t)
+	b, err := translate.Bootstrap(translate.BootstrapOptions{
+		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
+		AdminAddress: adminAddr, XDSAddress: h.cp.XDSAddr(), XDSInsecure: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bootstrap's --xds-protocol flag comes separately (h-dproto); until then the
+	// test sets the ADS variant itself.
+	b.DynamicResources.AdsConfig.ApiType = corev3.ApiConfigSource_DELTA_GRPC
+	runEnvoy(t, envoy, b)
+	return adminAddr
 }
 
 // configDump returns Envoy's /config_dump.
@@ -172,42 +190,17 @@ func waitWarm(t *testing.T, admin string) {
 // content hashes, so nothing is sent again: each type gets one empty answer, ACKed at
 // the version the old stream had, and Envoy's config does not move.
 func TestDeltaReconnectWithEnvoy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a real Envoy: skipped with -short")
-	}
-	bin, err := kubeenv.BinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	envoy := filepath.Join(bin, "envoy")
-	if _, err := os.Stat(envoy); err != nil {
-		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
-	}
+	envoy := envoyBinary(t)
 	const age, grace = 3 * time.Second, time.Second
 	h := startOpts(t, testCertificates(t), func(o *controlplane.Options) { o.MaxConnectionAge, o.MaxConnectionAgeGrace = age, grace })
-	ip := freeListenerIP(t)
-	ctx := context.Background()
-	if _, err := h.client.CoreV1().Pods("default").Create(ctx, pod("app-1", 1, ip), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	adminAddr := freeLoopbackAddr(t)
-	b, err := translate.Bootstrap(translate.BootstrapOptions{
-		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
-		AdminAddress: adminAddr, XDSAddress: h.cp.XDSAddr(), XDSInsecure: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.DynamicResources.AdsConfig.ApiType = corev3.ApiConfigSource_DELTA_GRPC
-	runEnvoy(t, envoy, b)
-	const nodeID = "app-1-1.default"
+	adminAddr := startDeltaEnvoy(t, h, envoy)
 
-	first := waitStreamSynced(t, h, nodeID, 0, 30*time.Second)
+	first := waitStreamSynced(t, h, deltaNodeID, 0, 30*time.Second)
 	sent := map[string]float64{}
 	for _, ty := range []string{"cds", "eds", "lds", "rds", "sds"} {
 		sent[ty] = h.metric(t, `bearkong_xds_resources_sent_total{type="`+ty+`"}`)
 	}
-	second := waitStreamSynced(t, h, nodeID, first.ID, age+age/10+grace+15*time.Second)
+	second := waitStreamSynced(t, h, deltaNodeID, first.ID, age+age/10+grace+15*time.Second)
 	if second.Protocol != "delta" {
 		t.Fatalf("protocol %q", second.Protocol)
 	}

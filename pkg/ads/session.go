@@ -461,24 +461,12 @@ func (ts *typeState) holds(r *resource.Resource) bool {
 }
 
 // removedNames lists the resources the proxy was sent and still subscribes to that v no
-// longer has. Sets keep their name list while their names do not change, so the common
-// case costs one comparison per set.
+// longer has.
 func removedNames(ts *typeState, v resource.View) []string {
-	if len(v) == len(ts.sentView) {
-		same := true
-		for i := range v {
-			same = same && sameSlice(v[i].Names(), ts.sentView[i].Names())
-		}
-		if same {
-			return nil
-		}
-	}
 	var out []string
-	for _, set := range ts.sentView {
-		for _, n := range set.Names() {
-			if _, ok := v.Get(n); !ok && ts.sentSub.has(n) && ts.sub.has(n) {
-				out = append(out, n)
-			}
+	for _, n := range goneNames(ts.sentView, v) {
+		if ts.sentSub.has(n) && ts.sub.has(n) {
+			out = append(out, n)
 		}
 	}
 	return out
