@@ -371,8 +371,11 @@ func (p *sotw) stats(t resource.Type) *typeStats { return &p.sess.types[t].typeS
 
 var wildcardNames = []string{"*"}
 
-func (p *sotw) subscribed(t resource.Type) []string {
-	sub := p.sess.types[t].sub
+func (p *sotw) subscribed(t resource.Type) []string { return subscriptionNames(p.sess.types[t].sub) }
+
+// subscriptionNames lists a subscription for /debug/streams: "*" first for a wildcard,
+// then the names.
+func subscriptionNames(sub subscription) []string {
 	switch {
 	case sub.wildcard && len(sub.names) == 0:
 		return wildcardNames

@@ -320,10 +320,19 @@ func (s *session) subscribe(t resource.Type, ts *typeState, names []string) {
 // exactly that set (the common case: EDS for every cluster), else a copy whose strings
 // are the resources' names rather than the request's.
 func (s *session) canonicalNames(t resource.Type, names []string) []string {
-	if s.cur == nil || len(names) == 0 {
+	if s.cur == nil {
 		return names
 	}
-	v := s.cur.Views[t]
+	return canonicalNames(s.cur.Views[t], names)
+}
+
+// canonicalNames returns names (sorted, unique) as a set of v holds them: the set's own
+// name list when names are exactly its names, else names with each string that v holds
+// replaced by v's. names may be modified.
+func canonicalNames(v resource.View, names []string) []string {
+	if len(names) == 0 {
+		return names
+	}
 	for _, set := range v {
 		if slices.Equal(names, set.Names()) {
 			return set.Names()
