@@ -16,16 +16,7 @@ import (
 func syncDelta(b testing.TB, s *deltaSession, w *fanOutWorld) {
 	s.onConfig(w.proxy(0), time.Time{})
 	for _, t := range resource.Types {
-		var names []string
-		switch t {
-		case resource.Endpoint:
-			names = w.clusters.Names()
-		case resource.Route:
-			names = w.routes.Names()
-		case resource.Secret:
-			names = w.secrets.Names()
-		}
-		_, resps := s.onRequest(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), ResourceNamesSubscribe: names})
+		_, resps := s.onRequest(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), ResourceNamesSubscribe: w.subscription(t)})
 		if len(resps) != 1 {
 			b.Fatalf("%s: %d responses to the first request", t, len(resps))
 		}
