@@ -164,6 +164,9 @@ func TestDeltaOverGRPC(t *testing.T) {
 	if info.Protocol != "delta" {
 		t.Fatalf("protocol %q, want delta", info.Protocol)
 	}
+	if d, s := streamsOf(t, e, "delta"), streamsOf(t, e, "sotw"); d != 1 || s != 0 {
+		t.Fatalf("connected streams by protocol: delta %v, sotw %v; want 1 and 0", d, s)
+	}
 	if info.Types.CDS.VersionSent != cds.SystemVersionInfo || info.Types.CDS.VersionAcked != cds.SystemVersionInfo {
 		t.Fatalf("CDS versions %+v, response said %s", info.Types.CDS, cds.SystemVersionInfo)
 	}
@@ -285,4 +288,22 @@ func TestDeltaSharesTheStreamRules(t *testing.T) {
 			t.Fatalf("streams of twice: %+v", s)
 		}
 	})
+}
+
+// streamsOf reads bearkong_xds_connected_streams_by_protocol{protocol}.
+func streamsOf(t *testing.T, e *env, protocol string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "bearkong_xds_connected_streams_by_protocol" && m.GetLabel()[0].GetValue() == protocol {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no bearkong_xds_connected_streams_by_protocol{protocol=%q}", protocol)
+	return 0
 }

@@ -231,7 +231,7 @@ func (s *Server) serve(ctx context.Context, p protocol, recv func() (request, er
 		return l.limit(ReasonTooManyStreams, status.Errorf(codes.ResourceExhausted,
 			"bearkong serves at most %d xDS streams at once (--xds-max-streams); retry later", s.limits.MaxStreams))
 	}
-	s.metrics.streamOpened()
+	s.metrics.streamOpened(st.protocol)
 	s.summary.open()
 	defer func() {
 		s.mu.Lock()
@@ -242,7 +242,7 @@ func (s *Server) serve(ctx context.Context, p protocol, recv func() (request, er
 			}
 		}
 		s.mu.Unlock()
-		s.metrics.streamClosed()
+		s.metrics.streamClosed(st.protocol)
 		s.summary.close()
 	}()
 
