@@ -71,8 +71,9 @@ type deltaType struct {
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
 	// rejected maps the resources of NACKed responses to the hash rejected, until a later
-	// response that sends or removes them is ACKed or the client unsubscribes: while it
-	// is not empty, the type's status is NACKED. nil when empty.
+	// response that sends one of them again, or removes one, is ACKed (or the client
+	// unsubscribes from them): while it is not empty, the type's status is NACKED. nil
+	// when empty.
 	rejected map[string]string
 }
 
@@ -190,13 +191,21 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 			// new content goes.
 			break
 		}
+		// Envoy applies the valid resources of a response it NACKs and names the bad
+		// ones only in its message, so which of the rejected resources was bad is not
+		// known: an accepted response that sends or removes any of them again is taken
+		// as the fix.
+		fixed := false
 		for _, r := range answered.resp.Resources {
-			if ts.rejected[r.Name] != r.Version {
-				delete(ts.rejected, r.Name)
-			}
+			h, ok := ts.rejected[r.Name]
+			fixed = fixed || (ok && h != r.Version)
 		}
 		for _, n := range answered.resp.RemovedResources {
-			delete(ts.rejected, n)
+			_, ok := ts.rejected[n]
+			fixed = fixed || ok
+		}
+		if fixed {
+			ts.rejected = nil
 		}
 		if latest {
 			ts.status = Synced

@@ -359,6 +359,27 @@ func TestDeltaSession(t *testing.T) {
 		}
 	})
 
+	t.Run("a NACKed response of several resources is cleared by the fix of any of them", func(t *testing.T) {
+		// Envoy applies the valid clusters of a response it rejects; which one it
+		// refused is only in its message.
+		s := dsynced(t)
+		bad := with(with(base, resource.Cluster, "a", "bad"), resource.Cluster, "c", "1")
+		drun(t, s, []dstep{{config: bad, want: []dsent{{typ: resource.Cluster, sent: []string{"a=bad", "c=1"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}})
+		drun(t, s, []dstep{{req: dnack(resource.Cluster, s.types[resource.Cluster].nonce, "cluster a: invalid"), wantKind: NACK}})
+		fixed := with(bad, resource.Cluster, "a", "fixed")
+		drun(t, s, []dstep{{config: fixed, want: []dsent{{typ: resource.Cluster, sent: []string{"a=fixed"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}, ack(s, resource.Cluster)})
+		if st := s.types[resource.Cluster].status; st != Synced {
+			t.Fatalf("status %s after the fix was ACKed, want SYNCED", st)
+		}
+		// A fix by removal clears it too.
+		drun(t, s, []dstep{{config: with(fixed, resource.Cluster, "c", "bad"), want: []dsent{{typ: resource.Cluster, sent: []string{"c=bad"}}}}})
+		drun(t, s, []dstep{{req: dnack(resource.Cluster, s.types[resource.Cluster].nonce, "cluster c: invalid"), wantKind: NACK}})
+		drun(t, s, []dstep{{config: with(fixed, resource.Cluster, "c", ""), want: []dsent{{typ: resource.Cluster, removed: []string{"c"}}}}, ack(s, resource.Cluster)})
+		if st := s.types[resource.Cluster].status; st != Synced {
+			t.Fatalf("status %s after the bad cluster went, want SYNCED", st)
+		}
+	})
+
 	t.Run("a stale nonce records no ACK but its subscription change applies", func(t *testing.T) {
 		s := dsynced(t)
 		drun(t, s, []dstep{{config: with(base, resource.Endpoint, "a", "2"), want: []dsent{{typ: resource.Endpoint, sent: []string{"a=2"}}}}})
