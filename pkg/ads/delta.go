@@ -70,10 +70,9 @@ type deltaType struct {
 	refresh []string
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
-	// rejected maps the resources of NACKed responses to the hash rejected, until a later
-	// response that sends one of them again, or removes one, is ACKed (or the client
-	// unsubscribes from them): while it is not empty, the type's status is NACKED. nil
-	// when empty.
+	// rejected maps the resources of NACKed responses to the hash rejected, until one of
+	// them changes or goes: then every one of them is sent again (see diff). While it is
+	// not empty, the type's status is NACKED. nil when empty.
 	rejected map[string]string
 }
 
@@ -190,22 +189,6 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 			// Nothing is resent: the client is taken to hold what it rejected, so only
 			// new content goes.
 			break
-		}
-		// Envoy applies the valid resources of a response it NACKs and names the bad
-		// ones only in its message, so which of the rejected resources was bad is not
-		// known: an accepted response that sends or removes any of them again is taken
-		// as the fix.
-		fixed := false
-		for _, r := range answered.resp.Resources {
-			h, ok := ts.rejected[r.Name]
-			fixed = fixed || (ok && h != r.Version)
-		}
-		for _, n := range answered.resp.RemovedResources {
-			_, ok := ts.rejected[n]
-			fixed = fixed || ok
-		}
-		if fixed {
-			ts.rejected = nil
 		}
 		if latest {
 			ts.status = Synced
@@ -429,6 +412,18 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			send = append(send, r)
 		}
 	}
+	if len(ts.rejected) > 0 && rejectedMoved(ts, v) {
+		// A NACKed response may have been rejected whole (a resource that does not
+		// decode) or in part (Envoy applies the clusters it can and names the others only
+		// in its message): what the client holds of it is not known. Once the content
+		// moves on (the fix), every resource of it is sent again, as it is now.
+		for n := range ts.rejected {
+			if r, ok := v.Get(n); ok && ts.sub.has(n) {
+				send = append(send, r)
+			}
+		}
+		ts.rejected = nil
+	}
 	slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
 	send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
 	slices.Sort(removed)
@@ -440,6 +435,16 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	ts.dirty = false
 	ts.sentView = v
 	return send, removed
+}
+
+// rejectedMoved reports whether a resource of ts.rejected changed or went in v.
+func rejectedMoved(ts *deltaType, v resource.View) bool {
+	for n, h := range ts.rejected {
+		if r, ok := v.Get(n); !ok || r.Hash != h || !ts.sub.has(n) {
+			return true
+		}
+	}
+	return false
 }
 
 // goneNames lists the names of old that v does not have. Sets keep their name list

@@ -359,15 +359,15 @@ func TestDeltaSession(t *testing.T) {
 		}
 	})
 
-	t.Run("a NACKed response of several resources is cleared by the fix of any of them", func(t *testing.T) {
-		// Envoy applies the valid clusters of a response it rejects; which one it
-		// refused is only in its message.
+	t.Run("the fix of a NACKed response sends all of it again", func(t *testing.T) {
+		// Envoy rejects a response whole when a resource does not decode, and applies
+		// the valid clusters of one otherwise; which it did is only in its message.
 		s := dsynced(t)
 		bad := with(with(base, resource.Cluster, "a", "bad"), resource.Cluster, "c", "1")
 		drun(t, s, []dstep{{config: bad, want: []dsent{{typ: resource.Cluster, sent: []string{"a=bad", "c=1"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}})
 		drun(t, s, []dstep{{req: dnack(resource.Cluster, s.types[resource.Cluster].nonce, "cluster a: invalid"), wantKind: NACK}})
 		fixed := with(bad, resource.Cluster, "a", "fixed")
-		drun(t, s, []dstep{{config: fixed, want: []dsent{{typ: resource.Cluster, sent: []string{"a=fixed"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}, ack(s, resource.Cluster)})
+		drun(t, s, []dstep{{config: fixed, want: []dsent{{typ: resource.Cluster, sent: []string{"a=fixed", "c=1"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}, ack(s, resource.Cluster)})
 		if st := s.types[resource.Cluster].status; st != Synced {
 			t.Fatalf("status %s after the fix was ACKed, want SYNCED", st)
 		}
