@@ -70,9 +70,10 @@ type deltaType struct {
 	refresh []string
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
-	// rejected maps the resources of NACKed responses to the hash rejected, until one of
-	// them changes or goes: then every one of them is sent again (see diff). While it is
-	// not empty, the type's status is NACKED. nil when empty.
+	// rejected maps the resources of NACKed responses to the hash rejected ("" for a
+	// removal), until one of them changes, goes or comes back: then every one of them is
+	// sent (or removed) again (see diff). While it is not empty, the type's status is
+	// NACKED. nil when empty.
 	rejected map[string]string
 }
 
@@ -184,6 +185,9 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 			}
 			for _, r := range answered.resp.Resources {
 				ts.rejected[r.Name] = r.Version
+			}
+			for _, n := range answered.resp.RemovedResources {
+				ts.rejected[n] = "" // a removal rejected with the rest
 			}
 			ts.onNack(s.metrics, t, answered.resp.SystemVersionInfo, answered.resp.Nonce, req.GetErrorDetail().GetMessage(), s.now())
 			// Nothing is resent: the client is taken to hold what it rejected, so only
@@ -418,7 +422,10 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 		// in its message): what the client holds of it is not known. Once the content
 		// moves on (the fix), every resource of it is sent again, as it is now.
 		for n := range ts.rejected {
-			if r, ok := v.Get(n); ok && ts.sub.has(n) {
+			switch r, ok := v.Get(n); {
+			case !ok:
+				removed = append(removed, n)
+			case ts.sub.has(n):
 				send = append(send, r)
 			}
 		}
@@ -437,10 +444,18 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	return send, removed
 }
 
-// rejectedMoved reports whether a resource of ts.rejected changed or went in v.
+// rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a
+// removal that was rejected) came back in v.
 func rejectedMoved(ts *deltaType, v resource.View) bool {
 	for n, h := range ts.rejected {
-		if r, ok := v.Get(n); !ok || r.Hash != h || !ts.sub.has(n) {
+		r, ok := v.Get(n)
+		if h == "" {
+			if ok {
+				return true
+			}
+			continue
+		}
+		if !ok || r.Hash != h || !ts.sub.has(n) {
 			return true
 		}
 	}

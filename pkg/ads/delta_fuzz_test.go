@@ -2,11 +2,13 @@ package ads
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -67,14 +69,17 @@ func fuzzDeltaConfig(which, gen byte) *resource.Proxy {
 }
 
 // FuzzDeltaSession drives a delta session with configs and with requests that subscribe,
-// unsubscribe (names and "*"), ACK, answer with stale nonces and reconnect with
-// initial_resource_versions, and checks after each step that the client holds exactly
-// the covered resources of the config, at their content hashes, with no response
-// naming a resource twice or sending what the client does not subscribe to.
+// unsubscribe (names and "*"), ACK, NACK (the client keeps what it had), answer with
+// stale nonces and reconnect with initial_resource_versions, and checks after each step
+// that the client holds exactly the covered resources of the config, at their content
+// hashes (what a NACK rejected aside, until it is fixed), with no response naming a
+// resource twice or sending what the client does not subscribe to.
 func FuzzDeltaSession(f *testing.F) {
 	f.Add([]byte{0, 0x3f, 0, 1, 2, 3, 4, 5, 0x10, 0x21, 0, 0x07, 1, 0x42, 0x80, 0x93})
 	f.Add([]byte{1, 0x81, 0x92, 0, 0x3f, 0, 0x0f, 0x42, 0x43, 0x80, 1, 0x3c, 0x50, 0x61, 6, 0, 0x01})
 	f.Add([]byte{0, 0x15, 0x40, 0x41, 0x80, 0x81, 0x90, 0x91, 0, 0x2a, 6, 0x40, 0x41, 0, 0x3f, 7})
+	// A NACK of a new config, the same config again, then a fix.
+	f.Add([]byte{0, 0x3f, 0, 0x10, 0x12, 0x81, 0x82, 0, 0x3f, 0x01, 0xf0, 0xf2, 0, 0x3f, 0x01, 0, 0x3f, 0x03, 0x50})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		if len(ops) > 300 {
 			return
@@ -84,9 +89,20 @@ func FuzzDeltaSession(f *testing.F) {
 		m := newDeltaModel()
 		var cur *resource.Proxy
 		requested := [resource.NumTypes]bool{}
+		// before is the client's cache of a type as it was before the latest response of
+		// that type, for a NACK to undo it (Envoy rejects a response that does not decode
+		// whole); nil once the client did anything else of that type, or when that
+		// response only removed.
+		var before [resource.NumTypes]map[string]string
 		send := func(rs []*discoveryv3.DeltaDiscoveryResponse) {
 			for _, r := range rs {
 				typ, _ := resource.TypeFromURL(r.TypeUrl)
+				before[typ] = nil
+				if len(r.Resources) > 0 {
+					// Only a response with resources can be rejected: a removal has
+					// nothing to decode.
+					before[typ] = maps.Clone(m.cache[typ])
+				}
 				var names []string
 				for _, res := range r.Resources {
 					names = append(names, res.Name)
@@ -107,6 +123,7 @@ func FuzzDeltaSession(f *testing.F) {
 				m.wildcard[typ] = true // legacy wildcard
 			}
 			r.TypeUrl = typ.URL()
+			before[typ] = nil
 			_, resps := s.onRequest(typ, r)
 			requested[typ] = true
 			send(resps)
@@ -166,6 +183,13 @@ func FuzzDeltaSession(f *testing.F) {
 					}
 				}
 			case 1:
+				if op>>4&7 == 7 { // NACK the latest response: the client keeps what it had
+					if old := before[typ]; old != nil {
+						m.cache[typ] = old
+						request(typ, &discoveryv3.DeltaDiscoveryRequest{ResponseNonce: s.types[typ].nonce, ErrorDetail: &status.Status{Message: "no"}})
+					}
+					break
+				}
 				if op&0x08 == 0 { // subscribe a name
 					m.names[typ][name] = true
 					request(typ, &discoveryv3.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{name}})
@@ -184,13 +208,19 @@ func FuzzDeltaSession(f *testing.F) {
 				if !requested[typ] {
 					continue
 				}
+				// What a NACK rejected may differ until the fix.
+				rejected := s.types[typ].rejected
 				want := map[string]string{}
 				for _, r := range cur.Views[typ].All() {
-					if m.covers(typ, r.Name) {
+					if _, ok := rejected[r.Name]; !ok && m.covers(typ, r.Name) {
 						want[r.Name] = r.Hash
 					}
 				}
-				if fmt.Sprint(want) != fmt.Sprint(m.cache[typ]) {
+				got := maps.Clone(m.cache[typ])
+				for n := range rejected {
+					delete(got, n)
+				}
+				if fmt.Sprint(want) != fmt.Sprint(got) {
 					t.Fatalf("op %d (%#x): %s client holds %v, want %v (wildcard %v, names %v)", i, op, typ, m.cache[typ], want, m.wildcard[typ], m.names[typ])
 				}
 			}
