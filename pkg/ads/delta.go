@@ -1,0 +1,588 @@
+package ads
+
+import (
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"weak"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// This file is the incremental ("delta") variant of ADS, DeltaAggregatedResources:
+// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xds
+//
+// The differences from state of the world that shape it:
+//   - The client sends subscription deltas (resource_names_subscribe / _unsubscribe),
+//     and the server must apply them even when the request's nonce is stale: a delta
+//     ignored is lost, where a SotW request only repeats the whole list.
+//   - Each resource has its own version: bearkong uses the resource's content hash, so
+//     every replica and every restart gives the same versions, and a reconnecting
+//     client's initial_resource_versions can be compared with them.
+//   - A response carries only what changed, and names what went in removed_resources.
+//     The server must therefore know what each client holds. It does not keep a map per
+//     client for that: after each reconcile the client holds exactly the covered
+//     resources of the view it was brought up to date with (deltaType.sentView, shared
+//     by every proxy), so only what happened since (deltaType.override) is its own.
+//   - system_version_info is for debugging only; bearkong sends the type view's version,
+//     as the SotW side's version_info.
+
+// maxPending bounds the responses of a type that wait for their ACK or NACK. Envoy
+// answers each in order, so a few are ever outstanding; a client that never answers
+// costs no more than this. An answer to a response dropped from the list is stale.
+const maxPending = 16
+
+// deltaType is one delta stream's state for one type. It is owned by the stream's loop.
+type deltaType struct {
+	typeStats
+	// requested: a request for the type came on this stream.
+	requested bool
+	// sub is the subscription. Its wildcard is set explicitly ("*"), or in the legacy
+	// form, by a first request that names nothing, and only unsubscribing "*" ends it
+	// (xds_protocol#how-the-client-specifies-what-resources-to-return). Its names are
+	// replaced, never modified, and are a set's own list when they are its names.
+	sub subscription
+	// sentView is the view of the last reconcile: the client then held, of every
+	// resource of sentView that sub covers, that resource's content (sent, or declared
+	// in initial_resource_versions; NACKed content too, so that it is not sent again
+	// until it changes). nil before the first reconcile.
+	sentView resource.View
+	// override holds what changed since the last reconcile in what the client holds:
+	// name to the content hash held, "" for nothing (it subscribed again and may have
+	// dropped it, or the wildcard newly covers it). It wins over sentView. nil when empty.
+	override map[string]string
+	// answer lists names that the next reconcile must answer: sent if they exist and are
+	// covered, else named in removed_resources. A name that does not exist is said not
+	// to (xds_protocol#knowing-when-a-requested-resource-does-not-exist, for the
+	// incremental variants), and a name unsubscribed while the wildcard covers it must be
+	// sent or removed (xds_protocol#unsubscribing-from-resources). nil when empty.
+	answer map[string]struct{}
+	// dirty: the subscription or what the client holds changed since the last
+	// reconcile, which must then look at every covered resource instead of the view's
+	// diff.
+	dirty bool
+	// refresh (EDS) lists the assignments to send at the next reconcile even if the
+	// client holds them: those of the clusters the CDS response just sent, which Envoy
+	// keeps warming until their ClusterLoadAssignment comes (checked with Envoy 1.36 on
+	// delta: without it a changed cluster stays warming).
+	refresh []string
+	// pending are the responses sent and not answered yet, oldest first.
+	pending []deltaPending
+	// rejected maps the resources of NACKed responses to the hash rejected ("" for a
+	// removal), until one of them changes, goes or comes back: then every one of them is
+	// sent (or removed) again (see diff). While it is not empty, the type's status is
+	// NACKED. nil when empty.
+	rejected map[string]string
+}
+
+type deltaPending struct {
+	resp      *discoveryv3.DeltaDiscoveryResponse
+	changedAt time.Time
+}
+
+// held returns the content hash the client holds of the named resource.
+func (ts *deltaType) held(name string) (string, bool) {
+	if h, ok := ts.override[name]; ok {
+		return h, h != ""
+	}
+	if ts.sub.has(name) {
+		if r, ok := ts.sentView.Get(name); ok {
+			return r.Hash, true
+		}
+	}
+	return "", false
+}
+
+// needs reports whether the client does not hold r as it is.
+func (ts *deltaType) needs(r *resource.Resource) bool {
+	h, ok := ts.held(r.Name)
+	return !ok || h != r.Hash
+}
+
+// setHeld records that the client holds hash of name ("" for nothing), until the next
+// reconcile.
+func (ts *deltaType) setHeld(name, hash string) {
+	if ts.override == nil {
+		ts.override = map[string]string{}
+	}
+	ts.override[name] = hash
+	ts.dirty = true
+}
+
+func (ts *deltaType) mustAnswer(name string) {
+	if ts.answer == nil {
+		ts.answer = map[string]struct{}{}
+	}
+	ts.answer[name] = struct{}{}
+	ts.dirty = true
+}
+
+// deltaSession is the protocol state of one delta ADS stream, free of gRPC so that it can
+// be tested request by request. The stream loop feeds it requests and configs and sends
+// what it returns, in order.
+type deltaSession struct {
+	nonce        uint64
+	cur          *resource.Proxy
+	curChangedAt time.Time
+	types        [resource.NumTypes]deltaType
+	now          func() time.Time
+	metrics      *Metrics
+}
+
+func newDeltaSession(m *Metrics, now func() time.Time) *deltaSession {
+	if now == nil {
+		now = time.Now
+	}
+	s := &deltaSession{now: now, metrics: m}
+	for i := range s.types {
+		s.types[i].status = NotSent
+	}
+	return s
+}
+
+// classifyDelta decides what a delta request means for its type's ACK state. A first
+// request is initial whatever nonce it carries (nonces do not survive a reconnect); a
+// request without a nonce answers nothing; a nonce of a response still waiting for its
+// answer ACKs or NACKs that response; any other nonce is stale. The index is the
+// position of the answered response in pending.
+func classifyDelta(ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) (Kind, int) {
+	switch {
+	case !ts.requested:
+		return Initial, -1
+	case req.GetResponseNonce() == "":
+		return Update, -1
+	}
+	i := slices.IndexFunc(ts.pending, func(p deltaPending) bool { return p.resp.Nonce == req.GetResponseNonce() })
+	switch {
+	case i < 0:
+		return Stale, -1
+	case req.GetErrorDetail() != nil:
+		return NACK, i
+	}
+	return ACK, i
+}
+
+// onRequest applies one request and returns the responses to send, in order. The
+// subscription change applies whatever the nonce says; the nonce decides only whether the
+// request ACKs or NACKs a response.
+func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscoveryRequest) (outcome, []*discoveryv3.DeltaDiscoveryResponse) {
+	ts := &s.types[t]
+	kind, i := classifyDelta(ts, req)
+	out := outcome{typ: t, kind: kind}
+	switch kind {
+	case Stale:
+		ts.onStale(s.metrics, t)
+	case ACK, NACK:
+		answered := ts.pending[i]
+		out.answered = answered.resp
+		ts.pending = slices.Delete(ts.pending, 0, i+1)
+		latest := len(ts.pending) == 0
+		if kind == NACK {
+			if ts.rejected == nil {
+				ts.rejected = map[string]string{}
+			}
+			for _, r := range answered.resp.Resources {
+				ts.rejected[r.Name] = r.Version
+			}
+			for _, n := range answered.resp.RemovedResources {
+				ts.rejected[n] = "" // a removal rejected with the rest
+			}
+			ts.onNack(s.metrics, t, answered.resp.SystemVersionInfo, answered.resp.Nonce, req.GetErrorDetail().GetMessage(), s.now())
+			// Nothing is resent: the client is taken to hold what it rejected, so only
+			// new content goes.
+			break
+		}
+		if latest {
+			ts.status = Synced
+			if len(ts.rejected) > 0 {
+				ts.status = Nacked
+			}
+		}
+		ts.onAck(s.metrics, t, answered.resp.SystemVersionInfo, s.now(), latest)
+	}
+	s.subscribe(t, ts, req)
+	return out, s.reconcile()
+}
+
+// subscribe applies a request's subscription delta, and on the first request of the
+// type, what the client says it already holds.
+func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) {
+	first := !ts.requested
+	ts.requested = true
+	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+	if (first && len(sub) == 0 && len(unsub) == 0 && t.Wildcard()) || slices.Contains(sub, "*") {
+		// Legacy wildcard (the first request of a type that is requested as a whole
+		// names nothing), or "*".
+		s.wildcard(ts, true)
+	}
+	// fresh: names is a list of this session's own, which canonicalNames may rewrite;
+	// the one before may be shared (a set's, or /debug/streams').
+	fresh := false
+	if add := normalizeNames(sub); len(add) > 0 {
+		fresh = true
+		for _, n := range add {
+			// Sent again even if held: the client may have dropped it.
+			ts.setHeld(n, "")
+			ts.mustAnswer(n)
+		}
+		// mergeNames returns a new list or one of its own: the old list is not modified.
+		ts.sub.names = mergeNames(ts.sub.names, add)
+	}
+	if remove := normalizeNames(unsub); len(remove) > 0 {
+		kept := ts.sub.names[:0:0]
+		for _, n := range ts.sub.names {
+			if _, drop := slices.BinarySearch(remove, n); !drop {
+				kept = append(kept, n)
+			}
+		}
+		for _, n := range remove {
+			if _, ok := slices.BinarySearch(ts.sub.names, n); !ok {
+				continue // a phantom unsubscription: nothing to do
+			}
+			ts.dirty = true
+			if ts.sub.wildcard {
+				// Still covered by the wildcard, but the client cannot know whether to
+				// keep it: answer it.
+				ts.setHeld(n, "")
+				ts.mustAnswer(n)
+				continue
+			}
+			// Envoy drops what it unsubscribes from: forgotten (no longer covered), so
+			// that subscribing again gets it again.
+			delete(ts.override, n)
+			delete(ts.answer, n)
+			delete(ts.rejected, n)
+		}
+		ts.sub.names, fresh = kept, true
+	}
+	if slices.Contains(unsub, "*") {
+		s.wildcard(ts, false)
+	}
+	if s.cur != nil && fresh {
+		ts.sub.names = canonicalNames(s.cur.Views[t], ts.sub.names)
+	}
+	if first {
+		for n, v := range req.GetInitialResourceVersions() {
+			if n != "*" && ts.sub.has(n) {
+				ts.setHeld(n, v)
+				delete(ts.answer, n)
+			}
+		}
+	}
+}
+
+// wildcard turns the wildcard subscription on or off.
+func (s *deltaSession) wildcard(ts *deltaType, on bool) {
+	if ts.sub.wildcard == on {
+		return
+	}
+	ts.dirty = true
+	if on {
+		// What the wildcard newly covers, the client was not sent.
+		for _, r := range ts.sentView.All() {
+			if !ts.sub.has(r.Name) {
+				ts.setHeld(r.Name, "")
+			}
+		}
+		ts.sub.wildcard = true
+		return
+	}
+	// The client drops what only the wildcard covered.
+	ts.sub.wildcard = false
+	for n := range ts.override {
+		if !ts.sub.has(n) {
+			delete(ts.override, n)
+		}
+	}
+	for n := range ts.answer {
+		if !ts.sub.has(n) {
+			delete(ts.answer, n)
+		}
+	}
+	for n := range ts.rejected {
+		if !ts.sub.has(n) {
+			delete(ts.rejected, n)
+		}
+	}
+}
+
+// onConfig switches the session to a new config and returns the responses that bring the
+// proxy up to date: the resources that changed for it, and those that went.
+func (s *deltaSession) onConfig(p *resource.Proxy, changedAt time.Time) []*discoveryv3.DeltaDiscoveryResponse {
+	s.cur = p
+	s.curChangedAt = changedAt
+	return s.reconcile()
+}
+
+// reconcile sends whatever the client subscribes to and does not hold as it is now, and
+// removes what it holds that went, make before break as the SotW side
+// (xds_protocol#eventual-consistency-considerations): clusters added or changed first,
+// then their endpoints (with the assignments of those clusters again), then the other
+// types in resource.Types order; the clusters that went, and their assignments, last,
+// once the routes no longer name them. With nothing new, it returns nothing.
+func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
+	if s.cur == nil {
+		return nil // no config yet: the requests are remembered and answered later
+	}
+	var out, final []*discoveryv3.DeltaDiscoveryResponse
+	add := func(dst *[]*discoveryv3.DeltaDiscoveryResponse, t resource.Type, ts *deltaType, send []*resource.Resource, removed []string) {
+		if len(send) > 0 || len(removed) > 0 {
+			*dst = append(*dst, s.respond(t, ts, send, removed))
+		}
+	}
+	var late [resource.NumTypes][]string
+	for _, t := range resource.Types {
+		ts := &s.types[t]
+		if !ts.requested {
+			continue
+		}
+		send, removed := s.diff(t, ts)
+		if t == resource.Cluster {
+			eds := &s.types[resource.Endpoint]
+			for _, r := range send {
+				eds.refresh = append(eds.refresh, r.Name)
+			}
+		}
+		if t == resource.Cluster || t == resource.Endpoint {
+			// Clusters and their assignments go last.
+			late[t], removed = removed, nil
+		}
+		if ts.pushes == 0 && len(send) == 0 && len(removed) == 0 && len(late[t]) == 0 {
+			// The first request of a type is answered even when there is nothing to
+			// send: Envoy waits for a CDS and an LDS answer before it finishes starting
+			// (an empty mesh has no clusters), and a reconnecting client that holds
+			// everything learns, from the ACK it sends back, that its versions stand.
+			out = append(out, s.respond(t, ts, nil, nil))
+			continue
+		}
+		add(&out, t, ts, send, removed)
+	}
+	for _, t := range []resource.Type{resource.Cluster, resource.Endpoint} {
+		add(&final, t, &s.types[t], nil, late[t])
+	}
+	return append(out, final...)
+}
+
+// diff works out what type t needs: the covered resources the client does not hold as
+// they are now (or must be answered, or refreshed), sorted by name, and the names it
+// holds or asked for that do not exist. The client is then taken to hold the view.
+func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Resource, removed []string) {
+	v := s.cur.Views[t]
+	var changed []string
+	fast := false
+	if !ts.dirty && ts.sentView != nil {
+		// Nothing changed but the content: only what the views' diff names (computed
+		// once per pair of sets, for every proxy) and what went can need anything.
+		changed, fast = v.Changed(ts.sentView)
+	}
+	if fast {
+		for _, n := range changed {
+			if r, ok := v.Get(n); ok && ts.sub.has(n) {
+				send = append(send, r)
+			}
+		}
+		for _, n := range goneNames(ts.sentView, v) {
+			if ts.sub.has(n) {
+				removed = append(removed, n)
+			}
+		}
+	} else {
+		for _, r := range subscribed(ts.sub, v) {
+			if ts.needs(r) {
+				send = append(send, r)
+			}
+		}
+		gone := func(n string) bool { _, ok := v.Get(n); return !ok }
+		for n, h := range ts.override {
+			if h != "" && gone(n) {
+				removed = append(removed, n)
+			}
+		}
+		for n := range ts.answer {
+			if _, held := ts.held(n); !held && gone(n) {
+				removed = append(removed, n)
+			}
+		}
+		for _, n := range goneNames(ts.sentView, v) {
+			if _, overridden := ts.override[n]; !overridden && ts.sub.has(n) {
+				removed = append(removed, n)
+			}
+		}
+	}
+	for _, n := range ts.refresh {
+		if r, ok := v.Get(n); ok && ts.sub.has(n) {
+			send = append(send, r)
+		}
+	}
+	if len(ts.rejected) > 0 && rejectedMoved(ts, v) {
+		// A NACKed response may have been rejected whole (a resource that does not
+		// decode) or in part (Envoy applies the clusters it can and names the others only
+		// in its message): what the client holds of it is not known. Once the content
+		// moves on (the fix), every resource of it is sent again, as it is now.
+		for n := range ts.rejected {
+			switch r, ok := v.Get(n); {
+			case !ok:
+				removed = append(removed, n)
+			case ts.sub.has(n):
+				send = append(send, r)
+			}
+		}
+		ts.rejected = nil
+	}
+	slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
+	send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
+	slices.Sort(removed)
+	removed = slices.Compact(removed)
+	for _, n := range removed {
+		delete(ts.rejected, n)
+	}
+	ts.override, ts.answer, ts.refresh = nil, nil, nil
+	ts.dirty = false
+	ts.sentView = v
+	return send, removed
+}
+
+// rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a
+// removal that was rejected) came back in v.
+func rejectedMoved(ts *deltaType, v resource.View) bool {
+	for n, h := range ts.rejected {
+		r, ok := v.Get(n)
+		if h == "" {
+			if ok {
+				return true
+			}
+			continue
+		}
+		if !ok || r.Hash != h || !ts.sub.has(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// goneNames lists the names of old that v does not have. Sets keep their name list
+// while their names do not change, so the common case costs one comparison per set; when
+// a set's names changed, the names it lost are among what its diff to the new set lists
+// (Set.Changed, computed once for every proxy that makes the same move).
+func goneNames(old, v resource.View) []string {
+	var out []string
+	if len(v) == len(old) {
+		for i := range v {
+			if sameSlice(v[i].Names(), old[i].Names()) {
+				continue
+			}
+			for _, n := range old[i].Changed(v[i]) {
+				if _, ok := v.Get(n); !ok {
+					out = append(out, n)
+				}
+			}
+		}
+		return out
+	}
+	for _, set := range old {
+		for _, n := range set.Names() {
+			if _, ok := v.Get(n); !ok {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// wrappers holds each live resource's delta wrapper (name, version, Any), so that the
+// responses of a push to thousands of proxies share one per resource instead of making
+// one each; an entry goes when its resource does. The wrappers are read-only once made.
+var wrappers sync.Map // weak.Pointer[resource.Resource] -> *discoveryv3.Resource
+
+// wrapper returns r as a delta Resource: its version is its content hash, the same on
+// every replica and after every restart, which is what initial_resource_versions is
+// compared with.
+func wrapper(r *resource.Resource) *discoveryv3.Resource {
+	k := weak.Make(r)
+	if w, ok := wrappers.Load(k); ok {
+		return w.(*discoveryv3.Resource)
+	}
+	w := &discoveryv3.Resource{Name: r.Name, Version: r.Hash, Resource: r.Any}
+	if prev, loaded := wrappers.LoadOrStore(k, w); loaded {
+		return prev.(*discoveryv3.Resource)
+	}
+	runtime.AddCleanup(r, func(k weak.Pointer[resource.Resource]) { wrappers.Delete(k) }, k)
+	return w
+}
+
+func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
+	s.nonce++
+	version := s.cur.Views[t].Version()
+	ts.onSend(version, strconv.FormatUint(s.nonce, 10), s.curChangedAt, s.now())
+	resp := &discoveryv3.DeltaDiscoveryResponse{
+		SystemVersionInfo: version,
+		TypeUrl:           t.URL(),
+		Nonce:             ts.nonce,
+		Resources:         make([]*discoveryv3.Resource, 0, len(send)),
+		RemovedResources:  removed,
+	}
+	size := 0
+	for _, r := range send {
+		resp.Resources = append(resp.Resources, wrapper(r))
+		size += len(r.Any.Value)
+	}
+	if len(ts.pending) == maxPending {
+		ts.pending = slices.Delete(ts.pending, 0, 1)
+	}
+	ts.pending = append(ts.pending, deltaPending{resp: resp, changedAt: s.curChangedAt})
+	s.metrics.push(t, len(send), size)
+	return resp
+}
+
+// delta is the incremental protocol on a stream.
+type delta struct {
+	gs   discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer
+	sess *deltaSession
+}
+
+func (p *delta) name() string { return "delta" }
+
+func (p *delta) names(req request) int {
+	r := req.(*discoveryv3.DeltaDiscoveryRequest)
+	return len(r.GetResourceNamesSubscribe()) + len(r.GetResourceNamesUnsubscribe()) + len(r.GetInitialResourceVersions())
+}
+
+func (p *delta) onRequest(t resource.Type, req request) (outcome, []response) {
+	out, resps := p.sess.onRequest(t, req.(*discoveryv3.DeltaDiscoveryRequest))
+	return out, responses(resps)
+}
+
+func (p *delta) onConfig(px *resource.Proxy, changedAt time.Time) []response {
+	return responses(p.sess.onConfig(px, changedAt))
+}
+
+func (p *delta) send(r response) error { return p.gs.Send(r.(*discoveryv3.DeltaDiscoveryResponse)) }
+
+func (p *delta) sent(response, *resource.Proxy) {}
+
+func (p *delta) report(r *Report, _ request, out outcome) {
+	r.Version = out.answered.GetSystemVersionInfo()
+	r.AckedVersion = p.sess.types[r.Type].ackedVersion
+	if r.Kind != NACK {
+		return
+	}
+	for _, res := range out.answered.GetResources() {
+		r.Resources = append(r.Resources, ResourceRef{Name: res.Name, Hash: res.Version})
+	}
+}
+
+func (p *delta) describe(r response) (string, int) {
+	d := r.(*discoveryv3.DeltaDiscoveryResponse)
+	return d.GetSystemVersionInfo(), len(d.GetResources()) + len(d.GetRemovedResources())
+}
+
+func (p *delta) stats(t resource.Type) *typeStats { return &p.sess.types[t].typeStats }
+
+func (p *delta) subscribed(t resource.Type) []string { return p.sess.types[t].subscribed() }
+
+func (ts *deltaType) subscribed() []string { return subscriptionNames(ts.sub) }
