@@ -74,8 +74,8 @@ func BenchmarkNew(b *testing.B) {
 // BenchmarkProxy measures Proxy: "cached" is the common case (every piece already built
 // by an earlier proxy, as for all but the first proxy of a namespace), "parallel" the
 // same from many goroutines, "first" the first proxy after a snapshot, which marshals the
-// routes shared by every namespace, and "new-namespace" the first proxy of each further
-// namespace, which assembles its namespace's outbound routes from those.
+// pieces shared by every namespace, and "new-namespace" the first proxy of each further
+// namespace, which builds its namespace's short-name scopes.
 func BenchmarkProxy(b *testing.B) {
 	for _, n := range benchSizes {
 		snap := benchSnapshot(n, n/100, 3)
@@ -143,9 +143,11 @@ func BenchmarkProxy(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if r, ok := p.Views[resource.Route].Get(OutboundRouteName); ok {
-				b.ReportMetric(float64(len(r.Any.GetValue())), "outbound-rds-bytes")
+			size := 0
+			for _, r := range p.Views[resource.ScopedRoute].All() {
+				size += len(r.Any.GetValue())
 			}
+			b.ReportMetric(float64(size), "srds-bytes")
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				fresh, err := New(snap)
