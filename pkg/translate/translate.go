@@ -252,10 +252,9 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 // dot and full names one, so they never clash with the shared full-name scopes.
 func (t *Translator) localScopes(namespace string) (*resource.Set, error) {
 	var msgs []named
-	for _, svc := range t.snap.Services {
-		if svc.Namespace == namespace {
-			msgs = append(msgs, ServiceScope(svc.Name, svc))
-		}
+	svcs := t.snap.Services // sorted by namespace (checkServices)
+	for i := sort.Search(len(svcs), func(i int) bool { return svcs[i].Namespace >= namespace }); i < len(svcs) && svcs[i].Namespace == namespace; i++ {
+		msgs = append(msgs, ServiceScope(svcs[i].Name, svcs[i]))
 	}
 	return newSet(resource.ScopedRoute, msgs...)
 }
