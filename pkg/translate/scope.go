@@ -2,7 +2,10 @@ package translate
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
+	"weak"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -13,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
 )
 
 // Outbound routing by scopes (SRDS).
@@ -194,4 +198,41 @@ func scopeReplies() []*hcmv3.ResponseMapper {
 		}}}), RepeatedServiceHeaderBody),
 		mapper(noRoute, UnknownServiceBody),
 	}
+}
+
+// serviceRouting is a Service's route configuration and full-name scope, marshalled.
+type serviceRouting struct{ routes, scope *resource.Resource }
+
+// routings holds the serviceRouting of each live *mesh.Service, weakly: an entry goes
+// when its Service is collected.
+//
+// Why: every snapshot holds every Service, so a Translator would marshal two resources
+// per Service on every change, about as much work again as its clusters and endpoints.
+// Snapshots are immutable and discovery's incremental builds hand the next snapshot the
+// very *mesh.Service of each Service the change did not touch, so its routing is reused
+// as it is: a change costs the routing of the Services it touched. Both resources depend
+// on the Service alone (ServiceRouteConfiguration, ServiceScope), so a reused one is
+// byte for byte what building it again would give.
+var routings sync.Map // weak.Pointer[mesh.Service] -> *serviceRouting
+
+// routingOf returns svc's routing, built once per *mesh.Service.
+func routingOf(svc *mesh.Service) (*serviceRouting, error) {
+	key := weak.Make(svc)
+	if r, ok := routings.Load(key); ok {
+		return r.(*serviceRouting), nil
+	}
+	routes, err := resource.New(resource.Route, ServiceRouteName(svc), ServiceRouteConfiguration(svc))
+	if err != nil {
+		return nil, err
+	}
+	k := ServiceScopeKey(svc)
+	scope, err := resource.New(resource.ScopedRoute, k, ServiceScope(k, svc))
+	if err != nil {
+		return nil, err
+	}
+	r, loaded := routings.LoadOrStore(key, &serviceRouting{routes: routes, scope: scope})
+	if !loaded {
+		runtime.AddCleanup(svc, func(key weak.Pointer[mesh.Service]) { routings.Delete(key) }, key)
+	}
+	return r.(*serviceRouting), nil
 }

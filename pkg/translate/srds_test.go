@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
@@ -103,5 +104,34 @@ func TestScopesPerNamespace(t *testing.T) {
 		if got := fmt.Sprint(names(tc.n)); got != tc.want {
 			t.Errorf("%s: scopes %s, want %s", tc.n.ID, got, tc.want)
 		}
+	}
+}
+
+// TestServiceRoutingReused: a snapshot that shares a *mesh.Service with an earlier one
+// (as discovery's incremental builds do for the Services a change did not touch) shares
+// its route configuration and scope, the very resources; a Service that changed gets its
+// own, equal to building them afresh.
+func TestServiceRoutingReused(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Routes = nil
+	b.Services[1] = &changed
+	pa, pb := mustProxy(t, mustNew(t, a), nodeLocal), mustProxy(t, mustNew(t, b), nodeLocal)
+	for _, typ := range []resource.Type{resource.Route, resource.ScopedRoute} {
+		ra, _ := pa.Views[typ].Get("app-1.default")
+		rb, _ := pb.Views[typ].Get("app-1.default")
+		if ra == nil || ra != rb {
+			t.Errorf("%s of the unchanged app-1.default: not the same resource in both snapshots", typ)
+		}
+	}
+	old, _ := pa.Views[resource.Route].Get("app-2.default")
+	got, _ := pb.Views[resource.Route].Get("app-2.default")
+	want, err := resource.New(resource.Route, "app-2.default", ServiceRouteConfiguration(&changed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.Hash == old.Hash || got.Hash != want.Hash {
+		t.Errorf("routes of the changed app-2.default: hash %v, want %s (was %s)", got, want.Hash, old.Hash)
 	}
 }

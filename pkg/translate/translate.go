@@ -148,13 +148,11 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 			if clas[i], err = resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc)); err != nil {
 				return err
 			}
-			if routes[i], err = resource.New(resource.Route, ServiceRouteName(svc), ServiceRouteConfiguration(svc)); err != nil {
+			r, err := routingOf(svc)
+			if err != nil {
 				return err
 			}
-			key := ServiceScopeKey(svc)
-			if scopes[i], err = resource.New(resource.ScopedRoute, key, ServiceScope(key, svc)); err != nil {
-				return err
-			}
+			routes[i], scopes[i] = r.routes, r.scope
 		}
 		return nil
 	}); err != nil {
