@@ -117,8 +117,11 @@ type Client struct {
 	// LDS waits.
 	initializing bool
 	// routes are the route configuration names the listeners refer to, scopeRoutes
-	// those the scopes refer to (while a listener takes scopes).
+	// those the scopes refer to.
 	routes, scopeRoutes map[string]bool
+	// listenersSeen: an LDS response was applied; Envoy's server initialization ends
+	// with the first.
+	listenersSeen bool
 	// heldAck is the ACK of the latest CDS response, held while its clusters warm.
 	heldAck *discoveryv3.DiscoveryRequest
 	// secretWait counts the clusters whose own initialization is done and that wait
@@ -306,9 +309,9 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 		}
 	}
 	c.routes = want
-	if !scoped {
-		c.scopeRoutes = map[string]bool{}
-	}
+	// The scopes' route configurations stay subscribed when the listener that took
+	// scopes goes: Envoy keeps the SRDS subscription, and the RDS ones it made, after
+	// the listener (seen on Envoy 1.36.4 by TestClientMatchesEnvoy).
 	want = c.wantRoutes()
 	c.types[LDS].cache = next
 	// A listener's secrets start when Envoy creates the listener: at once, since it
@@ -334,12 +337,19 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	}
 	c.listenerNamed = named
 	out := c.resubscribe(RDS, added, want)
-	if scoped && !c.types[SRDS].requested {
+	if scoped && !c.types[SRDS].requested && !c.listenersSeen {
 		// A connection manager with scoped_rds subscribes to the scopes, with no names:
 		// Envoy takes each SRDS response as the whole set of scopes, as for LDS.
+		//
+		// Only from the first LDS response: Envoy 1.36 starts an SRDS subscription
+		// through the server's init manager, so one created by a listener that came
+		// after the server initialized never starts, and never asks for anything
+		// (seen on Envoy 1.36.4; fixed upstream by envoyproxy/envoy#43392). Listeners
+		// that come later share the subscription the first one started.
 		c.types[SRDS].requested = true
 		out = append(out, &discoveryv3.DiscoveryRequest{TypeUrl: SRDS.URL()})
 	}
+	c.listenersSeen = true
 	if dropped {
 		return append(out, c.resubscribe(SDS, startedSecrets, c.started)...)
 	}

@@ -106,6 +106,16 @@ func scopeKeyFilter(clusterDomain string) *hcmv3.HttpFilter {
 // outboundScopedRoutes is the outbound connection manager's routing: scopes over SRDS,
 // keyed by the whole value of ScopeKeyHeader (no element separator, index 0), and their
 // route configurations over RDS.
+//
+// Keep it the same from one bearkong version to the next. Envoy 1.36 shares one SRDS
+// subscription among the listeners whose scoped routes are configured alike, and
+// starts a new one only during its own initialization: a subscription created by a
+// listener that arrives later never asks for anything (envoyproxy/envoy#43392, fixed
+// after 1.36). The outbound listener comes in the first LDS response, so its
+// subscription starts, and a later update of the listener (another Lua source, access
+// logs) shares it; a change here would leave every running sidecar without outbound
+// routes until it restarts. TestClientMatchesEnvoy (test/e2e) holds this against the
+// pinned Envoy.
 // https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#envoy-v3-api-msg-extensions-filters-network-http-connection-manager-v3-scopedroutes-scopekeybuilder-fragmentbuilder-headervalueextractor
 func outboundScopedRoutes() *hcmv3.HttpConnectionManager_ScopedRoutes {
 	return &hcmv3.HttpConnectionManager_ScopedRoutes{ScopedRoutes: &hcmv3.ScopedRoutes{

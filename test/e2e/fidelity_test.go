@@ -321,24 +321,23 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("its secrets again", xdsclient.SDS, "s4", []proto.Message{workload(cert2PEM, key2PEM), bundle(cert2PEM)}, false)
 	// A listener whose filter chain terminates TLS with a secret no cluster names, and
 	// the roots the clusters share: Envoy asks for its routes and the new secret.
-	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle")}, false)
+	// With it, in the same (first) LDS response as in a sidecar, the outbound listener as
+	// pkg/translate builds it (on a free port): its connection manager takes scopes from
+	// SRDS by wildcard (no names), and each scope's route configuration from RDS once a
+	// scope names it.
+	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle"), outboundListener(t)}, false)
 	send("the listener's certificate", xdsclient.SDS, "s5", []proto.Message{&tlsv3.Secret{Name: "listener-cert",
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: certPEM}},
 			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: keyPEM}},
 		}}}}, false)
-	send("the listener gone", xdsclient.LDS, "l2", nil, false)
-	// The outbound listener as pkg/translate builds it, on a free port: its connection
-	// manager takes scopes from SRDS, by wildcard (no names), and each scope's route
-	// configuration from RDS once a scope names it.
 	svcA, svcB := svc("a", 0), svc("b", 0)
-	send("the outbound listener", xdsclient.LDS, "l3", []proto.Message{outboundListener(t)}, false)
 	send("scopes", xdsclient.SRDS, "sr1", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA)}, false)
 	send("their routes", xdsclient.RDS, "r1", []proto.Message{translate.ServiceRouteConfiguration(svcA)}, false)
 	send("a scope added", xdsclient.SRDS, "sr2", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA), translate.ServiceScope("b.default", svcB)}, false)
 	send("its routes", xdsclient.RDS, "r2", []proto.Message{translate.ServiceRouteConfiguration(svcB)}, false)
 	send("a scope gone", xdsclient.SRDS, "sr3", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA)}, false)
-	send("the outbound listener gone", xdsclient.LDS, "l4", nil, false)
+	send("the listener gone", xdsclient.LDS, "l2", nil, false)
 	send("a key that does not match", xdsclient.SDS, "s-bad", []proto.Message{workload(certPEM, key2PEM)}, true)
 	// The provider kept the rejected key: a new cluster that names it is rejected.
 	send("a TLS cluster after the NACKed key", xdsclient.CDS, "c9", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("u")}, true)
