@@ -230,7 +230,7 @@ func (cp *ControlPlane) handleReports(ctx context.Context) {
 // the mesh contract and from pods, not from user policy).
 func configPart(t resource.Type) mesh.ConfigPart {
 	switch t {
-	case resource.Route:
+	case resource.Route, resource.ScopedRoute:
 		return mesh.RoutesPart
 	case resource.Cluster:
 		return mesh.ClustersPart

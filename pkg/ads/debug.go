@@ -27,11 +27,12 @@ type StreamInfo struct {
 
 // TypeInfos holds the per-type state, in push order.
 type TypeInfos struct {
-	CDS TypeInfo `json:"cds"`
-	EDS TypeInfo `json:"eds"`
-	LDS TypeInfo `json:"lds"`
-	RDS TypeInfo `json:"rds"`
-	SDS TypeInfo `json:"sds"`
+	CDS  TypeInfo `json:"cds"`
+	EDS  TypeInfo `json:"eds"`
+	LDS  TypeInfo `json:"lds"`
+	SRDS TypeInfo `json:"srds"`
+	RDS  TypeInfo `json:"rds"`
+	SDS  TypeInfo `json:"sds"`
 }
 
 // Get returns the info of type t.
@@ -43,6 +44,8 @@ func (ti *TypeInfos) Get(t resource.Type) *TypeInfo {
 		return &ti.EDS
 	case resource.Listener:
 		return &ti.LDS
+	case resource.ScopedRoute:
+		return &ti.SRDS
 	case resource.Route:
 		return &ti.RDS
 	default:
