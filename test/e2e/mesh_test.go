@@ -132,7 +132,8 @@ func TestBootstrapValidatesWithEnvoy(t *testing.T) {
 	sharedMesh(t)
 	out := filepath.Join(t.TempDir(), "envoy.json")
 	cmd := exec.Command(filepath.Join(shared.binDir, "bearkong"), "bootstrap", "--pod-name", "app-9-x", "--pod-namespace", "default",
-		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure", "-o", out)
+		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure",
+		"--xds-protocol", meshXDSProtocol, "-o", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bearkong bootstrap: %v\n%s", err, b)
 	}
@@ -502,6 +503,7 @@ func TestControlPlaneRestart(t *testing.T) {
 	m := sharedMesh(t)
 	before := waitAllSynced(t, m)
 	ctx := ctxT(t, 120*time.Second)
+	envoyBefore := envoyXDSStats(t, m)
 
 	if err := m.StopControlPlane(); err != nil {
 		t.Fatal(err)
@@ -535,4 +537,5 @@ func TestControlPlaneRestart(t *testing.T) {
 	if err := m.WaitAllReachable(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	checkRestartSentNothingNew(t, m, envoyBefore, envoyXDSStats(t, m), after)
 }
