@@ -202,6 +202,7 @@ func TestBootstrapTokenRotation(t *testing.T) {
 		XDSRootCA:     pki.rootPEM,
 		XDSTokenFile:  token,
 		XDSServerName: "bearkong.bearkong-system.svc",
+		XDSProtocol:   XDSProtocolSotW, // the protocol recordingADS serves, whatever the default
 	})
 	rec.waitAuth(t, "Bearer token-one", 30*time.Second)
 
@@ -236,6 +237,7 @@ func TestBootstrapVerifiesServerName(t *testing.T) {
 	runEnvoyWithBootstrap(t, envoy, BootstrapOptions{
 		PodName: "app-1-a", PodNamespace: "default", AdminAddress: freeLoopbackPort(t),
 		XDSAddress: addr, XDSRootCA: pki.rootPEM, XDSTokenFile: token, XDSServerName: "someone-else.example",
+		XDSProtocol: XDSProtocolSotW, // the protocol recordingADS serves, whatever the default
 	})
 	rec.waitAuth(t, "Bearer token-one", 30*time.Second)
 
@@ -245,6 +247,7 @@ func TestBootstrapVerifiesServerName(t *testing.T) {
 	runEnvoyWithBootstrap(t, envoy, BootstrapOptions{
 		PodName: "app-1-b", PodNamespace: "default", AdminAddress: freeLoopbackPort(t),
 		XDSAddress: addr2, XDSRootCA: pki.rootPEM, XDSTokenFile: token, XDSServerName: "bearkong.bearkong-system.svc",
+		XDSProtocol: XDSProtocolSotW,
 	})
 	// Envoy retries within a second or two; five seconds is several attempts.
 	time.Sleep(5 * time.Second)
