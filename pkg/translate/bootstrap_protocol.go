@@ -19,7 +19,9 @@ const (
 )
 
 // DefaultXDSProtocol is the protocol of a bootstrap that names none
-// (BootstrapOptions.XDSProtocol "", `bearkong bootstrap` without --xds-protocol).
+// (BootstrapOptions.XDSProtocol "", `bearkong bootstrap` without --xds-protocol). To move
+// it, change this line and regenerate the bootstrap goldens (`go test ./pkg/translate
+// -update`); `make test` runs the whole e2e suite on it and the core tests on the other.
 const DefaultXDSProtocol = XDSProtocolSotW
 
 // XDSProtocols are the accepted values of BootstrapOptions.XDSProtocol, the default first.
