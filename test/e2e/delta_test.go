@@ -150,6 +150,10 @@ func TestDeletedServiceLeavesEnvoy(t *testing.T) {
 	}
 	for _, from := range callers {
 		eventually(t, 20*time.Second, func(ctx context.Context) error {
+			// Each attempt has its own time, so that the last one, cut by the
+			// deadline, does not hide what the one before it found.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
 			dump, err := m.EnvoyConfigDump(ctx, from)
 			if err != nil {
 				return err
@@ -211,6 +215,8 @@ func TestNACKShownInDebugStreams(t *testing.T) {
 	createRoute(t, regexRoute("nacked-bad", "nacked", map[string]string{discovery.SkipValidationAnnotation: "true"}))
 
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // see TestDeletedServiceLeavesEnvoy
+		defer cancel()
 		for _, p := range m.Pods() {
 			s, err := streamOf(ctx, m, p.Name)
 			if err != nil {
