@@ -39,12 +39,13 @@ test: install build
 # default): the 3x3 reachability table, every proxy synced with nothing rejected, no-op
 # changes that send nothing, scale up and graceful scale down, a Service joining, leaving
 # and deleted (its cluster gone from Envoy), unsubscribe and resubscribe, a route moved off
-# a deleted backend, a NACK in /debug/streams, a stalled proxy cut and resynced, and a
-# control-plane restart that sends nothing new. About 2 minutes.
+# a deleted backend, one cluster's policy changed, a NACK in /debug/streams, a stalled
+# proxy cut and resynced, and a control-plane restart that sends nothing new. About 2
+# minutes.
 E2E_CORE := TestSmokeEveryAppReachesEveryApp|TestBootstrapValidatesWithEnvoy|TestEnvoysAreSyncedAndAcceptEverything|\
 	TestNoOpChangesSendNothing|TestScaleUpAndGracefulScaleDown|TestServiceJoinsAndLeavesTheMesh|TestDeletedServiceLeavesEnvoy|\
-	TestRelabelLastMeshedService|TestRouteMovesOffDeletedBackend|TestNACKShownInDebugStreams|TestPausedEnvoyIsCutAndResyncs|\
-	TestControlPlaneRestart
+	TestRelabelLastMeshedService|TestRouteMovesOffDeletedBackend|TestClusterPolicyChangeReachesEnvoy|TestNACKShownInDebugStreams|\
+	TestPausedEnvoyIsCutAndResyncs|TestControlPlaneRestart
 empty :=
 space := $(empty) $(empty)
 .PHONY: test/e2e/core

@@ -15,6 +15,7 @@ import (
 	"github.com/bearkong/bearkong/internal/localmesh"
 	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/discovery"
+	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
 	"github.com/bearkong/bearkong/pkg/translate"
 )
@@ -259,6 +260,69 @@ func TestNACKShownInDebugStreams(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestClusterPolicyChangeReachesEnvoy changes one Service's connection limit
+// (mesh-max-connections), a change of its cluster alone, and reads the new limit back from
+// every proxy's /config_dump. Under delta each proxy is sent that one cluster and no
+// listener or route; under state of the world, the whole CDS set (logged, for comparison).
+func TestClusterPolicyChangeReachesEnvoy(t *testing.T) {
+	m := sharedMesh(t)
+	const svc = "tuned"
+	withService(t, m, svc, nil, map[string]string{})
+	waitAllSynced(t, m)
+	cluster := svc + "." + m.Namespace()
+	sent := func(mt map[string]float64, typ resource.Type) float64 {
+		return mt[`bearkong_xds_resources_sent_total{type="`+typ.String()+`"}`]
+	}
+	bytesSent := func(mt map[string]float64) float64 {
+		n := 0.0
+		for _, typ := range objectTypes {
+			n += mt[`bearkong_xds_bytes_sent_total{type="`+typ.String()+`"}`]
+		}
+		return n
+	}
+	mt0 := cpMetrics(t, m)
+	if err := m.SetServiceAnnotations(ctxT(t, 10*time.Second), svc, map[string]string{mesh.AnnotationMaxConnections: "7"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range m.Pods() {
+		eventually(t, 20*time.Second, func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // see TestDeletedServiceLeavesEnvoy
+			defer cancel()
+			dump, err := m.EnvoyConfigDump(ctx, p.Name)
+			if err != nil {
+				return err
+			}
+			c, err := dumpedCluster(dump, cluster)
+			if err != nil {
+				return err
+			}
+			th := objs(obj(c, "circuit_breakers")["thresholds"])
+			if len(th) == 0 || th[0]["max_connections"] != 7.0 {
+				return fmt.Errorf("%s: %s's circuit breakers %v, want max_connections 7", p.Name, cluster, th)
+			}
+			return nil
+		})
+	}
+	waitAllSynced(t, m)
+	mt1 := cpMetrics(t, m)
+	proxies := float64(len(m.Pods()))
+	t.Logf("on %s: per proxy, %.1f clusters, %.1f assignments, %.1f listeners and %.1f routes sent; %.0f bytes",
+		meshXDSProtocol, (sent(mt1, resource.Cluster)-sent(mt0, resource.Cluster))/proxies, (sent(mt1, resource.Endpoint)-sent(mt0, resource.Endpoint))/proxies,
+		(sent(mt1, resource.Listener)-sent(mt0, resource.Listener))/proxies, (sent(mt1, resource.Route)-sent(mt0, resource.Route))/proxies,
+		(bytesSent(mt1)-bytesSent(mt0))/proxies)
+	if meshXDSProtocol != translate.XDSProtocolDelta {
+		return
+	}
+	if d := sent(mt1, resource.Cluster) - sent(mt0, resource.Cluster); d != proxies {
+		t.Errorf("%v clusters sent for one Service's policy, want one per proxy (%v)", d, proxies)
+	}
+	for _, typ := range []resource.Type{resource.Listener, resource.Route} {
+		if d := sent(mt1, typ) - sent(mt0, typ); d != 0 {
+			t.Errorf("%v %s resources sent for a cluster's policy, want none", d, typ)
+		}
+	}
 }
 
 // checkRestartSentNothingNew compares each Envoy's xDS stats before and after a restart
