@@ -44,7 +44,8 @@ func streams(ctx context.Context, m *localmesh.Mesh) ([]ads.StreamInfo, error) {
 func nodeID(p localmesh.Pod) string { return p.Name + "." + p.Namespace }
 
 // waitAllSynced waits until /debug/streams shows exactly one stream per pod of the mesh,
-// SYNCED on every type, and returns it keyed by node id.
+// in the protocol the mesh runs (meshXDSProtocol), SYNCED on every type, and returns it
+// keyed by node id.
 func waitAllSynced(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
 	t.Helper()
 	var byNode map[string]ads.StreamInfo
@@ -64,6 +65,9 @@ func waitAllSynced(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
 			s, ok := byNode[nodeID(p)]
 			if !ok {
 				return fmt.Errorf("no stream for %s", nodeID(p))
+			}
+			if s.Protocol != meshXDSProtocol {
+				return localmesh.Permanent(fmt.Errorf("%s speaks %q, want %q (%s)", s.Node, s.Protocol, meshXDSProtocol, xdsProtocolEnv))
 			}
 			for _, typ := range resource.Types {
 				ti := s.Types.Get(typ)
