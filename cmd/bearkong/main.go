@@ -416,6 +416,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	fs.StringVar(&o.XDSProtocol, "xds-protocol", envOr("BEARKONG_XDS_PROTOCOL", translate.DefaultXDSProtocol), "xDS protocol of the ADS stream: "+strings.Join(translate.XDSProtocols, " or ")+" (state of the world, or incremental); $BEARKONG_XDS_PROTOCOL sets the default")
 	fs.BoolVar(&o.XDSInsecure, "xds-insecure", insecure, "plaintext xDS without credentials, for development only; the control plane must run with --xds-insecure too (default $BEARKONG_XDS_INSECURE)")
 	out := fs.String("o", "-", "write the bootstrap to this file instead of stdout")
 	if err := fs.Parse(args); err != nil {

@@ -60,6 +60,10 @@ func TestRun(t *testing.T) {
 		{"bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,127.0.0.1:5001"}, "", `"portValue": 5001`},
 		{"secure bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-address", "10.0.0.1:5000,10.0.0.2:5000", "--xds-server-name", "bearkong.bearkong-system.svc"}, "", `"targetUri": "ipv4:10.0.0.1:5000,10.0.0.2:5000"`},
 		{"bootstrap with an empty xds address item", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,"}, "empty item", ""},
+		{"bootstrap on delta", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "delta"}, "", `"apiType": "DELTA_GRPC"`},
+		{"bootstrap on sotw", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "sotw"}, "", `"apiType": "GRPC"`},
+		{"secure bootstrap on delta", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-protocol", "delta"}, "", `"apiType": "DELTA_GRPC"`},
+		{"bootstrap on an unknown protocol", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "incremental"}, `xds protocol "incremental" is not one of: sotw, delta`, ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
 	for _, c := range cases {

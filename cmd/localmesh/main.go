@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -18,6 +19,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -25,6 +28,7 @@ import (
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/localmesh"
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/translate"
 )
 
 func main() {
@@ -42,6 +46,7 @@ type config struct {
 	replicas         int
 	noPrometheus     bool
 	envoyLogLevel    string
+	xdsProtocol      string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -55,11 +60,15 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.replicas, "replicas", 2, "how many control-plane replicas to run: each serves xDS, the holder of the Lease writes to the API")
 	fs.BoolVar(&cfg.noPrometheus, "no-prometheus", false, "do not start Prometheus")
 	fs.StringVar(&cfg.envoyLogLevel, "envoy-log-level", "warn", "Envoy --log-level")
+	fs.StringVar(&cfg.xdsProtocol, "xds-protocol", "", "xDS protocol of every sidecar: "+strings.Join(translate.XDSProtocols, " or ")+" (default: the bootstrap's, "+translate.DefaultXDSProtocol+")")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	if cfg.replicas < 1 {
 		return config{}, fmt.Errorf("-replicas %d: want at least 1", cfg.replicas)
+	}
+	if cfg.xdsProtocol != "" && !slices.Contains(translate.XDSProtocols, cfg.xdsProtocol) {
+		return config{}, fmt.Errorf("-xds-protocol %q: want one of %s", cfg.xdsProtocol, strings.Join(translate.XDSProtocols, ", "))
 	}
 	if cfg.binDir == "" || cfg.stateDir == "" {
 		root, err := kubeenv.RepoRoot()
@@ -139,6 +148,7 @@ func run(args []string, out io.Writer) (err error) {
 		EnvoyBin:      filepath.Join(cfg.binDir, "envoy"),
 		DemoAppBin:    filepath.Join(cfg.binDir, "demo-app"),
 		EnvoyLogLevel: cfg.envoyLogLevel,
+		XDSProtocol:   cfg.xdsProtocol,
 		XDSAddr:       cfg.xdsAddr,
 		HTTPAddr:      cfg.httpAddr,
 		Logf:          logf,
@@ -166,7 +176,7 @@ func run(args []string, out io.Writer) (err error) {
 		}
 	}
 
-	step("creating services and starting pods (demo app + Envoy each)")
+	step("creating services and starting pods (demo app + Envoy each, xDS protocol %s)", cmp.Or(cfg.xdsProtocol, translate.DefaultXDSProtocol))
 	if err := m.AddApps(ctx, localmesh.DemoApps); err != nil {
 		return err
 	}

@@ -395,6 +395,9 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 		"--xds-address", m.xdsAddressList(),
 		"-o", bootstrap,
 	}
+	if m.opts.XDSProtocol != "" {
+		args = append(args, "--xds-protocol", m.opts.XDSProtocol)
+	}
 	if name := m.xdsServerName(); name != "" && !m.opts.XDSInsecure {
 		args = append(args, "--xds-server-name", name)
 	}

@@ -81,6 +81,9 @@ type BootstrapOptions struct {
 	// XDSInsecure connects to the control plane in plaintext without credentials: for
 	// development only; the control plane must run with --xds-insecure too.
 	XDSInsecure bool
+	// XDSProtocol is the xDS protocol of the ADS stream, XDSProtocolSotW or
+	// XDSProtocolDelta (see XDSProtocols); "" is DefaultXDSProtocol.
+	XDSProtocol string
 }
 
 // Bootstrap returns the Envoy bootstrap of a sidecar: the node identity, the admin
@@ -120,6 +123,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		errs = append(errs, err)
 	}
 	adminHost, adminPort, err := splitIPPort("admin address", o.AdminAddress)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	apiType, err := adsAPIType(o.XDSProtocol)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -172,8 +179,9 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			// One gRPC stream carries every type, so the control plane can order a push
 			// (CDS, EDS, LDS, RDS) and avoid traffic drops while config changes:
 			// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#aggregated-discovery-service
+			// Its protocol, state of the world or delta, is o.XDSProtocol's.
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_GRPC,
+				ApiType:             apiType,
 				TransportApiVersion: corev3.ApiVersion_V3,
 				GrpcServices:        []*corev3.GrpcService{grpcService},
 				// The node (with its metadata) is sent once per stream, not on every

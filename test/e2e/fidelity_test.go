@@ -145,7 +145,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	adminAddr := adminLis.Addr().String()
 	adminLis.Close()
 	b, err := translate.Bootstrap(translate.BootstrapOptions{PodName: "fidelity", PodNamespace: "default",
-		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true})
+		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true,
+		// scriptedADS and internal/xdsclient speak state of the world, whatever the mesh runs.
+		XDSProtocol: translate.XDSProtocolSotW})
 	if err != nil {
 		t.Fatal(err)
 	}
