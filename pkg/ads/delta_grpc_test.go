@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/bearkong/bearkong/internal/xdstest"
@@ -28,7 +29,8 @@ type deltaClient struct {
 	resps  chan *discoveryv3.DeltaDiscoveryResponse
 }
 
-func dialDelta(t *testing.T, addr string) *deltaClient {
+// dialDelta opens a delta stream to addr, with the request metadata md (key, value...).
+func dialDelta(t *testing.T, addr string, md ...string) *deltaClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -37,6 +39,9 @@ func dialDelta(t *testing.T, addr string) *deltaClient {
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	if len(md) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, md...)
+	}
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -306,4 +311,33 @@ func streamsOf(t *testing.T, e *env, protocol string) float64 {
 	}
 	t.Fatalf("no bearkong_xds_connected_streams_by_protocol{protocol=%q}", protocol)
 	return 0
+}
+
+// TestDeltaIsAuthenticated: Options.Authenticate vets a delta stream's node as it does a
+// SotW one's: without the token nothing is resolved or sent; with it the stream runs as
+// the node the authenticator returned.
+func TestDeltaIsAuthenticated(t *testing.T) {
+	e := startAuth(t, tokenAuth)
+	st := deltaRefusal(t, e.addr, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "pod-a.ns"}, TypeUrl: xdstest.ClusterType})
+	if st.Code() != codes.Unauthenticated {
+		t.Fatalf("status %v %q, want Unauthenticated", st.Code(), st.Message())
+	}
+	select {
+	case n := <-e.resolved:
+		t.Fatalf("Resolve was called for %q on a refused stream", n.GetId())
+	default:
+	}
+	if got := authFailures(t, e, ads.ReasonUnauthenticated); got != 1 {
+		t.Fatalf("auth failures{unauthenticated} = %v, want 1", got)
+	}
+
+	c := dialDelta(t, e.addr, "authorization", "Bearer "+secretToken)
+	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "pod-a.ns"}, TypeUrl: xdstest.ClusterType})
+	if got := deltaNames(c.next(xdstest.ClusterType)); !slices.Equal(got, []string{"app-1"}) {
+		t.Fatalf("CDS: %v", got)
+	}
+	n := <-e.resolved
+	if n.GetMetadata().GetFields()["verified"].GetStringValue() != "yes" {
+		t.Fatalf("resolved with node %v, not the authenticator's", n)
+	}
 }
