@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -254,7 +255,7 @@ func deltaRefusal(t *testing.T, addr string, reqs ...*discoveryv3.DeltaDiscovery
 // TestDeltaSharesTheStreamRules: the limits, node checks and refusals of the SotW side
 // hold on delta streams, counted in the same metrics.
 func TestDeltaSharesTheStreamRules(t *testing.T) {
-	e := startLimited(t, ads.Options{Limits: ads.Limits{MaxResourceNames: 10, MaxStreamsPerNode: 1}}, nil, slog.LevelInfo)
+	e := startLimited(t, ads.Options{Limits: ads.Limits{MaxResourceNames: 10, MaxStreamsPerNode: 1, MaxNackDetailBytes: 64}}, nil, slog.LevelInfo)
 	w := world{endpoints: map[string]int{"app-1": 1}, routeTag: map[string]string{}}
 	e.set(t, w)
 	for _, tc := range []struct {
@@ -281,6 +282,30 @@ func TestDeltaSharesTheStreamRules(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("a NACK's detail is cut to MaxNackDetailBytes", func(t *testing.T) {
+		c := dialDelta(t, e.addr)
+		c.send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "nacker"}, TypeUrl: xdstest.ClusterType})
+		r := c.next(xdstest.ClusterType)
+		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xdstest.ClusterType, ResponseNonce: r.Nonce,
+			ErrorDetail: &status.Status{Code: 3, Message: strings.Repeat("x", 10<<10)}})
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if s := e.srv.Streams("nacker"); len(s) == 1 && s[0].Types.CDS.LastNack != nil {
+				if m := s[0].Types.CDS.LastNack.Message; len(m) > 200 || !strings.HasPrefix(m, strings.Repeat("x", 64)) {
+					t.Fatalf("NACK message kept: %d bytes: %.100q", len(m), m)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no NACK recorded: %+v", e.srv.Streams("nacker"))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := metric(t, e, "bearkong_xds_nack_detail_truncated_total", "", ""); n != 1 {
+			t.Fatalf("bearkong_xds_nack_detail_truncated_total = %v, want 1", n)
+		}
+	})
 
 	t.Run("a node has at most MaxStreamsPerNode streams, whatever their protocol", func(t *testing.T) {
 		sotw := e.connect(t, "twice", nil)
