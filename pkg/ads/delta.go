@@ -126,19 +126,12 @@ func (ts *deltaType) mustAnswer(name string) {
 // be tested request by request. The stream loop feeds it requests and configs and sends
 // what it returns, in order.
 type deltaSession struct {
-	nonce        uint64
-	cur          *resource.Proxy
-	curChangedAt time.Time
-	types        [resource.NumTypes]deltaType
-	now          func() time.Time
-	metrics      *Metrics
+	sessionCore
+	types [resource.NumTypes]deltaType
 }
 
 func newDeltaSession(m *Metrics, now func() time.Time) *deltaSession {
-	if now == nil {
-		now = time.Now
-	}
-	s := &deltaSession{now: now, metrics: m}
+	s := &deltaSession{sessionCore: newSessionCore(m, now)}
 	for i := range s.types {
 		s.types[i].status = NotSent
 	}
