@@ -48,6 +48,22 @@ func TestDeltaWithEnvoy(t *testing.T) {
 		t.Fatal("app-3's cluster is not in Envoy's /config_dump")
 	}
 
+	// A change that means nothing to the mesh sends nothing.
+	svc1, err := h.client.CoreV1().Services("default").Get(ctx, "app-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc1.Annotations, svc1.ResourceVersion = map[string]string{"owner": "team-a"}, "2"
+	if _, err := h.client.CoreV1().Services("default").Update(ctx, svc1, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // proof that nothing is sent needs a wait: the quiet period is 10 ms
+	if s := waitStreamSynced(t, h, deltaNodeID, 0, 10*time.Second); s.ID != first.ID ||
+		s.Types.CDS.Pushes != first.Types.CDS.Pushes || s.Types.EDS.Pushes != first.Types.EDS.Pushes ||
+		s.Types.LDS.Pushes != first.Types.LDS.Pushes || s.Types.RDS.Pushes != first.Types.RDS.Pushes {
+		t.Fatalf("a no-op change pushed: before %+v\nafter %+v", first.Types, s.Types)
+	}
+
 	// A Service comes: its cluster arrives.
 	if _, err := h.client.CoreV1().Services("default").Create(ctx, service("app-4"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

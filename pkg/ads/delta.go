@@ -126,19 +126,12 @@ func (ts *deltaType) mustAnswer(name string) {
 // be tested request by request. The stream loop feeds it requests and configs and sends
 // what it returns, in order.
 type deltaSession struct {
-	nonce        uint64
-	cur          *resource.Proxy
-	curChangedAt time.Time
-	types        [resource.NumTypes]deltaType
-	now          func() time.Time
-	metrics      *Metrics
+	sessionCore
+	types [resource.NumTypes]deltaType
 }
 
 func newDeltaSession(m *Metrics, now func() time.Time) *deltaSession {
-	if now == nil {
-		now = time.Now
-	}
-	s := &deltaSession{now: now, metrics: m}
+	s := &deltaSession{sessionCore: newSessionCore(m, now)}
 	for i := range s.types {
 		s.types[i].status = NotSent
 	}
@@ -186,11 +179,18 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 			if ts.rejected == nil {
 				ts.rejected = map[string]string{}
 			}
+			// Only what the server still takes the client to hold from that response:
+			// a later response may already have sent newer content (or removed it),
+			// and that one gets its own answer.
 			for _, r := range answered.resp.Resources {
-				ts.rejected[r.Name] = r.Version
+				if h, ok := ts.held(r.Name); ok && h == r.Version {
+					ts.rejected[r.Name] = r.Version
+				}
 			}
 			for _, n := range answered.resp.RemovedResources {
-				ts.rejected[n] = "" // a removal rejected with the rest
+				if _, ok := ts.held(n); !ok {
+					ts.rejected[n] = "" // a removal rejected with the rest
+				}
 			}
 			ts.onNack(s.metrics, t, answered.resp.SystemVersionInfo, answered.resp.Nonce, req.GetErrorDetail().GetMessage(), s.now())
 			// Nothing is resent: the client is taken to hold what it rejected, so only

@@ -403,6 +403,22 @@ func TestDeltaSession(t *testing.T) {
 		}
 	})
 
+	t.Run("a NACK of a response that a later one already superseded asks for nothing more", func(t *testing.T) {
+		// The fix (here: new content from a quarantine) went out before the proxy's NACK
+		// of the bad response came back; its ACK ends the matter.
+		s := dsynced(t)
+		drun(t, s, []dstep{{config: with(base, resource.Route, "outbound", "bad"), want: []dsent{{typ: resource.Route, sent: []string{"outbound=bad"}}}}})
+		bad := s.types[resource.Route].nonce
+		drun(t, s, []dstep{
+			{config: with(base, resource.Route, "outbound", "quarantined"), want: []dsent{{typ: resource.Route, sent: []string{"outbound=quarantined"}}}},
+			{req: dnack(resource.Route, bad, "route outbound: invalid"), wantKind: NACK},
+			ack(s, resource.Route),
+		})
+		if rds := s.types[resource.Route]; rds.status != Synced || rds.nacks != 1 || rds.pushes != 3 {
+			t.Fatalf("RDS: %+v", rds.typeStats)
+		}
+	})
+
 	t.Run("an ACK of an older response in flight is no stale request", func(t *testing.T) {
 		s := dsynced(t)
 		drun(t, s, []dstep{

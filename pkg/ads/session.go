@@ -222,20 +222,29 @@ func (ts *typeState) forget() {
 // request by request. The stream loop feeds it requests and configs and sends what it
 // returns, in order.
 type session struct {
-	nonce uint64
+	sessionCore
+	types [resource.NumTypes]typeState
+}
+
+// sessionCore is what the sessions of both protocols keep beside their per-type state.
+type sessionCore struct {
+	nonce uint64 // the stream's nonce counter
 	cur   *resource.Proxy
 	// curChangedAt is when the Kubernetes change behind cur was observed.
 	curChangedAt time.Time
-	types        [resource.NumTypes]typeState
 	now          func() time.Time
 	metrics      *Metrics
 }
 
-func newSession(m *Metrics, now func() time.Time) *session {
+func newSessionCore(m *Metrics, now func() time.Time) sessionCore {
 	if now == nil {
 		now = time.Now
 	}
-	s := &session{now: now, metrics: m}
+	return sessionCore{now: now, metrics: m}
+}
+
+func newSession(m *Metrics, now func() time.Time) *session {
+	s := &session{sessionCore: newSessionCore(m, now)}
 	for i := range s.types {
 		s.types[i].status = NotSent
 	}
