@@ -109,6 +109,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	leRetry := fs.Duration("leader-election-retry-period", discovery.DefaultRetryPeriod, "interval between tries to take or renew the Lease")
 	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
+	defaultAccessLog := fs.String("default-access-log", string(mesh.AccessLogOff), "access-log format of the Services without a mesh-access-log annotation: json, text or off")
 	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	// Limits on what one xDS client can make the control plane hold, log or do (README,
@@ -180,6 +181,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	accessLog, err := mesh.ParseAccessLogFormat(*defaultAccessLog)
+	if err != nil {
+		return fmt.Errorf("--default-access-log: %w", err)
+	}
 	if err := translate.ValidateTrustDomain(*trustDomain); err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
@@ -227,7 +232,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DebugAddr: *debugAddr, DrainTimeout: *drain,
 		MaxConnectionAge: *connAge, MaxConnectionAgeGrace: *connAgeGrace, Logger: log, Registry: reg, Limits: limits,
-		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
+		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny, DefaultAccessLog: accessLog},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
 	}

@@ -144,6 +144,7 @@ func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool)
 		UpgradeConfigs:    upgradeConfigs,
 	}
 	harden(hcm)
+	preserveRequestID(hcm)
 	if dir == corev3.TrafficDirection_OUTBOUND {
 		hcm.LocalReplyConfig = noEndpointReply
 	} else {
