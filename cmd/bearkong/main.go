@@ -407,6 +407,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	var o translate.BootstrapOptions
 	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the pod's name (default $POD_NAME, from the downward API)")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the pod's namespace (default $POD_NAMESPACE, from the downward API)")
+	fs.StringVar(&o.Workload, "workload", os.Getenv("WORKLOAD"), "the pod's workload, named by the mesh_workload label of every sidecar stat (default $WORKLOAD, else the pod's name; in a cluster, the pod's app label from the downward API)")
 	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", translate.DefaultListenIP), "address the inbound listener (8000) binds")
 	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")

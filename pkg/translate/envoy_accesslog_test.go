@@ -163,3 +163,101 @@ func TestEnvoyAccessLogs(t *testing.T) {
 		t.Errorf("Envoy warned:\n%s", strings.Join(w, "\n"))
 	}
 }
+
+// TestEnvoyGoldenSignalLabels checks, on a real Envoy's /stats/prometheus, the labels
+// the golden-signal queries (manifests/) group by: the bootstrap's workload tags on the
+// caller's per-Service cluster stats, next to the Service's envoy_cluster_name, and on
+// the callee's inbound connection-manager stats.
+func TestEnvoyGoldenSignalLabels(t *testing.T) {
+	ip := freeLoopbackIP(t)
+	outIP := freeLoopbackIP(t)
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	ep := []mesh.Endpoint{{IP: ip, Pod: "app-1-0"}}
+	snap := &mesh.Snapshot{
+		Services: []*mesh.Service{{Namespace: "default", Name: "app-1", Endpoints: ep, ServiceAccounts: []string{"test"}}},
+		Proxies:  map[string]*mesh.Proxy{"default/app-1-0": {Namespace: "default", Name: "app-1-0", IP: ip, Services: []string{"default/app-1"}, ServiceAccount: "test"}},
+	}
+	n := Node{ID: "app-1-0.default", PodNamespace: "default", PodName: "app-1-0", ListenIP: ip, OutboundIP: outIP}
+	e := startEnvoy(t, snap, n, Options{}, app)
+	if status, body := e.do(t, e.outbound, "/", [2]string{"service", "app-1"}); status != 200 {
+		t.Fatalf("app-1: %d %q", status, body)
+	}
+	// startEnvoy's bootstrap leaves the workload to its default, the pod name.
+	caller := map[string]string{"mesh_namespace": "default", "mesh_workload": "app-1-0", "envoy_cluster_name": "default/app-1"}
+	callee := map[string]string{"mesh_namespace": "default", "mesh_workload": "app-1-0", "envoy_http_conn_manager_prefix": "inbound"}
+	with := func(m map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for k, v := range m {
+			out[k] = v
+		}
+		return out
+	}
+	wants := []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"envoy_cluster_upstream_rq_total", caller},
+		{"envoy_cluster_upstream_rq_xx", with(caller, "envoy_response_code_class", "2")},
+		{"envoy_cluster_upstream_rq_time_bucket", with(caller, "le", "+Inf")},
+		{"envoy_http_downstream_rq_xx", with(callee, "envoy_response_code_class", "2")},
+		{"envoy_http_downstream_rq_time_bucket", with(callee, "le", "+Inf")},
+	}
+	// Histograms reach the admin API at the next stats flush (5 s by default).
+	var missing []string
+	var page string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := e.client.Get(e.admin + "/stats/prometheus")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		_, err = b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		page = b.String()
+		missing = nil
+		for _, w := range wants {
+			if !hasSample(page, w.name, w.labels) {
+				missing = append(missing, fmt.Sprintf("%s%v", w.name, w.labels))
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if len(missing) > 0 {
+		t.Errorf("/stats/prometheus has no sample of value 1 for:\n\t%s\n%s", strings.Join(missing, "\n\t"), grepLines([]byte(page), "envoy_cluster_upstream_rq_total{"))
+	}
+}
+
+// hasSample reports whether a Prometheus text page holds a sample of metric name whose
+// labels include labels and whose value is 1.
+func hasSample(page, name string, labels map[string]string) bool {
+	for _, line := range strings.Split(page, "\n") {
+		rest, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
+			continue
+		}
+		ls, value, ok := strings.Cut(rest, "} ")
+		if !ok || value != "1" {
+			continue
+		}
+		have := map[string]string{}
+		for _, kv := range strings.Split(ls, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			have[k] = strings.Trim(v, `"`)
+		}
+		all := true
+		for k, v := range labels {
+			all = all && have[k] == v
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
