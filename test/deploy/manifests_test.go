@@ -517,6 +517,11 @@ func TestPrometheusConfigSelectsMeshPods(t *testing.T) {
 	if err := yaml.UnmarshalStrict([]byte(cm.Data["prometheus.yml"]), &cfg); err != nil {
 		t.Fatalf("prometheus.yml: %v", err)
 	}
+	// The alerts of rules.yaml, mounted by the Deployment from the ConfigMap
+	// prometheus-rules.
+	if !slices.Equal(cfg.RuleFiles, []string{"/etc/prometheus-rules/*.yaml"}) {
+		t.Errorf("rule_files %v, want the prometheus-rules ConfigMap's mount, /etc/prometheus-rules/*.yaml", cfg.RuleFiles)
+	}
 
 	// Every pod of every Deployment, one discovered target per declared container port.
 	type scrape struct{ job, addr, path, pod string }
@@ -585,6 +590,7 @@ type promConfig struct {
 		ScrapeInterval     string `json:"scrape_interval"`
 		EvaluationInterval string `json:"evaluation_interval"`
 	} `json:"global"`
+	RuleFiles     []string `json:"rule_files"`
 	ScrapeConfigs []struct {
 		JobName             string `json:"job_name"`
 		KubernetesSDConfigs []struct {
