@@ -384,8 +384,9 @@ func TestNACKAlertFires(t *testing.T) {
 	}
 	t.Logf("NACK at 0s; Prometheus saw it at %s; %s firing at %s (for %s, evaluation interval %s)",
 		seenAt.Sub(nacked).Round(100*time.Millisecond), nackAlert, firedAt.Sub(nacked).Round(100*time.Millisecond), forDur, interval)
-	// The query loop polls every half second and a query takes a moment: 1 s of slack.
-	if d := firedAt.Sub(seenAt); d > forDur+interval+time.Second {
+	// The measurement's own latency: the loop polls every half second, and each poll
+	// is two queries on a busy machine: 2 s of slack.
+	if d := firedAt.Sub(seenAt); d > forDur+interval+2*time.Second {
 		t.Errorf("%s fired %s after Prometheus saw the NACK, want within for (%s) + one evaluation interval (%s)", nackAlert, d, forDur, interval)
 	}
 	if d := firedAt.Sub(seenAt); d < forDur-time.Second {
