@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -260,4 +261,16 @@ func hasSample(page, name string, labels map[string]string) bool {
 		}
 	}
 	return false
+}
+
+// workloadTagRE matches the workload tags every sidecar stat carries (stats.go), with
+// the comma that separates them from the next label.
+var workloadTagRE = regexp.MustCompile(`(` + StatsTagNamespace + `|` + StatsTagWorkload + `)="[^"]*",?`)
+
+// withoutWorkloadTags removes the workload tags from Prometheus text, so that tests of
+// other labels read the series as they would without them.
+func withoutWorkloadTags(b []byte) []byte {
+	b = workloadTagRE.ReplaceAll(b, nil)
+	b = bytes.ReplaceAll(b, []byte(",}"), []byte("}"))
+	return bytes.ReplaceAll(b, []byte("{}"), nil)
 }
