@@ -16,7 +16,8 @@
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
-// listen and outbound IPs and mTLS mode shares its listeners, every proxy in a namespace shares the outbound routes,
+// listen and outbound IPs and mTLS mode shares its listeners (and, once some Service
+// logs its requests, the same Services too: the lines name them), every proxy in a namespace shares the outbound routes,
 // the replicas of an app share their inbound routes. Those keys come from the client, so
 // the caches are bounded by what the snapshot holds: every namespace without a meshed
 // Service shares one outbound entry, and the addresses of pods the snapshot does not know
