@@ -9,6 +9,7 @@ import (
 
 	"github.com/bearkong/bearkong/internal/xdstest"
 	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/resource"
 )
 
 // gauges reads the values of a gauge family by its labels, joined "type/status" (or
@@ -55,8 +56,8 @@ func TestStatusCollector(t *testing.T) {
 
 	// Before any stream: every series is there, at 0.
 	got := gauges(t, e, "bearkong_xds_proxies")
-	if len(got) != 5*4 {
-		t.Fatalf("bearkong_xds_proxies has %d series, want 20 (5 types x 4 statuses): %v", len(got), got)
+	if want := int(resource.NumTypes) * 4; len(got) != want {
+		t.Fatalf("bearkong_xds_proxies has %d series, want %d (%d types x 4 statuses): %v", len(got), want, resource.NumTypes, got)
 	}
 	for k, v := range got {
 		if v != 0 {
