@@ -150,6 +150,8 @@ run/apps:
 
 # Prometheus in the monitoring namespace, scraping bearkong and every sidecar.
 run/prometheus:
+	$(KUBECTL) apply -f manifests/prometheus/namespace.yaml
+	$(KUBECTL) -n monitoring create configmap prometheus-rules --from-file=manifests/prometheus/rules.yaml --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) apply -k manifests/prometheus
 	$(KUBECTL) -n monitoring rollout status deploy/prometheus --timeout=$(ROLLOUT_TIMEOUT)
 	@echo "kubectl -n monitoring port-forward svc/prometheus 9090  # then http://localhost:9090"

@@ -109,6 +109,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	leRetry := fs.Duration("leader-election-retry-period", discovery.DefaultRetryPeriod, "interval between tries to take or renew the Lease")
 	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
+	defaultAccessLog := fs.String("default-access-log", string(mesh.AccessLogOff), "access-log format of the Services without a mesh-access-log annotation: json, text or off")
 	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	// Limits on what one xDS client can make the control plane hold, log or do (README,
@@ -181,6 +182,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	accessLog, err := mesh.ParseAccessLogFormat(*defaultAccessLog)
+	if err != nil {
+		return fmt.Errorf("--default-access-log: %w", err)
+	}
 	if err := translate.ValidateTrustDomain(*trustDomain); err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
@@ -228,7 +233,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DebugAddr: *debugAddr, DrainTimeout: *drain,
 		MaxConnectionAge: *connAge, MaxConnectionAgeGrace: *connAgeGrace, Logger: log, Registry: reg, Limits: limits,
-		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
+		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny, DefaultAccessLog: accessLog},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
 	}
@@ -404,6 +409,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	var o translate.BootstrapOptions
 	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the pod's name (default $POD_NAME, from the downward API)")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the pod's namespace (default $POD_NAMESPACE, from the downward API)")
+	fs.StringVar(&o.Workload, "workload", os.Getenv("WORKLOAD"), "the pod's workload, named by the mesh_workload label of every sidecar stat (default $WORKLOAD, else the pod's name; in a cluster, the pod's app label from the downward API)")
 	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", translate.DefaultListenIP), "address the inbound listener (8000) binds")
 	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")

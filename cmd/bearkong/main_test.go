@@ -44,6 +44,7 @@ func TestRun(t *testing.T) {
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
 		{"cp with a bad default authz", []string{"cp", "--default-authz", "block"}, `--default-authz "block": want allow or deny`, ""},
+		{"cp with a bad default access log", []string{"cp", "--default-access-log", "JSON"}, `--default-access-log: must be json, text or off (lower case)`, ""},
 		{"cp with a zero node id limit", []string{"cp", "--xds-max-node-id-bytes", "0"}, "--xds-max-node-id-bytes 0: must be positive", ""},
 		{"cp with a negative stream limit", []string{"cp", "--xds-max-streams", "-1"}, "--xds-max-streams -1: must be positive", ""},
 		{"cp with a zero send timeout", []string{"cp", "--xds-send-timeout", "0s"}, "--xds-send-timeout 0s: must be positive", ""},

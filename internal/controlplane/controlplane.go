@@ -198,6 +198,8 @@ func New(src Source, o Options) *ControlPlane {
 		ao.Observe = cp.observe
 	}
 	cp.ads = ads.NewServer(ao)
+	// Streams by status, for the dashboard and the NACKED/STALE alerts (manifests/).
+	o.Registry.MustRegister(ads.NewStatusCollector(cp.ads))
 	return cp
 }
 

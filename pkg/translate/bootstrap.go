@@ -50,6 +50,10 @@ var DefaultAdminAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(mesh.AdminP
 type BootstrapOptions struct {
 	PodName      string
 	PodNamespace string
+	// Workload names the pod's workload in every stat of its sidecar (the mesh_workload
+	// tag, see stats.go): the caller in outbound stats, the callee in inbound ones.
+	// Typically the pod's app label, through the downward API; default PodName.
+	Workload string
 	// ListenIP is the bind address of the inbound listener (default DefaultListenIP).
 	// It travels to the control plane as node metadata.
 	ListenIP string
@@ -106,11 +110,17 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if o.AdminAddress == "" {
 		o.AdminAddress = DefaultAdminAddress
 	}
+	if o.Workload == "" {
+		o.Workload = o.PodName
+	}
 	var errs []error
 	if err := validatePodName("pod name", o.PodName); err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateNamespace("pod namespace", o.PodNamespace); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateWorkload(o.Workload); o.Workload != o.PodName && err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateIP("listen IP", o.ListenIP); err != nil {
@@ -193,6 +203,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			LdsConfig: adsConfigSource(),
 		},
 		LayeredRuntime: layeredRuntime(),
+		StatsConfig:    statsConfig(o.PodNamespace, o.Workload),
 	}, nil
 }
 

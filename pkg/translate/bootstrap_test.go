@@ -58,6 +58,8 @@ func TestBootstrapErrors(t *testing.T) {
 		{"missing pod name", with(func(o *BootstrapOptions) { o.PodName = "" }), []string{"pod name is missing"}},
 		{"missing namespace", with(func(o *BootstrapOptions) { o.PodNamespace = "" }), []string{"pod namespace is missing"}},
 		{"bad pod name", with(func(o *BootstrapOptions) { o.PodName = "App_1" }), []string{`pod name "App_1" is not a valid Kubernetes pod name`}},
+		{"bad workload", with(func(o *BootstrapOptions) { o.Workload = "app 1" }), []string{`workload "app 1" is not a valid Kubernetes label value`}},
+		{"workload too long for a label value", with(func(o *BootstrapOptions) { o.Workload = strings.Repeat("a", 64) }), []string{"is not a valid Kubernetes label value"}},
 		{"bad listen IP", with(func(o *BootstrapOptions) { o.ListenIP = "pod.local" }), []string{`listen IP "pod.local" is not an IP address`}},
 		{"bad outbound IP", with(func(o *BootstrapOptions) { o.OutboundIP = "localhost" }), []string{`outbound IP "localhost" is not an IP address`}},
 		{"bad app address", with(func(o *BootstrapOptions) { o.AppAddress = "localhost:9090" }), []string{`app address "localhost:9090": the host must be an IP address`}},

@@ -81,6 +81,7 @@ var bootstrapCases = []struct {
 	{"pod", BootstrapOptions{
 		PodName:      "app-1-7d4b9c-xk2lp",
 		PodNamespace: "default",
+		Workload:     "app-1", // the pod's app label, as manifests/apps set it
 		XDSAddress:   "bearkong.bearkong-system.svc:18000",
 		XDSRootCA:    []byte(testRootPEM),
 		XDSTokenFile: "/var/run/secrets/bearkong/token",

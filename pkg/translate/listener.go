@@ -163,6 +163,7 @@ func newHCM(name, routeName string, dir corev3.TrafficDirection, mtls bool) *hcm
 		UpgradeConfigs:    upgradeConfigs,
 	}
 	harden(hcm)
+	preserveRequestID(hcm)
 	if dir == corev3.TrafficDirection_OUTBOUND {
 		hcm.LocalReplyConfig = noEndpointReply
 	} else {

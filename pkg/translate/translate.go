@@ -16,8 +16,9 @@
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
-// listen and outbound IPs and mTLS mode shares its listeners, every proxy in a namespace shares its
-// short-name scopes, the replicas of an app share their inbound routes. Those keys come from the client, so
+// listen and outbound IPs and mTLS mode shares its listeners (and, once some Service
+// logs its requests, the same Services too: the lines name them), every proxy in a namespace shares its short-name scopes,
+// the replicas of an app share their inbound routes. Those keys come from the client, so
 // the caches are bounded by what the snapshot holds: every namespace without a meshed
 // Service shares one outbound entry, and the addresses of pods the snapshot does not know
 // share a small LRU (see boundedMemo). Output is sorted and marshalled
@@ -68,6 +69,8 @@ type Translator struct {
 	// (replicas usually share one), plus some slack for a pod that restarts with a
 	// new address before the snapshot says so.
 	knownLimit int
+	// accessLogs: some Service of the snapshot logs its requests (accesslog.go).
+	accessLogs bool
 }
 
 // Options are the inputs of a Translator that do not come from Kubernetes objects: the
@@ -88,6 +91,9 @@ type Options struct {
 	// enforced ALLOW AuthorizationPolicy denies every request (DefaultDenyBody). Off, a
 	// Service without policy lets every caller in.
 	DefaultDeny bool
+	// DefaultAccessLog is the access-log format of a Service without a valid
+	// mesh-access-log annotation ("" reads as off); see accesslog.go.
+	DefaultAccessLog mesh.AccessLogFormat
 }
 
 // DefaultClusterDomain is Kubernetes' default cluster domain (the kubelet's
@@ -142,7 +148,8 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 					return upstreamTLS(svc, opts.TrustDomain), nil
 				})
 			}
-			if clusters[i], err = resource.New(resource.Cluster, name, clusterWith(svc, ts)); err != nil {
+			c := setClusterAccessLog(clusterWith(svc, ts), ServiceAccessLog(svc, opts.DefaultAccessLog))
+			if clusters[i], err = resource.New(resource.Cluster, name, c); err != nil {
 				return err
 			}
 			if clas[i], err = resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc)); err != nil {
@@ -166,6 +173,7 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 		routes:     resource.NewSet(routes...),
 		scopes:     resource.NewSet(scopes...),
 		knownLimit: len(snap.Proxies) + unknownEntries,
+		accessLogs: anyAccessLog(snap.Services, opts.DefaultAccessLog),
 	}, nil
 }
 
@@ -201,9 +209,23 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 	known := p != nil
 
 	listenIP, outboundIP, appAddress, namespace, td, defaultDeny, domain := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain, t.opts.DefaultDeny, t.opts.ClusterDomain
-	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), known, t.knownLimit, func() (*resource.Set, error) {
+	// With access logs anywhere in the mesh, the listeners name the Services the proxy
+	// serves in their lines (accesslog.go), so they are shared by the proxies that serve
+	// the same Services; without, by address and mode alone.
+	listenerKey := listenIP + " " + outboundIP + " " + string(mode)
+	var inLog mesh.AccessLogFormat
+	logs := t.accessLogs
+	if logs {
+		inLog = inboundAccessLogFormat(t.services(serves), t.opts.DefaultAccessLog)
+		listenerKey += " " + string(inLog) + " " + strings.Join(serves, "\x00")
+	}
+	listeners, err := t.listeners.get(listenerKey, known, t.knownLimit, func() (*resource.Set, error) {
 		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
-		return newSet(resource.Listener, InboundListener(n, mode, td), OutboundListener(n, domain))
+		in, out := InboundListener(n, mode, td), OutboundListener(n, domain)
+		if logs {
+			in, out = withAccessLogs(in, inboundAccessLogs(inLog, serves)), withAccessLogs(out, outboundAccessLogs(serves))
+		}
+		return newSet(resource.Listener, in, out)
 	})
 	if err != nil {
 		return nil, err
