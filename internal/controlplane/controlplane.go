@@ -106,6 +106,8 @@ type Options struct {
 	// OnSnapshot, when set, is told of every snapshot that became the config, from the
 	// translate loop: it must not block.
 	OnSnapshot func(*mesh.Snapshot)
+	// TestHooks turns on the test hooks of testhooks.go on the debug listener. Tests only.
+	TestHooks bool
 }
 
 // ControlPlane is one running bearkong.
@@ -124,6 +126,9 @@ type ControlPlane struct {
 	// current is the config last handed to the ADS server, handed again at each
 	// certificate rotation.
 	current atomic.Pointer[ads.Config]
+	// intended is the current config before the test hooks, for /debug/config.
+	intended atomic.Pointer[intendedConfig]
+	hooks    *testHooks // nil unless Options.TestHooks
 	// secrets, when certificates are on, builds each proxy's SDS view.
 	secrets *secrets
 
@@ -194,6 +199,9 @@ func New(src Source, o Options) *ControlPlane {
 		ao.Observe = cp.observe
 	}
 	cp.ads = ads.NewServer(ao)
+	if o.TestHooks {
+		cp.hooks = newTestHooks(cp)
+	}
 	return cp
 }
 
@@ -350,7 +358,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var debugSrv *http.Server
 	if cp.debugLis != nil {
-		debugSrv = &http.Server{Handler: DebugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		debugSrv = &http.Server{Handler: cp.debugHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -472,6 +480,10 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 			return p, nil
 		},
 	}
+	cp.intended.Store(&intendedConfig{resolve: c.Resolve, snap: snap})
+	if cp.hooks != nil {
+		c.Resolve = cp.hooks.wrap(c.Resolve)
+	}
 	cp.current.Store(c)
 	cp.ads.SetConfig(c)
 	if cp.opts.OnSnapshot != nil {
@@ -486,6 +498,7 @@ func (cp *ControlPlane) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/streams", cp.ads.DebugHandler())
 	mux.HandleFunc("GET /debug/diagnostics", cp.diagnostics)
+	mux.HandleFunc("GET /debug/config", cp.debugConfig)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -526,6 +539,18 @@ func DebugHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// debugHandler is what the debug listener serves: DebugHandler, and the test hooks when
+// they are on.
+func (cp *ControlPlane) debugHandler() http.Handler {
+	if cp.hooks == nil {
+		return DebugHandler()
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/debug/pprof/", DebugHandler())
+	mux.Handle("/debug/testing/", cp.hooks)
 	return mux
 }
 
