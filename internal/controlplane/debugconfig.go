@@ -161,8 +161,9 @@ func decodeResource(res *resource.Resource) (json.RawMessage, error) {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
 	Redact(m)
-	// protojson's spacing is unstable on purpose; the encoder that embeds it compacts it.
-	b, err := protojson.Marshal(m)
+	// Field names as in the proto files and Envoy's /config_dump. protojson's spacing is
+	// unstable on purpose; the encoder that embeds it compacts it.
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode as JSON: %w", err)
 	}
