@@ -492,7 +492,8 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
 }
 
-// Handler serves /metrics, /debug/streams, /debug/diagnostics, /healthz and /readyz.
+// Handler serves /metrics, /debug/streams, /debug/config, /debug/diagnostics, /healthz and
+// /readyz.
 func (cp *ControlPlane) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
