@@ -2,6 +2,8 @@
 //
 //	bearkong cp         run the control plane (Kubernetes -> xDS)
 //	bearkong bootstrap  print the Envoy bootstrap every sidecar uses
+//	bearkong status     show every proxy's xDS state (status.go)
+//	bearkong config     show, or compare with Envoy, a proxy's config (config.go)
 //	bearkong version    print the version
 package main
 
@@ -48,6 +50,8 @@ const usage = `bearkong: a small service-mesh control plane for Envoy sidecars o
 Usage:
   bearkong cp [flags]         run the control plane (see 'bearkong cp -h')
   bearkong bootstrap [flags]  print the Envoy bootstrap for a sidecar (see 'bearkong bootstrap -h')
+  bearkong status [pod]       every proxy's xDS state, or one proxy's (see 'bearkong status -h')
+  bearkong config <pod>       a proxy's config, or --diff against its Envoy (see 'bearkong config -h')
   bearkong version            print the version
 `
 
@@ -72,6 +76,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCP(ctx, args[1:], stderr)
 	case "bootstrap":
 		return runBootstrap(args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "config":
+		return runConfig(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "bearkong", version)
 		return nil
@@ -135,7 +143,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	// bearkong's regex checks (discovery.SkipValidationAnnotation), so that the tests
 	// can send the proxies a config they reject and watch the quarantine work.
 	skipValidation := fs.Bool(unsafeSkipValidationFlag, false, "")
-	fs.Usage = func() { usageWithout(fs, unsafeSkipValidationFlag) }
+	// Testing only, hidden too: the test hooks of internal/controlplane/testhooks.go on
+	// the debug listener, which pause a proxy or make it NACK (README, "From the command line").
+	testHooks := fs.Bool(unsafeTestHooksFlag, false, "")
+	fs.Usage = func() { usageWithout(fs, unsafeSkipValidationFlag, unsafeTestHooksFlag) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -236,6 +247,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny, DefaultAccessLog: accessLog},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
+		TestHooks:    *testHooks,
 	}
 	opts.PrometheusURL = *promURL
 	if !sec.Insecure {
@@ -270,6 +282,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if sec.Insecure {
 		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
+	}
+	if *testHooks {
+		log.Warn("--"+unsafeTestHooksFlag+" is set: the debug listener can pause any proxy's config or make it NACK; for tests only", "debug", cp.DebugAddr())
 	}
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
@@ -335,13 +350,16 @@ func parseLimits(ints map[string]int, sendTimeout time.Duration, connStreams uin
 // unsafeSkipValidationFlag names the hidden testing flag of bearkong cp.
 const unsafeSkipValidationFlag = "unsafe-testing-skip-validation"
 
-// usageWithout prints fs's usage without the flag named hidden.
-func usageWithout(fs *flag.FlagSet, hidden string) {
+// unsafeTestHooksFlag names the hidden flag that turns the test hooks on.
+const unsafeTestHooksFlag = "unsafe-testing-hooks"
+
+// usageWithout prints fs's usage without the flags named hidden.
+func usageWithout(fs *flag.FlagSet, hidden ...string) {
 	fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name())
 	all := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
 	all.SetOutput(fs.Output())
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name != hidden {
+		if !slices.Contains(hidden, f.Name) {
 			all.Var(f.Value, f.Name, f.Usage)
 		}
 	})

@@ -255,6 +255,7 @@ Control plane:
   curl -s %[3]s/metrics | grep ^bearkong_
 `, first.Name, first.OutboundURL(), cp, first.InboundAddr(), first.AdminURL(), first.Namespace, first.ServiceAccount)
 	printReplicas(ctx, out, m)
+	printStatusHowTo(out, m)
 	if promURL != "" {
 		fmt.Fprintf(out, `
 Prometheus: %[1]s
@@ -276,6 +277,21 @@ Kubernetes API: %s
 
 Logs under %s. Press Ctrl-C to stop everything.
 `, env.Host, env.Kubeconfig, stateDir)
+}
+
+// printStatusHowTo prints the bearkong status and config commands for this mesh: with
+// every replica, since a proxy's stream is on one of them.
+func printStatusHowTo(out io.Writer, m *localmesh.Mesh) {
+	bin := "bearkong"
+	if exe, err := os.Executable(); err == nil {
+		bin = filepath.Join(filepath.Dir(exe), "bearkong")
+	}
+	servers := strings.Join(m.ControlPlaneURLs(), ",")
+	fmt.Fprintf(out, `
+Every proxy's xDS state, and one proxy's config against its Envoy's:
+  %[1]s status --server %[2]s
+  %[1]s config app-1-0.default --diff --server %[2]s
+`, bin, servers)
 }
 
 // printReplicas lists the control plane's replicas and says which one holds the Lease.

@@ -167,8 +167,9 @@ func setup() error {
 		// bearkong's regex checks, so that the proxies get a route Envoy rejects.
 		// --cert-lifetime 60s makes every proxy's certificate rotate every 30 s for the
 		// whole run, under every other test (security_test.go counts the rotations).
+		// --unsafe-testing-hooks lets status_test.go pause a proxy or make it NACK.
 		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String(),
-			"--prometheus-url", "http://" + promAddr},
+			"--prometheus-url", "http://" + promAddr, "--unsafe-testing-hooks"},
 	})
 	if err != nil {
 		return err
