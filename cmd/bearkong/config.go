@@ -50,7 +50,7 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	diff := fs.Bool("diff", false, "compare with the proxy's own Envoy /config_dump instead of printing, per type: missing in Envoy, extra in Envoy, different; exits non-zero on any difference")
 	admin := fs.String("admin", "", "the proxy's Envoy admin address for --diff (default http://<pod IP>:"+strconv.Itoa(mesh.AdminPort)+"; in a cluster, kubectl port-forward <pod> "+strconv.Itoa(mesh.AdminPort)+" and --admin http://127.0.0.1:"+strconv.Itoa(mesh.AdminPort)+")")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: bearkong config <pod> [--type cds|eds|lds|rds|sds|all] [-o json|yaml] [--diff [--admin URL]] [--server URL[,URL...]]
+		fmt.Fprint(fs.Output(), `Usage: bearkong config <pod> [--type cds|eds|lds|srds|rds|sds|all] [-o json|yaml] [--diff [--admin URL]] [--server URL[,URL...]]
 
 The resources bearkong serves a proxy (<pod> or <pod>.<namespace>), decoded, as the
 control plane's /debug/config shows them (secrets without their private keys). With

@@ -24,7 +24,7 @@ func synced(ago time.Duration) typeInfo {
 
 // stream is a proxy SYNCED on every type 1m ago, with mod applied.
 func stream(node string, connected time.Duration, mod func(map[string]typeInfo)) *streamInfo {
-	ts := map[string]typeInfo{"cds": synced(time.Minute), "eds": synced(time.Minute), "lds": synced(time.Minute), "rds": synced(time.Minute), "sds": synced(time.Minute)}
+	ts := map[string]typeInfo{"cds": synced(time.Minute), "eds": synced(time.Minute), "lds": synced(time.Minute), "srds": synced(time.Minute), "rds": synced(time.Minute), "sds": synced(time.Minute)}
 	if mod != nil {
 		mod(ts)
 	}
@@ -45,12 +45,12 @@ func TestRenderStatus(t *testing.T) {
 	sortStreams(ss)
 	var out bytes.Buffer
 	renderStatus(&out, ss, now, false)
-	want := `POD      NAMESPACE  SERVICES  CDS        EDS        LDS        RDS         SDS
-app-3-1  default    app-3     SYNCED 1m  SYNCED 1m  SYNCED 1m  NACKED 12s  SYNCED 1m
-app-2-0  default    app-2     SYNCED 1m  STALE 3s   SYNCED 1m  SYNCED 1m   SYNCED 1m
-app-1-0  other      app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   NOT_SENT
-app-1-0  default    app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   SYNCED 1m
-app-2-1  default    app-2     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   SYNCED 1m
+	want := `POD      NAMESPACE  SERVICES  CDS        EDS        LDS        SRDS       RDS         SDS
+app-3-1  default    app-3     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  NACKED 12s  SYNCED 1m
+app-2-0  default    app-2     SYNCED 1m  STALE 3s   SYNCED 1m  SYNCED 1m  SYNCED 1m   SYNCED 1m
+app-1-0  other      app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   NOT_SENT
+app-1-0  default    app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   SYNCED 1m
+app-2-1  default    app-2     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m   SYNCED 1m
 
 Rejected config (last NACK of each NACKed type):
   app-3-1.default rds, 12s ago, version v2:
@@ -62,12 +62,12 @@ Rejected config (last NACK of each NACKed type):
 	}
 
 	t.Run("protocol, replicas and types this binary does not know", func(t *testing.T) {
-		s := stream("app-1-0.default", time.Hour, func(ts map[string]typeInfo) { ts["srds"] = synced(2 * time.Second) })
+		s := stream("app-1-0.default", time.Hour, func(ts map[string]typeInfo) { ts["vhds"] = synced(2 * time.Second) })
 		s.Protocol, s.server = "delta", "http://127.0.0.1:9000"
 		var out bytes.Buffer
 		renderStatus(&out, []*streamInfo{s}, now, true)
-		want := `POD      NAMESPACE  SERVICES  CDS        EDS        LDS        RDS        SDS        SRDS       PROTOCOL  REPLICA
-app-1-0  default    app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 2s  delta     http://127.0.0.1:9000
+		want := `POD      NAMESPACE  SERVICES  CDS        EDS        LDS        SRDS       RDS        SDS        VHDS       PROTOCOL  REPLICA
+app-1-0  default    app-1     SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 1m  SYNCED 2s  delta     http://127.0.0.1:9000
 `
 		if out.String() != want {
 			t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)

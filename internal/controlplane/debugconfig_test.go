@@ -56,7 +56,8 @@ func held(c *xdstest.Client, typeURL string) []string {
 }
 
 func heldIn(rs []xdstest.Received, c *xdstest.Client, typeURL string) []string {
-	if typeURL != xdstest.ClusterType && typeURL != xdstest.ListenerType {
+	// CDS, LDS and SRDS responses carry the whole set; the others only what they add.
+	if typeURL != xdstest.ClusterType && typeURL != xdstest.ListenerType && typeURL != xdstest.ScopedRouteType {
 		return c.Names(typeURL)
 	}
 	for i := len(rs) - 1; i >= 0; i-- {
@@ -83,12 +84,12 @@ func TestDebugConfig(t *testing.T) {
 	for _, tc := range pc.Types {
 		types = append(types, tc.Type)
 	}
-	if got := strings.Join(types, ","); got != "cds,eds,lds,rds,sds" {
-		t.Fatalf("types %s, want cds,eds,lds,rds,sds", got)
+	if got := strings.Join(types, ","); got != "cds,eds,lds,srds,rds,sds" {
+		t.Fatalf("types %s, want cds,eds,lds,srds,rds,sds", got)
 	}
-	urls := map[string]string{"cds": xdstest.ClusterType, "eds": xdstest.EndpointType, "lds": xdstest.ListenerType, "rds": xdstest.RouteType, "sds": xdstest.SecretType}
+	urls := map[string]string{"cds": xdstest.ClusterType, "eds": xdstest.EndpointType, "lds": xdstest.ListenerType, "srds": xdstest.ScopedRouteType, "rds": xdstest.RouteType, "sds": xdstest.SecretType}
 	for _, tc := range pc.Types {
-		ti := map[string]ads.TypeInfo{"cds": info.Types.CDS, "eds": info.Types.EDS, "lds": info.Types.LDS, "rds": info.Types.RDS, "sds": info.Types.SDS}[tc.Type]
+		ti := map[string]ads.TypeInfo{"cds": info.Types.CDS, "eds": info.Types.EDS, "lds": info.Types.LDS, "srds": info.Types.SRDS, "rds": info.Types.RDS, "sds": info.Types.SDS}[tc.Type]
 		if tc.Version != ti.VersionSent || tc.TypeURL != urls[tc.Type] {
 			t.Errorf("%s: version %q type_url %q; the stream was sent %q", tc.Type, tc.Version, tc.TypeURL, ti.VersionSent)
 		}
@@ -115,7 +116,12 @@ func TestDebugConfig(t *testing.T) {
 		}
 	}
 	// The certificate shows, the private key does not.
-	sds := pc.Types[4]
+	var sds controlplane.TypeConfig
+	for _, tc := range pc.Types {
+		if tc.Type == "sds" {
+			sds = tc
+		}
+	}
 	var found bool
 	for _, r := range sds.Resources {
 		if strings.Contains(string(r.Resource), "PRIVATE KEY") || strings.Contains(string(r.Resource), "UFJJVkFURSBLRVk") {
@@ -150,7 +156,7 @@ func TestDebugConfig(t *testing.T) {
 		}{
 			{"node=nobody.default", http.StatusNotFound, `no proxy "nobody.default" is connected to this replica`},
 			{"", http.StatusBadRequest, "needs ?node=<pod>.<namespace>"},
-			{"node=app-1-0.default&type=xds", http.StatusBadRequest, `unknown type "xds"; want one of cds, eds, lds, rds, sds, or all`},
+			{"node=app-1-0.default&type=xds", http.StatusBadRequest, `unknown type "xds"; want one of cds, eds, lds, srds, rds, sds, or all`},
 		} {
 			code, body := httpDo(t, http.MethodGet, h.http+"/debug/config?"+tc.query)
 			if code != tc.code || !strings.Contains(body, tc.says) {
