@@ -87,7 +87,7 @@ func bootstrap(args []string) error {
 	admin := fs.String("admin-address", "", "")
 	xds := fs.String("xds-address", "", "")
 	protocol := fs.String("xds-protocol", "", "")
-	fs.String("workload", "", "") // a stats tag; the static config has no stats to tag
+	fs.String("workload", "", "")      // a stats tag; the static config has no stats to tag
 	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
