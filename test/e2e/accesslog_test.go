@@ -73,7 +73,7 @@ func TestAccessLogBothSides(t *testing.T) {
 		if err := setAccessLog(ctxT(t, 10*time.Second), m, "app-2", ""); err != nil {
 			t.Error(err)
 		}
-		waitAllSynced(t, m)
+		waitSettled(t, m) // the next test finds the annotation's removal in force
 	})
 	caller := m.PodsOf("app-1")[0]
 	callees := m.PodsOf("app-2")

@@ -22,7 +22,7 @@ import (
 func TestAdmissionPolicyRefusesInvalidAnnotations(t *testing.T) {
 	m := sharedMesh(t)
 	ctx := ctxT(t, time.Minute)
-	before := waitAllSynced(t, m)
+	before := waitSettled(t, m) // what an earlier test changed has landed
 	root, err := kubeenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -339,7 +339,10 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("a scope added", xdsclient.SRDS, "sr2", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA), translate.ServiceScope("b.default", svcB)}, false)
 	send("its routes", xdsclient.RDS, "r2", []proto.Message{translate.ServiceRouteConfiguration(svcB)}, false)
 	send("a scope gone", xdsclient.SRDS, "sr3", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA)}, false)
-	send("the listener gone", xdsclient.LDS, "l2", nil, false)
+	// No step removes the outbound listener: whether Envoy 1.36 then still asks for the
+	// scopes' route configurations depends on when its drain of the old listener ends (in
+	// one run it kept asking, in another it asked for none), so no client can follow it
+	// step by step. bearkong never removes the outbound listener.
 	send("a key that does not match", xdsclient.SDS, "s-bad", []proto.Message{workload(certPEM, key2PEM)}, true)
 	// The provider kept the rejected key: a new cluster that names it is rejected.
 	send("a TLS cluster after the NACKed key", xdsclient.CDS, "c9", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("u")}, true)

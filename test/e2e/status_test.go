@@ -217,10 +217,11 @@ func TestConfigDiff(t *testing.T) {
 			return fmt.Errorf("bearkong config --diff while paused: %v, want a non-zero exit: %s\n%s", err, errOut, out)
 		}
 		for _, want := range []string{
-			// The held proxy never subscribed to the new cluster's endpoints, so its
-			// EDS has nothing missing: bearkong serves EDS by name.
+			// The held proxy never subscribed to the new cluster's endpoints nor to its
+			// route configuration, so its EDS and RDS have nothing missing: bearkong
+			// serves those by name. Its scopes are a full set, like its clusters.
 			"\ncds   DIFFERENT: ", "      missing in Envoy: status-held.default\n",
-			"\nrds   DIFFERENT: ", "      different: outbound (",
+			"\nsrds  DIFFERENT: ", "      missing in Envoy: status-held\n",
 		} {
 			if !strings.Contains(out, want) {
 				return fmt.Errorf("no %q in:\n%s%s", want, out, errOut)
