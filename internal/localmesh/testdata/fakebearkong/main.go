@@ -87,7 +87,7 @@ func bootstrap(args []string) error {
 	admin := fs.String("admin-address", "", "")
 	xds := fs.String("xds-address", "", "")
 	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
-	fs.String("workload", "", "") // the static config tags no stats
+	fs.String("workload", "", "")      // the static config tags no stats
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
