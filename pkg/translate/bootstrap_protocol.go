@@ -22,9 +22,9 @@ const (
 // (BootstrapOptions.XDSProtocol "", `bearkong bootstrap` without --xds-protocol). To move
 // it, change this line and regenerate the bootstrap goldens (`go test ./pkg/translate
 // -update`); `make test` runs the whole e2e suite on it and the core tests on the other.
-const DefaultXDSProtocol = XDSProtocolSotW
+const DefaultXDSProtocol = XDSProtocolDelta
 
-// XDSProtocols are the accepted values of BootstrapOptions.XDSProtocol, the default first.
+// XDSProtocols are the accepted values of BootstrapOptions.XDSProtocol.
 var XDSProtocols = []string{XDSProtocolSotW, XDSProtocolDelta}
 
 // adsAPIType is ads_config.api_type for protocol: GRPC opens
