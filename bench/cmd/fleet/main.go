@@ -12,6 +12,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
+	_ "net/http/pprof" // the driver's own profiles, with -pprof
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -93,6 +96,7 @@ func driverMain(args []string) error {
 	fs.BoolVar(&c.profile, "profile", false, "write CPU profiles of each change and heap profiles after sync of the server processes to <out>/prof")
 	fs.StringVar(&c.binDir, "bin", "", "directory with etcd and kube-apiserver (default: <repo>/.cache/bin)")
 	cpuprofile := fs.String("cpuprofile", "", "write the simulator's CPU profile to this file")
+	pprofAddr := fs.String("pprof", "", "serve the simulator's own /debug/pprof on this address (e.g. 127.0.0.1:6061)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -105,6 +109,13 @@ func driverMain(args []string) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *pprofAddr != "" {
+		lis, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return err
+		}
+		go func() { _ = http.Serve(lis, nil) }()
 	}
 	for _, p := range strings.Split(proxies, ",") {
 		if p == "" {

@@ -81,6 +81,10 @@ type Change struct {
 	// a forced GC: what the process holds as it runs.
 	RSS       uint64 `json:"rss"`
 	HeapInuse uint64 `json:"heap_inuse"`
+	// DriverRSS and DriverHeap are the simulator's (this process's) RSS and heap in use
+	// once all was quiet: what the fleet itself holds, watched so that it stays bounded.
+	DriverRSS  uint64 `json:"driver_rss"`
+	DriverHeap uint64 `json:"driver_heap"`
 	// StuckGot is how many never-ACKing proxies got a response for the change.
 	StuckGot int `json:"stuck_got"`
 	// Samples are the per-proxy latencies (ms), for pooling; not saved.
@@ -269,8 +273,8 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 				return nil, err
 			}
 			r.Pushes = append(r.Pushes, chg)
-			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s",
-				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse))
+			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s; simulator RSS %s heap %s",
+				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse), mib(chg.DriverRSS), mib(chg.DriverHeap))
 		}
 	}
 	if st := f.Status(); st.Err != nil {
@@ -381,7 +385,8 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		}
 	}
 	chg := &Change{Kind: kind, Cluster: cluster, ServerCPU: after.CPU - before.CPU, ClientCPU: selfAfter.CPU - selfBefore.CPU,
-		RSS: after.RSS, HeapInuse: after.HeapInuse, ResourcesPerResponse: map[string][2]int{}}
+		RSS: after.RSS, HeapInuse: after.HeapInuse, ResourcesPerResponse: map[string][2]int{},
+		DriverRSS: selfAfter.RSS, DriverHeap: selfAfter.HeapInuse}
 	for _, cl := range f.Clients {
 		evs := cl.Events()
 		if cl.Mode != sim.Normal {
