@@ -51,8 +51,8 @@ import (
 //     watch with only the assignments that changed.
 type peer struct {
 	cache  cachev3.SnapshotCache
-	linear *cachev3.LinearCache // nil for the snapshot-cache peer
-	mux    cachev3.Cache        // what the server reads: cache, or the MuxCache
+	linear *cachev3.LinearCache      // nil for the snapshot-cache peer
+	mux    cachev3.Cache             // what the server reads: cache, or the MuxCache
 	protos map[string]types.Resource // type, name, hash -> message, from the last snapshot
 	// eds is what the LinearCache holds: name -> content hash.
 	eds     map[string]string
@@ -61,7 +61,7 @@ type peer struct {
 	// edsGen counts the snapshots in which one of them changed: see Apply.
 	clusters map[string]string
 	edsGen   int
-	ca      *ca.Authority
+	ca       *ca.Authority
 }
 
 type peerSecrets struct {
