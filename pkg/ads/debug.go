@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -15,7 +14,10 @@ import (
 // StreamInfo is one stream as /debug/streams shows it. It holds names, versions, nonces
 // and counts, never a resource's content: secrets carry private keys.
 type StreamInfo struct {
-	ID          uint64    `json:"id"`
+	ID uint64 `json:"id"`
+	// Protocol is the ADS variant the stream speaks: "sotw" (StreamAggregatedResources)
+	// or "delta" (DeltaAggregatedResources).
+	Protocol    string    `json:"protocol"`
 	Node        string    `json:"node"`
 	Serves      []string  `json:"serves"`
 	Peer        string    `json:"peer"`
@@ -70,30 +72,22 @@ type TypeInfo struct {
 	LastNack        *Nack      `json:"last_nack,omitempty"`
 }
 
-var wildcardNames = []string{"*"}
-
 // publish makes the loop's current state visible to /debug/streams. The slices it shares
 // (names, serves) are never modified in place.
 func (l *loop) publish() {
 	info := &StreamInfo{
 		ID:          l.st.id,
+		Protocol:    l.proto.name(),
 		Node:        l.nodeID,
 		Serves:      l.serves,
 		Peer:        l.st.peer,
 		ConnectedAt: l.st.connectedAt,
 	}
 	for _, t := range resource.Types {
-		ts := &l.sess.types[t]
+		ts := l.proto.stats(t)
 		ti := info.Types.Get(t)
 		ti.Status = ts.status
-		switch {
-		case ts.sub.wildcard && len(ts.sub.names) == 0:
-			ti.Subscribed = wildcardNames
-		case ts.sub.wildcard:
-			ti.Subscribed = append(slices.Clone(wildcardNames), ts.sub.names...)
-		default:
-			ti.Subscribed = ts.sub.names
-		}
+		ti.Subscribed = l.proto.subscribed(t)
 		if ti.Subscribed == nil {
 			ti.Subscribed = []string{}
 		}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -155,27 +157,70 @@ func (s *Server) SetConfig(c *Config) {
 // HasConfig reports whether a Config has been set.
 func (s *Server) HasConfig() bool { return s.config.Load() != nil }
 
-// DeltaAggregatedResources is not supported: bearkong speaks state of the world.
-func (s *Server) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	return status.Error(codes.Unimplemented, "bearkong serves state-of-the-world ADS only; use GRPC, not DELTA_GRPC, in the bootstrap's ads_config")
-}
-
 type stream struct {
 	id          uint64
+	protocol    string
 	peer        string
 	connectedAt time.Time
 	wake        chan struct{}
 	info        atomic.Pointer[StreamInfo] // published by the loop for /debug/streams
 }
 
-// StreamAggregatedResources serves one proxy's ADS stream.
+// request is what the shared stream loop reads of a DiscoveryRequest or a
+// DeltaDiscoveryRequest.
+type request interface {
+	GetNode() *corev3.Node
+	GetTypeUrl() string
+	GetResponseNonce() string
+	GetErrorDetail() *rpcstatus.Status
+}
+
+// response is what the shared stream loop reads of a DiscoveryResponse or a
+// DeltaDiscoveryResponse.
+type response interface {
+	GetTypeUrl() string
+	GetNonce() string
+}
+
+// protocol is what one ADS variant, state of the world or delta, adds to the shared
+// stream loop: its session, which decides what to send and keeps the per-type state, and
+// the gRPC stream it sends on. Everything else (limits, node checks, authentication,
+// config wakeups, metrics, logs, /debug/streams, Options.Observe) is the loop's, the same
+// for both.
+type protocol interface {
+	// name is StreamInfo.Protocol: "sotw" or "delta".
+	name() string
+	// names counts the resource names of a request, for Limits.MaxResourceNames.
+	names(req request) int
+	onRequest(t resource.Type, req request) (outcome, []response)
+	onConfig(p *resource.Proxy, changedAt time.Time) []response
+	// send hands one response to gRPC; it may block while the client does not read.
+	send(r response) error
+	// sent is told of each response once sent, with the config it was built from.
+	sent(r response, p *resource.Proxy)
+	// report fills in r, an ACK or NACK of type t that req carried, the response it
+	// answers: its version and, for a NACK, what it held.
+	report(r *Report, req request, out outcome)
+	// describe returns the version and the number of resources of r, for logs.
+	describe(r response) (version string, resources int)
+	// stats and subscribed are the state of type t for /debug/streams.
+	stats(t resource.Type) *typeStats
+	subscribed(t resource.Type) []string
+}
+
+// StreamAggregatedResources serves one proxy's state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	ctx := gs.Context()
-	st := &stream{id: s.nextID.Add(1), connectedAt: time.Now(), wake: make(chan struct{}, 1)}
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		st.peer = p.Addr.String()
+	p := &sotw{gs: gs, sess: newSession(s.metrics, nil), keep: s.observe != nil}
+	return s.serve(gs.Context(), p, func() (request, error) { return gs.Recv() })
+}
+
+// serve runs one stream of either protocol until it ends.
+func (s *Server) serve(ctx context.Context, p protocol, recv func() (request, error)) error {
+	st := &stream{id: s.nextID.Add(1), protocol: p.name(), connectedAt: time.Now(), wake: make(chan struct{}, 1)}
+	if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+		st.peer = pr.Addr.String()
 	}
-	l := &loop{ctx: ctx, srv: s, st: st, gs: gs, sess: newSession(s.metrics, nil), log: s.log.With("stream", st.id)}
+	l := &loop{ctx: ctx, srv: s, st: st, proto: p, log: s.log.With("stream", st.id)}
 	s.mu.Lock()
 	full := len(s.streams) >= s.limits.MaxStreams
 	if !full {
@@ -201,11 +246,11 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 		s.summary.close()
 	}()
 
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
+	reqs := make(chan request)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			req, err := gs.Recv()
+			req, err := recv()
 			if err != nil {
 				recvErr <- err
 				return
@@ -229,13 +274,12 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	return err
 }
 
-// loop is one stream's send loop. It owns the session.
+// loop is one stream's send loop. It owns the protocol's session.
 type loop struct {
 	ctx    context.Context
 	srv    *Server
 	st     *stream
-	gs     discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer
-	sess   *session
+	proto  protocol
 	log    *slog.Logger
 	node   *corev3.Node
 	nodeID string
@@ -244,13 +288,19 @@ type loop struct {
 	// sentNode is the node as the client sent it, before Options.Authenticate: a later
 	// request that carries a node must carry this one.
 	sentNode *corev3.Node
-	config   *Config // the config sess.cur was resolved from
+	config   *Config // the config the session's proxy was resolved from
 	serves   []string
-	// proxy is the resolved config, and last the latest response of each type not yet
-	// answered, with the view it was built from: what a NACK rejected, for
-	// Options.Observe (only kept when it is set).
-	proxy *resource.Proxy
-	last  [resource.NumTypes]lastResponse
+	proxy    *resource.Proxy // the resolved config
+}
+
+// sotw is the state-of-the-world protocol.
+type sotw struct {
+	gs   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer
+	sess *session
+	// keep: Options.Observe is set, so last keeps the latest response of each type not
+	// yet answered, with the view it was built from: what a NACK rejected.
+	keep bool
+	last [resource.NumTypes]lastResponse
 }
 
 type lastResponse struct {
@@ -258,7 +308,81 @@ type lastResponse struct {
 	view resource.View
 }
 
-func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryRequest, recvErr <-chan error) error {
+func (p *sotw) name() string { return "sotw" }
+
+func (p *sotw) names(req request) int {
+	return len(req.(*discoveryv3.DiscoveryRequest).GetResourceNames())
+}
+
+func (p *sotw) onRequest(t resource.Type, req request) (outcome, []response) {
+	out, resps := p.sess.onRequest(t, req.(*discoveryv3.DiscoveryRequest))
+	return out, responses(resps)
+}
+
+func (p *sotw) onConfig(px *resource.Proxy, changedAt time.Time) []response {
+	return responses(p.sess.onConfig(px, changedAt))
+}
+
+func responses[R response](rs []R) []response {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]response, len(rs))
+	for i, r := range rs {
+		out[i] = r
+	}
+	return out
+}
+
+func (p *sotw) send(r response) error { return p.gs.Send(r.(*discoveryv3.DiscoveryResponse)) }
+
+func (p *sotw) sent(r response, px *resource.Proxy) {
+	if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && px != nil && p.keep {
+		p.last[t] = lastResponse{resp: r.(*discoveryv3.DiscoveryResponse), view: px.Views[t]}
+	}
+}
+
+func (p *sotw) report(r *Report, req request, out outcome) {
+	last := p.last[r.Type]
+	// The response is answered: let it go, so that a steady stream holds no response.
+	p.last[r.Type] = lastResponse{}
+	r.Version, r.AckedVersion = last.resp.GetVersionInfo(), req.(*discoveryv3.DiscoveryRequest).GetVersionInfo()
+	if r.Kind != NACK {
+		return
+	}
+	// The response holds the resources' Anys; the view it was built from names them.
+	byAny := make(map[*anypb.Any]*resource.Resource, last.view.Len())
+	for _, res := range last.view.All() {
+		byAny[res.Any] = res
+	}
+	for _, a := range last.resp.GetResources() {
+		if res, ok := byAny[a]; ok {
+			r.Resources = append(r.Resources, ResourceRef{Name: res.Name, Hash: res.Hash})
+		}
+	}
+}
+
+func (p *sotw) describe(r response) (string, int) {
+	d := r.(*discoveryv3.DiscoveryResponse)
+	return d.GetVersionInfo(), len(d.GetResources())
+}
+
+func (p *sotw) stats(t resource.Type) *typeStats { return &p.sess.types[t].typeStats }
+
+var wildcardNames = []string{"*"}
+
+func (p *sotw) subscribed(t resource.Type) []string {
+	sub := p.sess.types[t].sub
+	switch {
+	case sub.wildcard && len(sub.names) == 0:
+		return wildcardNames
+	case sub.wildcard:
+		return append(slices.Clone(wildcardNames), sub.names...)
+	}
+	return sub.names
+}
+
+func (l *loop) run(ctx context.Context, reqs <-chan request, recvErr <-chan error) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -280,8 +404,8 @@ func (l *loop) run(ctx context.Context, reqs <-chan *discoveryv3.DiscoveryReques
 	}
 }
 
-func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
-	if n := len(req.GetResourceNames()); n > l.srv.limits.MaxResourceNames {
+func (l *loop) onRequest(req request) error {
+	if n := l.proto.names(req); n > l.srv.limits.MaxResourceNames {
 		// InvalidArgument rather than ResourceExhausted: the request is too large
 		// whatever the server's load, and retrying it cannot succeed. Checked first,
 		// before a first request's node is resolved.
@@ -307,7 +431,7 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		if err := l.countNode(); err != nil {
 			return err
 		}
-		l.log.Debug("stream opened", "peer", l.st.peer)
+		l.log.Debug("stream opened", "peer", l.st.peer, "protocol", l.proto.name())
 		// Resolve the current config before answering, so the first answer is complete.
 		if err := l.refresh(); err != nil {
 			return err
@@ -332,7 +456,7 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 		l.log.Debug("ignoring request for an unserved type", "type_url", req.GetTypeUrl())
 		return nil
 	}
-	out, resps := l.sess.onRequest(t, req)
+	out, resps := l.proto.onRequest(t, req)
 	if cut && !out.repeat {
 		l.srv.metrics.nackTruncated()
 	}
@@ -340,14 +464,14 @@ func (l *loop) onRequest(req *discoveryv3.DiscoveryRequest) error {
 	case out.kind == NACK && out.repeat:
 		l.log.Debug("proxy rejected the same response again", "type", t, "nonce", req.GetResponseNonce())
 	case out.kind == NACK:
-		l.log.Warn("proxy rejected config", "type", t, "version", l.sess.types[t].version,
+		l.log.Warn("proxy rejected config", "type", t, "version", l.proto.stats(t).version,
 			"nonce", req.GetResponseNonce(), "error", req.GetErrorDetail().GetMessage())
-		l.report(NACK, t, req)
+		l.report(NACK, t, req, out)
 	case out.kind == Stale:
-		l.log.Debug("ignoring stale request", "type", t, "nonce", req.GetResponseNonce())
+		l.log.Debug("stale request", "type", t, "nonce", req.GetResponseNonce())
 	case out.kind == ACK:
-		l.log.Debug("ack", "type", t, "version", req.GetVersionInfo(), "nonce", req.GetResponseNonce())
-		l.report(ACK, t, req)
+		l.log.Debug("ack", "type", t, "version", l.proto.stats(t).ackedVersion, "nonce", req.GetResponseNonce())
+		l.report(ACK, t, req, out)
 	}
 	return l.send(resps)
 }
@@ -450,28 +574,16 @@ func (l *loop) countNode() error {
 	return nil
 }
 
-// report tells Options.Observe about an ACK or a NACK of the latest response of type t.
-func (l *loop) report(kind Kind, t resource.Type, req *discoveryv3.DiscoveryRequest) {
+// report tells Options.Observe about an ACK or a NACK of a response of type t.
+func (l *loop) report(kind Kind, t resource.Type, req request, out outcome) {
 	if l.srv.observe == nil {
 		return
 	}
-	last := l.last[t]
-	// The response is answered: let it go, so that a steady stream holds no response.
-	l.last[t] = lastResponse{}
-	r := Report{Kind: kind, Node: l.node, Type: t, Version: last.resp.GetVersionInfo(), AckedVersion: req.GetVersionInfo()}
+	r := Report{Kind: kind, Node: l.node, Type: t}
 	if kind == NACK {
 		r.Message = req.GetErrorDetail().GetMessage()
-		// The response holds the resources' Anys; the view it was built from names them.
-		byAny := make(map[*anypb.Any]*resource.Resource, last.view.Len())
-		for _, res := range last.view.All() {
-			byAny[res.Any] = res
-		}
-		for _, a := range last.resp.GetResources() {
-			if res, ok := byAny[a]; ok {
-				r.Resources = append(r.Resources, ResourceRef{Name: res.Name, Hash: res.Hash})
-			}
-		}
 	}
+	l.proto.report(&r, req, out)
 	l.srv.observe(r)
 }
 
@@ -497,18 +609,19 @@ func (l *loop) refresh() error {
 	l.config = c
 	l.serves = p.Serves
 	l.proxy = p
-	return l.send(l.sess.onConfig(p, c.ChangedAt))
+	return l.send(l.proto.onConfig(p, c.ChangedAt))
 }
 
-func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
+func (l *loop) send(resps []response) error {
 	for _, r := range resps {
 		if err := l.sendOne(r); err != nil {
 			return err
 		}
-		if t, ok := resource.TypeFromURL(r.GetTypeUrl()); ok && l.proxy != nil && l.srv.observe != nil {
-			l.last[t] = lastResponse{resp: r, view: l.proxy.Views[t]}
+		l.proto.sent(r, l.proxy)
+		if l.log.Enabled(l.ctx, slog.LevelDebug) {
+			version, n := l.proto.describe(r)
+			l.log.Debug("sent", "type", typeName(r.GetTypeUrl()), "version", version, "nonce", r.GetNonce(), "resources", n)
 		}
-		l.log.Debug("sent", "type", typeName(r.GetTypeUrl()), "version", r.GetVersionInfo(), "nonce", r.GetNonce(), "resources", len(r.GetResources()))
 	}
 	l.publish()
 	return nil
@@ -520,9 +633,9 @@ func (l *loop) send(resps []*discoveryv3.DiscoveryResponse) error {
 // deadline the handler returns DeadlineExceeded: gRPC then ends the stream, which
 // cancels the transport stream and makes the blocked Send return, and the goroutine
 // ends. Send is never called twice at once: the loop waits for each one.
-func (l *loop) sendOne(r *discoveryv3.DiscoveryResponse) error {
+func (l *loop) sendOne(r response) error {
 	done := make(chan error, 1)
-	go func() { done <- l.gs.Send(r) }()
+	go func() { done <- l.proto.send(r) }()
 	t := time.NewTimer(l.srv.limits.SendTimeout)
 	defer t.Stop()
 	select {
@@ -549,7 +662,7 @@ func (s *Server) Streams(node string) []*StreamInfo {
 	for _, st := range s.streams {
 		info := st.info.Load()
 		if info == nil {
-			info = &StreamInfo{ID: st.id, Peer: st.peer, ConnectedAt: st.connectedAt}
+			info = &StreamInfo{ID: st.id, Protocol: st.protocol, Peer: st.peer, ConnectedAt: st.connectedAt}
 		}
 		if node != "" && info.Node != node {
 			continue

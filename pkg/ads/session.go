@@ -26,8 +26,12 @@ const (
 	// version_info is the last version the proxy accepted.
 	NACK
 	// Stale carries a nonce that is not the latest one sent for its type on this stream.
-	// The proxy has not seen our latest response yet; the request is ignored.
+	// The proxy has not seen our latest response yet; the request is ignored (in delta,
+	// only its ACK or NACK is: its subscription change still applies).
 	Stale
+	// Update is a delta request, after the first of its type, that answers no response
+	// (no response_nonce): it only changes the subscription.
+	Update
 )
 
 func (k Kind) String() string {
@@ -40,6 +44,8 @@ func (k Kind) String() string {
 		return "nack"
 	case Stale:
 		return "stale"
+	case Update:
+		return "update"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -141,8 +147,15 @@ type typeState struct {
 	// cluster leaves eds_cluster_config.service_name empty (see Config).
 	refresh []string
 
+	typeStats
+}
+
+// typeStats is what /debug/streams and the metrics show of one type on one stream,
+// whatever the protocol: the latest response, the latest ACK, the counts and the last
+// NACK.
+type typeStats struct {
 	nonce         string // latest nonce sent
-	version       string // version_info of the latest response
+	version       string // version_info (delta: system_version_info) of the latest response
 	sentAt        time.Time
 	pushChangedAt time.Time // when the change behind the latest response was seen; zero if not a push
 	status        Status
@@ -152,6 +165,49 @@ type typeState struct {
 
 	pushes, acks, nacks, stale uint64
 	lastNack                   *Nack
+}
+
+// onAck records an ACK of a response of version, and the convergence of the push
+// behind it when the ACK answers the latest response.
+func (st *typeStats) onAck(m *Metrics, t resource.Type, version string, now time.Time, latest bool) {
+	st.acks++
+	st.ackedVersion = version
+	st.ackedAt = now
+	m.ack(t)
+	if latest && !st.pushChangedAt.IsZero() {
+		m.converged(t, now.Sub(st.pushChangedAt))
+		st.pushChangedAt = time.Time{}
+	}
+}
+
+// onNack records a NACK of the response of version and nonce.
+func (st *typeStats) onNack(m *Metrics, t resource.Type, version, nonce, msg string, now time.Time) {
+	st.nacks++
+	st.status = Nacked
+	st.lastNack = &Nack{Version: version, Nonce: nonce, Message: msg, At: now}
+	m.nack(t)
+}
+
+// onStale counts a request whose nonce is not one the stream is waiting for.
+func (st *typeStats) onStale(m *Metrics, t resource.Type) {
+	st.stale++
+	m.stale(t)
+}
+
+// onSend records a response of version with nonce, sent at now. A push is a new version
+// sent to a proxy that had one: the convergence clock runs from the Kubernetes change
+// (changedAt) to its ACK. Answers to first requests do not count.
+func (st *typeStats) onSend(version, nonce string, changedAt, now time.Time) {
+	if st.version != "" && st.version != version && !changedAt.IsZero() {
+		st.pushChangedAt = changedAt
+	} else {
+		st.pushChangedAt = time.Time{}
+	}
+	st.nonce = nonce
+	st.version = version
+	st.sentAt = now
+	st.status = StaleStatus
+	st.pushes++
 }
 
 // forget drops what the proxy is known to hold of the type: it unsubscribed, and Envoy
@@ -192,6 +248,8 @@ type outcome struct {
 	kind Kind
 	// repeat: a NACK of a response already NACKed, not counted again.
 	repeat bool
+	// answered is the delta response an ACK or NACK answers.
+	answered *discoveryv3.DeltaDiscoveryResponse
 }
 
 // onRequest applies one request and returns the responses to send, in order.
@@ -203,8 +261,7 @@ func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) 
 	case Stale:
 		// The proxy will repeat its subscription with its next request; acting on an
 		// old one could undo a newer one.
-		ts.stale++
-		s.metrics.stale(t)
+		ts.onStale(s.metrics, t)
 		return out, nil
 	case NACK:
 		if ts.lastNack != nil && ts.lastNack.Nonce == ts.nonce {
@@ -213,22 +270,12 @@ func (s *session) onRequest(t resource.Type, req *discoveryv3.DiscoveryRequest) 
 			out.repeat = true
 			break
 		}
-		ts.nacks++
-		ts.status = Nacked
-		ts.lastNack = &Nack{Version: ts.version, Nonce: ts.nonce, Message: req.GetErrorDetail().GetMessage(), At: s.now()}
-		s.metrics.nack(t)
+		ts.onNack(s.metrics, t, ts.version, ts.nonce, req.GetErrorDetail().GetMessage(), s.now())
 		// Do not resend the same content: the proxy would reject it again. The next
 		// change of content is sent as usual, since sentView now holds what was rejected.
 	case ACK:
-		ts.acks++
 		ts.status = Synced
-		ts.ackedVersion = req.GetVersionInfo()
-		ts.ackedAt = s.now()
-		s.metrics.ack(t)
-		if !ts.pushChangedAt.IsZero() {
-			s.metrics.converged(t, ts.ackedAt.Sub(ts.pushChangedAt))
-			ts.pushChangedAt = time.Time{}
-		}
+		ts.onAck(s.metrics, t, req.GetVersionInfo(), s.now(), true)
 	case Initial:
 		// A first request, or a reconnect: answer with the full current state whatever
 		// version the proxy says it has.
@@ -414,24 +461,12 @@ func (ts *typeState) holds(r *resource.Resource) bool {
 }
 
 // removedNames lists the resources the proxy was sent and still subscribes to that v no
-// longer has. Sets keep their name list while their names do not change, so the common
-// case costs one comparison per set.
+// longer has.
 func removedNames(ts *typeState, v resource.View) []string {
-	if len(v) == len(ts.sentView) {
-		same := true
-		for i := range v {
-			same = same && sameSlice(v[i].Names(), ts.sentView[i].Names())
-		}
-		if same {
-			return nil
-		}
-	}
 	var out []string
-	for _, set := range ts.sentView {
-		for _, n := range set.Names() {
-			if _, ok := v.Get(n); !ok && ts.sentSub.has(n) && ts.sub.has(n) {
-				out = append(out, n)
-			}
+	for _, n := range goneNames(ts.sentView, v) {
+		if ts.sentSub.has(n) && ts.sub.has(n) {
+			out = append(out, n)
 		}
 	}
 	return out
@@ -549,18 +584,7 @@ func mergeNames(a, b []string) []string {
 
 func (s *session) respond(t resource.Type, ts *typeState, version string, rs []*resource.Resource) *discoveryv3.DiscoveryResponse {
 	s.nonce++
-	ts.nonce = strconv.FormatUint(s.nonce, 10)
-	// A push is a new version sent to a proxy that had one: the convergence clock runs
-	// from the Kubernetes change to its ACK. Answers to first requests do not count.
-	if ts.version != "" && ts.version != version && !s.curChangedAt.IsZero() {
-		ts.pushChangedAt = s.curChangedAt
-	} else {
-		ts.pushChangedAt = time.Time{}
-	}
-	ts.version = version
-	ts.sentAt = s.now()
-	ts.status = StaleStatus
-	ts.pushes++
+	ts.onSend(version, strconv.FormatUint(s.nonce, 10), s.curChangedAt, s.now())
 	resp := &discoveryv3.DiscoveryResponse{
 		VersionInfo: version,
 		TypeUrl:     t.URL(),
