@@ -72,7 +72,9 @@ type Event struct {
 	Bytes int32 // size of the DiscoveryResponse message
 	Recv  int64 // unix ns, when Recv returned
 	Ack   int64 // unix ns, when the ACK (or NACK) was handed to gRPC; 0 if none
-	NACK  bool
+	// Removed is the number of names in a delta response's removed_resources.
+	Removed int32
+	NACK    bool
 	// Hit says the response carried the resource the fleet watches (Fleet.Watch).
 	Hit bool
 	// Names are the resource names when there are at most four, to check what a small
@@ -94,6 +96,9 @@ type Client struct {
 
 	// Owned by the receive goroutine.
 	proto *xdsclient.Client
+	// On a delta stream (Options.Delta), these instead.
+	dstream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	dproto  *deltaProto
 
 	mu       sync.Mutex
 	events   []Event
@@ -142,6 +147,9 @@ type Options struct {
 	// socket buffers of thousands of connections then hold gigabytes, which the kernel
 	// throttles. A 64 KiB window (HTTP/2's initial one) bounds that.
 	Window int
+	// Delta makes the clients speak incremental xDS (DeltaAggregatedResources) instead
+	// of state of the world.
+	Delta bool
 }
 
 // Dial connects one client per node to addr and starts them all. The clients run until
@@ -182,7 +190,13 @@ func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*F
 		wg.Go(func() {
 			for c := range work {
 				cc := f.conns[c.ID%len(f.conns)]
-				s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+				ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
+				var err error
+				if o.Delta {
+					c.dstream, err = ads.DeltaAggregatedResources(ctx)
+				} else {
+					c.stream, err = ads.StreamAggregatedResources(ctx)
+				}
 				if err != nil {
 					select {
 					case errs <- fmt.Errorf("client %d: open stream: %w", c.ID, err):
@@ -190,8 +204,11 @@ func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*F
 					}
 					continue
 				}
-				c.stream = s
-				go c.run()
+				if o.Delta {
+					go c.runDelta()
+				} else {
+					go c.run()
+				}
 			}
 		})
 	}
@@ -256,6 +273,13 @@ func (c *Client) Events() []Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.events)
+}
+
+// Lost reports whether the client's stream ended.
+func (c *Client) Lost() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done
 }
 
 // SyncedAt returns when the client had first ACKed (or, never ACKing, received) every
@@ -401,6 +425,15 @@ type decoder struct {
 	secret   tlsv3.Secret
 }
 
+func (d *decoder) reset() {
+	proto.Reset(&d.cluster)
+	proto.Reset(&d.cla)
+	proto.Reset(&d.listener)
+	proto.Reset(&d.route)
+	proto.Reset(&d.hcm)
+	proto.Reset(&d.secret)
+}
+
 // decoded is what a resource's bytes say, as far as the simulator cares.
 type decoded struct {
 	name string
@@ -544,6 +577,10 @@ func (s *shardedMap[K, V]) store(k K, v V) {
 }
 
 func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
+	// What a decoded message holds is dropped once read: a client that kept its last
+	// RouteConfiguration (every Service's routes) would hold megabytes, and with every
+	// client decoding (FullDecode) a fleet of them would not fit in memory.
+	defer d.reset()
 	r := &decoded{}
 	switch t {
 	case CDS:

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,7 +26,19 @@ import (
 
 // Run is one server process with one fleet.
 type Run struct {
-	Impl     string `json:"impl"`
+	Impl string `json:"impl"`
+	// Protocol is the clients' xDS protocol, sotw or delta; Decode how they decode:
+	// all (each client every resource it receives, as each Envoy does) or shared (each
+	// distinct resource once for the fleet).
+	Protocol string `json:"protocol"`
+	Decode   string `json:"decode"`
+	// StreamsLost counts the clients whose stream ended during the run; LostErr is the
+	// first such error.
+	StreamsLost int    `json:"streams_lost"`
+	LostErr     string `json:"lost_err,omitempty"`
+	// DriverHWM is the simulator's peak RSS at the end of the run (for scale: it holds
+	// every proxy's state).
+	DriverHWM uint64 `json:"driver_hwm"`
 	N        int    `json:"n"`
 	NeverACK int    `json:"never_ack"`
 	S        int    `json:"s"`
@@ -117,6 +130,7 @@ func startChild(ctx context.Context, c config, logPath string, args ...string) (
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	addChild(cmd.Process.Pid)
 	ch := &child{cmd: cmd, http: &http.Client{Timeout: 2 * time.Minute}}
 	line := make(chan string, 1)
 	go func() {
@@ -146,6 +160,7 @@ func startChild(ctx context.Context, c config, logPath string, args ...string) (
 }
 
 func (ch *child) stop() {
+	defer removeChild(ch.cmd.Process.Pid)
 	_ = ch.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = ch.cmd.Wait(); close(done) }()
@@ -190,15 +205,21 @@ func logf(format string, args ...any) {
 
 // runFleet starts a server process, syncs n proxies (the last stuck of which never
 // ACK), and drives the changes.
-func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, error) {
+func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck int) (*Run, error) {
+	n := size.n
 	wc := workload.Config{Services: c.services, Endpoints: c.endpoints, Proxies: n}
-	r := &Run{Impl: impl, N: n, NeverACK: stuck, S: wc.Services, E: wc.Endpoints}
-	name := fmt.Sprintf("%s-n%d", impl, n)
+	serverImpl, delta := strings.CutSuffix(impl, "-delta")
+	r := &Run{Impl: impl, Protocol: "sotw", Decode: size.decode, N: n, NeverACK: stuck, S: wc.Services, E: wc.Endpoints}
+	if delta {
+		r.Protocol = "delta"
+	}
+	sim.FullDecode = size.decode == "all"
+	name := fmt.Sprintf("%s-n%d-%s", impl, n, size.decode)
 	if stuck > 0 {
 		name += "-stuck"
 	}
-	logf("%s: starting the server (S=%d, E=%d, N=%d, never ACK=%d)", impl, wc.Services, wc.Endpoints, n, stuck)
-	ch, err := startChild(ctx, c, filepath.Join(c.out, name+".log"), "-impl", impl,
+	logf("%s: starting the server (S=%d, E=%d, N=%d, never ACK=%d, %s, decode %s)", impl, wc.Services, wc.Endpoints, n, stuck, r.Protocol, r.Decode)
+	ch, err := startChild(ctx, c, filepath.Join(c.out, name+".log"), "-impl", serverImpl,
 		"-services", strconv.Itoa(wc.Services), "-endpoints", strconv.Itoa(wc.Endpoints), "-proxies", strconv.Itoa(n))
 	if err != nil {
 		return nil, err
@@ -218,7 +239,7 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 	for i, p := range pods {
 		nodes[i] = p.Node()
 	}
-	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window}, 5*time.Minute)
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window, Delta: delta}, 5*time.Minute)
 	if f != nil {
 		defer f.Close()
 	}
@@ -277,21 +298,24 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse), mib(chg.DriverRSS), mib(chg.DriverHeap))
 		}
 	}
-	if st := f.Status(); st.Err != nil {
-		return nil, st.Err
-	}
-	if err := r.end(ch); err != nil {
+	if err := r.end(ch, f); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
 // end records the server's state at the end of the run, with its peak RSS.
-func (r *Run) end(ch *child) error {
+func (r *Run) end(ch *child, f *sim.Fleet) error {
 	var err error
 	if r.End, err = ch.stats(false); err != nil {
 		return err
 	}
+	st := f.Status()
+	r.StreamsLost = st.Done
+	if st.Err != nil {
+		r.LostErr = st.Err.Error()
+	}
+	r.DriverHWM = server.ReadStats(false).HWM
 	logf("%s N=%d: server RSS after sync %s, peak RSS over the run %s", r.Impl, r.N, mib(r.AfterSync.RSS), mib(r.PeakRSS()))
 	return nil
 }
@@ -333,7 +357,7 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 	want := expectation(kind)
 	done := func() bool {
 		for _, cl := range f.Clients {
-			if cl.Mode != sim.Normal {
+			if cl.Mode != sim.Normal || cl.Lost() {
 				continue
 			}
 			if !reached(cl.Events(), want) {
@@ -355,8 +379,8 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		if err := sleep(ctx, 20*time.Millisecond); err != nil {
 			return nil, err
 		}
-		if st := f.Status(); st.Err != nil {
-			return nil, st.Err
+		if st := f.Status(); st.Done == len(f.Clients) {
+			return nil, fmt.Errorf("every stream ended: %w", st.Err)
 		}
 	}
 	if err := waitQuiet(ctx, f, ch, t0.Add(time.Second), time.Minute); err != nil {
@@ -462,7 +486,7 @@ func waitSynced(ctx context.Context, f *sim.Fleet, timeout time.Duration) error 
 			return nil
 		}
 		if st.Done > 0 {
-			return fmt.Errorf("%d streams ended during the initial sync", st.Done)
+			return fmt.Errorf("%d streams ended during the initial sync: %w", st.Done, st.Err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("initial sync: %d of %d proxies synced after %s", st.Synced, len(f.Clients), timeout)
