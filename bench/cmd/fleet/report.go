@@ -15,16 +15,16 @@ import (
 )
 
 type report struct {
-	Started  time.Time       `json:"started"`
-	Finished time.Time       `json:"finished"`
-	Machine  string          `json:"machine"`
-	Command  string          `json:"command"`
-	Workload workload.Config `json:"workload"`
-	Runs     []*Run          `json:"runs"`
-	Stuck    []*Run          `json:"stuck"`
-	Kube     *Run            `json:"kube,omitempty"`
-	LoadStart string `json:"load_start"`
-	LoadEnd   string `json:"load_end"`
+	Started   time.Time       `json:"started"`
+	Finished  time.Time       `json:"finished"`
+	Machine   string          `json:"machine"`
+	Command   string          `json:"command"`
+	Workload  workload.Config `json:"workload"`
+	Runs      []*Run          `json:"runs"`
+	Stuck     []*Run          `json:"stuck"`
+	Kube      *Run            `json:"kube,omitempty"`
+	LoadStart string          `json:"load_start"`
+	LoadEnd   string          `json:"load_end"`
 	// Failed are the runs that did not complete, with why.
 	Failed []string `json:"failed,omitempty"`
 }

@@ -39,10 +39,10 @@ type Run struct {
 	// DriverHWM is the simulator's peak RSS at the end of the run (for scale: it holds
 	// every proxy's state).
 	DriverHWM uint64 `json:"driver_hwm"`
-	N        int    `json:"n"`
-	NeverACK int    `json:"never_ack"`
-	S        int    `json:"s"`
-	E        int    `json:"e"`
+	N         int    `json:"n"`
+	NeverACK  int    `json:"never_ack"`
+	S         int    `json:"s"`
+	E         int    `json:"e"`
 	// SyncAll is from the first dial to the moment every proxy had ACKed every type it
 	// asked for; SyncP50 is the median proxy's time. Seconds.
 	SyncAll float64 `json:"sync_all_s"`
