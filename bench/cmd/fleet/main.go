@@ -74,6 +74,7 @@ type config struct {
 	profile             bool
 	pushes              int
 	kubePushes          int
+	pushImpls           []string
 	simMemory           int64
 	minAvailable        int64
 }
@@ -103,6 +104,7 @@ func driverMain(args []string) error {
 	fs.Int64Var(&c.simMemory, "sim-memory", 8<<30, "soft memory limit of the simulator's Go heap, in bytes (runtime/debug.SetMemoryLimit)")
 	fs.Int64Var(&c.minAvailable, "min-available", 6<<30, "stop the whole run (servers included) when the machine's MemAvailable drops below this many bytes")
 	fs.IntVar(&c.conns, "conns", 0, "gRPC connections the simulated proxies share (0: one each, as real Envoys)")
+	pushImpls := fs.String("pushes-impls", "bearkong,bearkong-delta", "the control planes that get the -pushes phase (the peers' full pushes take minutes each with every client decoding)")
 	fs.IntVar(&c.pushes, "pushes", 10, "after the changes, this many new Services in a row (full pushes), each awaited, with the server's RSS after each (0 skips the phase)")
 	fs.StringVar(&c.out, "out", "out", "directory for results and logs")
 	kubeLock := fs.String("kube-lock", "/tmp/bearkong-e2e.lock", "flock held during the informer run, shared with the e2e tests that start API servers (empty: none)")
@@ -147,6 +149,7 @@ func driverMain(args []string) error {
 		c.proxies = append(c.proxies, fleetSize{n: n, decode: mode})
 	}
 	c.impls = strings.Split(impls, ",")
+	c.pushImpls = strings.Split(*pushImpls, ",")
 	c.kinds = strings.Split(kinds, ",")
 	if err := os.MkdirAll(c.out, 0o755); err != nil {
 		return err

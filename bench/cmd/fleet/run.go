@@ -281,7 +281,7 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 		logf("%s: %-10s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy  server CPU %.2fs",
 			impl, kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes, chg.ServerCPU)
 	}
-	if stuck == 0 {
+	if stuck == 0 && slices.Contains(c.pushImpls, impl) {
 		// Memory over a series of full pushes: each new Service sends every proxy the
 		// whole CDS set; the server must not hold more after ten than after the first.
 		for i := range c.pushes {
