@@ -301,7 +301,12 @@ func (c *Client) allSynced() bool {
 func (c *Client) finish(err error) {
 	c.mu.Lock()
 	c.done = true
-	if err != nil && !errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) {
+		// The server ended the stream with an OK status: still a lost stream to a
+		// proxy, which must reconnect and resync.
+		err = errors.New("the server ended the stream (EOF)")
+	}
+	if err != nil {
 		c.err = err
 	}
 	c.mu.Unlock()
