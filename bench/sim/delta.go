@@ -26,6 +26,11 @@ func (c *Client) runDelta() {
 	for {
 		var resp rawDeltaResponse
 		if err := c.dstream.RecvMsg(&resp); err != nil {
+			if c.reconnecting.Load() {
+				if err = c.reconnectDelta(); err == nil {
+					continue
+				}
+			}
 			c.finish(err)
 			return
 		}
@@ -35,6 +40,42 @@ func (c *Client) runDelta() {
 			c.finish(err)
 			return
 		}
+	}
+}
+
+// reconnectDelta opens a new stream, as Envoy does after losing one, and asks for every
+// type again with initial_resource_versions: what the cache holds.
+func (c *Client) reconnectDelta() error {
+	c.reconnecting.Store(false)
+	s, cancel, err := c.openDelta()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.dstream, c.cancelStream = s, cancel
+	c.mu.Unlock()
+	reqs := c.dproto.Reconnect()
+	reqs[0].Node = c.Node
+	for _, r := range reqs {
+		if err := s.Send(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Reconnect ends every delta client's stream and has it open a new one, which asks for
+// what it held with initial_resource_versions. SotW clients are left alone.
+func (f *Fleet) Reconnect() {
+	for _, c := range f.Clients {
+		if c.openDelta == nil {
+			continue
+		}
+		c.reconnecting.Store(true)
+		c.mu.Lock()
+		cancel := c.cancelStream
+		c.mu.Unlock()
+		cancel()
 	}
 }
 

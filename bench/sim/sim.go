@@ -99,6 +99,12 @@ type Client struct {
 	// On a delta stream (Options.Delta), these instead.
 	dstream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
 	dproto  *deltaProto
+	// openDelta opens a new delta stream, and cancelStream ends the current one; with
+	// reconnecting set, the receive goroutine opens a new stream instead of finishing
+	// (Fleet.Reconnect).
+	openDelta    func() (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, context.CancelFunc, error)
+	cancelStream context.CancelFunc
+	reconnecting atomic.Bool
 
 	mu       sync.Mutex
 	events   []Event
@@ -193,7 +199,15 @@ func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*F
 				ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
 				var err error
 				if o.Delta {
-					c.dstream, err = ads.DeltaAggregatedResources(ctx)
+					c.openDelta = func() (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, context.CancelFunc, error) {
+						sctx, cancel := context.WithCancel(ctx)
+						s, err := ads.DeltaAggregatedResources(sctx)
+						if err != nil {
+							cancel()
+						}
+						return s, cancel, err
+					}
+					c.dstream, c.cancelStream, err = c.openDelta()
 				} else {
 					c.stream, err = ads.StreamAggregatedResources(ctx)
 				}

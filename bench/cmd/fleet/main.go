@@ -95,7 +95,7 @@ func driverMain(args []string) error {
 	decode := fs.String("decode", "all", "how clients decode when -proxies does not say: all or shared")
 	fs.StringVar(&impls, "impls", "bearkong,bearkong-delta,peer,peer-linear", "control planes to compare: bearkong, peer (go-control-plane's snapshot cache), peer-linear (its LinearCache for EDS under a MuxCache); a -delta suffix makes the clients speak incremental xDS to it")
 	var kinds string
-	fs.StringVar(&kinds, "changes", "endpoint,endpoint,endpoint,service,annotation,policy,noop", "the changes of each run, in order (latency samples of the same kind are pooled)")
+	fs.StringVar(&kinds, "changes", "endpoint,endpoint,endpoint,service,annotation,policy,noop,reconnect", "the changes of each run, in order (latency samples of the same kind are pooled); reconnect (delta runs only) has every proxy open a new stream with initial_resource_versions")
 	fs.IntVar(&c.window, "window", 64<<10, "HTTP/2 stream and connection window of each simulated proxy (0: gRPC's default, which grows)")
 	fs.IntVar(&c.neverACKProxies, "never-ack-proxies", 0, "N of the run where 1% of the proxies never ACK (0 skips it)")
 	fs.IntVar(&c.kubeProxies, "kube-proxies", 1000, "N of the run through a real API server and informers (0 skips it); the proxies are the first N pods")
@@ -108,6 +108,7 @@ func driverMain(args []string) error {
 	fs.IntVar(&c.pushes, "pushes", 10, "after the changes, this many new Services in a row (full pushes), each awaited, with the server's RSS after each (0 skips the phase)")
 	fs.StringVar(&c.out, "out", "out", "directory for results and logs")
 	kubeLock := fs.String("kube-lock", "/tmp/bearkong-e2e.lock", "flock held during the informer run, shared with the e2e tests that start API servers (empty: none)")
+	kubeLockWait := fs.Duration("kube-lock-wait", 10*time.Minute, "how long to wait for -kube-lock before skipping the informer run")
 	benchmarks := fs.String("benchmarks", "", "rewrite the generated part of this BENCHMARKS.md with the results")
 	fs.DurationVar(&c.timeout, "timeout", 14*time.Minute, "the whole run stops after this")
 	fs.BoolVar(&c.profile, "profile", false, "write CPU profiles of each change and heap profiles after sync of the server processes to <out>/prof")
@@ -170,6 +171,7 @@ func driverMain(args []string) error {
 
 	rep := &report{Started: time.Now(), Machine: machine(), Command: "cd bench && go run ./cmd/fleet " + strings.Join(args, " "), LoadStart: loadAverage(),
 		Workload: workload.Config{Services: c.services, Endpoints: c.endpoints}}
+runs:
 	for _, fs := range c.proxies {
 		for _, impl := range c.impls {
 			r, err := runFleet(ctx, c, impl, fs, 0)
@@ -180,7 +182,7 @@ func driverMain(args []string) error {
 				rep.Failed = append(rep.Failed, fmt.Sprintf("%s, N=%d (%s decode): %v", impl, fs.n, fs.decode, err))
 				rep.save(c.out)
 				if ctx.Err() != nil {
-					return err
+					break runs // out of time: write what was measured
 				}
 				continue
 			}
@@ -188,7 +190,7 @@ func driverMain(args []string) error {
 			rep.save(c.out)
 		}
 	}
-	if c.neverACKProxies > 0 {
+	if c.neverACKProxies > 0 && ctx.Err() == nil {
 		for _, impl := range c.impls {
 			r, err := runFleet(ctx, c, impl, fleetSize{n: c.neverACKProxies, decode: "shared"}, c.neverACKProxies/100)
 			if err != nil {
@@ -198,18 +200,24 @@ func driverMain(args []string) error {
 			rep.save(c.out)
 		}
 	}
-	if c.kubeProxies > 0 {
+	if c.kubeProxies > 0 && ctx.Err() == nil {
 		// kubeenv picks free ports, but an API server is heavy: take the lock the
 		// e2e tests share, so as not to run beside them on a small machine.
 		unlock := func() {}
+		var err error
 		if *kubeLock != "" {
-			var err error
-			if unlock, err = lockFile(ctx, *kubeLock); err != nil {
-				return err
+			lctx, lcancel := context.WithTimeout(ctx, *kubeLockWait)
+			unlock, err = lockFile(lctx, *kubeLock)
+			lcancel()
+			if err != nil {
+				err = fmt.Errorf("not run: %s stayed held by e2e tests for %s", *kubeLock, *kubeLockWait)
 			}
 		}
-		r, err := runKube(ctx, c)
-		unlock()
+		var r *Run
+		if err == nil {
+			r, err = runKube(ctx, c)
+			unlock()
+		}
 		if err != nil {
 			logf("informer path: %v", err)
 			rep.Failed = append(rep.Failed, fmt.Sprintf("informer path: %v", err))

@@ -182,6 +182,7 @@ var rows = []row{
 	{label: "bytes per proxy: `mesh-max-connections` on one Service", get: changeMetric(workload.Policy, func(c *Change) float64 { return c.Bytes }), unit: "%.0f", ratio: true},
 	{label: "bytes per proxy: annotation no rule reads", get: changeMetric(workload.Annotation, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
 	{label: "bytes per proxy: no-op", get: changeMetric(workload.NoOp, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
+	{label: "bytes per proxy: reconnect with nothing changed (delta: initial_resource_versions)", get: changeMetric(reconnect, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
 	{label: "resources per proxy: endpoint change", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Resources }), unit: "%.1f", ratio: true},
 	{label: "control-plane CPU per change: endpoint (s)", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
 	{label: "control-plane CPU per change: new Service (s)", get: changeMetric(workload.NewService, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
@@ -285,7 +286,7 @@ func (r *report) markdown() string {
 		b.WriteString("\nWhat each change sent (resources per response, min–max, by type):\n\n")
 		for _, run := range g.runs {
 			fmt.Fprintf(&b, "- %s:", run.label())
-			for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, workload.NoOp} {
+			for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, workload.NoOp, reconnect} {
 				c := run.pooled(kind)
 				if c == nil {
 					continue
@@ -430,7 +431,7 @@ func perType(c *Change) string {
 		return "nothing sent"
 	}
 	var parts []string
-	for _, t := range []string{"cds", "eds", "lds", "rds"} {
+	for _, t := range []string{"cds", "eds", "lds", "rds", "sds"} {
 		if mm, ok := c.ResourcesPerResponse[t]; ok {
 			if mm[0] == mm[1] {
 				parts = append(parts, fmt.Sprintf("%s %d", t, mm[0]))

@@ -267,12 +267,18 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 		kinds = slices.DeleteFunc(slices.Clone(kinds), func(k string) bool { return k != workload.Endpoint })
 	}
 	for i, kind := range kinds {
+		if kind == reconnect && !delta {
+			continue // the SotW protocol state (internal/xdsclient) does not reconnect
+		}
 		stopProf := prof(kind + strconv.Itoa(i))
 		var wc workload.Change
-		if err := ch.post("/prepare?kind="+kind, &wc); err != nil {
+		apply := func() error { return ch.post("/commit", &struct{}{}) }
+		if kind == reconnect {
+			apply = func() error { f.Reconnect(); return nil }
+		} else if err := ch.post("/prepare?kind="+kind, &wc); err != nil {
 			return nil, err
 		}
-		chg, err := measureChange(ctx, f, ch, kind, wc.Cluster, func() error { return ch.post("/commit", &struct{}{}) })
+		chg, err := measureChange(ctx, f, ch, kind, wc.Cluster, apply)
 		stopProf()
 		if err != nil {
 			return nil, err
@@ -323,6 +329,9 @@ func (r *Run) end(ch *child, f *sim.Fleet) error {
 // PeakRSS is the server's peak RSS (VmHWM) over the run: the high-water mark at its
 // end, or after sync for a run that stopped there.
 func (r *Run) PeakRSS() uint64 { return max(r.End.HWM, r.AfterSync.HWM) }
+
+// reconnect is the change where every delta client loses its stream and opens a new one.
+const reconnect = "reconnect"
 
 // expectation is what each normal proxy must have ACKed before a change counts as done.
 func expectation(kind string) []sim.Type {
