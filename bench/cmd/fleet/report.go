@@ -202,7 +202,7 @@ var rows = []row{
 	}), unit: "%.1f", ratio: true},
 	{label: "streams lost during the run", get: stat(func(r *Run) float64 { return float64(r.StreamsLost) }), unit: "%.0f"},
 	{label: "simulator: CPU per endpoint change (s)", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ClientCPU }), unit: "%.2f"},
-	{label: "simulator: peak RSS over the run (MiB)", get: stat(func(r *Run) float64 { return float64(r.DriverHWM) / mibf }), unit: "%.0f"},
+	{label: "simulator: peak RSS of the driver process so far (MiB)", get: stat(func(r *Run) float64 { return float64(r.DriverHWM) / mibf }), unit: "%.0f"},
 }
 
 // label names a run's column.
