@@ -196,6 +196,7 @@ var rows = []row{
 		return 100 * (float64(c.RSS)/float64(r.AfterSyncNoGC.RSS) - 1)
 	}), unit: "%+.0f"},
 	{label: "heap in use after 10 new Services, as it runs (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(c.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
+	{label: "heap in use after 10 new Services, after a GC (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(r.AfterPushesGC.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
 	{label: "peak RSS over the whole run, VmHWM (MiB)", get: stat(func(r *Run) float64 { return float64(r.PeakRSS()) / mibf }), unit: "%.0f", ratio: true},
 	{label: "RSS per proxy beyond the shared config (KiB)", get: stat(func(r *Run) float64 {
 		return (float64(r.AfterSync.RSS) - float64(r.Baseline.RSS)) / float64(r.N) / kib

@@ -54,6 +54,9 @@ type Run struct {
 	// AfterSyncNoGC is the server after sync as it runs, before that GC: what the
 	// pushes phase compares with.
 	AfterSyncNoGC server.Stats `json:"after_sync_no_gc"`
+	// AfterPushesGC is the server after the pushes phase and a GC: live memory, to tell
+	// growth that a collection returns from growth that stays.
+	AfterPushesGC server.Stats `json:"after_pushes_gc"`
 	// End is the server at the end of the run, after the last change, without a GC:
 	// its HWM is the peak RSS over the whole run (sync and changes).
 	End server.Stats `json:"end"`
@@ -302,6 +305,11 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 			r.Pushes = append(r.Pushes, chg)
 			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s; simulator RSS %s heap %s",
 				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse), mib(chg.DriverRSS), mib(chg.DriverHeap))
+		}
+	}
+	if len(r.Pushes) > 0 {
+		if r.AfterPushesGC, err = ch.stats(true); err != nil {
+			return nil, err
 		}
 	}
 	if err := r.end(ch, f); err != nil {
