@@ -6,8 +6,6 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-
-	"github.com/bearkong/bearkong/internal/xdsclient"
 )
 
 // runDelta is run for a client on an incremental stream (Options.Delta).
@@ -155,13 +153,4 @@ func (c *Client) handleDelta(d *decoder, resp *rawDeltaResponse) error {
 		}
 	}
 	return nil
-}
-
-// deltaResources builds the protocol's view of a response's resources, for tests.
-func deltaResources(rs ...xdsclient.Resource) []deltaResource {
-	out := make([]deltaResource, len(rs))
-	for i, r := range rs {
-		out[i] = deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)}
-	}
-	return out
 }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -117,4 +118,13 @@ func TestDeltaProto(t *testing.T) {
 			t.Errorf("reconnect = %+v, want %+v", got, want)
 		}
 	})
+}
+
+// deltaResources builds the protocol's view of a response's resources, for tests.
+func deltaResources(rs ...xdsclient.Resource) []deltaResource {
+	out := make([]deltaResource, len(rs))
+	for i, r := range rs {
+		out[i] = deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)}
+	}
+	return out
 }
