@@ -57,7 +57,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	logf("informer path: creating %d Services, %d Pods and %d EndpointSlices", s, n, s)
+	logf("informer path: creating %d Services, %d Pods and %d EndpointSlices", s, s*e, s)
 	if err := createMesh(ctx, client, s, e); err != nil {
 		return nil, err
 	}
