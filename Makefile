@@ -4,7 +4,7 @@
 GO  ?= go
 BIN := .cache/bin
 
-.PHONY: all build install run test test/unit fmt vet
+.PHONY: all build install install/test run test test/unit fmt vet
 
 all: build
 
@@ -21,14 +21,40 @@ install:
 	scripts/install-prometheus.sh
 	scripts/install-tcpdump.sh
 
-# The whole mesh on loopback addresses; Ctrl-C stops everything.
+# What only the tests need on top: Chromium (Debian package) for the browser tests of /debug/.
+install/test: install
+	scripts/install-chromium.sh
+
+# The whole mesh on loopback addresses; Ctrl-C stops everything. XDS_PROTOCOL=sotw|delta
+# chooses the sidecars' xDS protocol (default: the bootstrap's, translate.DefaultXDSProtocol).
+XDS_PROTOCOL ?=
 run: install build
-	$(BIN)/localmesh
+	$(BIN)/localmesh $(if $(XDS_PROTOCOL),-xds-protocol $(XDS_PROTOCOL))
 
 # Unit, in-process and end-to-end tests (the e2e tests start a real kube-apiserver,
-# etcd and Envoys, so they need the tools from `make install`).
-test: install build
+# etcd and Envoys, so they need the tools from `make install`). The e2e suite runs twice:
+# whole, with every sidecar on the default xDS protocol (translate.DefaultXDSProtocol),
+# then its core tests (E2E_CORE) on the other protocol (BEARKONG_E2E_XDS_PROTOCOL=other).
+test: install/test build
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory test/e2e/core XDS_PROTOCOL=other
+
+# The core e2e tests, on XDS_PROTOCOL (sotw, delta, default or other; empty is the
+# default): the 3x3 reachability table, every proxy synced with nothing rejected, no-op
+# changes that send nothing, scale up and graceful scale down, a Service joining, leaving
+# and deleted (its cluster gone from Envoy), unsubscribe and resubscribe, a route moved off
+# a deleted backend, one cluster's policy changed, a NACK in /debug/streams, a stalled
+# proxy cut and resynced, and a control-plane restart that sends nothing new. About 2
+# minutes.
+E2E_CORE := TestSmokeEveryAppReachesEveryApp|TestBootstrapValidatesWithEnvoy|TestEnvoysAreSyncedAndAcceptEverything|\
+	TestNoOpChangesSendNothing|TestScaleUpAndGracefulScaleDown|TestServiceJoinsAndLeavesTheMesh|TestDeletedServiceLeavesEnvoy|\
+	TestRelabelLastMeshedService|TestRouteMovesOffDeletedBackend|TestClusterPolicyChangeReachesEnvoy|TestNACKShownInDebugStreams|\
+	TestPausedEnvoyIsCutAndResyncs|TestControlPlaneRestart
+empty :=
+space := $(empty) $(empty)
+.PHONY: test/e2e/core
+test/e2e/core:
+	BEARKONG_E2E_XDS_PROTOCOL=$(XDS_PROTOCOL) $(GO) test -count=1 -timeout 15m -run '^($(subst $(space),,$(E2E_CORE)))$$' ./test/e2e
 
 test/unit:
 	$(GO) test -short ./pkg/...
@@ -131,6 +157,8 @@ run/apps:
 
 # Prometheus in the monitoring namespace, scraping bearkong and every sidecar.
 run/prometheus:
+	$(KUBECTL) apply -f manifests/prometheus/namespace.yaml
+	$(KUBECTL) -n monitoring create configmap prometheus-rules --from-file=manifests/prometheus/rules.yaml --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) apply -k manifests/prometheus
 	$(KUBECTL) -n monitoring rollout status deploy/prometheus --timeout=$(ROLLOUT_TIMEOUT)
 	@echo "kubectl -n monitoring port-forward svc/prometheus 9090  # then http://localhost:9090"

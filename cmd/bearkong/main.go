@@ -2,6 +2,8 @@
 //
 //	bearkong cp         run the control plane (Kubernetes -> xDS)
 //	bearkong bootstrap  print the Envoy bootstrap every sidecar uses
+//	bearkong status     show every proxy's xDS state (status.go)
+//	bearkong config     show, or compare with Envoy, a proxy's config (config.go)
 //	bearkong version    print the version
 package main
 
@@ -48,6 +50,8 @@ const usage = `bearkong: a small service-mesh control plane for Envoy sidecars o
 Usage:
   bearkong cp [flags]         run the control plane (see 'bearkong cp -h')
   bearkong bootstrap [flags]  print the Envoy bootstrap for a sidecar (see 'bearkong bootstrap -h')
+  bearkong status [pod]       every proxy's xDS state, or one proxy's (see 'bearkong status -h')
+  bearkong config <pod>       a proxy's config, or --diff against its Envoy (see 'bearkong config -h')
   bearkong version            print the version
 `
 
@@ -72,6 +76,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCP(ctx, args[1:], stderr)
 	case "bootstrap":
 		return runBootstrap(args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "config":
+		return runConfig(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "bearkong", version)
 		return nil
@@ -109,6 +117,7 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	leRetry := fs.Duration("leader-election-retry-period", discovery.DefaultRetryPeriod, "interval between tries to take or renew the Lease")
 	certLifetime := fs.Duration("cert-lifetime", 24*time.Hour, "lifetime of the workload and xDS server certificates, a whole even number of seconds; they rotate at half of it")
 	defaultMTLS := fs.String("default-mtls", string(mesh.MTLSStrict), "mutual-TLS mode where no Service or Namespace annotation mesh-mtls says otherwise: STRICT, PERMISSIVE or DISABLE")
+	defaultAccessLog := fs.String("default-access-log", string(mesh.AccessLogOff), "access-log format of the Services without a mesh-access-log annotation: json, text or off")
 	defaultAuthz := fs.String("default-authz", "allow", "what a meshed Service with no ALLOW AuthorizationPolicy does with requests: allow, or deny every one (default deny, zero trust)")
 	serverNames := fs.String("xds-server-names", "", "comma-separated DNS names and IPs of the xDS server certificate (default bearkong.<namespace>.svc, bearkong.<namespace>.svc.<cluster-domain>, and the host of --xds-addr when it is an IP)")
 	// Limits on what one xDS client can make the control plane hold, log or do (README,
@@ -127,13 +136,17 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	debugAddr := fs.String("debug-addr", defaultDebugAddr, "host:port of a listener of its own serving Go's profiles (net/http/pprof) under /debug/pprof/; empty disables. Loopback by default: reach it with kubectl port-forward. The default, when another process holds it (a second bearkong on one host), is skipped with a warning; an address given is required")
 	kubeQPS := fs.Float64("kube-api-qps", discovery.DefaultKubeAPIQPS, "requests per second each Kubernetes client may make (client-side rate limit)")
 	kubeBurst := fs.Int("kube-api-burst", discovery.DefaultKubeAPIBurst, "burst of requests each Kubernetes client may make above --kube-api-qps")
+	promURL := fs.String("prometheus-url", "", "base URL of a Prometheus that scrapes the sidecars (e.g. http://prometheus.monitoring.svc:9090): the page at /debug/ and /debug/signals then show each Service's request rate, error rate and p99 latency; empty shows none")
 	connAge := fs.Duration("xds-max-connection-age", 30*time.Minute, "close each xDS connection after about this long (±10%), so that proxies reconnect and spread over the replicas after a rollout; the proxy keeps its config meanwhile. 0 disables")
 	connAgeGrace := fs.Duration("xds-max-connection-age-grace", 10*time.Second, "after --xds-max-connection-age, how long the connection's streams may go on before the connection is cut")
 	// Testing only, and left out of the usage: it lets an HTTPRoute opt out of
 	// bearkong's regex checks (discovery.SkipValidationAnnotation), so that the tests
 	// can send the proxies a config they reject and watch the quarantine work.
 	skipValidation := fs.Bool(unsafeSkipValidationFlag, false, "")
-	fs.Usage = func() { usageWithout(fs, unsafeSkipValidationFlag) }
+	// Testing only, hidden too: the test hooks of internal/controlplane/testhooks.go on
+	// the debug listener, which pause a proxy or make it NACK (README, "From the command line").
+	testHooks := fs.Bool(unsafeTestHooksFlag, false, "")
+	fs.Usage = func() { usageWithout(fs, unsafeSkipValidationFlag, unsafeTestHooksFlag) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -179,6 +192,10 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	defaultDeny, err := parseDefaultAuthz(*defaultAuthz)
 	if err != nil {
 		return err
+	}
+	accessLog, err := mesh.ParseAccessLogFormat(*defaultAccessLog)
+	if err != nil {
+		return fmt.Errorf("--default-access-log: %w", err)
 	}
 	if err := translate.ValidateTrustDomain(*trustDomain); err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
@@ -227,10 +244,12 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	opts := controlplane.Options{
 		XDSAddr: *xdsAddr, HTTPAddr: *httpAddr, DebugAddr: *debugAddr, DrainTimeout: *drain,
 		MaxConnectionAge: *connAge, MaxConnectionAgeGrace: *connAgeGrace, Logger: log, Registry: reg, Limits: limits,
-		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny},
+		Translate:    translate.Options{ClusterDomain: *clusterDomain, TrustDomain: *trustDomain, DefaultMTLS: mode, DefaultDeny: defaultDeny, DefaultAccessLog: accessLog},
 		Certificates: controlplane.AuthorityCertificates(authority),
 		OnSnapshot:   func(s *mesh.Snapshot) { publish(discovery.RootNamespaces(s)) },
+		TestHooks:    *testHooks,
 	}
+	opts.PrometheusURL = *promURL
 	if !sec.Insecure {
 		names := slices.Clone(sec.ServerNames)
 		for _, ip := range sec.ServerIPs {
@@ -263,6 +282,9 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if sec.Insecure {
 		log.Warn("--xds-insecure is set: xDS is plaintext and any client that claims a node gets its config and certificate; for development only")
+	}
+	if *testHooks {
+		log.Warn("--"+unsafeTestHooksFlag+" is set: the debug listener can pause any proxy's config or make it NACK; for tests only", "debug", cp.DebugAddr())
 	}
 	if *skipValidation {
 		log.Warn("--" + unsafeSkipValidationFlag + " is set: HTTPRoutes annotated " + discovery.SkipValidationAnnotation + "=true skip bearkong's regex checks; for tests only")
@@ -328,13 +350,16 @@ func parseLimits(ints map[string]int, sendTimeout time.Duration, connStreams uin
 // unsafeSkipValidationFlag names the hidden testing flag of bearkong cp.
 const unsafeSkipValidationFlag = "unsafe-testing-skip-validation"
 
-// usageWithout prints fs's usage without the flag named hidden.
-func usageWithout(fs *flag.FlagSet, hidden string) {
+// unsafeTestHooksFlag names the hidden flag that turns the test hooks on.
+const unsafeTestHooksFlag = "unsafe-testing-hooks"
+
+// usageWithout prints fs's usage without the flags named hidden.
+func usageWithout(fs *flag.FlagSet, hidden ...string) {
 	fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name())
 	all := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
 	all.SetOutput(fs.Output())
 	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name != hidden {
+		if !slices.Contains(hidden, f.Name) {
 			all.Var(f.Value, f.Name, f.Usage)
 		}
 	})
@@ -402,6 +427,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	var o translate.BootstrapOptions
 	fs.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the pod's name (default $POD_NAME, from the downward API)")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the pod's namespace (default $POD_NAMESPACE, from the downward API)")
+	fs.StringVar(&o.Workload, "workload", os.Getenv("WORKLOAD"), "the pod's workload, named by the mesh_workload label of every sidecar stat (default $WORKLOAD, else the pod's name; in a cluster, the pod's app label from the downward API)")
 	fs.StringVar(&o.ListenIP, "listen-ip", envOr("LISTEN_IP", translate.DefaultListenIP), "address the inbound listener (8000) binds")
 	fs.StringVar(&o.OutboundIP, "outbound-ip", envOr("OUTBOUND_IP", translate.DefaultOutboundIP), "address the outbound listener (8001) binds: loopback, so that only the pod's own processes reach it")
 	fs.StringVar(&o.AppAddress, "app-address", envOr("APP_ADDRESS", "127.0.0.1:9090"), "host:port of the application in the pod")
@@ -414,6 +440,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	fs.StringVar(&o.XDSProtocol, "xds-protocol", envOr("BEARKONG_XDS_PROTOCOL", translate.DefaultXDSProtocol), "xDS protocol of the ADS stream: "+strings.Join(translate.XDSProtocols, " or ")+" (state of the world, or incremental); $BEARKONG_XDS_PROTOCOL sets the default")
 	fs.BoolVar(&o.XDSInsecure, "xds-insecure", insecure, "plaintext xDS without credentials, for development only; the control plane must run with --xds-insecure too (default $BEARKONG_XDS_INSECURE)")
 	out := fs.String("o", "-", "write the bootstrap to this file instead of stdout")
 	if err := fs.Parse(args); err != nil {

@@ -44,6 +44,7 @@ func TestRun(t *testing.T) {
 		{"cp with max delay below quiet period", []string{"cp", "--quiet-period", "2s", "--max-delay", "1s"}, "--quiet-period", ""},
 		{"cp with a stray argument", []string{"cp", "extra"}, "no arguments", ""},
 		{"cp with a bad default authz", []string{"cp", "--default-authz", "block"}, `--default-authz "block": want allow or deny`, ""},
+		{"cp with a bad default access log", []string{"cp", "--default-access-log", "JSON"}, `--default-access-log: must be json, text or off (lower case)`, ""},
 		{"cp with a zero node id limit", []string{"cp", "--xds-max-node-id-bytes", "0"}, "--xds-max-node-id-bytes 0: must be positive", ""},
 		{"cp with a negative stream limit", []string{"cp", "--xds-max-streams", "-1"}, "--xds-max-streams -1: must be positive", ""},
 		{"cp with a zero send timeout", []string{"cp", "--xds-send-timeout", "0s"}, "--xds-send-timeout 0s: must be positive", ""},
@@ -60,6 +61,10 @@ func TestRun(t *testing.T) {
 		{"bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,127.0.0.1:5001"}, "", `"portValue": 5001`},
 		{"secure bootstrap with two xds addresses", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-address", "10.0.0.1:5000,10.0.0.2:5000", "--xds-server-name", "bearkong.bearkong-system.svc"}, "", `"targetUri": "ipv4:10.0.0.1:5000,10.0.0.2:5000"`},
 		{"bootstrap with an empty xds address item", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-address", "127.0.0.1:5000,"}, "empty item", ""},
+		{"bootstrap on delta", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "delta"}, "", `"apiType": "DELTA_GRPC"`},
+		{"bootstrap on sotw", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "sotw"}, "", `"apiType": "GRPC"`},
+		{"secure bootstrap on delta", []string{"bootstrap", "--pod-name", "app-1-a", "--pod-namespace", "default", "--xds-ca-file", caFile, "--xds-token-file", "/t", "--xds-protocol", "delta"}, "", `"apiType": "DELTA_GRPC"`},
+		{"bootstrap on an unknown protocol", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--xds-insecure", "--xds-protocol", "incremental"}, `xds protocol "incremental" is not one of: sotw, delta`, ""},
 		{"bootstrap with a bad outbound ip", []string{"bootstrap", "--pod-name", "a", "--pod-namespace", "default", "--outbound-ip", "localhost"}, "outbound IP", ""},
 	}
 	for _, c := range cases {

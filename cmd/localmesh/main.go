@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -18,6 +19,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -25,6 +28,7 @@ import (
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/localmesh"
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/translate"
 )
 
 func main() {
@@ -42,6 +46,7 @@ type config struct {
 	replicas         int
 	noPrometheus     bool
 	envoyLogLevel    string
+	xdsProtocol      string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -55,11 +60,15 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.replicas, "replicas", 2, "how many control-plane replicas to run: each serves xDS, the holder of the Lease writes to the API")
 	fs.BoolVar(&cfg.noPrometheus, "no-prometheus", false, "do not start Prometheus")
 	fs.StringVar(&cfg.envoyLogLevel, "envoy-log-level", "warn", "Envoy --log-level")
+	fs.StringVar(&cfg.xdsProtocol, "xds-protocol", "", "xDS protocol of every sidecar: "+strings.Join(translate.XDSProtocols, " or ")+" (default: the bootstrap's, "+translate.DefaultXDSProtocol+")")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	if cfg.replicas < 1 {
 		return config{}, fmt.Errorf("-replicas %d: want at least 1", cfg.replicas)
+	}
+	if cfg.xdsProtocol != "" && !slices.Contains(translate.XDSProtocols, cfg.xdsProtocol) {
+		return config{}, fmt.Errorf("-xds-protocol %q: want one of %s", cfg.xdsProtocol, strings.Join(translate.XDSProtocols, ", "))
 	}
 	if cfg.binDir == "" || cfg.stateDir == "" {
 		root, err := kubeenv.RepoRoot()
@@ -139,11 +148,13 @@ func run(args []string, out io.Writer) (err error) {
 		EnvoyBin:      filepath.Join(cfg.binDir, "envoy"),
 		DemoAppBin:    filepath.Join(cfg.binDir, "demo-app"),
 		EnvoyLogLevel: cfg.envoyLogLevel,
+		XDSProtocol:   cfg.xdsProtocol,
 		XDSAddr:       cfg.xdsAddr,
 		HTTPAddr:      cfg.httpAddr,
 		Logf:          logf,
 
 		ControlPlaneReplicas: cfg.replicas,
+		ControlPlaneArgs:     controlPlaneArgs(cfg),
 	})
 	if err != nil {
 		return err
@@ -165,7 +176,7 @@ func run(args []string, out io.Writer) (err error) {
 		}
 	}
 
-	step("creating services and starting pods (demo app + Envoy each)")
+	step("creating services and starting pods (demo app + Envoy each, xDS protocol %s)", cmp.Or(cfg.xdsProtocol, translate.DefaultXDSProtocol))
 	if err := m.AddApps(ctx, localmesh.DemoApps); err != nil {
 		return err
 	}
@@ -181,6 +192,16 @@ func run(args []string, out io.Writer) (err error) {
 	<-ctx.Done()
 	fmt.Fprintln(out)
 	return nil
+}
+
+// controlPlaneArgs are the extra flags of every `bearkong cp`: the URL of the Prometheus
+// that run starts after the control plane (its address is fixed by -prometheus-addr), so
+// that the page at /debug/ shows each Service's golden signals.
+func controlPlaneArgs(cfg config) []string {
+	if cfg.noPrometheus {
+		return nil
+	}
+	return []string{"--prometheus-url", "http://" + cfg.promAddr}
 }
 
 // printTable prints who answers a request from each app's first pod to each app.
@@ -228,11 +249,13 @@ Poke at it (from %[1]s, whose outbound listener is %[2]s):
   curl -s %[5]s/certs    # its workload certificate: spiffe://cluster.local/ns/%[6]s/sa/%[7]s
 
 Control plane:
+  %[3]s/debug/    (in a browser: proxies, services, diagnostics)
   curl -s %[3]s/debug/streams
   curl -s %[3]s/debug/diagnostics     # app-3's targetPort 5080 misses the sidecar
   curl -s %[3]s/metrics | grep ^bearkong_
 `, first.Name, first.OutboundURL(), cp, first.InboundAddr(), first.AdminURL(), first.Namespace, first.ServiceAccount)
 	printReplicas(ctx, out, m)
+	printStatusHowTo(out, m)
 	if promURL != "" {
 		fmt.Fprintf(out, `
 Prometheus: %[1]s
@@ -254,6 +277,21 @@ Kubernetes API: %s
 
 Logs under %s. Press Ctrl-C to stop everything.
 `, env.Host, env.Kubeconfig, stateDir)
+}
+
+// printStatusHowTo prints the bearkong status and config commands for this mesh: with
+// every replica, since a proxy's stream is on one of them.
+func printStatusHowTo(out io.Writer, m *localmesh.Mesh) {
+	bin := "bearkong"
+	if exe, err := os.Executable(); err == nil {
+		bin = filepath.Join(filepath.Dir(exe), "bearkong")
+	}
+	servers := strings.Join(m.ControlPlaneURLs(), ",")
+	fmt.Fprintf(out, `
+Every proxy's xDS state, and one proxy's config against its Envoy's:
+  %[1]s status --server %[2]s
+  %[1]s config app-1-0.default --diff --server %[2]s
+`, bin, servers)
 }
 
 // printReplicas lists the control plane's replicas and says which one holds the Lease.

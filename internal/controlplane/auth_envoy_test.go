@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
-	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -27,17 +26,7 @@ import (
 // fake reviewer, in front of the ADS server. The honest proxy is served and resolved with
 // its proven ServiceAccount; a proxy that presents another pod's token gets nothing.
 func TestSecureChannelWithEnvoy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a real Envoy: skipped with -short")
-	}
-	bin, err := kubeenv.BinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	envoy := filepath.Join(bin, "envoy")
-	if _, err := os.Stat(envoy); err != nil {
-		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
-	}
+	envoy := envoyBinary(t)
 	cert, _ := selfSigned(t, "bearkong.test")
 	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
 

@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
-	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/discovery"
 	"github.com/bearkong/bearkong/pkg/mesh"
@@ -36,17 +35,7 @@ import (
 // clusters never go away, no update is rejected), and the new stream is answered with
 // the same versions, once per type, and ACKed: a reconnect costs no config churn.
 func TestMaxConnectionAgeWithEnvoy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs a real Envoy: skipped with -short")
-	}
-	bin, err := kubeenv.BinDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	envoy := filepath.Join(bin, "envoy")
-	if _, err := os.Stat(envoy); err != nil {
-		t.Fatalf("no Envoy at %s (make install): %v", envoy, err)
-	}
+	envoy := envoyBinary(t)
 	for _, mode := range []string{"secure", "insecure"} {
 		t.Run(mode, func(t *testing.T) { testMaxConnectionAge(t, envoy, mode == "secure") })
 	}

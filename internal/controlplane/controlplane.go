@@ -106,6 +106,12 @@ type Options struct {
 	// OnSnapshot, when set, is told of every snapshot that became the config, from the
 	// translate loop: it must not block.
 	OnSnapshot func(*mesh.Snapshot)
+	// PrometheusURL, when set, is the base URL of a Prometheus that scrapes the
+	// sidecars: /debug/signals (and the page at /debug/) asks it for each Service's
+	// golden signals.
+	PrometheusURL string
+	// TestHooks turns on the test hooks of testhooks.go on the debug listener. Tests only.
+	TestHooks bool
 }
 
 // ControlPlane is one running bearkong.
@@ -124,6 +130,9 @@ type ControlPlane struct {
 	// current is the config last handed to the ADS server, handed again at each
 	// certificate rotation.
 	current atomic.Pointer[ads.Config]
+	// intended is the current config before the test hooks, for /debug/config.
+	intended atomic.Pointer[intendedConfig]
+	hooks    *testHooks // nil unless Options.TestHooks
 	// secrets, when certificates are on, builds each proxy's SDS view.
 	secrets *secrets
 
@@ -194,6 +203,11 @@ func New(src Source, o Options) *ControlPlane {
 		ao.Observe = cp.observe
 	}
 	cp.ads = ads.NewServer(ao)
+	// Streams by status, for the dashboard and the NACKED/STALE alerts (manifests/).
+	o.Registry.MustRegister(ads.NewStatusCollector(cp.ads))
+	if o.TestHooks {
+		cp.hooks = newTestHooks(cp)
+	}
 	return cp
 }
 
@@ -226,7 +240,7 @@ func (cp *ControlPlane) handleReports(ctx context.Context) {
 // the mesh contract and from pods, not from user policy).
 func configPart(t resource.Type) mesh.ConfigPart {
 	switch t {
-	case resource.Route:
+	case resource.Route, resource.ScopedRoute:
 		return mesh.RoutesPart
 	case resource.Cluster:
 		return mesh.ClustersPart
@@ -350,7 +364,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	httpSrv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var debugSrv *http.Server
 	if cp.debugLis != nil {
-		debugSrv = &http.Server{Handler: DebugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		debugSrv = &http.Server{Handler: cp.debugHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -472,6 +486,10 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 			return p, nil
 		},
 	}
+	cp.intended.Store(&intendedConfig{resolve: c.Resolve, snap: snap})
+	if cp.hooks != nil {
+		c.Resolve = cp.hooks.wrap(c.Resolve)
+	}
 	cp.current.Store(c)
 	cp.ads.SetConfig(c)
 	if cp.opts.OnSnapshot != nil {
@@ -480,12 +498,18 @@ func (cp *ControlPlane) apply(snap *mesh.Snapshot) {
 	cp.log.Info("config updated", "services", len(snap.Services), "proxies", len(snap.Proxies), "translate", time.Since(start))
 }
 
-// Handler serves /metrics, /debug/streams, /debug/diagnostics, /healthz and /readyz.
+// Handler serves /metrics, /debug/streams, /debug/config, /debug/diagnostics, /debug/signals,
+// the page /debug/, /healthz and /readyz.
 func (cp *ControlPlane) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cp.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/streams", cp.ads.DebugHandler())
 	mux.HandleFunc("GET /debug/diagnostics", cp.diagnostics)
+	mux.HandleFunc("GET /debug/signals", cp.signals)
+	// {$} matches /debug/ alone: a bare "/debug/" pattern would answer every unknown
+	// /debug/... path with the page instead of a 404.
+	mux.HandleFunc("GET /debug/{$}", cp.ui)
+	mux.HandleFunc("GET /debug/config", cp.debugConfig)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -526,6 +550,18 @@ func DebugHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// debugHandler is what the debug listener serves: DebugHandler, and the test hooks when
+// they are on.
+func (cp *ControlPlane) debugHandler() http.Handler {
+	if cp.hooks == nil {
+		return DebugHandler()
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/debug/pprof/", DebugHandler())
+	mux.Handle("/debug/testing/", cp.hooks)
 	return mux
 }
 

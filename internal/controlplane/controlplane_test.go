@@ -211,9 +211,11 @@ func TestControlPlaneInProcess(t *testing.T) {
 	}
 
 	// The secrets the clusters name come once their assignments arrived, as Envoy asks
-	// for them (internal/xdsclient), and before the listeners that name them too.
-	t.Run("initial sync arrives in CDS, EDS, SDS, LDS, RDS order", func(t *testing.T) {
-		if got := typesOf(a.Received()); got != "Cluster,ClusterLoadAssignment,Secret,Listener,RouteConfiguration" {
+	// for them (internal/xdsclient), and before the listeners that name them too. The
+	// inbound routes come as soon as the listeners named them, the scopes then, and the
+	// Services' routes once the scopes named them.
+	t.Run("initial sync arrives in CDS, EDS, SDS, LDS, RDS, SRDS, RDS order", func(t *testing.T) {
+		if got := typesOf(a.Received()); got != "Cluster,ClusterLoadAssignment,Secret,Listener,RouteConfiguration,ScopedRouteConfiguration,RouteConfiguration" {
 			t.Fatalf("initial responses: %s", got)
 		}
 	})

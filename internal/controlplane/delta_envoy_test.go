@@ -3,6 +3,7 @@ package controlplane_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,12 +11,17 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/pkg/ads"
+	"github.com/bearkong/bearkong/pkg/resource"
 	"github.com/bearkong/bearkong/pkg/translate"
 )
 
@@ -40,6 +46,22 @@ func TestDeltaWithEnvoy(t *testing.T) {
 	}
 	if !strings.Contains(configDump(t, adminAddr), `"name": "app-3.default"`) {
 		t.Fatal("app-3's cluster is not in Envoy's /config_dump")
+	}
+
+	// A change that means nothing to the mesh sends nothing.
+	svc1, err := h.client.CoreV1().Services("default").Get(ctx, "app-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc1.Annotations, svc1.ResourceVersion = map[string]string{"owner": "team-a"}, "2"
+	if _, err := h.client.CoreV1().Services("default").Update(ctx, svc1, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // proof that nothing is sent needs a wait: the quiet period is 10 ms
+	if s := waitStreamSynced(t, h, deltaNodeID, 0, 10*time.Second); s.ID != first.ID ||
+		s.Types.CDS.Pushes != first.Types.CDS.Pushes || s.Types.EDS.Pushes != first.Types.EDS.Pushes ||
+		s.Types.LDS.Pushes != first.Types.LDS.Pushes || s.Types.RDS.Pushes != first.Types.RDS.Pushes {
+		t.Fatalf("a no-op change pushed: before %+v\nafter %+v", first.Types, s.Types)
 	}
 
 	// A Service comes: its cluster arrives.
@@ -222,5 +244,101 @@ func TestDeltaReconnectWithEnvoy(t *testing.T) {
 	}
 	if got := envoyStat(t, adminAddr, "cluster_manager.cds.update_rejected"); got != 0 {
 		t.Errorf("Envoy's cds.update_rejected = %d", got)
+	}
+}
+
+// TestDeltaNACKWithEnvoy: a real Envoy on delta rejects a response holding a cluster
+// Envoy's validation refuses (a negative connect_timeout) next to a valid new one. The
+// ADS server shows the stream NACKED with Envoy's message and sends nothing again while
+// the content stays; the fix sends the rejected response's clusters again, so Envoy ends
+// with both, and the stream is SYNCED.
+func TestDeltaNACKWithEnvoy(t *testing.T) {
+	envoy := envoyBinary(t)
+	reg := prometheus.NewRegistry()
+	srv := ads.NewServer(ads.Options{Metrics: ads.NewMetrics(reg)})
+	g := grpc.NewServer(ads.ServerOptions()...)
+	srv.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+
+	cluster := func(name string, timeout time.Duration) *resource.Resource {
+		r, err := resource.New(resource.Cluster, name, &clusterv3.Cluster{
+			Name:                 name,
+			ConnectTimeout:       durationpb.New(timeout),
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	set := func(clusters ...*resource.Resource) {
+		p := &resource.Proxy{}
+		for _, ty := range resource.Types {
+			p.Views[ty] = resource.View{resource.NewSet()}
+		}
+		p.Views[resource.Cluster] = resource.View{resource.NewSet(clusters...)}
+		srv.SetConfig(&ads.Config{Resolve: func(*corev3.Node) (*resource.Proxy, error) { return p, nil }})
+	}
+	set(cluster("good", time.Second))
+
+	adminAddr := freeLoopbackAddr(t)
+	ip := freeListenerIP(t)
+	b, err := translate.Bootstrap(translate.BootstrapOptions{
+		PodName: "app-1-1", PodNamespace: "default", ListenIP: ip, OutboundIP: ip, AppAddress: ip + ":9090",
+		AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.DynamicResources.AdsConfig.ApiType = corev3.ApiConfigSource_DELTA_GRPC
+	runEnvoy(t, envoy, b)
+
+	cds := func(what string, cond func(ads.TypeInfo) bool) ads.TypeInfo {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if s := srv.Streams(deltaNodeID); len(s) == 1 && s[0].Protocol == "delta" && cond(s[0].Types.CDS) {
+				return s[0].Types.CDS
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("CDS not %s within 30s: %+v", what, srv.Streams(deltaNodeID))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	synced := cds("SYNCED", func(ti ads.TypeInfo) bool { return ti.Status == ads.Synced })
+
+	set(cluster("good", time.Second), cluster("good-2", time.Second), cluster("bad", -time.Second))
+	nacked := cds("NACKED", func(ti ads.TypeInfo) bool { return ti.Status == ads.Nacked })
+	if nacked.Nacks != 1 || nacked.LastNack == nil || !strings.Contains(nacked.LastNack.Message, "duration") || nacked.VersionAcked != synced.VersionAcked {
+		t.Fatalf("CDS after the NACK: %+v, last NACK %+v", nacked, nacked.LastNack)
+	}
+	if got := envoyStat(t, adminAddr, "cluster_manager.cds.update_rejected"); got != 1 {
+		t.Fatalf("Envoy's cds.update_rejected = %d, want 1", got)
+	}
+	t.Logf("Envoy's NACK: %s; good-2 in force after it: %v", nacked.LastNack.Message, strings.Contains(configDump(t, adminAddr), `"name": "good-2"`))
+
+	// The same content again sends nothing.
+	set(cluster("good", time.Second), cluster("good-2", time.Second), cluster("bad", -time.Second))
+	time.Sleep(300 * time.Millisecond) // proof that nothing is sent needs a wait
+	if again := cds("NACKED", func(ti ads.TypeInfo) bool { return ti.Status == ads.Nacked }); again.Pushes != nacked.Pushes {
+		t.Fatalf("CDS pushed %d times after the NACK with the content unchanged", again.Pushes-nacked.Pushes)
+	}
+
+	set(cluster("good", time.Second), cluster("good-2", time.Second), cluster("bad", 2*time.Second))
+	fixed := cds("SYNCED after the fix", func(ti ads.TypeInfo) bool { return ti.Status == ads.Synced })
+	if fixed.Nacks != 1 || fixed.Pushes != nacked.Pushes+1 {
+		t.Fatalf("CDS after the fix: %+v", fixed)
+	}
+	waitDump(t, adminAddr, "bad and good-2 in /config_dump", func(d string) bool {
+		return strings.Contains(d, `"name": "bad"`) && strings.Contains(d, `"name": "good-2"`)
+	})
+	if got := envoyStat(t, adminAddr, "cluster_manager.cds.update_rejected"); got != 1 {
+		t.Fatalf("Envoy's cds.update_rejected = %d after the fix, want 1", got)
 	}
 }

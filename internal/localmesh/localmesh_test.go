@@ -83,6 +83,8 @@ func TestHarness(t *testing.T) {
 		XDSInsecure: true,
 		// Two replicas, as a highly available control plane runs.
 		ControlPlaneReplicas: 2,
+		// Every bootstrap is asked for this protocol (the fake records it).
+		XDSProtocol: "delta",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -306,6 +308,9 @@ func TestHarness(t *testing.T) {
 		}
 		if want := strings.Join(m.XDSAddrs(), ","); len(m.XDSAddrs()) != 2 || !strings.Contains(string(b), `"xds_address": "`+want+`"`) {
 			t.Errorf("the bootstrap of %s does not name %s:\n%s", p1.Name, want, b)
+		}
+		if !strings.Contains(string(b), `"xds_protocol": "delta"`) {
+			t.Errorf("the bootstrap of %s was not asked for Options.XDSProtocol delta:\n%s", p1.Name, b)
 		}
 
 		// A crash of one replica leaves the other serving; it comes back on its address.

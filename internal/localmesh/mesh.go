@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/kubeenv/proc"
 	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/translate"
 )
 
 // Defaults for Options.
@@ -94,6 +96,10 @@ type Options struct {
 	// --xds-insecure`), as a development cluster might. By default the control plane
 	// serves TLS from its CA and every Envoy proves its pod with a bound token.
 	XDSInsecure bool
+	// XDSProtocol is the xDS protocol of every sidecar's ADS stream, as `bearkong
+	// bootstrap --xds-protocol` takes it: "sotw" or "delta"; "" leaves the bootstrap's
+	// default (translate.DefaultXDSProtocol).
+	XDSProtocol string
 	// EnvoyLogLevel is Envoy's --log-level. Default "warn".
 	EnvoyLogLevel string
 	// NoAdmissionPolicy leaves out the admission policy that refuses invalid mesh-*
@@ -182,6 +188,9 @@ func New(ctx context.Context, opts Options) (*Mesh, error) {
 	}
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = DefaultReadyTimeout
+	}
+	if opts.XDSProtocol != "" && !slices.Contains(translate.XDSProtocols, opts.XDSProtocol) {
+		return nil, fmt.Errorf("localmesh: XDSProtocol %q is not one of: %s", opts.XDSProtocol, strings.Join(translate.XDSProtocols, ", "))
 	}
 	if opts.EnvoyLogLevel == "" {
 		opts.EnvoyLogLevel = "warn"

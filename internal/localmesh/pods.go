@@ -388,12 +388,18 @@ func (m *Mesh) startPodProcesses(ctx context.Context, p *pod, appEnv map[string]
 	args := []string{"bootstrap",
 		"--pod-name", p.Name,
 		"--pod-namespace", p.Namespace,
+		// The Service the pod was started for names it in its sidecar's stats, as the
+		// app label does in manifests/apps.
+		"--workload", p.Service,
 		"--listen-ip", p.IP,
 		"--outbound-ip", p.OutboundIP,
 		"--app-address", p.AppAddr(),
 		"--admin-address", p.addr(mesh.AdminPort),
 		"--xds-address", m.xdsAddressList(),
 		"-o", bootstrap,
+	}
+	if m.opts.XDSProtocol != "" {
+		args = append(args, "--xds-protocol", m.opts.XDSProtocol)
 	}
 	if name := m.xdsServerName(); name != "" && !m.opts.XDSInsecure {
 		args = append(args, "--xds-server-name", name)

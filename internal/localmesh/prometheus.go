@@ -28,7 +28,8 @@ func (m *Mesh) promDir() string { return filepath.Join(m.opts.Dir, "prometheus")
 func (m *Mesh) promTargetsPath() string { return filepath.Join(m.promDir(), "envoy-targets.json") }
 
 // StartPrometheus starts Prometheus on addr (for example 127.0.0.1:9091), scraping every
-// control-plane replica's /metrics and every Envoy's /stats/prometheus every 5 seconds, and waits
+// control-plane replica's /metrics and every Envoy's /stats/prometheus every 5 seconds,
+// evaluating the alerts of RulesFile every 5 seconds, and waits
 // until it is ready. The Envoy targets live in a file_sd file that the mesh rewrites as
 // pods come and go; Prometheus watches it, so no reload is needed. bin is the prometheus
 // binary; "" means "prometheus" on PATH.
@@ -41,6 +42,9 @@ func (m *Mesh) StartPrometheus(ctx context.Context, bin, addr string) (url strin
 	if err := os.MkdirAll(m.promDir(), 0o755); err != nil {
 		return "", fmt.Errorf("localmesh: %w", err)
 	}
+	if err := m.writePromRules(); err != nil {
+		return "", err
+	}
 	var cpTargets []string
 	for _, r := range m.cps {
 		cpTargets = append(cpTargets, strconv.Quote(r.httpAddr))
@@ -49,6 +53,7 @@ func (m *Mesh) StartPrometheus(ctx context.Context, bin, addr string) (url strin
 global:
   scrape_interval: 5s
   evaluation_interval: 5s
+rule_files: [%q]
 scrape_configs:
   - job_name: bearkong
     static_configs:
@@ -58,7 +63,7 @@ scrape_configs:
     file_sd_configs:
       - files: [%q]
         refresh_interval: 5s
-`, strings.Join(cpTargets, ", "), m.promTargetsPath())
+`, m.promRulesPath(), strings.Join(cpTargets, ", "), m.promTargetsPath())
 	configPath := filepath.Join(m.promDir(), "prometheus.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return "", fmt.Errorf("localmesh: %w", err)

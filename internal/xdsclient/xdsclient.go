@@ -37,14 +37,16 @@ import (
 	"sync"
 	"weak"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
-// Type is an xDS type: pkg/resource's vocabulary, whose short names (cds, eds, lds, rds,
-// sds) and type URLs the client shares.
+// Type is an xDS type: pkg/resource's vocabulary, whose short names (cds, eds, lds,
+// srds, rds, sds) and type URLs the client shares.
 type Type = resource.Type
 
 // The types, in the order Envoy initializes them.
@@ -52,6 +54,7 @@ const (
 	CDS      = resource.Cluster
 	EDS      = resource.Endpoint
 	LDS      = resource.Listener
+	SRDS     = resource.ScopedRoute
 	RDS      = resource.Route
 	SDS      = resource.Secret
 	NumTypes = resource.NumTypes
@@ -69,8 +72,11 @@ type Resource struct {
 	// waits for (its eds service_name, else its name).
 	EDS string
 	// Routes are, for a listener, the route configurations its HTTP connection
-	// managers take from RDS.
+	// managers take from RDS; for a scope (SRDS), the route configuration it names.
 	Routes []string
+	// Scoped is, for a listener, whether one of its HTTP connection managers takes its
+	// scopes from SRDS (see ListenerRoutes).
+	Scoped bool
 	// Secrets are, for a cluster or a listener, the names of the secrets its TLS
 	// transport sockets take from SDS over ADS, in the order Envoy creates their
 	// providers (see ClusterSecrets and ListenerSecrets).
@@ -110,8 +116,12 @@ type Client struct {
 	// initializing: the clusters of the first CDS response are not all warm yet, and
 	// LDS waits.
 	initializing bool
-	// routes are the route configuration names the listeners refer to.
-	routes map[string]bool
+	// routes are the route configuration names the listeners refer to, scopeRoutes
+	// those the scopes refer to.
+	routes, scopeRoutes map[string]bool
+	// listenersSeen: an LDS response was applied; Envoy's server initialization ends
+	// with the first.
+	listenersSeen bool
 	// heldAck is the ACK of the latest CDS response, held while its clusters warm.
 	heldAck *discoveryv3.DiscoveryRequest
 	// secretWait counts the clusters whose own initialization is done and that wait
@@ -126,7 +136,7 @@ type Client struct {
 
 // New returns a client that has sent nothing.
 func New() *Client {
-	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{},
+	c := &Client{clusters: map[string]cluster{}, warming: map[string][]string{}, routes: map[string]bool{}, scopeRoutes: map[string]bool{},
 		started: map[string]bool{}, clusterNamed: map[string]bool{}, listenerNamed: map[string]bool{}}
 	for i := range c.types {
 		c.types[i].cache = map[string]uint64{}
@@ -179,6 +189,8 @@ func (c *Client) Response(t Type, version, nonce string, rs []Resource, nack str
 		out = c.applyEndpoints(ts, rs)
 	case LDS:
 		out = c.applyListeners(rs)
+	case SRDS:
+		out = c.applyScopes(rs)
 	case RDS:
 		c.applyNamed(ts, rs)
 	case SDS:
@@ -283,8 +295,10 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 	var added []string
 	next := make(map[string]uint64, len(rs))
 	want := map[string]bool{}
+	scoped := false
 	for _, r := range rs {
 		next[r.Name] = r.Hash
+		scoped = scoped || r.Scoped
 		for _, rn := range r.Routes {
 			if !c.routes[rn] && !want[rn] {
 				// Route configuration providers are shared by name: a name no
@@ -295,6 +309,10 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 		}
 	}
 	c.routes = want
+	// The scopes' route configurations stay subscribed when the listener that took
+	// scopes goes: Envoy keeps the SRDS subscription, and the RDS ones it made, after
+	// the listener (seen on Envoy 1.36.4 by TestClientMatchesEnvoy).
+	want = c.wantRoutes()
 	c.types[LDS].cache = next
 	// A listener's secrets start when Envoy creates the listener: at once, since it
 	// waits for nothing else first; RDS first. Secrets no listener names any more go,
@@ -318,10 +336,76 @@ func (c *Client) applyListeners(rs []Resource) []*discoveryv3.DiscoveryRequest {
 		}
 	}
 	c.listenerNamed = named
-	if dropped {
-		return append(c.resubscribe(RDS, added, want), c.resubscribe(SDS, startedSecrets, c.started)...)
+	out := c.resubscribe(RDS, added, want)
+	if scoped && !c.types[SRDS].requested && !c.listenersSeen {
+		// A connection manager with scoped_rds subscribes to the scopes, with no names:
+		// Envoy takes each SRDS response as the whole set of scopes, as for LDS.
+		//
+		// Only from the first LDS response: Envoy 1.36 starts an SRDS subscription
+		// through the server's init manager, so one created by a listener that came
+		// after the server initialized never starts, and never asks for anything
+		// (seen on Envoy 1.36.4; fixed upstream by envoyproxy/envoy#43392). Listeners
+		// that come later share the subscription the first one started.
+		c.types[SRDS].requested = true
+		out = append(out, &discoveryv3.DiscoveryRequest{TypeUrl: SRDS.URL()})
 	}
-	return append(c.resubscribe(RDS, added, want), c.resubscribeSecrets(startedSecrets)...)
+	c.listenersSeen = true
+	if dropped {
+		return append(out, c.resubscribe(SDS, startedSecrets, c.started)...)
+	}
+	return append(out, c.resubscribeSecrets(startedSecrets)...)
+}
+
+// wantRoutes is the RDS subscription the listeners and scopes call for.
+func (c *Client) wantRoutes() map[string]bool {
+	want := make(map[string]bool, len(c.routes)+len(c.scopeRoutes))
+	for n := range c.routes {
+		want[n] = true
+	}
+	for n := range c.scopeRoutes {
+		want[n] = true
+	}
+	return want
+}
+
+// applyScopes takes an SRDS response, the whole set of scopes, and subscribes to the
+// route configurations they name.
+func (c *Client) applyScopes(rs []Resource) []*discoveryv3.DiscoveryRequest {
+	var added []string
+	next := make(map[string]uint64, len(rs))
+	scopeRoutes := map[string]bool{}
+	for _, r := range rs {
+		next[r.Name] = r.Hash
+		for _, rn := range r.Routes {
+			if !c.routes[rn] && !c.scopeRoutes[rn] && !scopeRoutes[rn] {
+				added = append(added, rn)
+			}
+			scopeRoutes[rn] = true
+		}
+	}
+	c.scopeRoutes = scopeRoutes
+	c.types[SRDS].cache = next
+	return c.resubscribe(RDS, added, c.wantRoutes())
+}
+
+// ListenerRoutes returns the route configurations the HTTP connection managers of l take
+// from RDS, and whether one of them takes scopes from SRDS.
+func ListenerRoutes(l *listenerv3.Listener) (routes []string, scoped bool) {
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			var hcm hcmv3.HttpConnectionManager
+			if f.GetTypedConfig() == nil || f.GetTypedConfig().UnmarshalTo(&hcm) != nil {
+				continue
+			}
+			if n := hcm.GetRds().GetRouteConfigName(); n != "" {
+				routes = append(routes, n)
+			}
+			if hcm.GetScopedRoutes().GetScopedRds() != nil {
+				scoped = true
+			}
+		}
+	}
+	return routes, scoped
 }
 
 // Secrets, as Envoy 1.36 handles them:

@@ -285,3 +285,42 @@ func TestClientSecrets(t *testing.T) {
 		}
 	})
 }
+
+// TestClientScopes: a listener that takes scopes from SRDS makes the client subscribe to
+// them by wildcard, and each scope's route configuration joins the RDS subscription,
+// as TestClientMatchesEnvoy (test/e2e) holds against Envoy.
+func TestClientScopes(t *testing.T) {
+	c := New()
+	c.Start()
+	mustRespond(t, c, CDS, "c1", nil, "")
+	got := mustRespond(t, c, LDS, "l1", []Resource{{Name: "in", Hash: 1, Routes: []string{"inbound"}}, {Name: "out", Hash: 1, Scoped: true}}, "")
+	if len(got) != 3 || got[0].typ != RDS || !slices.Equal(got[0].names, []string{"inbound"}) || got[1].typ != SRDS || got[1].names != nil || got[1].ack || got[2].typ != LDS {
+		t.Fatalf("after LDS: %+v", got)
+	}
+	scope := func(name, routes string) Resource { return Resource{Name: name, Hash: 1, Routes: []string{routes}} }
+	got = mustRespond(t, c, SRDS, "s1", []Resource{scope("a", "a.ns"), scope("a.ns", "a.ns")}, "")
+	if len(got) != 2 || got[0].typ != RDS || !slices.Equal(got[0].names, []string{"a.ns", "inbound"}) || got[1].typ != SRDS || !got[1].ack {
+		t.Fatalf("after SRDS: %+v", got)
+	}
+	got = mustRespond(t, c, SRDS, "s2", []Resource{scope("b.ns", "b.ns")}, "")
+	if len(got) != 2 || got[0].typ != RDS || !slices.Equal(got[0].names, []string{"b.ns", "inbound"}) {
+		t.Fatalf("a scope replaced: %+v", got)
+	}
+	// The scoped listener gone: Envoy keeps the scopes, and their route configurations
+	// stay subscribed.
+	got = mustRespond(t, c, LDS, "l2", []Resource{{Name: "in", Hash: 1, Routes: []string{"inbound"}}}, "")
+	if len(got) != 1 || got[0].typ != LDS || !slices.Equal(c.Names(RDS), []string{"b.ns", "inbound"}) {
+		t.Fatalf("the scoped listener gone: %+v, RDS %v", got, c.Names(RDS))
+	}
+
+	// A scoped listener that comes after the first LDS response starts no SRDS
+	// subscription in Envoy 1.36 (see applyListeners).
+	c = New()
+	c.Start()
+	mustRespond(t, c, CDS, "c1", nil, "")
+	mustRespond(t, c, LDS, "l1", []Resource{{Name: "in", Hash: 1, Routes: []string{"inbound"}}}, "")
+	got = mustRespond(t, c, LDS, "l2", []Resource{{Name: "in", Hash: 1, Routes: []string{"inbound"}}, {Name: "out", Hash: 1, Scoped: true}}, "")
+	if len(got) != 1 || got[0].typ != LDS || c.Requested(SRDS) {
+		t.Fatalf("a late scoped listener: %+v", got)
+	}
+}

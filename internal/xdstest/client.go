@@ -23,7 +23,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -35,11 +34,12 @@ import (
 
 // Type URLs, spelled out so that this package depends on nothing of the server's.
 const (
-	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
-	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+	ClusterType     = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	EndpointType    = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	ListenerType    = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	ScopedRouteType = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+	RouteType       = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	SecretType      = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
 // Received is one response as the client got it.
@@ -179,8 +179,10 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 			}
 			r.Secrets = xdsclient.ClusterSecrets(m)
 		case *listenerv3.Listener:
-			r.Routes = routeNames(m)
+			r.Routes, r.Scoped = xdsclient.ListenerRoutes(m)
 			r.Secrets = xdsclient.ListenerSecrets(m)
+		case *routev3.ScopedRouteConfiguration:
+			r.Routes = []string{m.GetRouteConfigurationName()}
 		}
 		rs = append(rs, r)
 		rec.Names = append(rec.Names, name)
@@ -204,7 +206,7 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	if !rec.NACKed {
 		// Keep the decoded content of what the protocol state holds, no more.
 		held := c.resources[resp.TypeUrl]
-		if held == nil || t == xdsclient.CDS || t == xdsclient.LDS {
+		if held == nil || t == xdsclient.CDS || t == xdsclient.LDS || t == xdsclient.SRDS {
 			held = map[string]proto.Message{}
 			c.resources[resp.TypeUrl] = held
 		}
@@ -234,22 +236,6 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	return nil
 }
 
-func routeNames(l *listenerv3.Listener) []string {
-	var out []string
-	for _, fc := range l.GetFilterChains() {
-		for _, f := range fc.GetFilters() {
-			var hcm hcmv3.HttpConnectionManager
-			if f.GetTypedConfig() == nil || f.GetTypedConfig().UnmarshalTo(&hcm) != nil {
-				continue
-			}
-			if n := hcm.GetRds().GetRouteConfigName(); n != "" {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
 func decode(typeURL string, b []byte) (proto.Message, string, error) {
 	var m proto.Message
 	switch typeURL {
@@ -259,6 +245,8 @@ func decode(typeURL string, b []byte) (proto.Message, string, error) {
 		m = &endpointv3.ClusterLoadAssignment{}
 	case ListenerType:
 		m = &listenerv3.Listener{}
+	case ScopedRouteType:
+		m = &routev3.ScopedRouteConfiguration{}
 	case RouteType:
 		m = &routev3.RouteConfiguration{}
 	case SecretType:
@@ -278,6 +266,8 @@ func decode(typeURL string, b []byte) (proto.Message, string, error) {
 	case *listenerv3.Listener:
 		name = r.GetName()
 	case *routev3.RouteConfiguration:
+		name = r.GetName()
+	case *routev3.ScopedRouteConfiguration:
 		name = r.GetName()
 	case *tlsv3.Secret:
 		name = r.GetName()

@@ -56,19 +56,25 @@ func (w *fanOutWorld) proxy(gen int) *resource.Proxy {
 	}}
 }
 
+// subscription is what a proxy of w subscribes to of type t: every cluster's assignment,
+// the routes and the secrets by name, the rest by wildcard (nil).
+func (w *fanOutWorld) subscription(t resource.Type) []string {
+	switch t {
+	case resource.Endpoint:
+		return w.clusters.Names()
+	case resource.Route:
+		return w.routes.Names()
+	case resource.Secret:
+		return w.secrets.Names()
+	}
+	return nil
+}
+
 // syncSession brings a session to SYNCED on every type, as a proxy would.
 func syncSession(b testing.TB, s *session, w *fanOutWorld) {
 	s.onConfig(w.proxy(0), time.Time{})
 	for _, t := range resource.Types {
-		var names []string
-		switch t {
-		case resource.Endpoint:
-			names = w.clusters.Names()
-		case resource.Route:
-			names = w.routes.Names()
-		case resource.Secret:
-			names = w.secrets.Names()
-		}
+		names := w.subscription(t)
 		_, resps := s.onRequest(t, &discoveryv3.DiscoveryRequest{TypeUrl: t.URL(), ResourceNames: names})
 		if len(resps) != 1 {
 			b.Fatalf("%s: %d responses to the first request", t, len(resps))

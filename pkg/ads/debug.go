@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
@@ -23,15 +25,24 @@ type StreamInfo struct {
 	Peer        string    `json:"peer"`
 	ConnectedAt time.Time `json:"connected_at"`
 	Types       TypeInfos `json:"types"`
+	// node is the stream's node as Options.Authenticate returned it (see NodeProto).
+	node *corev3.Node
 }
+
+// NodeProto returns the node the stream resolves its config with: the first request's
+// node, as Options.Authenticate returned it (with the metadata it vouches for); nil
+// before the first request. The layer above resolves the same config with it for
+// /debug/config. The caller must not modify it.
+func (i *StreamInfo) NodeProto() *corev3.Node { return i.node }
 
 // TypeInfos holds the per-type state, in push order.
 type TypeInfos struct {
-	CDS TypeInfo `json:"cds"`
-	EDS TypeInfo `json:"eds"`
-	LDS TypeInfo `json:"lds"`
-	RDS TypeInfo `json:"rds"`
-	SDS TypeInfo `json:"sds"`
+	CDS  TypeInfo `json:"cds"`
+	EDS  TypeInfo `json:"eds"`
+	LDS  TypeInfo `json:"lds"`
+	SRDS TypeInfo `json:"srds"`
+	RDS  TypeInfo `json:"rds"`
+	SDS  TypeInfo `json:"sds"`
 }
 
 // Get returns the info of type t.
@@ -43,6 +54,8 @@ func (ti *TypeInfos) Get(t resource.Type) *TypeInfo {
 		return &ti.EDS
 	case resource.Listener:
 		return &ti.LDS
+	case resource.ScopedRoute:
+		return &ti.SRDS
 	case resource.Route:
 		return &ti.RDS
 	default:
@@ -82,6 +95,7 @@ func (l *loop) publish() {
 		Serves:      l.serves,
 		Peer:        l.st.peer,
 		ConnectedAt: l.st.connectedAt,
+		node:        l.node,
 	}
 	for _, t := range resource.Types {
 		ts := l.proto.stats(t)

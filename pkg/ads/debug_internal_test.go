@@ -24,7 +24,7 @@ func addFakeStreams(s *Server, n, names int, nackMsg string) {
 	for i := range n {
 		st := &stream{id: s.nextID.Add(1), peer: fmt.Sprintf("127.0.0.1:%d", 10000+i), connectedAt: now, wake: make(chan struct{}, 1)}
 		info := &StreamInfo{ID: st.id, Node: fmt.Sprintf("node-%d", i), Serves: []string{"ns/app"}, Peer: st.peer, ConnectedAt: now}
-		for _, ti := range []*TypeInfo{&info.Types.CDS, &info.Types.EDS, &info.Types.LDS, &info.Types.RDS, &info.Types.SDS} {
+		for _, ti := range []*TypeInfo{&info.Types.CDS, &info.Types.EDS, &info.Types.LDS, &info.Types.SRDS, &info.Types.RDS, &info.Types.SDS} {
 			*ti = TypeInfo{Status: Synced, Subscribed: sub, VersionSent: "v1", NonceSent: "1", VersionAcked: "v1", Pushes: 1, Acks: 1}
 		}
 		info.Types.CDS.Subscribed = wildcardNames

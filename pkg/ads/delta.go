@@ -1,11 +1,13 @@
 package ads
 
 import (
-	"maps"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
@@ -23,7 +25,10 @@ import (
 //     every replica and every restart gives the same versions, and a reconnecting
 //     client's initial_resource_versions can be compared with them.
 //   - A response carries only what changed, and names what went in removed_resources.
-//     The server must therefore know what each client holds: deltaType.held.
+//     The server must therefore know what each client holds. It does not keep a map per
+//     client for that: after each reconcile the client holds exactly the covered
+//     resources of the view it was brought up to date with (deltaType.sentView, shared
+//     by every proxy), so only what happened since (deltaType.override) is its own.
 //   - system_version_info is for debugging only; bearkong sends the type view's version,
 //     as the SotW side's version_info.
 
@@ -37,42 +42,41 @@ type deltaType struct {
 	typeStats
 	// requested: a request for the type came on this stream.
 	requested bool
-	// wildcard subscribes to every resource of the type: explicitly ("*"), or in the
-	// legacy form, by a first request that names nothing. Only unsubscribing "*" ends
-	// it (xds_protocol#how-the-client-specifies-what-resources-to-return).
-	wildcard bool
-	// names are the names subscribed explicitly, without "*".
-	names map[string]struct{}
-	// sortedNames caches names, sorted with "*" first when wildcard, for /debug/streams;
-	// nil when it must be rebuilt. The slice is replaced, never modified.
-	sortedNames []string
-	// held maps each resource the client holds, as far as the server knows (it was sent
-	// or the client declared it in initial_resource_versions) and is still subscribed to,
-	// to the content hash it holds. After each reconcile, held names exactly the covered
-	// resources of the current view, with their current hashes: content that was NACKed
-	// stays there too, so that it is not sent again until it changes.
-	held map[string]string
-	// answer lists names that the next reconcile must answer whatever held says: sent if
-	// they exist and are covered, else named in removed_resources. A name subscribed
-	// again must be sent again (the client may have dropped it), a name that does not
-	// exist is said not to (xds_protocol#knowing-when-a-requested-resource-does-not-exist,
-	// for the incremental variants), and a name unsubscribed while the wildcard covers it
-	// must be sent or removed (xds_protocol#unsubscribing-from-resources).
-	answer map[string]struct{}
-	// dirty: the subscription or held changed since the last reconcile, which must then
-	// look at every covered resource instead of the view's diff.
-	dirty bool
-	// sentView is the view held was brought up to date with by the last reconcile.
+	// sub is the subscription. Its wildcard is set explicitly ("*"), or in the legacy
+	// form, by a first request that names nothing, and only unsubscribing "*" ends it
+	// (xds_protocol#how-the-client-specifies-what-resources-to-return). Its names are
+	// replaced, never modified, and are a set's own list when they are its names.
+	sub subscription
+	// sentView is the view of the last reconcile: the client then held, of every
+	// resource of sentView that sub covers, that resource's content (sent, or declared
+	// in initial_resource_versions; NACKed content too, so that it is not sent again
+	// until it changes). nil before the first reconcile.
 	sentView resource.View
-	// refresh (EDS) lists, sorted, the assignments to send at the next reconcile even if
-	// the client holds them: those of the clusters the CDS response just sent added or
-	// changed, which Envoy keeps warming until their ClusterLoadAssignment comes.
+	// override holds what changed since the last reconcile in what the client holds:
+	// name to the content hash held, "" for nothing (it subscribed again and may have
+	// dropped it, or the wildcard newly covers it). It wins over sentView. nil when empty.
+	override map[string]string
+	// answer lists names that the next reconcile must answer: sent if they exist and are
+	// covered, else named in removed_resources. A name that does not exist is said not
+	// to (xds_protocol#knowing-when-a-requested-resource-does-not-exist, for the
+	// incremental variants), and a name unsubscribed while the wildcard covers it must be
+	// sent or removed (xds_protocol#unsubscribing-from-resources). nil when empty.
+	answer map[string]struct{}
+	// dirty: the subscription or what the client holds changed since the last
+	// reconcile, which must then look at every covered resource instead of the view's
+	// diff.
+	dirty bool
+	// refresh (EDS) lists the assignments to send at the next reconcile even if the
+	// client holds them: those of the clusters the CDS response just sent, which Envoy
+	// keeps warming until their ClusterLoadAssignment comes (checked with Envoy 1.36 on
+	// delta: without it a changed cluster stays warming).
 	refresh []string
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
-	// rejected maps the resources of NACKed responses to the hash rejected, until a later
-	// response that sends or removes them is ACKed or the client unsubscribes: while it
-	// is not empty, the type's status is NACKED.
+	// rejected maps the resources of NACKed responses to the hash rejected ("" for a
+	// removal), until one of them changes, goes or comes back: then every one of them is
+	// sent (or removed) again (see diff). While it is not empty, the type's status is
+	// NACKED. nil when empty.
 	rejected map[string]string
 }
 
@@ -81,36 +85,55 @@ type deltaPending struct {
 	changedAt time.Time
 }
 
-// covers reports whether the subscription covers the named resource.
-func (ts *deltaType) covers(name string) bool {
-	if ts.wildcard {
-		return true
+// held returns the content hash the client holds of the named resource.
+func (ts *deltaType) held(name string) (string, bool) {
+	if h, ok := ts.override[name]; ok {
+		return h, h != ""
 	}
-	_, ok := ts.names[name]
-	return ok
+	if ts.sub.has(name) {
+		if r, ok := ts.sentView.Get(name); ok {
+			return r.Hash, true
+		}
+	}
+	return "", false
+}
+
+// needs reports whether the client does not hold r as it is.
+func (ts *deltaType) needs(r *resource.Resource) bool {
+	h, ok := ts.held(r.Name)
+	return !ok || h != r.Hash
+}
+
+// setHeld records that the client holds hash of name ("" for nothing), until the next
+// reconcile.
+func (ts *deltaType) setHeld(name, hash string) {
+	if ts.override == nil {
+		ts.override = map[string]string{}
+	}
+	ts.override[name] = hash
+	ts.dirty = true
+}
+
+func (ts *deltaType) mustAnswer(name string) {
+	if ts.answer == nil {
+		ts.answer = map[string]struct{}{}
+	}
+	ts.answer[name] = struct{}{}
+	ts.dirty = true
 }
 
 // deltaSession is the protocol state of one delta ADS stream, free of gRPC so that it can
 // be tested request by request. The stream loop feeds it requests and configs and sends
 // what it returns, in order.
 type deltaSession struct {
-	nonce        uint64
-	cur          *resource.Proxy
-	curChangedAt time.Time
-	types        [resource.NumTypes]deltaType
-	now          func() time.Time
-	metrics      *Metrics
+	sessionCore
+	types [resource.NumTypes]deltaType
 }
 
 func newDeltaSession(m *Metrics, now func() time.Time) *deltaSession {
-	if now == nil {
-		now = time.Now
-	}
-	s := &deltaSession{now: now, metrics: m}
+	s := &deltaSession{sessionCore: newSessionCore(m, now)}
 	for i := range s.types {
-		ts := &s.types[i]
-		ts.status = NotSent
-		ts.names, ts.held, ts.answer, ts.rejected = map[string]struct{}{}, map[string]string{}, map[string]struct{}{}, map[string]string{}
+		s.types[i].status = NotSent
 	}
 	return s
 }
@@ -153,20 +176,26 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 		ts.pending = slices.Delete(ts.pending, 0, i+1)
 		latest := len(ts.pending) == 0
 		if kind == NACK {
+			if ts.rejected == nil {
+				ts.rejected = map[string]string{}
+			}
+			// Only what the server still takes the client to hold from that response:
+			// a later response may already have sent newer content (or removed it),
+			// and that one gets its own answer.
 			for _, r := range answered.resp.Resources {
-				ts.rejected[r.Name] = r.Version
+				if h, ok := ts.held(r.Name); ok && h == r.Version {
+					ts.rejected[r.Name] = r.Version
+				}
+			}
+			for _, n := range answered.resp.RemovedResources {
+				if _, ok := ts.held(n); !ok {
+					ts.rejected[n] = "" // a removal rejected with the rest
+				}
 			}
 			ts.onNack(s.metrics, t, answered.resp.SystemVersionInfo, answered.resp.Nonce, req.GetErrorDetail().GetMessage(), s.now())
-			// Nothing is resent: held has what was rejected, so only new content goes.
+			// Nothing is resent: the client is taken to hold what it rejected, so only
+			// new content goes.
 			break
-		}
-		for _, r := range answered.resp.Resources {
-			if ts.rejected[r.Name] != r.Version {
-				delete(ts.rejected, r.Name)
-			}
-		}
-		for _, n := range answered.resp.RemovedResources {
-			delete(ts.rejected, n)
 		}
 		if latest {
 			ts.status = Synced
@@ -186,74 +215,100 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 	first := !ts.requested
 	ts.requested = true
 	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
-	if first && len(sub) == 0 && len(unsub) == 0 && t.Wildcard() {
-		// Legacy wildcard: the first request of a type that is requested as a whole
-		// names nothing.
-		ts.wildcard = true
-		ts.changed()
+	if (first && len(sub) == 0 && len(unsub) == 0 && t.Wildcard()) || slices.Contains(sub, "*") {
+		// Legacy wildcard (the first request of a type that is requested as a whole
+		// names nothing), or "*".
+		s.wildcard(ts, true)
 	}
-	for _, n := range sub {
-		ts.changed()
-		if n == "*" {
-			ts.wildcard = true
-			continue
+	// fresh: names is a list of this session's own, which canonicalNames may rewrite;
+	// the one before may be shared (a set's, or /debug/streams').
+	fresh := false
+	if add := normalizeNames(sub); len(add) > 0 {
+		fresh = true
+		for _, n := range add {
+			// Sent again even if held: the client may have dropped it.
+			ts.setHeld(n, "")
+			ts.mustAnswer(n)
 		}
-		ts.names[n] = struct{}{}
-		// Sent again even if held: the client may have dropped it.
-		delete(ts.held, n)
-		ts.answer[n] = struct{}{}
+		// mergeNames returns a new list or one of its own: the old list is not modified.
+		ts.sub.names = mergeNames(ts.sub.names, add)
 	}
-	for _, n := range unsub {
-		if n == "*" {
-			if ts.wildcard {
-				ts.wildcard = false
-				ts.changed()
-				// The client drops what only the wildcard covered.
-				for h := range ts.held {
-					if _, named := ts.names[h]; !named {
-						ts.forget(h)
-					}
-				}
+	if remove := normalizeNames(unsub); len(remove) > 0 {
+		kept := ts.sub.names[:0:0]
+		for _, n := range ts.sub.names {
+			if _, drop := slices.BinarySearch(remove, n); !drop {
+				kept = append(kept, n)
 			}
-			continue
 		}
-		if _, ok := ts.names[n]; !ok {
-			continue // a phantom unsubscription: nothing to do
+		for _, n := range remove {
+			if _, ok := slices.BinarySearch(ts.sub.names, n); !ok {
+				continue // a phantom unsubscription: nothing to do
+			}
+			ts.dirty = true
+			if ts.sub.wildcard {
+				// Still covered by the wildcard, but the client cannot know whether to
+				// keep it: answer it.
+				ts.setHeld(n, "")
+				ts.mustAnswer(n)
+				continue
+			}
+			// Envoy drops what it unsubscribes from: forgotten (no longer covered), so
+			// that subscribing again gets it again.
+			delete(ts.override, n)
+			delete(ts.answer, n)
+			delete(ts.rejected, n)
 		}
-		ts.changed()
-		delete(ts.names, n)
-		if ts.wildcard {
-			// Still covered by the wildcard, but the client cannot know whether to keep
-			// it: answer it.
-			delete(ts.held, n)
-			ts.answer[n] = struct{}{}
-			continue
-		}
-		// Envoy drops what it unsubscribes from: forget it, so that subscribing again
-		// gets it again.
-		ts.forget(n)
+		ts.sub.names, fresh = kept, true
+	}
+	if slices.Contains(unsub, "*") {
+		s.wildcard(ts, false)
+	}
+	if s.cur != nil && fresh {
+		ts.sub.names = canonicalNames(s.cur.Views[t], ts.sub.names)
 	}
 	if first {
 		for n, v := range req.GetInitialResourceVersions() {
-			if n != "*" && ts.covers(n) {
-				ts.held[n] = v
+			if n != "*" && ts.sub.has(n) {
+				ts.setHeld(n, v)
 				delete(ts.answer, n)
 			}
 		}
 	}
 }
 
-// changed marks the subscription changed.
-func (ts *deltaType) changed() {
+// wildcard turns the wildcard subscription on or off.
+func (s *deltaSession) wildcard(ts *deltaType, on bool) {
+	if ts.sub.wildcard == on {
+		return
+	}
 	ts.dirty = true
-	ts.sortedNames = nil
-}
-
-// forget drops what the client held of a name it no longer subscribes to.
-func (ts *deltaType) forget(n string) {
-	delete(ts.held, n)
-	delete(ts.answer, n)
-	delete(ts.rejected, n)
+	if on {
+		// What the wildcard newly covers, the client was not sent.
+		for _, r := range ts.sentView.All() {
+			if !ts.sub.has(r.Name) {
+				ts.setHeld(r.Name, "")
+			}
+		}
+		ts.sub.wildcard = true
+		return
+	}
+	// The client drops what only the wildcard covered.
+	ts.sub.wildcard = false
+	for n := range ts.override {
+		if !ts.sub.has(n) {
+			delete(ts.override, n)
+		}
+	}
+	for n := range ts.answer {
+		if !ts.sub.has(n) {
+			delete(ts.answer, n)
+		}
+	}
+	for n := range ts.rejected {
+		if !ts.sub.has(n) {
+			delete(ts.rejected, n)
+		}
+	}
 }
 
 // onConfig switches the session to a new config and returns the responses that bring the
@@ -315,95 +370,120 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 
 // diff works out what type t needs: the covered resources the client does not hold as
 // they are now (or must be answered, or refreshed), sorted by name, and the names it
-// holds or asked for that do not exist. It brings held up to date as if both were sent.
+// holds or asked for that do not exist. The client is then taken to hold the view.
 func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Resource, removed []string) {
 	v := s.cur.Views[t]
-	needs := func(r *resource.Resource) bool {
-		h, ok := ts.held[r.Name]
-		return !ok || h != r.Hash
-	}
 	var changed []string
 	fast := false
 	if !ts.dirty && ts.sentView != nil {
-		// The subscription did not change, so held matches sentView: only what the
-		// views' diff names (computed once per pair of sets, for every proxy) and the
-		// names sentView has and v has not can need anything.
+		// Nothing changed but the content: only what the views' diff names (computed
+		// once per pair of sets, for every proxy) and what went can need anything.
 		changed, fast = v.Changed(ts.sentView)
 	}
 	if fast {
 		for _, n := range changed {
-			if r, ok := v.Get(n); ok && ts.covers(n) && needs(r) {
+			if r, ok := v.Get(n); ok && ts.sub.has(n) {
 				send = append(send, r)
 			}
 		}
 		for _, n := range goneNames(ts.sentView, v) {
-			if _, ok := ts.held[n]; ok {
+			if ts.sub.has(n) {
 				removed = append(removed, n)
 			}
 		}
 	} else {
-		if ts.wildcard {
-			for _, r := range v.All() {
-				if needs(r) {
-					send = append(send, r)
-				}
-			}
-		} else {
-			for n := range ts.names {
-				if r, ok := v.Get(n); ok && needs(r) {
-					send = append(send, r)
-				}
+		for _, r := range subscribed(ts.sub, v) {
+			if ts.needs(r) {
+				send = append(send, r)
 			}
 		}
-		for n := range ts.held {
-			if _, ok := v.Get(n); !ok || !ts.covers(n) {
+		gone := func(n string) bool { _, ok := v.Get(n); return !ok }
+		for n, h := range ts.override {
+			if h != "" && gone(n) {
 				removed = append(removed, n)
 			}
 		}
 		for n := range ts.answer {
-			if _, held := ts.held[n]; !held {
-				if _, ok := v.Get(n); !ok {
-					removed = append(removed, n)
-				}
+			if _, held := ts.held(n); !held && gone(n) {
+				removed = append(removed, n)
+			}
+		}
+		for _, n := range goneNames(ts.sentView, v) {
+			if _, overridden := ts.override[n]; !overridden && ts.sub.has(n) {
+				removed = append(removed, n)
 			}
 		}
 	}
 	for _, n := range ts.refresh {
-		if r, ok := v.Get(n); ok && ts.covers(n) && !needs(r) {
+		if r, ok := v.Get(n); ok && ts.sub.has(n) {
 			send = append(send, r)
 		}
+	}
+	if len(ts.rejected) > 0 && rejectedMoved(ts, v) {
+		// A NACKed response may have been rejected whole (a resource that does not
+		// decode) or in part (Envoy applies the clusters it can and names the others only
+		// in its message): what the client holds of it is not known. Once the content
+		// moves on (the fix), every resource of it is sent again, as it is now.
+		for n := range ts.rejected {
+			switch r, ok := v.Get(n); {
+			case !ok:
+				removed = append(removed, n)
+			case ts.sub.has(n):
+				send = append(send, r)
+			}
+		}
+		ts.rejected = nil
 	}
 	slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
 	send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
 	slices.Sort(removed)
 	removed = slices.Compact(removed)
-	for _, r := range send {
-		ts.held[r.Name] = r.Hash
-	}
 	for _, n := range removed {
-		delete(ts.held, n)
 		delete(ts.rejected, n)
 	}
-	clear(ts.answer)
-	ts.refresh = nil
+	ts.override, ts.answer, ts.refresh = nil, nil, nil
 	ts.dirty = false
 	ts.sentView = v
 	return send, removed
 }
 
-// goneNames lists the names of old that v does not have. Sets keep their name list
-// while their names do not change, so the common case costs one comparison per set.
-func goneNames(old, v resource.View) []string {
-	if len(v) == len(old) {
-		same := true
-		for i := range v {
-			same = same && sameSlice(v[i].Names(), old[i].Names())
+// rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a
+// removal that was rejected) came back in v.
+func rejectedMoved(ts *deltaType, v resource.View) bool {
+	for n, h := range ts.rejected {
+		r, ok := v.Get(n)
+		if h == "" {
+			if ok {
+				return true
+			}
+			continue
 		}
-		if same {
-			return nil
+		if !ok || r.Hash != h || !ts.sub.has(n) {
+			return true
 		}
 	}
+	return false
+}
+
+// goneNames lists the names of old that v does not have. Sets keep their name list
+// while their names do not change, so the common case costs one comparison per set; when
+// a set's names changed, the names it lost are among what its diff to the new set lists
+// (Set.Changed, computed once for every proxy that makes the same move).
+func goneNames(old, v resource.View) []string {
 	var out []string
+	if len(v) == len(old) {
+		for i := range v {
+			if sameSlice(v[i].Names(), old[i].Names()) {
+				continue
+			}
+			for _, n := range old[i].Changed(v[i]) {
+				if _, ok := v.Get(n); !ok {
+					out = append(out, n)
+				}
+			}
+		}
+		return out
+	}
 	for _, set := range old {
 		for _, n := range set.Names() {
 			if _, ok := v.Get(n); !ok {
@@ -412,6 +492,27 @@ func goneNames(old, v resource.View) []string {
 		}
 	}
 	return out
+}
+
+// wrappers holds each live resource's delta wrapper (name, version, Any), so that the
+// responses of a push to thousands of proxies share one per resource instead of making
+// one each; an entry goes when its resource does. The wrappers are read-only once made.
+var wrappers sync.Map // weak.Pointer[resource.Resource] -> *discoveryv3.Resource
+
+// wrapper returns r as a delta Resource: its version is its content hash, the same on
+// every replica and after every restart, which is what initial_resource_versions is
+// compared with.
+func wrapper(r *resource.Resource) *discoveryv3.Resource {
+	k := weak.Make(r)
+	if w, ok := wrappers.Load(k); ok {
+		return w.(*discoveryv3.Resource)
+	}
+	w := &discoveryv3.Resource{Name: r.Name, Version: r.Hash, Resource: r.Any}
+	if prev, loaded := wrappers.LoadOrStore(k, w); loaded {
+		return prev.(*discoveryv3.Resource)
+	}
+	runtime.AddCleanup(r, func(k weak.Pointer[resource.Resource]) { wrappers.Delete(k) }, k)
+	return w
 }
 
 func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
@@ -427,10 +528,7 @@ func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.
 	}
 	size := 0
 	for _, r := range send {
-		// Version is the content hash: the same content has the same version on every
-		// replica and after every restart, which is what initial_resource_versions is
-		// compared with.
-		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.Name, Version: r.Hash, Resource: r.Any})
+		resp.Resources = append(resp.Resources, wrapper(r))
 		size += len(r.Any.Value)
 	}
 	if len(ts.pending) == maxPending {
@@ -439,22 +537,6 @@ func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.
 	ts.pending = append(ts.pending, deltaPending{resp: resp, changedAt: s.curChangedAt})
 	s.metrics.push(t, len(send), size)
 	return resp
-}
-
-// subscribed lists the subscription for /debug/streams: "*" first for a wildcard, then
-// the names, sorted.
-func (ts *deltaType) subscribed() []string {
-	if ts.sortedNames == nil {
-		names := slices.Sorted(maps.Keys(ts.names))
-		if ts.wildcard {
-			names = append(slices.Clone(wildcardNames), names...)
-		}
-		if names == nil {
-			names = []string{}
-		}
-		ts.sortedNames = names
-	}
-	return ts.sortedNames
 }
 
 // delta is the incremental protocol on a stream.
@@ -502,3 +584,5 @@ func (p *delta) describe(r response) (string, int) {
 func (p *delta) stats(t resource.Type) *typeStats { return &p.sess.types[t].typeStats }
 
 func (p *delta) subscribed(t resource.Type) []string { return p.sess.types[t].subscribed() }
+
+func (ts *deltaType) subscribed() []string { return subscriptionNames(ts.sub) }

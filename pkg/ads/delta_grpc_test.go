@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/bearkong/bearkong/internal/xdstest"
@@ -28,7 +30,8 @@ type deltaClient struct {
 	resps  chan *discoveryv3.DeltaDiscoveryResponse
 }
 
-func dialDelta(t *testing.T, addr string) *deltaClient {
+// dialDelta opens a delta stream to addr, with the request metadata md (key, value...).
+func dialDelta(t *testing.T, addr string, md ...string) *deltaClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -37,6 +40,9 @@ func dialDelta(t *testing.T, addr string) *deltaClient {
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	if len(md) > 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, md...)
+	}
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -164,6 +170,9 @@ func TestDeltaOverGRPC(t *testing.T) {
 	if info.Protocol != "delta" {
 		t.Fatalf("protocol %q, want delta", info.Protocol)
 	}
+	if d, s := streamsOf(t, e, "delta"), streamsOf(t, e, "sotw"); d != 1 || s != 0 {
+		t.Fatalf("connected streams by protocol: delta %v, sotw %v; want 1 and 0", d, s)
+	}
 	if info.Types.CDS.VersionSent != cds.SystemVersionInfo || info.Types.CDS.VersionAcked != cds.SystemVersionInfo {
 		t.Fatalf("CDS versions %+v, response said %s", info.Types.CDS, cds.SystemVersionInfo)
 	}
@@ -246,7 +255,7 @@ func deltaRefusal(t *testing.T, addr string, reqs ...*discoveryv3.DeltaDiscovery
 // TestDeltaSharesTheStreamRules: the limits, node checks and refusals of the SotW side
 // hold on delta streams, counted in the same metrics.
 func TestDeltaSharesTheStreamRules(t *testing.T) {
-	e := startLimited(t, ads.Options{Limits: ads.Limits{MaxResourceNames: 10, MaxStreamsPerNode: 1}}, nil, slog.LevelInfo)
+	e := startLimited(t, ads.Options{Limits: ads.Limits{MaxResourceNames: 10, MaxStreamsPerNode: 1, MaxNackDetailBytes: 64}}, nil, slog.LevelInfo)
 	w := world{endpoints: map[string]int{"app-1": 1}, routeTag: map[string]string{}}
 	e.set(t, w)
 	for _, tc := range []struct {
@@ -274,6 +283,30 @@ func TestDeltaSharesTheStreamRules(t *testing.T) {
 		})
 	}
 
+	t.Run("a NACK's detail is cut to MaxNackDetailBytes", func(t *testing.T) {
+		c := dialDelta(t, e.addr)
+		c.send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "nacker"}, TypeUrl: xdstest.ClusterType})
+		r := c.next(xdstest.ClusterType)
+		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xdstest.ClusterType, ResponseNonce: r.Nonce,
+			ErrorDetail: &status.Status{Code: 3, Message: strings.Repeat("x", 10<<10)}})
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if s := e.srv.Streams("nacker"); len(s) == 1 && s[0].Types.CDS.LastNack != nil {
+				if m := s[0].Types.CDS.LastNack.Message; len(m) > 200 || !strings.HasPrefix(m, strings.Repeat("x", 64)) {
+					t.Fatalf("NACK message kept: %d bytes: %.100q", len(m), m)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no NACK recorded: %+v", e.srv.Streams("nacker"))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := metric(t, e, "bearkong_xds_nack_detail_truncated_total", "", ""); n != 1 {
+			t.Fatalf("bearkong_xds_nack_detail_truncated_total = %v, want 1", n)
+		}
+	})
+
 	t.Run("a node has at most MaxStreamsPerNode streams, whatever their protocol", func(t *testing.T) {
 		sotw := e.connect(t, "twice", nil)
 		e.waitSynced(t, sotw)
@@ -285,4 +318,51 @@ func TestDeltaSharesTheStreamRules(t *testing.T) {
 			t.Fatalf("streams of twice: %+v", s)
 		}
 	})
+}
+
+// streamsOf reads bearkong_xds_connected_streams_by_protocol{protocol}.
+func streamsOf(t *testing.T, e *env, protocol string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "bearkong_xds_connected_streams_by_protocol" && m.GetLabel()[0].GetValue() == protocol {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no bearkong_xds_connected_streams_by_protocol{protocol=%q}", protocol)
+	return 0
+}
+
+// TestDeltaIsAuthenticated: Options.Authenticate vets a delta stream's node as it does a
+// SotW one's: without the token nothing is resolved or sent; with it the stream runs as
+// the node the authenticator returned.
+func TestDeltaIsAuthenticated(t *testing.T) {
+	e := startAuth(t, tokenAuth)
+	st := deltaRefusal(t, e.addr, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "pod-a.ns"}, TypeUrl: xdstest.ClusterType})
+	if st.Code() != codes.Unauthenticated {
+		t.Fatalf("status %v %q, want Unauthenticated", st.Code(), st.Message())
+	}
+	select {
+	case n := <-e.resolved:
+		t.Fatalf("Resolve was called for %q on a refused stream", n.GetId())
+	default:
+	}
+	if got := authFailures(t, e, ads.ReasonUnauthenticated); got != 1 {
+		t.Fatalf("auth failures{unauthenticated} = %v, want 1", got)
+	}
+
+	c := dialDelta(t, e.addr, "authorization", "Bearer "+secretToken)
+	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "pod-a.ns"}, TypeUrl: xdstest.ClusterType})
+	if got := deltaNames(c.next(xdstest.ClusterType)); !slices.Equal(got, []string{"app-1"}) {
+		t.Fatalf("CDS: %v", got)
+	}
+	n := <-e.resolved
+	if n.GetMetadata().GetFields()["verified"].GetStringValue() != "yes" {
+		t.Fatalf("resolved with node %v, not the authenticator's", n)
+	}
 }

@@ -1,9 +1,11 @@
 package ads
 
 import (
+	"runtime"
 	"slices"
 	"testing"
 	"time"
+	"weak"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -124,7 +126,7 @@ func dsynced(t *testing.T) *deltaSession {
 		drun(t, s, []dstep{ack(s, r.typ)})
 	}
 	for _, typ := range resource.Types {
-		if st := s.types[typ].status; st != Synced {
+		if st := s.types[typ].status; s.types[typ].requested && st != Synced {
 			t.Fatalf("%s not synced: %s", typ, st)
 		}
 	}
@@ -315,6 +317,9 @@ func TestDeltaSession(t *testing.T) {
 		s := newDeltaSession(nil, nil)
 		drun(t, s, []dstep{{config: base}})
 		for _, typ := range resource.Types {
+			if !old.types[typ].requested {
+				continue
+			}
 			first := dreq(typ, "", old.types[typ].subscribed()...)
 			if typ.Wildcard() {
 				first.ResourceNamesSubscribe = nil // legacy wildcard, as Envoy sends it
@@ -359,6 +364,27 @@ func TestDeltaSession(t *testing.T) {
 		}
 	})
 
+	t.Run("the fix of a NACKed response sends all of it again", func(t *testing.T) {
+		// Envoy rejects a response whole when a resource does not decode, and applies
+		// the valid clusters of one otherwise; which it did is only in its message.
+		s := dsynced(t)
+		bad := with(with(base, resource.Cluster, "a", "bad"), resource.Cluster, "c", "1")
+		drun(t, s, []dstep{{config: bad, want: []dsent{{typ: resource.Cluster, sent: []string{"a=bad", "c=1"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}})
+		drun(t, s, []dstep{{req: dnack(resource.Cluster, s.types[resource.Cluster].nonce, "cluster a: invalid"), wantKind: NACK}})
+		fixed := with(bad, resource.Cluster, "a", "fixed")
+		drun(t, s, []dstep{{config: fixed, want: []dsent{{typ: resource.Cluster, sent: []string{"a=fixed", "c=1"}}, {typ: resource.Endpoint, sent: []string{"a=1"}}}}, ack(s, resource.Cluster)})
+		if st := s.types[resource.Cluster].status; st != Synced {
+			t.Fatalf("status %s after the fix was ACKed, want SYNCED", st)
+		}
+		// A fix by removal clears it too.
+		drun(t, s, []dstep{{config: with(fixed, resource.Cluster, "c", "bad"), want: []dsent{{typ: resource.Cluster, sent: []string{"c=bad"}}}}})
+		drun(t, s, []dstep{{req: dnack(resource.Cluster, s.types[resource.Cluster].nonce, "cluster c: invalid"), wantKind: NACK}})
+		drun(t, s, []dstep{{config: with(fixed, resource.Cluster, "c", ""), want: []dsent{{typ: resource.Cluster, removed: []string{"c"}}}}, ack(s, resource.Cluster)})
+		if st := s.types[resource.Cluster].status; st != Synced {
+			t.Fatalf("status %s after the bad cluster went, want SYNCED", st)
+		}
+	})
+
 	t.Run("a stale nonce records no ACK but its subscription change applies", func(t *testing.T) {
 		s := dsynced(t)
 		drun(t, s, []dstep{{config: with(base, resource.Endpoint, "a", "2"), want: []dsent{{typ: resource.Endpoint, sent: []string{"a=2"}}}}})
@@ -374,6 +400,22 @@ func TestDeltaSession(t *testing.T) {
 		after := s.types[resource.Endpoint]
 		if after.stale != 1 || after.acks != eds.acks || !slices.Equal(after.subscribed(), []string{"a", "c"}) {
 			t.Fatalf("after the stale request: %+v, subscribed %v", after.typeStats, after.subscribed())
+		}
+	})
+
+	t.Run("a NACK of a response that a later one already superseded asks for nothing more", func(t *testing.T) {
+		// The fix (here: new content from a quarantine) went out before the proxy's NACK
+		// of the bad response came back; its ACK ends the matter.
+		s := dsynced(t)
+		drun(t, s, []dstep{{config: with(base, resource.Route, "outbound", "bad"), want: []dsent{{typ: resource.Route, sent: []string{"outbound=bad"}}}}})
+		bad := s.types[resource.Route].nonce
+		drun(t, s, []dstep{
+			{config: with(base, resource.Route, "outbound", "quarantined"), want: []dsent{{typ: resource.Route, sent: []string{"outbound=quarantined"}}}},
+			{req: dnack(resource.Route, bad, "route outbound: invalid"), wantKind: NACK},
+			ack(s, resource.Route),
+		})
+		if rds := s.types[resource.Route]; rds.status != Synced || rds.nacks != 1 || rds.pushes != 3 {
+			t.Fatalf("RDS: %+v", rds.typeStats)
 		}
 	})
 
@@ -416,4 +458,24 @@ func TestDeltaSession(t *testing.T) {
 		// Envoy then subscribes to the new cluster's assignment.
 		drun(t, s, []dstep{{req: dreq(resource.Endpoint, "", "c"), wantKind: Update, want: []dsent{{typ: resource.Endpoint, sent: []string{"c=1"}}}}})
 	})
+}
+
+// TestDeltaWrappersGoWithTheirResources: the wrappers that the responses of a push share
+// are held only while their resource lives, so that they do not pile up over snapshots.
+func TestDeltaWrappersGoWithTheirResources(t *testing.T) {
+	r := res(t, resource.Cluster, "short-lived", "1")
+	w := wrapper(r)
+	if w2 := wrapper(r); w2 != w || w.Name != "short-lived" || w.Version != r.Hash || w.Resource != r.Any {
+		t.Fatalf("wrapper: %+v, then %p (first %p)", w, w2, w)
+	}
+	k := weak.Make(r)
+	r = nil
+	for range 100 {
+		runtime.GC()
+		if _, ok := wrappers.Load(k); !ok {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the wrapper of a dead resource is still held after 100 GCs")
 }

@@ -24,8 +24,9 @@ type Limits struct {
 	// MaxNodeMetadataBytes bounds the node's metadata, serialized. Beyond it the stream is
 	// refused with InvalidArgument: the node is kept for the stream's life.
 	MaxNodeMetadataBytes int
-	// MaxResourceNames bounds the resource_names of one request. Beyond it the stream is
-	// refused with InvalidArgument.
+	// MaxResourceNames bounds the resource_names of one request (delta: its
+	// resource_names_subscribe, resource_names_unsubscribe and initial_resource_versions
+	// together). Beyond it the stream is refused with InvalidArgument.
 	MaxResourceNames int
 	// MaxNackDetailBytes is how much of a NACK's error_detail message is kept (stored for
 	// /debug/streams, logged and handed to Options.Observe); the rest is cut, and the

@@ -12,6 +12,7 @@ import (
 // and embedders own it. A nil *Metrics records nothing.
 type Metrics struct {
 	connected   prometheus.Gauge
+	byProtocol  *prometheus.GaugeVec
 	streams     prometheus.Counter
 	pushes      *prometheus.CounterVec
 	acks        *prometheus.CounterVec
@@ -44,6 +45,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "bearkong_xds_connected_streams", Help: "ADS streams currently connected.",
 		}),
+		byProtocol: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bearkong_xds_connected_streams_by_protocol", Help: "ADS streams currently connected, by protocol: sotw (StreamAggregatedResources) or delta (DeltaAggregatedResources).",
+		}, []string{"protocol"}),
 		streams: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bearkong_xds_streams_total", Help: "ADS streams opened since start.",
 		}),
@@ -84,7 +88,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs, m.authErrs, m.refusedTotal, m.nackCut)
+		reg.MustRegister(m.connected, m.byProtocol, m.streams, m.pushes, m.acks, m.nacks, m.staleNonces, m.resources, m.bytes, m.convergence, m.resolveErrs, m.authErrs, m.refusedTotal, m.nackCut)
+	}
+	for _, p := range []string{"sotw", "delta"} {
+		m.byProtocol.WithLabelValues(p)
 	}
 	for _, r := range limitReasons {
 		m.refusedTotal.WithLabelValues(r)
@@ -143,16 +150,18 @@ func (m *Metrics) converged(t resource.Type, d time.Duration) {
 	}
 }
 
-func (m *Metrics) streamOpened() {
+func (m *Metrics) streamOpened(protocol string) {
 	if m != nil {
 		m.connected.Inc()
+		m.byProtocol.WithLabelValues(protocol).Inc()
 		m.streams.Inc()
 	}
 }
 
-func (m *Metrics) streamClosed() {
+func (m *Metrics) streamClosed(protocol string) {
 	if m != nil {
 		m.connected.Dec()
+		m.byProtocol.WithLabelValues(protocol).Dec()
 	}
 }
 

@@ -231,7 +231,7 @@ func (s *Server) serve(ctx context.Context, p protocol, recv func() (request, er
 		return l.limit(ReasonTooManyStreams, status.Errorf(codes.ResourceExhausted,
 			"bearkong serves at most %d xDS streams at once (--xds-max-streams); retry later", s.limits.MaxStreams))
 	}
-	s.metrics.streamOpened()
+	s.metrics.streamOpened(st.protocol)
 	s.summary.open()
 	defer func() {
 		s.mu.Lock()
@@ -242,7 +242,7 @@ func (s *Server) serve(ctx context.Context, p protocol, recv func() (request, er
 			}
 		}
 		s.mu.Unlock()
-		s.metrics.streamClosed()
+		s.metrics.streamClosed(st.protocol)
 		s.summary.close()
 	}()
 
@@ -371,8 +371,11 @@ func (p *sotw) stats(t resource.Type) *typeStats { return &p.sess.types[t].typeS
 
 var wildcardNames = []string{"*"}
 
-func (p *sotw) subscribed(t resource.Type) []string {
-	sub := p.sess.types[t].sub
+func (p *sotw) subscribed(t resource.Type) []string { return subscriptionNames(p.sess.types[t].sub) }
+
+// subscriptionNames lists a subscription for /debug/streams: "*" first for a wildcard,
+// then the names.
+func subscriptionNames(sub subscription) []string {
 	switch {
 	case sub.wildcard && len(sub.names) == 0:
 		return wildcardNames

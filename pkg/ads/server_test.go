@@ -86,7 +86,7 @@ func build(t testing.TB, w world) func(node *corev3.Node) (*resource.Proxy, erro
 		}
 		return &resource.Proxy{
 			Views: [resource.NumTypes]resource.View{
-				{sharedClusters}, {sharedCLAs}, {resource.NewSet(l)}, {resource.NewSet(rc)},
+				resource.Cluster: {sharedClusters}, resource.Endpoint: {sharedCLAs}, resource.Listener: {resource.NewSet(l)}, resource.Route: {resource.NewSet(rc)},
 			},
 			Serves: []string{"svc-of-" + node.Id},
 		}, nil

@@ -222,20 +222,29 @@ func (ts *typeState) forget() {
 // request by request. The stream loop feeds it requests and configs and sends what it
 // returns, in order.
 type session struct {
-	nonce uint64
+	sessionCore
+	types [resource.NumTypes]typeState
+}
+
+// sessionCore is what the sessions of both protocols keep beside their per-type state.
+type sessionCore struct {
+	nonce uint64 // the stream's nonce counter
 	cur   *resource.Proxy
 	// curChangedAt is when the Kubernetes change behind cur was observed.
 	curChangedAt time.Time
-	types        [resource.NumTypes]typeState
 	now          func() time.Time
 	metrics      *Metrics
 }
 
-func newSession(m *Metrics, now func() time.Time) *session {
+func newSessionCore(m *Metrics, now func() time.Time) sessionCore {
 	if now == nil {
 		now = time.Now
 	}
-	s := &session{now: now, metrics: m}
+	return sessionCore{now: now, metrics: m}
+}
+
+func newSession(m *Metrics, now func() time.Time) *session {
+	s := &session{sessionCore: newSessionCore(m, now)}
 	for i := range s.types {
 		s.types[i].status = NotSent
 	}
@@ -320,10 +329,19 @@ func (s *session) subscribe(t resource.Type, ts *typeState, names []string) {
 // exactly that set (the common case: EDS for every cluster), else a copy whose strings
 // are the resources' names rather than the request's.
 func (s *session) canonicalNames(t resource.Type, names []string) []string {
-	if s.cur == nil || len(names) == 0 {
+	if s.cur == nil {
 		return names
 	}
-	v := s.cur.Views[t]
+	return canonicalNames(s.cur.Views[t], names)
+}
+
+// canonicalNames returns names (sorted, unique) as a set of v holds them: the set's own
+// name list when names are exactly its names, else names with each string that v holds
+// replaced by v's. names may be modified.
+func canonicalNames(v resource.View, names []string) []string {
+	if len(names) == 0 {
+		return names
+	}
 	for _, set := range v {
 		if slices.Equal(names, set.Names()) {
 			return set.Names()

@@ -39,11 +39,12 @@ func proxy(t testing.TB, content map[resource.Type]map[string]string) *resource.
 
 func baseContent() map[resource.Type]map[string]string {
 	return map[resource.Type]map[string]string{
-		resource.Cluster:  {"a": "1", "b": "1"},
-		resource.Endpoint: {"a": "1", "b": "1"},
-		resource.Listener: {"in": "1", "out": "1"},
-		resource.Route:    {"inbound": "1", "outbound": "1"},
-		resource.Secret:   {"trust-bundle": "1", "workload-cert": "1"},
+		resource.Cluster:     {"a": "1", "b": "1"},
+		resource.Endpoint:    {"a": "1", "b": "1"},
+		resource.Listener:    {"in": "1", "out": "1"},
+		resource.ScopedRoute: {"app": "1", "app.ns": "1"},
+		resource.Route:       {"inbound": "1", "outbound": "1"},
+		resource.Secret:      {"trust-bundle": "1", "workload-cert": "1"},
 	}
 }
 
@@ -177,8 +178,8 @@ func with(c map[resource.Type]map[string]string, typ resource.Type, name, body s
 }
 
 // synced returns a session that has sent and had ACKed everything of baseContent, with
-// EDS subscribed to a and b, RDS to inbound and outbound, and SDS to trust-bundle and
-// workload-cert. Nonces 1..5 are used.
+// EDS subscribed to a and b, SRDS by wildcard, RDS to inbound and outbound, and SDS to
+// trust-bundle and workload-cert. Nonces 1..6 are used.
 func synced(t *testing.T) *session {
 	s := newSession(nil, nil)
 	run(t, s, []step{
@@ -187,6 +188,7 @@ func synced(t *testing.T) *session {
 		{req: req(resource.Cluster, s0(s, resource.Cluster), "1"), wantKind: ACK},
 		{req: req(resource.Endpoint, "", "", "a", "b"), wantKind: Initial, want: []sent{{resource.Endpoint, []string{"1", "1"}}}},
 		{req: req(resource.Listener, "", ""), wantKind: Initial, want: []sent{{resource.Listener, []string{"1", "1"}}}},
+		{req: req(resource.ScopedRoute, "", ""), wantKind: Initial, want: []sent{{resource.ScopedRoute, []string{"1", "1"}}}},
 		{req: req(resource.Route, "", "", "inbound", "outbound"), wantKind: Initial, want: []sent{{resource.Route, []string{"1", "1"}}}},
 		{req: req(resource.Secret, "", "", "workload-cert", "trust-bundle"), wantKind: Initial, want: []sent{{resource.Secret, []string{"1", "1"}}}},
 	})

@@ -172,7 +172,7 @@ func TestPushAfterCDS(t *testing.T) {
 	})
 }
 
-// TestPushOrder: additions go CDS, EDS, LDS, RDS; removals LDS, RDS, then CDS, so that
+// TestPushOrder: additions go CDS, EDS, LDS, SRDS, RDS; removals LDS, RDS, then CDS, so that
 // routes stop naming a cluster before it goes (xds_protocol#eventual-consistency-considerations).
 func TestPushOrder(t *testing.T) {
 	t.Run("a removed cluster goes after the routes that stopped naming it", func(t *testing.T) {
@@ -215,6 +215,21 @@ func TestPushOrder(t *testing.T) {
 			{resource.Cluster, []string{"2", "1"}},
 			{resource.Endpoint, []string{"1"}},
 			{resource.Listener, []string{"2", "1"}},
+			{resource.Route, []string{"2"}},
+		}}})
+	})
+
+	// A new scope (a new Service) sends the whole set of scopes, as LDS does (SRDS is
+	// requested by wildcard), after the listeners and before the route configuration
+	// it names.
+	t.Run("a new scope: the whole SRDS set, between LDS and RDS", func(t *testing.T) {
+		s := synced(t)
+		c := with(baseContent(), resource.ScopedRoute, "new.ns", "1")
+		c = with(c, resource.Listener, "in", "2")
+		c = with(c, resource.Route, "outbound", "2")
+		run(t, s, []step{{config: c, want: []sent{
+			{resource.Listener, []string{"2", "1"}},
+			{resource.ScopedRoute, []string{"1", "1", "1"}}, // app, app.ns, new.ns
 			{resource.Route, []string{"2"}},
 		}}})
 	})

@@ -44,6 +44,9 @@ type Policy struct {
 	Outlier OutlierDetection
 	// Circuit-breaker thresholds; 0 keeps Envoy's default.
 	MaxConnections, MaxPendingRequests, MaxRequests uint32
+	// AccessLog is the Service's access-log format (mesh-access-log); "" means not set,
+	// and the control plane's default applies.
+	AccessLog AccessLogFormat
 }
 
 // OutlierDetection configures ejection of failing endpoints.
@@ -136,6 +139,7 @@ var policyFields = []policyField{
 		},
 		absent: func(Policy) string { return "no timeout" },
 	},
+	accessLogField,
 }
 
 // KnownAnnotations lists the policy annotations bearkong reads on a Service, sorted.

@@ -41,6 +41,13 @@ func TestParsePolicy(t *testing.T) {
 		{"a count beyond 32 bits", map[string]string{AnnotationMaxRequests: "4294967297"}, Policy{}, []string{ReasonInvalidAnnotation}, "not a whole number"},
 		{"an invalid count is ignored, the others apply", map[string]string{AnnotationMaxRequests: "0", AnnotationMaxConnections: "9"}, Policy{MaxConnections: 9}, []string{ReasonInvalidAnnotation}, "from 1 to 1000000"},
 		{"zero connections", map[string]string{AnnotationMaxConnections: "0"}, Policy{}, []string{ReasonInvalidAnnotation}, "from 1 to 1000000"},
+		{"access log json", map[string]string{AnnotationAccessLog: "json"}, Policy{AccessLog: AccessLogJSON}, nil, ""},
+		{"access log text", map[string]string{AnnotationAccessLog: "text"}, Policy{AccessLog: AccessLogText}, nil, ""},
+		{"access log off", map[string]string{AnnotationAccessLog: "off"}, Policy{AccessLog: AccessLogOff}, nil, ""},
+		{"access log in upper case is invalid", map[string]string{AnnotationAccessLog: "JSON"}, Policy{}, []string{ReasonInvalidAnnotation},
+			`annotation mesh-access-log="JSON" is invalid: must be json, text or off (lower case); it is ignored, as if absent: the control plane's default (--default-access-log)`},
+		{"access log with spaces is invalid", map[string]string{AnnotationAccessLog: " json"}, Policy{}, []string{ReasonInvalidAnnotation}, "must be json, text or off"},
+		{"access log empty is invalid", map[string]string{AnnotationAccessLog: ""}, Policy{}, []string{ReasonInvalidAnnotation}, "must be json, text or off"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -21,13 +21,19 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Type is one of the five xDS resource types bearkong serves.
+// Type is one of the six xDS resource types bearkong serves.
 type Type int
 
 // The types, in the order a push sends what it adds or changes (make before break:
 // clusters and their endpoints before the listeners and routes that refer to them).
 // Removed clusters go last, after the listeners and routes that stopped naming them; see
 // https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations
+//
+// Scopes (SRDS) go between listeners and routes: the outbound listener takes its
+// scopes over SRDS and each scope names a route configuration, which Envoy then asks
+// for over RDS; a scope sent before its route configuration waits for it, and the
+// route configuration cannot be asked for before its scope names it. See
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/rds#config-http-conn-man-scoped-rds
 //
 // Secrets (SDS) go last. Envoy asks for a secret only once a cluster or listener that
 // names it has arrived (its TLS transport socket creates the SDS subscription), so a
@@ -39,29 +45,31 @@ const (
 	Cluster Type = iota
 	Endpoint
 	Listener
+	ScopedRoute
 	Route
 	Secret
-	NumTypes = 5
+	NumTypes = 6
 )
 
 // Types lists every type in push order for additions.
-var Types = [NumTypes]Type{Cluster, Endpoint, Listener, Route, Secret}
+var Types = [NumTypes]Type{Cluster, Endpoint, Listener, ScopedRoute, Route, Secret}
 
 var (
 	typeURLs = [NumTypes]string{
 		"type.googleapis.com/envoy.config.cluster.v3.Cluster",
 		"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
 		"type.googleapis.com/envoy.config.listener.v3.Listener",
+		"type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration",
 		"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
 		"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
 	}
-	shortNames = [NumTypes]string{"cds", "eds", "lds", "rds", "sds"}
+	shortNames = [NumTypes]string{"cds", "eds", "lds", "srds", "rds", "sds"}
 )
 
 // URL returns the type URL, as used in DiscoveryRequest.type_url and Any.type_url.
 func (t Type) URL() string { return typeURLs[t] }
 
-// String returns the short name: cds, eds, lds, rds or sds.
+// String returns the short name: cds, eds, lds, srds, rds or sds.
 func (t Type) String() string {
 	if t < 0 || t >= NumTypes {
 		return fmt.Sprintf("Type(%d)", int(t))
@@ -69,9 +77,13 @@ func (t Type) String() string {
 	return shortNames[t]
 }
 
-// Wildcard reports whether the type is requested as a whole (LDS, CDS): its responses
-// carry the full set. EDS, RDS and SDS responses carry the requested names.
-func (t Type) Wildcard() bool { return t == Cluster || t == Listener }
+// Wildcard reports whether the type is requested as a whole (CDS, LDS, SRDS): its
+// responses carry the full set. EDS, RDS and SDS responses carry the requested names.
+// Envoy subscribes to SRDS with no names (seen on Envoy 1.36.4: the HTTP connection
+// manager's scoped_rds subscription is a wildcard one) and takes each response as the
+// whole set of scopes, as for LDS:
+// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return
+func (t Type) Wildcard() bool { return t == Cluster || t == Listener || t == ScopedRoute }
 
 // TypeFromURL maps a type URL to its Type.
 func TypeFromURL(url string) (Type, bool) {

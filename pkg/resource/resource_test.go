@@ -63,10 +63,16 @@ func TestSetAndView(t *testing.T) {
 	if v.Version() == (View{s}).Version() || v.Version() != (View{NewSet(a2, b), local}).Version() {
 		t.Fatal("view versions must follow content")
 	}
-	if tp, ok := TypeFromURL(Route.URL()); !ok || tp != Route || tp.String() != "rds" || !Cluster.Wildcard() || Endpoint.Wildcard() {
+	if tp, ok := TypeFromURL(Route.URL()); !ok || tp != Route || tp.String() != "rds" || !Cluster.Wildcard() || Endpoint.Wildcard() || Route.Wildcard() {
 		t.Fatal("type helpers")
 	}
 	if tp, ok := TypeFromURL("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"); !ok || tp != Secret || tp.String() != "sds" || Secret.Wildcard() || Types[NumTypes-1] != Secret {
 		t.Fatal("Secret: a named type, last in push order")
+	}
+	// Scopes come over SRDS by wildcard, between the listeners that name them and the
+	// route configurations they name.
+	if tp, ok := TypeFromURL("type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"); !ok || tp != ScopedRoute || tp.String() != "srds" || !ScopedRoute.Wildcard() ||
+		Types[3] != ScopedRoute || Types[2] != Listener || Types[4] != Route {
+		t.Fatal("ScopedRoute: a wildcard type, between LDS and RDS in push order")
 	}
 }

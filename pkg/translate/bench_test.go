@@ -5,6 +5,10 @@ import (
 	"sort"
 	"testing"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
 )
@@ -74,8 +78,8 @@ func BenchmarkNew(b *testing.B) {
 // BenchmarkProxy measures Proxy: "cached" is the common case (every piece already built
 // by an earlier proxy, as for all but the first proxy of a namespace), "parallel" the
 // same from many goroutines, "first" the first proxy after a snapshot, which marshals the
-// routes shared by every namespace, and "new-namespace" the first proxy of each further
-// namespace, which assembles its namespace's outbound routes from those.
+// pieces shared by every namespace, and "new-namespace" the first proxy of each further
+// namespace, which builds its namespace's short-name scopes.
 func BenchmarkProxy(b *testing.B) {
 	for _, n := range benchSizes {
 		snap := benchSnapshot(n, n/100, 3)
@@ -143,9 +147,11 @@ func BenchmarkProxy(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if r, ok := p.Views[resource.Route].Get(OutboundRouteName); ok {
-				b.ReportMetric(float64(len(r.Any.GetValue())), "outbound-rds-bytes")
+			size := 0
+			for _, r := range p.Views[resource.ScopedRoute].All() {
+				size += len(r.Any.GetValue())
 			}
+			b.ReportMetric(float64(size), "srds-bytes")
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				fresh, err := New(snap)
@@ -189,4 +195,75 @@ func BenchmarkInboundAuthz(b *testing.B) {
 		size = len(r.Any.GetValue())
 	}
 	b.ReportMetric(float64(size), "bytes")
+}
+
+// BenchmarkNewServiceBytes reports what one new Service costs a proxy on the wire at
+// 1000 Services (benchSnapshot, 3 endpoints each), in the new Service's namespace and in
+// another: under state of the world, the whole set of each wildcard type (CDS, LDS,
+// SRDS) and the new or changed resources of the others; under delta xDS, the new or
+// changed resources alone. Sizes are those of the DiscoveryResponse and
+// DeltaDiscoveryResponse messages, type URLs and framing of each resource included.
+func BenchmarkNewServiceBytes(b *testing.B) {
+	const services = 1000
+	before := benchSnapshot(services, services/100, 3)
+	after := benchSnapshot(services, services/100, 3)
+	added := &mesh.Service{Namespace: "ns-003", Name: "svc-new", Ports: []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
+		Endpoints: []mesh.Endpoint{{IP: "10.0.9.1", Pod: "svc-new-0"}, {IP: "10.1.9.1", Pod: "svc-new-1"}, {IP: "10.2.9.1", Pod: "svc-new-2"}}}
+	i := sort.Search(len(after.Services), func(i int) bool { return after.Services[i].Key() >= added.Key() })
+	after.Services = append(after.Services[:i], append([]*mesh.Service{added}, after.Services[i:]...)...)
+	trBefore, err := New(before)
+	if err != nil {
+		b.Fatal(err)
+	}
+	trAfter, err := New(after)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, ns := range []string{"ns-003", "ns-004"} {
+		var pod string
+		for _, svc := range before.Services {
+			if svc.Namespace == ns {
+				pod = svc.Endpoints[0].Pod
+				break
+			}
+		}
+		n := Node{ID: pod + "." + ns, PodNamespace: ns, PodName: pod, ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
+		old, err := trBefore.Proxy(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cur, err := trAfter.Proxy(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("namespace="+ns, func(b *testing.B) {
+			var sotw, delta int
+			for b.Loop() {
+				sotw, delta = 0, 0
+				for _, typ := range resource.Types {
+					var changed, all []*anypb.Any
+					var named []*discoveryv3.Resource
+					for _, r := range cur.Views[typ].All() {
+						all = append(all, r.Any)
+						if o, ok := old.Views[typ].Get(r.Name); ok && o.Hash == r.Hash {
+							continue
+						}
+						changed = append(changed, r.Any)
+						named = append(named, &discoveryv3.Resource{Name: r.Name, Version: r.Hash, Resource: r.Any})
+					}
+					if len(changed) == 0 {
+						continue
+					}
+					send := changed
+					if typ.Wildcard() {
+						send = all
+					}
+					sotw += proto.Size(&discoveryv3.DiscoveryResponse{VersionInfo: cur.Views[typ].Version(), TypeUrl: typ.URL(), Nonce: "1000", Resources: send})
+					delta += proto.Size(&discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: cur.Views[typ].Version(), TypeUrl: typ.URL(), Nonce: "1000", Resources: named})
+				}
+			}
+			b.ReportMetric(float64(sotw), "sotw-bytes")
+			b.ReportMetric(float64(delta), "delta-bytes")
+		})
+	}
 }

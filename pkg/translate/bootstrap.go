@@ -50,6 +50,10 @@ var DefaultAdminAddress = net.JoinHostPort("127.0.0.1", strconv.Itoa(mesh.AdminP
 type BootstrapOptions struct {
 	PodName      string
 	PodNamespace string
+	// Workload names the pod's workload in every stat of its sidecar (the mesh_workload
+	// tag, see stats.go): the caller in outbound stats, the callee in inbound ones.
+	// Typically the pod's app label, through the downward API; default PodName.
+	Workload string
 	// ListenIP is the bind address of the inbound listener (default DefaultListenIP).
 	// It travels to the control plane as node metadata.
 	ListenIP string
@@ -81,6 +85,9 @@ type BootstrapOptions struct {
 	// XDSInsecure connects to the control plane in plaintext without credentials: for
 	// development only; the control plane must run with --xds-insecure too.
 	XDSInsecure bool
+	// XDSProtocol is the xDS protocol of the ADS stream, XDSProtocolSotW or
+	// XDSProtocolDelta (see XDSProtocols); "" is DefaultXDSProtocol.
+	XDSProtocol string
 }
 
 // Bootstrap returns the Envoy bootstrap of a sidecar: the node identity, the admin
@@ -103,11 +110,17 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if o.AdminAddress == "" {
 		o.AdminAddress = DefaultAdminAddress
 	}
+	if o.Workload == "" {
+		o.Workload = o.PodName
+	}
 	var errs []error
 	if err := validatePodName("pod name", o.PodName); err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateNamespace("pod namespace", o.PodNamespace); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateWorkload(o.Workload); o.Workload != o.PodName && err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateIP("listen IP", o.ListenIP); err != nil {
@@ -120,6 +133,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		errs = append(errs, err)
 	}
 	adminHost, adminPort, err := splitIPPort("admin address", o.AdminAddress)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	apiType, err := adsAPIType(o.XDSProtocol)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -172,8 +189,9 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			// One gRPC stream carries every type, so the control plane can order a push
 			// (CDS, EDS, LDS, RDS) and avoid traffic drops while config changes:
 			// https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#aggregated-discovery-service
+			// Its protocol, state of the world or delta, is o.XDSProtocol's.
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_GRPC,
+				ApiType:             apiType,
 				TransportApiVersion: corev3.ApiVersion_V3,
 				GrpcServices:        []*corev3.GrpcService{grpcService},
 				// The node (with its metadata) is sent once per stream, not on every
@@ -185,6 +203,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			LdsConfig: adsConfigSource(),
 		},
 		LayeredRuntime: layeredRuntime(),
+		StatsConfig:    statsConfig(o.PodNamespace, o.Workload),
 	}, nil
 }
 

@@ -202,6 +202,7 @@ func TestBootstrapTokenRotation(t *testing.T) {
 		XDSRootCA:     pki.rootPEM,
 		XDSTokenFile:  token,
 		XDSServerName: "bearkong.bearkong-system.svc",
+		XDSProtocol:   XDSProtocolSotW, // the protocol recordingADS serves, whatever the default
 	})
 	rec.waitAuth(t, "Bearer token-one", 30*time.Second)
 
@@ -236,6 +237,7 @@ func TestBootstrapVerifiesServerName(t *testing.T) {
 	runEnvoyWithBootstrap(t, envoy, BootstrapOptions{
 		PodName: "app-1-a", PodNamespace: "default", AdminAddress: freeLoopbackPort(t),
 		XDSAddress: addr, XDSRootCA: pki.rootPEM, XDSTokenFile: token, XDSServerName: "someone-else.example",
+		XDSProtocol: XDSProtocolSotW, // the protocol recordingADS serves, whatever the default
 	})
 	rec.waitAuth(t, "Bearer token-one", 30*time.Second)
 
@@ -245,10 +247,107 @@ func TestBootstrapVerifiesServerName(t *testing.T) {
 	runEnvoyWithBootstrap(t, envoy, BootstrapOptions{
 		PodName: "app-1-b", PodNamespace: "default", AdminAddress: freeLoopbackPort(t),
 		XDSAddress: addr2, XDSRootCA: pki.rootPEM, XDSTokenFile: token, XDSServerName: "bearkong.bearkong-system.svc",
+		XDSProtocol: XDSProtocolSotW,
 	})
 	// Envoy retries within a second or two; five seconds is several attempts.
 	time.Sleep(5 * time.Second)
 	if got := rec2.seen(); len(got) != 0 {
 		t.Fatalf("a stream got through to a server whose certificate lacks the server name: %q", got)
+	}
+}
+
+// protocolADS accepts ADS streams of both protocols, records which protocol each one
+// speaks, and serves nothing.
+type protocolADS struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	mu     sync.Mutex
+	seen   []string
+	notify chan struct{}
+}
+
+func (p *protocolADS) record(protocol string) {
+	p.mu.Lock()
+	p.seen = append(p.seen, protocol)
+	p.mu.Unlock()
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (p *protocolADS) StreamAggregatedResources(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	p.record(XDSProtocolSotW)
+	for {
+		if _, err := s.Recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+func (p *protocolADS) DeltaAggregatedResources(s discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	p.record(XDSProtocolDelta)
+	for {
+		if _, err := s.Recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+// TestBootstrapProtocolOpensItsStream runs the real Envoy with each protocol's bootstrap,
+// in each mode, against a server of both: Envoy must open the stream of the protocol the
+// bootstrap names (validate mode only parses api_type), and never the other one.
+func TestBootstrapProtocolOpensItsStream(t *testing.T) {
+	envoy := envoyBinary(t)
+	pki := newXDSTestPKI(t, []string{"bearkong.bearkong-system.svc"}, nil)
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("token-one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, secure := range []bool{false, true} {
+		for _, protocol := range []string{XDSProtocolSotW, XDSProtocolDelta} {
+			mode := map[bool]string{false: "insecure", true: "secure"}[secure]
+			t.Run(mode+"/"+protocol, func(t *testing.T) {
+				t.Parallel()
+				lis, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var opts []grpc.ServerOption
+				o := BootstrapOptions{PodName: "app-1-a", PodNamespace: "default", AdminAddress: freeLoopbackPort(t),
+					XDSAddress: lis.Addr().String(), XDSProtocol: protocol}
+				if secure {
+					opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pki.server}, MinVersion: tls.VersionTLS12})))
+					o.XDSRootCA, o.XDSTokenFile, o.XDSServerName = pki.rootPEM, token, "bearkong.bearkong-system.svc"
+				} else {
+					o.XDSInsecure = true
+				}
+				srv := &protocolADS{notify: make(chan struct{}, 1)}
+				g := grpc.NewServer(opts...)
+				discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, srv)
+				go g.Serve(lis)
+				defer g.Stop()
+				runEnvoyWithBootstrap(t, envoy, o)
+
+				deadline := time.After(30 * time.Second)
+				for {
+					srv.mu.Lock()
+					seen := append([]string(nil), srv.seen...)
+					srv.mu.Unlock()
+					if len(seen) > 0 {
+						for _, p := range seen {
+							if p != protocol {
+								t.Fatalf("streams seen %q, want only %s", seen, protocol)
+							}
+						}
+						return
+					}
+					select {
+					case <-srv.notify:
+					case <-deadline:
+						t.Fatalf("no ADS stream within 30s")
+					}
+				}
+			})
+		}
 	}
 }

@@ -139,7 +139,8 @@ var reconnectModes = []struct {
 // secure mode (with pki's root and a token file) or not.
 func bootstrapFor(t *testing.T, pod string, addrs string, secure bool, pki xdsTestPKI) BootstrapOptions {
 	t.Helper()
-	o := BootstrapOptions{PodName: pod, PodNamespace: "default", AdminAddress: freeLoopbackPort(t), XDSAddress: addrs}
+	// streamLog serves state of the world, whatever the default protocol.
+	o := BootstrapOptions{PodName: pod, PodNamespace: "default", AdminAddress: freeLoopbackPort(t), XDSAddress: addrs, XDSProtocol: XDSProtocolSotW}
 	if !secure {
 		o.XDSInsecure = true
 		return o

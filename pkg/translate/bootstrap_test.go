@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	grpccredentialv3 "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -57,6 +58,8 @@ func TestBootstrapErrors(t *testing.T) {
 		{"missing pod name", with(func(o *BootstrapOptions) { o.PodName = "" }), []string{"pod name is missing"}},
 		{"missing namespace", with(func(o *BootstrapOptions) { o.PodNamespace = "" }), []string{"pod namespace is missing"}},
 		{"bad pod name", with(func(o *BootstrapOptions) { o.PodName = "App_1" }), []string{`pod name "App_1" is not a valid Kubernetes pod name`}},
+		{"bad workload", with(func(o *BootstrapOptions) { o.Workload = "app 1" }), []string{`workload "app 1" is not a valid Kubernetes label value`}},
+		{"workload too long for a label value", with(func(o *BootstrapOptions) { o.Workload = strings.Repeat("a", 64) }), []string{"is not a valid Kubernetes label value"}},
 		{"bad listen IP", with(func(o *BootstrapOptions) { o.ListenIP = "pod.local" }), []string{`listen IP "pod.local" is not an IP address`}},
 		{"bad outbound IP", with(func(o *BootstrapOptions) { o.OutboundIP = "localhost" }), []string{`outbound IP "localhost" is not an IP address`}},
 		{"bad app address", with(func(o *BootstrapOptions) { o.AppAddress = "localhost:9090" }), []string{`app address "localhost:9090": the host must be an IP address`}},
@@ -89,6 +92,13 @@ func TestBootstrapErrors(t *testing.T) {
 			o.XDSServerName = "bearkong.bearkong-system.svc"
 		}), []string{"all IPv4 or all IPv6"}},
 		{"secure: bad server name", withSecure(func(o *BootstrapOptions) { o.XDSServerName = "Bear_Kong" }), []string{`xds server name "Bear_Kong" is neither`}},
+		{"delta", with(func(o *BootstrapOptions) { o.XDSProtocol = XDSProtocolDelta }), nil},
+		{"sotw", with(func(o *BootstrapOptions) { o.XDSProtocol = XDSProtocolSotW }), nil},
+		{"secure delta", withSecure(func(o *BootstrapOptions) { o.XDSProtocol = XDSProtocolDelta }), nil},
+		{"unknown xds protocol", with(func(o *BootstrapOptions) { o.XDSProtocol = "incremental" }),
+			[]string{`xds protocol "incremental" is not one of: sotw, delta`}},
+		{"xds protocol is case-sensitive", withSecure(func(o *BootstrapOptions) { o.XDSProtocol = "Delta" }),
+			[]string{`xds protocol "Delta" is not one of: sotw, delta`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := Bootstrap(tc.opts)
@@ -408,4 +418,63 @@ func TestBootstrapXDSAddresses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBootstrapXDSProtocol checks that the protocol chosen reaches ads_config.api_type in
+// both modes, and that nothing else of the ADS channel depends on it: the insecure mode
+// keeps Envoy's gRPC client over the static cluster, the secure one Google gRPC.
+func TestBootstrapXDSProtocol(t *testing.T) {
+	insecure := BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: "127.0.0.1:18000", XDSInsecure: true}
+	secure := BootstrapOptions{PodName: "p", PodNamespace: "ns", XDSAddress: "bearkong.bearkong-system.svc:5000", XDSRootCA: []byte(testRootPEM), XDSTokenFile: "/var/run/secrets/bearkong/token"}
+	for _, mode := range []struct {
+		name string
+		opts BootstrapOptions
+	}{{"insecure", insecure}, {"secure", secure}} {
+		apiType := map[string]corev3.ApiConfigSource_ApiType{
+			XDSProtocolSotW:  corev3.ApiConfigSource_GRPC,
+			XDSProtocolDelta: corev3.ApiConfigSource_DELTA_GRPC,
+		}
+		for _, tc := range []struct {
+			name, protocol string
+		}{
+			{"default", ""},
+			{"sotw", XDSProtocolSotW},
+			{"delta", XDSProtocolDelta},
+		} {
+			want, ok := apiType[cmpOr(tc.protocol, DefaultXDSProtocol)]
+			if !ok {
+				t.Fatalf("DefaultXDSProtocol %q is neither protocol", DefaultXDSProtocol)
+			}
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				o := mode.opts
+				o.XDSProtocol = tc.protocol
+				b, err := Bootstrap(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ads := b.GetDynamicResources().GetAdsConfig()
+				if got := ads.GetApiType(); got != want {
+					t.Errorf("ads_config.api_type = %v, want %v", got, want)
+				}
+				// The rest of the bootstrap is the same whatever the protocol.
+				o.XDSProtocol = XDSProtocolSotW
+				sotw, err := Bootstrap(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sotw.GetDynamicResources().GetAdsConfig().ApiType = want
+				if diff := cmp.Diff(sotw, b, protocmp.Transform()); diff != "" {
+					t.Errorf("the bootstrap differs beyond api_type (-sotw +%s):\n%s", tc.name, diff)
+				}
+			})
+		}
+	}
+}
+
+// cmpOr is the standard library's cmp.Or, which go-cmp's name hides here.
+func cmpOr(s, def string) string {
+	if s != "" {
+		return s
+	}
+	return def
 }

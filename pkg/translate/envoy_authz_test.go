@@ -274,7 +274,7 @@ func promValue(t *testing.T, e *envoyRun, series string) int {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+		if v, ok := strings.CutPrefix(string(withoutWorkloadTags(sc.Bytes())), series+" "); ok {
 			n, err := strconv.Atoi(v)
 			if err != nil {
 				t.Fatalf("%s: %v", series, err)

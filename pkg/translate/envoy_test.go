@@ -53,8 +53,9 @@ func withStaticResources(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.
 // cluster becomes a STATIC one holding its ClusterLoadAssignment, each listener holds its
 // route configuration inline, the two SDS secrets are static ones from the test CA
 // (withTestSecrets, with a workload certificate for testIdentity), and there are no
-// dynamic resources. Everything Envoy routes on (matches, 404 bodies, endpoints, ports,
-// TLS and SAN checks) is unchanged.
+// dynamic resources; the outbound listener's scopes come inline, each holding its route
+// configuration. Everything Envoy routes on (scope keys, matches, 404 bodies, endpoints,
+// ports, TLS and SAN checks) is unchanged.
 func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *bootstrapv3.Bootstrap {
 	t.Helper()
 	// Everything of the bootstrap but its resources (the overload manager, for one).
@@ -81,6 +82,23 @@ func inlined(t testing.TB, base *bootstrapv3.Bootstrap, p *resource.Proxy) *boot
 			var hcm hcmv3.HttpConnectionManager
 			if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 				t.Fatalf("listener %q: %v", l.GetName(), err)
+			}
+			if sr := hcm.GetScopedRoutes(); sr != nil {
+				// The scopes and each scope's route configuration, inline.
+				list := &hcmv3.ScopedRouteConfigurationsList{}
+				for _, r := range p.Views[resource.ScopedRoute].All() {
+					scope := unpack(t, r.Any).(*routev3.ScopedRouteConfiguration)
+					rr, ok := p.Views[resource.Route].Get(scope.GetRouteConfigurationName())
+					if !ok {
+						t.Fatalf("scope %q: no route configuration %q", scope.GetName(), scope.GetRouteConfigurationName())
+					}
+					scope.RouteConfigurationName = ""
+					scope.RouteConfiguration = unpack(t, rr.Any).(*routev3.RouteConfiguration)
+					list.ScopedRouteConfigurations = append(list.ScopedRouteConfigurations, scope)
+				}
+				sr.ConfigSpecifier = &hcmv3.ScopedRoutes_ScopedRouteConfigurationsList{ScopedRouteConfigurationsList: list}
+				fc.GetFilters()[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcm)}
+				continue
 			}
 			rr, ok := p.Views[resource.Route].Get(hcm.GetRds().GetRouteConfigName())
 			if !ok {

@@ -72,7 +72,8 @@ func TestBootstrapGolden(t *testing.T) {
 }
 
 // bootstrapCases are valid options: a real pod (defaults, control plane by DNS name), a
-// local process (loopback addresses, control plane by IP), and both with two replicas.
+// local process (loopback addresses, control plane by IP), both with two replicas, and
+// both with each xDS protocol named.
 var bootstrapCases = []struct {
 	name string
 	opts BootstrapOptions
@@ -80,6 +81,7 @@ var bootstrapCases = []struct {
 	{"pod", BootstrapOptions{
 		PodName:      "app-1-7d4b9c-xk2lp",
 		PodNamespace: "default",
+		Workload:     "app-1", // the pod's app label, as manifests/apps set it
 		XDSAddress:   "bearkong.bearkong-system.svc:18000",
 		XDSRootCA:    []byte(testRootPEM),
 		XDSTokenFile: "/var/run/secrets/bearkong/token",
@@ -113,5 +115,44 @@ var bootstrapCases = []struct {
 		AdminAddress: "127.0.1.2:8081",
 		XDSAddress:   "127.0.0.1:18000,127.0.0.1:18001",
 		XDSInsecure:  true,
+	}},
+	// Each protocol named, in each mode (the cases above take the default).
+	{"pod-sotw", BootstrapOptions{
+		PodName:      "app-1-7d4b9c-xk2lp",
+		PodNamespace: "default",
+		XDSAddress:   "bearkong.bearkong-system.svc:18000",
+		XDSRootCA:    []byte(testRootPEM),
+		XDSTokenFile: "/var/run/secrets/bearkong/token",
+		XDSProtocol:  XDSProtocolSotW,
+	}},
+	{"pod-delta", BootstrapOptions{
+		PodName:      "app-1-7d4b9c-xk2lp",
+		PodNamespace: "default",
+		XDSAddress:   "bearkong.bearkong-system.svc:18000",
+		XDSRootCA:    []byte(testRootPEM),
+		XDSTokenFile: "/var/run/secrets/bearkong/token",
+		XDSProtocol:  XDSProtocolDelta,
+	}},
+	{"local-sotw", BootstrapOptions{
+		PodName:      "app-2-0",
+		PodNamespace: "default",
+		ListenIP:     "127.0.1.2",
+		OutboundIP:   "127.0.2.2",
+		AppAddress:   "127.0.1.2:9090",
+		AdminAddress: "127.0.1.2:8081",
+		XDSAddress:   "127.0.0.1:18000",
+		XDSInsecure:  true,
+		XDSProtocol:  XDSProtocolSotW,
+	}},
+	{"local-delta", BootstrapOptions{
+		PodName:      "app-2-0",
+		PodNamespace: "default",
+		ListenIP:     "127.0.1.2",
+		OutboundIP:   "127.0.2.2",
+		AppAddress:   "127.0.1.2:9090",
+		AdminAddress: "127.0.1.2:8081",
+		XDSAddress:   "127.0.0.1:18000",
+		XDSInsecure:  true,
+		XDSProtocol:  XDSProtocolDelta,
 	}},
 }

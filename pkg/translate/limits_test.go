@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"bytes"
 	"fmt"
 	"runtime"
 	"sync"
@@ -40,7 +39,7 @@ func TestInventedNodesLeaveNothing(t *testing.T) {
 			AppAddress:   fmt.Sprintf("10.%d.%d.%d:9090", 220+i/62500, i/250%250, i%250+1),
 		}
 	}
-	// Warm what every node shares (the full-name routes) and fill the bounded caches
+	// Warm what every node shares and fill the bounded caches
 	// (their entries are counted below) before measuring.
 	for i := range unknownEntries {
 		mustProxy(t, tr, invent(100000+i))
@@ -59,13 +58,13 @@ func TestInventedNodesLeaveNothing(t *testing.T) {
 		t.Errorf("heap grew from %d KiB to %d KiB (more than 10 %%)", before/1024, after/1024)
 	}
 
-	// Honest proxies still share: replicas in one namespace get the very same outbound
-	// routes, and the same listeners (all take the default addresses).
+	// Honest proxies still share: replicas in one namespace get the very same short-name
+	// scopes, and the same listeners (all take the default addresses).
 	h2 := mustProxy(t, tr, honest(3))
 	for _, c := range []struct {
 		typ  resource.Type
 		name string
-	}{{resource.Route, OutboundRouteName}, {resource.Listener, InboundListenerName}, {resource.Cluster, LocalAppClusterName}} {
+	}{{resource.ScopedRoute, "svc-00000"}, {resource.Listener, InboundListenerName}, {resource.Cluster, LocalAppClusterName}} {
 		a, _ := h1.Views[c.typ].Get(c.name)
 		b, _ := h2.Views[c.typ].Get(c.name)
 		if a == nil || a != b {
@@ -75,34 +74,31 @@ func TestInventedNodesLeaveNothing(t *testing.T) {
 }
 
 // TestUnknownNamespacesShareOutboundRoutes checks that every namespace without a meshed
-// Service gets one shared outbound route configuration, byte for byte what its own
-// would be (TestOutboundRoutesBytes checks the bytes against the builder).
+// Service shares one set of short-name scopes (an empty one), byte for byte what its own
+// would be.
 func TestUnknownNamespacesShareOutboundRoutes(t *testing.T) {
 	tr := mustNew(t, sampleSnapshot())
-	var first *resource.Resource
+	var first *resource.Set
 	for _, ns := range []string{"nowhere", "elsewhere", "kube-system"} {
 		t.Run(ns, func(t *testing.T) {
-			p := mustProxy(t, tr, Node{PodName: "p", PodNamespace: ns})
-			r, ok := p.Views[resource.Route].Get(OutboundRouteName)
-			if !ok {
-				t.Fatal("no outbound route configuration")
+			v := mustProxy(t, tr, Node{PodName: "p", PodNamespace: ns}).Views[resource.ScopedRoute]
+			if len(v) != 2 {
+				t.Fatalf("%d sets of scopes, want 2", len(v))
 			}
 			fresh := mustProxy(t, mustNew(t, sampleSnapshot()), Node{PodName: "p", PodNamespace: ns})
-			want, _ := fresh.Views[resource.Route].Get(OutboundRouteName)
-			if !bytes.Equal(r.Any.GetValue(), want.Any.GetValue()) {
-				t.Errorf("shared bytes differ from the namespace's own")
+			if v.Version() != fresh.Views[resource.ScopedRoute].Version() {
+				t.Errorf("shared scopes differ from the namespace's own")
 			}
 			if first == nil {
-				first = r
-			} else if r != first {
-				t.Errorf("namespace %q does not share the unknown namespaces' outbound routes", ns)
+				first = v[1]
+			} else if v[1] != first {
+				t.Errorf("namespace %q does not share the unknown namespaces' short-name scopes", ns)
 			}
 		})
 	}
 	// A namespace with Services keeps its own (its short names).
-	d := mustProxy(t, tr, nodeApp1A)
-	if r, _ := d.Views[resource.Route].Get(OutboundRouteName); r == first {
-		t.Error("namespace default shares the unknown namespaces' outbound routes")
+	if d := mustProxy(t, tr, nodeApp1A).Views[resource.ScopedRoute]; d[1] == first || d[1].Len() != 2 {
+		t.Error("namespace default shares the unknown namespaces' short-name scopes")
 	}
 }
 

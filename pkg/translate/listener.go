@@ -14,8 +14,10 @@ import (
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
-// Listener and route configuration names. Each listener takes the route configuration of
-// the same name over RDS.
+// Listener and route configuration names. The inbound listener takes the route
+// configuration of its name over RDS; the outbound listener takes scopes over SRDS
+// (OutboundRouteName names its scoped routes), each naming a Service's route
+// configuration (see ServiceScope).
 const (
 	InboundListenerName  = "inbound"
 	OutboundListenerName = "outbound"
@@ -99,12 +101,16 @@ func InboundListener(n Node, mode mesh.MTLSMode, trustDomain string) *listenerv3
 
 // OutboundListener returns the listener on OutboundIP:mesh.OutboundPort where the local
 // app sends requests for other meshed services, named by the "service" header; its
-// routes are OutboundRouteConfiguration. OutboundIP is loopback in a real pod, so that no
+// routes come by scope (see scope.go), for clusterDomain's names. OutboundIP is loopback in a real pod, so that no
 // other pod can use this sidecar as a relay, and the app talks to it in plaintext: the
 // sidecar originates TLS to the callee (Cluster). n must be valid (Node.Validate).
-func OutboundListener(n Node) *listenerv3.Listener {
+func OutboundListener(n Node, clusterDomain string) *listenerv3.Listener {
 	l := httpListener(OutboundListenerName, n.OutboundIP, mesh.OutboundPort, corev3.TrafficDirection_OUTBOUND)
-	l.FilterChains = []*listenerv3.FilterChain{{Filters: httpFilters(OutboundListenerName, OutboundRouteName, corev3.TrafficDirection_OUTBOUND, false)}}
+	hcm := newHCM(OutboundListenerName, OutboundRouteName, corev3.TrafficDirection_OUTBOUND, false)
+	hcm.RouteSpecifier = outboundScopedRoutes()
+	hcm.HttpFilters = []*hcmv3.HttpFilter{scopeKeyFilter(clusterDomain), routerFilter}
+	hcm.LocalReplyConfig = &hcmv3.LocalReplyConfig{Mappers: append([]*hcmv3.ResponseMapper{noEndpointMapper}, scopeReplies()...)}
+	l.FilterChains = []*listenerv3.FilterChain{{Filters: hcmFilters(hcm)}}
 	return l
 }
 
@@ -126,6 +132,19 @@ func httpListener(name, ip string, port uint32, dir corev3.TrafficDirection) *li
 // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/rds
 // mtls says the chain terminates mutual TLS, and so has a peer identity to forward.
 func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool) []*listenerv3.Filter {
+	return hcmFilters(newHCM(name, routeName, dir, mtls))
+}
+
+// hcmFilters is the filter list of a chain with the one connection manager hcm.
+func hcmFilters(hcm *hcmv3.HttpConnectionManager) []*listenerv3.Filter {
+	return []*listenerv3.Filter{{
+		Name:       httpConnectionManagerFilterName,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
+	}}
+}
+
+// newHCM is the connection manager of httpFilters.
+func newHCM(name, routeName string, dir corev3.TrafficDirection, mtls bool) *hcmv3.HttpConnectionManager {
 	hcm := &hcmv3.HttpConnectionManager{
 		// Stats land under http.<stat_prefix>., so inbound and outbound traffic are
 		// told apart in the sidecar's stats.
@@ -144,6 +163,7 @@ func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool)
 		UpgradeConfigs:    upgradeConfigs,
 	}
 	harden(hcm)
+	preserveRequestID(hcm)
 	if dir == corev3.TrafficDirection_OUTBOUND {
 		hcm.LocalReplyConfig = noEndpointReply
 	} else {
@@ -167,10 +187,7 @@ func httpFilters(name, routeName string, dir corev3.TrafficDirection, mtls bool)
 		// app.
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
 	}
-	return []*listenerv3.Filter{{
-		Name:       httpConnectionManagerFilterName,
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
-	}}
+	return hcm
 }
 
 // harden sets what a sidecar's connection managers owe the app behind them, whoever
@@ -214,7 +231,9 @@ const NoEndpointBodyFormat = "bearkong: service %s has no ready endpoint\n"
 // alt_stat_name when it has one (Envoy 1.36), so the body names "<namespace>/<name>":
 // https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/local_reply
 // https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#format-rules
-var noEndpointReply = &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
+var noEndpointReply = &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{noEndpointMapper}}
+
+var noEndpointMapper = &hcmv3.ResponseMapper{
 	Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
 		ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UH"}},
 	}},
@@ -223,4 +242,4 @@ var noEndpointReply = &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
 			Specifier: &corev3.DataSource_InlineString{InlineString: fmt.Sprintf(NoEndpointBodyFormat, "%UPSTREAM_CLUSTER%")},
 		}},
 	},
-}}}
+}

@@ -156,7 +156,7 @@ func TestInboundListenerModes(t *testing.T) {
 		{"unset is STRICT", InboundListener(n, "", "td.example"), nil, []chain{mtls}},
 		{"PERMISSIVE", InboundListener(n, mesh.MTLSPermissive, "td.example"), inspector, []chain{permissiveTLS, permissivePlain}},
 		{"DISABLE", InboundListener(n, mesh.MTLSDisable, "td.example"), nil, []chain{plain}},
-		{"outbound", OutboundListener(n), nil, []chain{plain}},
+		{"outbound", OutboundListener(n, DefaultClusterDomain), nil, []chain{plain}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.listenerFilters, tc.l.GetListenerFilters(), protocmp.Transform()); diff != "" {

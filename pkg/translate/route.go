@@ -2,7 +2,6 @@ package translate
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -28,124 +27,6 @@ const (
 		` send it once, naming one meshed service` + "\n"
 )
 
-// OutboundRouteConfiguration returns the "outbound" route configuration of the proxies in
-// namespace. The header "service" names the Service to call in any of the forms of its
-// Kubernetes DNS name: "<name>" for Services in the proxy's own namespace (the way a
-// short DNS name resolves in a pod), and "<name>.<namespace>", "<name>.<namespace>.svc"
-// and "<name>.<namespace>.svc.<clusterDomain>" for every Service. As in DNS, case does
-// not matter. A request whose header is missing or empty, repeated, or names no meshed
-// Service gets a 404 with a readable body instead of hanging or reaching a random
-// cluster.
-//
-// Envoy takes the first route that matches, in order:
-// https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/http_routing
-// The header checks come first (see headerCheckRoutes), then the service routes, which
-// cannot overlap (a short name has no dot, "<name>.<namespace>" one, the longer forms
-// two or three), then the 404 for an unknown Service.
-func OutboundRouteConfiguration(snap *mesh.Snapshot, namespace, clusterDomain string) *routev3.RouteConfiguration {
-	var routes []*routev3.Route
-	routes = append(routes, headerCheckRoutes(clusterDomain)...)
-	routes = append(routes, localRoutes(snap.Services, namespace)...)
-	routes = append(routes, fullNameRoutes(snap.Services)...)
-	routes = append(routes, unknownServiceRoute)
-	vh := outboundVirtualHost()
-	vh.Routes = routes
-	return outboundRouteConfiguration(vh)
-}
-
-// outboundRouteConfiguration wraps the outbound virtual host. OutboundRouteConfiguration
-// is built from this and the helpers below so that a Translator can assemble the very
-// same bytes from pre-marshalled parts (see Translator.outboundRoutes).
-func outboundRouteConfiguration(vh *routev3.VirtualHost) *routev3.RouteConfiguration {
-	return &routev3.RouteConfiguration{
-		Name:         OutboundRouteName,
-		VirtualHosts: []*routev3.VirtualHost{vh},
-		// Routes may name clusters that do not exist: the backends an HTTPRoute names
-		// but cannot use, whose share of traffic Envoy answers with 500. That is RDS's
-		// default; saying it keeps an inlined copy of this config valid too.
-		ValidateClusters: wrapperspb.Bool(false),
-	}
-}
-
-// outboundVirtualHost is the outbound virtual host without its routes.
-func outboundVirtualHost() *routev3.VirtualHost {
-	return &routev3.VirtualHost{
-		Name: OutboundRouteName,
-		// Routing is by header, not by authority: any Host goes.
-		Domains: []string{"*"},
-	}
-}
-
-// localRoutes returns the short-name routes of the Services in namespace.
-func localRoutes(services []*mesh.Service, namespace string) []*routev3.Route {
-	var routes []*routev3.Route
-	for _, svc := range services {
-		if svc.Namespace == namespace {
-			routes = append(routes, serviceRoutes(svc.Name, svc)...)
-		}
-	}
-	return routes
-}
-
-// fullNameRoutes returns the full-name routes of every Service, in order: one that
-// matches "<name>.<namespace>", one that matches "<name>.<namespace>.svc" and, past the
-// header checks, "<name>.<namespace>.svc.<clusterDomain>" (see serviceHeader). These
-// routes are the same in every namespace.
-//
-// Two routes per Service, not one per form, and no regex per Service: at 1000 Services
-// that is a third fewer routes than one per form in every proxy's outbound routes, and
-// Envoy matches each by string comparison. A regex covering the three forms would be one
-// route, but each would embed the Service's name and namespace, whose RE2 program grows
-// with them past Envoy's program-size limit (re2.max_program_size) for long names.
-func fullNameRoutes(services []*mesh.Service) []*routev3.Route {
-	routes := make([]*routev3.Route, 0, 2*len(services))
-	for _, svc := range services {
-		routes = append(routes, serviceRoutes(ClusterName(svc), svc)...)
-		routes = append(routes, serviceRoutes(ClusterName(svc)+".svc", svc)...)
-	}
-	return routes
-}
-
-// headerCheckRoutes start the outbound routes: they answer 404 to a request whose
-// "service" header cannot name a Service, so that the service routes after them only
-// ever see one well-formed name.
-//   - Missing or empty: the "missing header" message.
-//   - Repeated: Envoy matches a repeated header against its values joined with a comma
-//     (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher),
-//     and no Service name holds a comma, so a comma means the header came more than
-//     once: refused, since picking one of the values would hide a client bug.
-//   - Not of the shape of a Service's DNS name ("<label>", "<label>.<label>",
-//     "<label>.<label>.svc" or "<label>.<label>.svc.<clusterDomain>", any case): no
-//     meshed service. This check is what lets "<name>.<namespace>.svc" be a prefix
-//     match that covers both the ".svc" and the full DNS form.
-//
-// They depend only on clusterDomain: the same in every namespace.
-func headerCheckRoutes(clusterDomain string) []*routev3.Route {
-	return []*routev3.Route{
-		notFoundRoute("missing-service-header", MissingServiceHeaderBody, &routev3.HeaderMatcher{
-			Name:                 mesh.ServiceHeader,
-			HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: false},
-		}),
-		notFoundRoute("empty-service-header", MissingServiceHeaderBody, &routev3.HeaderMatcher{
-			Name:                 mesh.ServiceHeader,
-			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: exact("")},
-		}),
-		notFoundRoute("repeated-service-header", RepeatedServiceHeaderBody, &routev3.HeaderMatcher{
-			Name: mesh.ServiceHeader,
-			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-				MatchPattern: &matcherv3.StringMatcher_Contains{Contains: ","},
-			}},
-		}),
-		notFoundRoute("malformed-service-header", UnknownServiceBody, &routev3.HeaderMatcher{
-			Name: mesh.ServiceHeader,
-			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-				MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: serviceNameRegex(clusterDomain)}},
-			}},
-			InvertMatch: true,
-		}),
-	}
-}
-
 // noTimeout disables a route's timeout. Envoy's default, when a route sets none, is
 // 15 s, which would end long requests, long polls and gRPC or WebSocket streams that no
 // policy limits; 0 means no timeout:
@@ -155,14 +36,8 @@ func headerCheckRoutes(clusterDomain string) []*routev3.Route {
 // on which nothing moves (see streamIdleTimeout). Read-only: shared by every route.
 var noTimeout = durationpb.New(0)
 
-// serviceNameRegex matches every form of a Service's DNS name, in any case. Its RE2
-// program grows only with clusterDomain (ValidateClusterDomain bounds it).
-func serviceNameRegex(clusterDomain string) string {
-	return `(?i)[a-z0-9-]+(\.[a-z0-9-]+(\.svc(\.` + regexp.QuoteMeta(clusterDomain) + `)?)?)?`
-}
-
-// MaxClusterDomainLength bounds the cluster domain, so that serviceNameRegex stays well
-// under Envoy's default RE2 program-size limit (100).
+// MaxClusterDomainLength bounds the cluster domain, which the outbound listener's Lua
+// filter matches (scopeKeyLua), to the length it always had.
 const MaxClusterDomainLength = 40
 
 // ValidateClusterDomain checks a cluster domain: a DNS name (lowercase RFC 1123
@@ -174,53 +49,28 @@ func ValidateClusterDomain(d string) error {
 	return nil
 }
 
-// unknownServiceRoute ends the outbound routes: the header is one well-formed name (the
-// header checks saw to that) that no service route took. Read-only: shared by every
-// route configuration.
-var unknownServiceRoute = notFoundRoute("unknown-service", UnknownServiceBody)
-
-// serviceRoutes returns the routes for requests whose "service" header equals value:
-// one route to svc's cluster, or, when HTTPRoutes are attached to svc, a route per rule
-// match in precedence order and then a 404 for requests that match no rule.
-func serviceRoutes(value string, svc *mesh.Service) []*routev3.Route {
+// serviceRoutes returns the routes of requests for svc: one route to svc's cluster, or,
+// when HTTPRoutes are attached to svc, a route per rule match in precedence order and
+// then a 404 for requests that match no rule. They need not look at the "service"
+// header: the scope that led to them did (see ServiceScope).
+func serviceRoutes(svc *mesh.Service) []*routev3.Route {
+	name := ClusterName(svc)
 	if len(svc.Routes) == 0 {
 		return []*routev3.Route{{
-			Name: value,
-			Match: &routev3.RouteMatch{
-				PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
-				Headers:       []*routev3.HeaderMatcher{serviceHeader(value)},
-			},
+			Name:  name,
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(svc)},
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
 				Timeout:          noTimeout,
 			}},
 		}}
 	}
 	routes := make([]*routev3.Route, 0, len(svc.Routes)+1)
 	for _, r := range svc.Routes {
-		routes = append(routes, ruleRoute(value, r))
+		routes = append(routes, ruleRoute(name, r))
 	}
-	return append(routes, notFoundRoute(value+"|no-rule",
-		fmt.Sprintf("bearkong: no rule of the HTTPRoutes attached to service %s matches this request\n", svc.Key()),
-		serviceHeader(value)))
-}
-
-// serviceHeader matches the "service" header against value, one of the names a Service
-// is routed by ("<name>", "<name>.<namespace>" or "<name>.<namespace>.svc"), in any
-// case, as DNS names are: https://www.rfc-editor.org/rfc/rfc4343. "<name>.<namespace>.svc"
-// (the only one with two dots) is a prefix match: past headerCheckRoutes, the values it
-// can meet are that name and that name followed by "." and the cluster domain.
-// string_match, not the deprecated exact_match:
-// https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-msg-config-route-v3-headermatcher
-func serviceHeader(value string) *routev3.HeaderMatcher {
-	m := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: value}, IgnoreCase: true}
-	if strings.Count(value, ".") == 2 {
-		m.MatchPattern = &matcherv3.StringMatcher_Prefix{Prefix: value}
-	}
-	return &routev3.HeaderMatcher{
-		Name:                 mesh.ServiceHeader,
-		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: m},
-	}
+	return append(routes, notFoundRoute(name+"|no-rule",
+		fmt.Sprintf("bearkong: no rule of the HTTPRoutes attached to service %s matches this request\n", svc.Key())))
 }
 
 func exact(v string) *matcherv3.StringMatcher {
@@ -235,10 +85,10 @@ func stringMatcher(typ, v string) *matcherv3.StringMatcher {
 }
 
 // ruleRoute is the Envoy route of one HTTPRoute rule match, for requests to the Service
-// named value. Gateway API semantics map onto Envoy's route match and action:
-// https://gateway-api.sigs.k8s.io/reference/spec/#httproutematch
+// whose cluster is named value. Gateway API semantics map onto Envoy's route match and
+// action: https://gateway-api.sigs.k8s.io/reference/spec/#httproutematch
 func ruleRoute(value string, r mesh.RouteRule) *routev3.Route {
-	m := &routev3.RouteMatch{Headers: []*routev3.HeaderMatcher{serviceHeader(value)}}
+	m := &routev3.RouteMatch{}
 	switch r.Path.Type {
 	case "Exact":
 		m.PathSpecifier = &routev3.RouteMatch_Path{Path: r.Path.Value}

@@ -16,7 +16,8 @@
 // every proxy shares (one cluster and one ClusterLoadAssignment per meshed Service) once,
 // and the per-proxy pieces lazily, cached by exactly what they depend on, so that proxies
 // that would get identical bytes share one *resource.Resource: every proxy with the same
-// listen and outbound IPs and mTLS mode shares its listeners, every proxy in a namespace shares the outbound routes,
+// listen and outbound IPs and mTLS mode shares its listeners (and, once some Service
+// logs its requests, the same Services too: the lines name them), every proxy in a namespace shares its short-name scopes,
 // the replicas of an app share their inbound routes. Those keys come from the client, so
 // the caches are bounded by what the snapshot holds: every namespace without a meshed
 // Service shares one outbound entry, and the addresses of pods the snapshot does not know
@@ -37,8 +38,6 @@ import (
 	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
@@ -54,9 +53,8 @@ type Translator struct {
 	// Shared by every proxy.
 	clusters  *resource.Set // one EDS cluster per Service
 	endpoints *resource.Set // one ClusterLoadAssignment per Service
-	// fullRoutes are the "<name>.<namespace>" routes, the same in every namespace's
-	// outbound route configuration, marshalled once on first use (see outboundRoutes).
-	fullRoutes func() ([]byte, error)
+	routes    *resource.Set // one route configuration per Service (ServiceRouteConfiguration)
+	scopes    *resource.Set // one "<name>.<namespace>" scope per Service (ServiceScope)
 
 	// Per-proxy pieces, keyed by what they depend on. A key is part of what a client
 	// sends, so no cache may grow with what a client invents (issue 16): the addresses
@@ -65,12 +63,14 @@ type Translator struct {
 	// are keyed by what the snapshot says the pod serves.
 	listeners boundedMemo[*resource.Set] // by Node.ListenIP, Node.OutboundIP and the inbound mTLS mode
 	localApps boundedMemo[*resource.Set] // by Node.AppAddress
-	outbound  memo[*resource.Set]        // by Node.PodNamespace if it has Services, else unknownNamespace
+	local     memo[*resource.Set]        // short-name scopes, by Node.PodNamespace if it has Services, else unknownNamespace
 	inbound   memo[*resource.Set]        // by the keys of the Services the proxy serves
 	// knownLimit bounds the entries of known pods' addresses: one per pod at most
 	// (replicas usually share one), plus some slack for a pod that restarts with a
 	// new address before the snapshot says so.
 	knownLimit int
+	// accessLogs: some Service of the snapshot logs its requests (accesslog.go).
+	accessLogs bool
 }
 
 // Options are the inputs of a Translator that do not come from Kubernetes objects: the
@@ -91,6 +91,9 @@ type Options struct {
 	// enforced ALLOW AuthorizationPolicy denies every request (DefaultDenyBody). Off, a
 	// Service without policy lets every caller in.
 	DefaultDeny bool
+	// DefaultAccessLog is the access-log format of a Service without a valid
+	// mesh-access-log annotation ("" reads as off); see accesslog.go.
+	DefaultAccessLog mesh.AccessLogFormat
 }
 
 // DefaultClusterDomain is Kubernetes' default cluster domain (the kubelet's
@@ -132,6 +135,8 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 	var sockets memo[*corev3.TransportSocket]
 	clusters := make([]*resource.Resource, len(snap.Services))
 	clas := make([]*resource.Resource, len(snap.Services))
+	routes := make([]*resource.Resource, len(snap.Services))
+	scopes := make([]*resource.Resource, len(snap.Services))
 	if err := parallelChunks(len(snap.Services), func(lo, hi int) error {
 		for i := lo; i < hi; i++ {
 			svc := snap.Services[i]
@@ -143,12 +148,18 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 					return upstreamTLS(svc, opts.TrustDomain), nil
 				})
 			}
-			if clusters[i], err = resource.New(resource.Cluster, name, clusterWith(svc, ts)); err != nil {
+			c := setClusterAccessLog(clusterWith(svc, ts), ServiceAccessLog(svc, opts.DefaultAccessLog))
+			if clusters[i], err = resource.New(resource.Cluster, name, c); err != nil {
 				return err
 			}
 			if clas[i], err = resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc)); err != nil {
 				return err
 			}
+			r, err := routingOf(svc)
+			if err != nil {
+				return err
+			}
+			routes[i], scopes[i] = r.routes, r.scope
 		}
 		return nil
 	}); err != nil {
@@ -159,8 +170,10 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 		opts:       opts,
 		clusters:   resource.NewSet(clusters...),
 		endpoints:  resource.NewSet(clas...),
-		fullRoutes: sync.OnceValues(func() ([]byte, error) { return appendRoutes(nil, fullNameRoutes(snap.Services)) }),
+		routes:     resource.NewSet(routes...),
+		scopes:     resource.NewSet(scopes...),
 		knownLimit: len(snap.Proxies) + unknownEntries,
+		accessLogs: anyAccessLog(snap.Services, opts.DefaultAccessLog),
 	}, nil
 }
 
@@ -169,10 +182,11 @@ func (t *Translator) Snapshot() *mesh.Snapshot { return t.snap }
 
 // Proxy returns the whole config of the proxy n: its views per type are
 //
-//	Cluster:  [service clusters (shared), local-app (per AppAddress)]
-//	Endpoint: [service ClusterLoadAssignments (shared)]
-//	Listener: [inbound and outbound listeners (per ListenIP, OutboundIP and mTLS mode)]
-//	Route:    [outbound routes (per namespace), inbound routes (per served Services)]
+//	Cluster:     [service clusters (shared), local-app (per AppAddress)]
+//	Endpoint:    [service ClusterLoadAssignments (shared)]
+//	Listener:    [inbound and outbound listeners (per ListenIP, OutboundIP and mTLS mode)]
+//	ScopedRoute: [full-name scopes (shared), short-name scopes (per namespace)]
+//	Route:       [service route configurations (shared), inbound routes (per served Services)]
 //
 // Names never repeat across the sets of a view. A proxy whose pod is not in the snapshot
 // (not yet seen, or selected by no meshed Service) still gets everything, with inbound
@@ -194,10 +208,24 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 	}
 	known := p != nil
 
-	listenIP, outboundIP, appAddress, namespace, td, defaultDeny := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain, t.opts.DefaultDeny
-	listeners, err := t.listeners.get(listenIP+" "+outboundIP+" "+string(mode), known, t.knownLimit, func() (*resource.Set, error) {
+	listenIP, outboundIP, appAddress, namespace, td, defaultDeny, domain := n.ListenIP, n.OutboundIP, n.AppAddress, n.PodNamespace, t.opts.TrustDomain, t.opts.DefaultDeny, t.opts.ClusterDomain
+	// With access logs anywhere in the mesh, the listeners name the Services the proxy
+	// serves in their lines (accesslog.go), so they are shared by the proxies that serve
+	// the same Services; without, by address and mode alone.
+	listenerKey := listenIP + " " + outboundIP + " " + string(mode)
+	var inLog mesh.AccessLogFormat
+	logs := t.accessLogs
+	if logs {
+		inLog = inboundAccessLogFormat(t.services(serves), t.opts.DefaultAccessLog)
+		listenerKey += " " + string(inLog) + " " + strings.Join(serves, "\x00")
+	}
+	listeners, err := t.listeners.get(listenerKey, known, t.knownLimit, func() (*resource.Set, error) {
 		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
-		return newSet(resource.Listener, InboundListener(n, mode, td), OutboundListener(n))
+		in, out := InboundListener(n, mode, td), OutboundListener(n, domain)
+		if logs {
+			in, out = withAccessLogs(in, inboundAccessLogs(inLog, serves)), withAccessLogs(out, outboundAccessLogs(serves))
+		}
+		return newSet(resource.Listener, in, out)
 	})
 	if err != nil {
 		return nil, err
@@ -208,14 +236,14 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Only the short-name routes depend on the namespace, and a namespace without
-	// Services has none: every such namespace gets the same bytes, so they share one
-	// entry, whatever a client names (TestUnknownNamespacesShareOutboundRoutes).
+	// Only the short-name scopes depend on the namespace, and a namespace without
+	// Services has none: every such namespace gets the same (empty) set, so they share
+	// one entry, whatever a client names (TestUnknownNamespacesShareOutboundRoutes).
 	if !t.hasServices(namespace) {
 		namespace = unknownNamespace
 	}
-	outbound, err := t.outbound.get(namespace, func() (*resource.Set, error) {
-		return t.outboundRoutes(namespace)
+	local, err := t.local.get(namespace, func() (*resource.Set, error) {
+		return t.localScopes(namespace)
 	})
 	if err != nil {
 		return nil, err
@@ -229,73 +257,26 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 
 	return &resource.Proxy{
 		Views: [resource.NumTypes]resource.View{
-			resource.Cluster:  {t.clusters, localApp},
-			resource.Endpoint: {t.endpoints},
-			resource.Listener: {listeners},
-			resource.Route:    {outbound, inbound},
+			resource.Cluster:     {t.clusters, localApp},
+			resource.Endpoint:    {t.endpoints},
+			resource.Listener:    {listeners},
+			resource.ScopedRoute: {t.scopes, local},
+			resource.Route:       {t.routes, inbound},
 		},
 		Serves: serves,
 	}, nil
 }
 
-// outboundRoutes returns the set holding
-// OutboundRouteConfiguration(snap, namespace, t.opts.ClusterDomain),
-// assembled from pre-marshalled parts.
-//
-// Why: the configuration holds a route per Service in the mesh and there is one per
-// namespace, so marshalling each one from scratch costs O(services) proto work per
-// namespace on every snapshot (about 0.1 s of CPU per namespace at 10,000 services,
-// against about 10 ms this way; see BenchmarkProxy). All but a
-// few routes are the same in every namespace, so they are marshalled once per snapshot
-// and copied in as bytes. The bytes are given to the virtual host as unknown fields: a
-// deterministic marshal writes known fields in field-number order (name 1, domains 2)
-// and then the unknown bytes, which here are exactly the encoded routes (field 3) in
-// order, so the result is byte for byte what marshalling OutboundRouteConfiguration
-// gives. TestOutboundRoutesBytes holds that promise. (Should the virtual host gain a
-// field numbered above 3, the bytes stay valid and deterministic, as the wire format
-// does not require field order, but that test will say they no longer match.)
-func (t *Translator) outboundRoutes(namespace string) (*resource.Set, error) {
-	full, err := t.fullRoutes()
-	if err != nil {
-		return nil, err
+// localScopes returns the short-name scopes of the proxies in namespace: one per
+// Service of the namespace, keyed by its name (see ServiceScope). Short names have no
+// dot and full names one, so they never clash with the shared full-name scopes.
+func (t *Translator) localScopes(namespace string) (*resource.Set, error) {
+	var msgs []named
+	svcs := t.snap.Services // sorted by namespace (checkServices)
+	for i := sort.Search(len(svcs), func(i int) bool { return svcs[i].Namespace >= namespace }); i < len(svcs) && svcs[i].Namespace == namespace; i++ {
+		msgs = append(msgs, ServiceScope(svcs[i].Name, svcs[i]))
 	}
-	raw := make([]byte, 0, len(full)+4096)
-	if raw, err = appendRoutes(raw, headerCheckRoutes(t.opts.ClusterDomain)); err != nil {
-		return nil, err
-	}
-	if raw, err = appendRoutes(raw, localRoutes(t.snap.Services, namespace)); err != nil {
-		return nil, err
-	}
-	raw = append(raw, full...)
-	if raw, err = appendRoutes(raw, []*routev3.Route{unknownServiceRoute}); err != nil {
-		return nil, err
-	}
-	vh := outboundVirtualHost()
-	vh.ProtoReflect().SetUnknown(raw)
-	return newSet(resource.Route, outboundRouteConfiguration(vh))
-}
-
-// routesField is the field number of VirtualHost.routes.
-var routesField = (&routev3.VirtualHost{}).ProtoReflect().Descriptor().Fields().ByName("routes").Number()
-
-// appendRoutes appends routes to b encoded as VirtualHost.routes fields: for each, the
-// tag, the length and the deterministic bytes of the route.
-func appendRoutes(b []byte, routes []*routev3.Route) ([]byte, error) {
-	opts := proto.MarshalOptions{Deterministic: true}
-	for _, r := range routes {
-		size := opts.Size(r)
-		b = protowire.AppendTag(b, routesField, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(size))
-		start := len(b)
-		var err error
-		if b, err = opts.MarshalAppend(b, r); err != nil {
-			return nil, fmt.Errorf("translate: marshal route %q: %w", r.GetName(), err)
-		}
-		if len(b)-start != size {
-			return nil, fmt.Errorf("translate: route %q marshalled to %d bytes, sized %d", r.GetName(), len(b)-start, size)
-		}
-	}
-	return b, nil
+	return newSet(resource.ScopedRoute, msgs...)
 }
 
 // services looks up Service keys in the snapshot, skipping unknown ones.
@@ -393,9 +374,9 @@ func (c *memo[V]) get(key string, build func() (V, error)) (V, error) {
 	return f.(func() (V, error))()
 }
 
-// unknownNamespace is the outbound cache key of every namespace without a meshed
-// Service. It is no valid namespace (Node.Validate refuses an empty one), and
-// localRoutes finds no Service in it.
+// unknownNamespace is the short-name scopes' cache key of every namespace without a
+// meshed Service. It is no valid namespace (Node.Validate refuses an empty one), and
+// localScopes finds no Service in it.
 const unknownNamespace = ""
 
 // hasServices reports whether the snapshot has a meshed Service in namespace.
@@ -478,7 +459,7 @@ func (c *lru[V]) get(key string, build func() (V, error)) (V, error) {
 // cacheEntries counts the entries of the per-proxy caches, for tests.
 func (t *Translator) cacheEntries() int {
 	n := t.listeners.len() + t.localApps.len()
-	for _, m := range []*sync.Map{&t.outbound.m, &t.inbound.m} {
+	for _, m := range []*sync.Map{&t.local.m, &t.inbound.m} {
 		m.Range(func(any, any) bool { n++; return true })
 	}
 	return n

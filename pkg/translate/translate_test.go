@@ -1,10 +1,8 @@
 package translate
 
 import (
-	"bytes"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,7 +14,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
@@ -38,17 +35,19 @@ func TestProxyViews(t *testing.T) {
 		name   string
 		node   Node
 		serves []string
+		short  []string // the short-name scopes of the node's namespace
 	}{
-		{"known pod", nodeApp1A, []string{"default/app-1"}},
-		{"unknown pod", nodeLocal, nil},
+		{"known pod", nodeApp1A, []string{"default/app-1"}, []string{"app-1", "app-2"}},
+		{"unknown pod", nodeLocal, nil, []string{"app-3"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := mustProxy(t, tr, tc.node)
 			want := [resource.NumTypes][][]string{
-				resource.Cluster:  {services, {LocalAppClusterName}},
-				resource.Endpoint: {services},
-				resource.Listener: {{InboundListenerName, OutboundListenerName}},
-				resource.Route:    {{OutboundRouteName}, {InboundRouteName}},
+				resource.Cluster:     {services, {LocalAppClusterName}},
+				resource.Endpoint:    {services},
+				resource.Listener:    {{InboundListenerName, OutboundListenerName}},
+				resource.ScopedRoute: {services, tc.short},
+				resource.Route:       {services, {InboundRouteName}},
 			}
 			for _, typ := range resource.Types {
 				var got [][]string
@@ -109,8 +108,9 @@ func TestSharing(t *testing.T) {
 		{"listeners, same listen IP and mode", a1, a1b, resource.Listener, InboundListenerName, true},
 		{"listeners, same listen IP, other mode", a1, a2, resource.Listener, InboundListenerName, false},
 		{"listeners, other listen IP", a1, local, resource.Listener, OutboundListenerName, false},
-		{"outbound routes, same namespace", a1, a2, resource.Route, OutboundRouteName, true},
-		{"outbound routes, other namespace", a1, local, resource.Route, OutboundRouteName, false},
+		{"service routes, other namespace", a1, local, resource.Route, "app-3.team-b", true},
+		{"full-name scope, other namespace", a1, local, resource.ScopedRoute, "app-1.default", true},
+		{"short-name scope, same namespace", a1, a2, resource.ScopedRoute, "app-1", true},
 		{"inbound routes, replicas of one app", a1, a1b, resource.Route, InboundRouteName, true},
 		{"inbound routes, other app", a1, a2, resource.Route, InboundRouteName, false},
 		{"same proxy asked twice", a1, again, resource.Route, InboundRouteName, true},
@@ -127,6 +127,12 @@ func TestSharing(t *testing.T) {
 	}
 	if a1.Views[resource.Endpoint][0] != local.Views[resource.Endpoint][0] {
 		t.Error("the endpoint set is not shared")
+	}
+	if a1.Views[resource.ScopedRoute][0] != local.Views[resource.ScopedRoute][0] || a1.Views[resource.Route][0] != local.Views[resource.Route][0] {
+		t.Error("the full-name scopes and the service routes are not shared")
+	}
+	if a1.Views[resource.ScopedRoute][1] != a2.Views[resource.ScopedRoute][1] {
+		t.Error("the short-name scopes of one namespace are not shared")
 	}
 }
 
@@ -390,49 +396,20 @@ func TestBuilders(t *testing.T) {
 	ep := func(ip string, port uint32) *endpointv3.LbEndpoint {
 		return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: addr(ip, port)}}}
 	}
-	header := func(m *matcherv3.StringMatcher) []*routev3.HeaderMatcher {
-		return []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: m}}}
-	}
-	// Service names match in any case; "<name>.<namespace>.svc" as a prefix, so that it
-	// covers "<name>.<namespace>.svc.<cluster-domain>" too.
-	exact := func(v string) []*routev3.HeaderMatcher {
-		return header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: v}, IgnoreCase: true})
-	}
-	prefix := func(v string) []*routev3.HeaderMatcher {
-		return header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: v}, IgnoreCase: true})
-	}
-	toCluster := func(name, value string) *routev3.Route {
-		h := exact(value)
-		if strings.Count(value, ".") == 2 {
-			h = prefix(value)
-		}
+	toCluster := func(name string) *routev3.Route {
 		return &routev3.Route{
-			Name:   value,
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: h},
+			Name:   name,
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}, Timeout: durationpb.New(0)}},
 		}
 	}
-	notFound := func(name, body string, headers []*routev3.HeaderMatcher) *routev3.Route {
-		return &routev3.Route{
-			Name:  name,
-			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
-			Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-				Status: 404, Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: body}},
-			}},
-		}
-	}
-	// The header checks before any service route: missing, empty, repeated, malformed.
-	checks := []*routev3.Route{
-		notFound("missing-service-header", MissingServiceHeaderBody, []*routev3.HeaderMatcher{{Name: "service", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: false}}}),
-		notFound("empty-service-header", MissingServiceHeaderBody, header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: ""}})),
-		notFound("repeated-service-header", RepeatedServiceHeaderBody, header(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Contains{Contains: ","}})),
-		notFound("malformed-service-header", UnknownServiceBody, []*routev3.HeaderMatcher{{
-			Name: "service",
-			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
-				SafeRegex: &matcherv3.RegexMatcher{Regex: `(?i)[a-z0-9-]+(\.[a-z0-9-]+(\.svc(\.corp\.example)?)?)?`},
+	scope := func(key, routes string) *routev3.ScopedRouteConfiguration {
+		return &routev3.ScopedRouteConfiguration{
+			Name: key, RouteConfigurationName: routes,
+			Key: &routev3.ScopedRouteConfiguration_Key{Fragments: []*routev3.ScopedRouteConfiguration_Key_Fragment{{
+				Type: &routev3.ScopedRouteConfiguration_Key_Fragment_StringKey{StringKey: key},
 			}}},
-			InvertMatch: true,
-		}}),
+		}
 	}
 	web := &mesh.Service{
 		Namespace: "shop", Name: "web",
@@ -441,7 +418,6 @@ func TestBuilders(t *testing.T) {
 		Endpoints: []mesh.Endpoint{{IP: "10.0.0.1"}, {IP: "fd00::2"}},
 	}
 	db := &mesh.Service{Namespace: "data", Name: "db"}
-	snap := &mesh.Snapshot{Services: []*mesh.Service{db, web}}
 
 	for _, tc := range []struct {
 		name string
@@ -483,33 +459,17 @@ func TestBuilders(t *testing.T) {
 				}),
 			},
 		}},
-		{"OutboundRouteConfiguration in shop", OutboundRouteConfiguration(snap, "shop", "corp.example"), &routev3.RouteConfiguration{
-			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
+		{"ServiceRouteConfiguration", ServiceRouteConfiguration(web), &routev3.RouteConfiguration{
+			Name: "web.shop", ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts: []*routev3.VirtualHost{{
-				Name: "outbound", Domains: []string{"*"},
-				Routes: append(append([]*routev3.Route{}, checks...),
-					toCluster("web.shop", "web"),
-					toCluster("db.data", "db.data"),
-					toCluster("db.data", "db.data.svc"),
-					toCluster("web.shop", "web.shop"),
-					toCluster("web.shop", "web.shop.svc"),
-					notFound("unknown-service", UnknownServiceBody, nil),
-				),
+				Name: "web.shop", Domains: []string{"*"},
+				Routes: []*routev3.Route{toCluster("web.shop")},
 			}},
+			// The scope key is the sidecar's, not the callee's.
+			RequestHeadersToRemove: []string{"x-bearkong-scope"},
 		}},
-		{"OutboundRouteConfiguration in a namespace without services", OutboundRouteConfiguration(snap, "empty", "corp.example"), &routev3.RouteConfiguration{
-			Name: "outbound", ValidateClusters: wrapperspb.Bool(false),
-			VirtualHosts: []*routev3.VirtualHost{{
-				Name: "outbound", Domains: []string{"*"},
-				Routes: append(append([]*routev3.Route{}, checks...),
-					toCluster("db.data", "db.data"),
-					toCluster("db.data", "db.data.svc"),
-					toCluster("web.shop", "web.shop"),
-					toCluster("web.shop", "web.shop.svc"),
-					notFound("unknown-service", UnknownServiceBody, nil),
-				),
-			}},
-		}},
+		{"ServiceScope, full name", ServiceScope(ServiceScopeKey(web), web), scope("web.shop", "web.shop")},
+		{"ServiceScope, short name", ServiceScope("web", web), scope("web", "web.shop")},
 		{"InboundRouteConfiguration", InboundRouteConfiguration([]*mesh.Service{web}, DefaultTrustDomain, false), &routev3.RouteConfiguration{
 			Name: "inbound",
 			VirtualHosts: []*routev3.VirtualHost{{
@@ -522,50 +482,13 @@ func TestBuilders(t *testing.T) {
 			}},
 		}},
 		{"InboundListener address", InboundListener(Node{ListenIP: "127.0.1.9"}, mesh.MTLSStrict, DefaultTrustDomain).GetAddress(), addr("127.0.1.9", 8000)},
-		{"OutboundListener address", OutboundListener(Node{ListenIP: "::", OutboundIP: "::1"}).GetAddress(), addr("::1", 8001)},
+		{"OutboundListener address", OutboundListener(Node{ListenIP: "::", OutboundIP: "::1"}, DefaultClusterDomain).GetAddress(), addr("::1", 8001)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.want, tc.got, protocmp.Transform()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
-	}
-}
-
-// TestOutboundRoutesBytes checks that the Translator's outbound routes, assembled from
-// pre-marshalled parts, are byte for byte the deterministic marshal of
-// OutboundRouteConfiguration, and decode to it.
-func TestOutboundRoutesBytes(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		snap       *mesh.Snapshot
-		namespaces []string
-	}{
-		{"sample", sampleSnapshot(), []string{"default", "team-b", "no-services-here"}},
-		{"many", benchSnapshot(300, 7, 1), []string{"ns-000", "ns-003", "ns-006", "ns-999"}},
-		{"empty mesh", &mesh.Snapshot{}, []string{"default"}},
-	} {
-		tr := mustNew(t, tc.snap)
-		for _, ns := range tc.namespaces {
-			t.Run(tc.name+"/"+ns, func(t *testing.T) {
-				p := mustProxy(t, tr, Node{PodName: "p", PodNamespace: ns})
-				r, ok := p.Views[resource.Route].Get(OutboundRouteName)
-				if !ok {
-					t.Fatal("no outbound route configuration")
-				}
-				want := OutboundRouteConfiguration(tc.snap, ns, DefaultClusterDomain)
-				wantBytes, err := proto.MarshalOptions{Deterministic: true}.Marshal(want)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(r.Any.GetValue(), wantBytes) {
-					t.Errorf("bytes differ from the marshal of OutboundRouteConfiguration (%d vs %d bytes)", len(r.Any.GetValue()), len(wantBytes))
-				}
-				if diff := cmp.Diff(want, unpack(t, r.Any), protocmp.Transform()); diff != "" {
-					t.Errorf("decoded (-want +got):\n%s", diff)
-				}
-			})
-		}
 	}
 }
 
@@ -627,7 +550,7 @@ func TestOutboundRouteTimeouts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := &mesh.Service{Namespace: "default", Name: "s", Routes: tc.routes}
-			routes := serviceRoutes("s", svc)
+			routes := serviceRoutes(svc)
 			a := routes[0].GetRoute()
 			if a.GetTimeout() == nil {
 				t.Fatal("timeout unset: Envoy would apply its 15s default")
@@ -686,7 +609,7 @@ func TestHTTPConnectionManagers(t *testing.T) {
 		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSStrict, DefaultTrustDomain),
 		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSPermissive, DefaultTrustDomain),
 		InboundListener(Node{ListenIP: "127.0.0.1"}, mesh.MTLSDisable, DefaultTrustDomain),
-		OutboundListener(Node{ListenIP: "127.0.0.1"}),
+		OutboundListener(Node{ListenIP: "127.0.0.1"}, DefaultClusterDomain),
 	} {
 		for i, c := range l.GetFilterChains() {
 			chains = append(chains, c)

@@ -33,7 +33,8 @@ var (
 		"0", "", " ", "-1", "+1", "1.0", "1e3", "lots", "0x10", "1_000", "1 0", "4294967297",
 		"99999999999999999999999", "-0",
 	}
-	modeValues = []string{"STRICT", "PERMISSIVE", "DISABLE", "strict", "Permissive", " STRICT", "STRICT ", "", "OFF", "DISABLED"}
+	modeValues      = []string{"STRICT", "PERMISSIVE", "DISABLE", "strict", "Permissive", " STRICT", "STRICT ", "", "OFF", "DISABLED"}
+	accessLogValues = []string{"json", "text", "off", "JSON", "Text", " json", "json ", "", "on", "false", "yaml"}
 )
 
 // annotationValues is the table of values to try, per annotation a Service can carry.
@@ -47,6 +48,7 @@ var annotationValues = map[string][]string{
 	mesh.AnnotationMaxPendingRequests:        countValues,
 	mesh.AnnotationMaxRequests:               countValues,
 	mesh.AnnotationMTLS:                      modeValues,
+	mesh.AnnotationAccessLog:                 accessLogValues,
 }
 
 // TestAdmissionPolicyAgreesWithBearkong installs manifests/bearkong/admission-policy.yaml

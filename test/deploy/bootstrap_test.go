@@ -94,8 +94,10 @@ func TestSidecarBootstrap(t *testing.T) {
 						v = podName
 					case f != nil && f.FieldPath == "metadata.namespace":
 						v = namespace
+					case f != nil && f.FieldPath == "metadata.labels['app']":
+						v = a.deploy.Spec.Template.Labels["app"]
 					default:
-						t.Fatalf("env %s: only metadata.name and metadata.namespace are resolved here", e.Name)
+						t.Fatalf("env %s: only metadata.name, metadata.namespace and metadata.labels['app'] are resolved here", e.Name)
 					}
 				}
 				env = append(env, e.Name+"="+v)
@@ -116,6 +118,12 @@ func TestSidecarBootstrap(t *testing.T) {
 					ID       string            `json:"id"`
 					Metadata map[string]string `json:"metadata"`
 				} `json:"node"`
+				StatsConfig struct {
+					StatsTags []struct {
+						TagName    string `json:"tagName"`
+						FixedValue string `json:"fixedValue"`
+					} `json:"statsTags"`
+				} `json:"statsConfig"`
 				Admin struct {
 					Address struct {
 						SocketAddress struct {
@@ -133,6 +141,15 @@ func TestSidecarBootstrap(t *testing.T) {
 			}
 			if md := bs.Node.Metadata; md["listen_ip"] != "0.0.0.0" || md["app_address"] != "127.0.0.1:9090" {
 				t.Errorf("node metadata %v, want listen_ip 0.0.0.0 and app_address 127.0.0.1:9090", md)
+			}
+			// The golden-signal labels name the workload by its app label, the Service's
+			// name in the demo, not by the pod's generated name.
+			tags := map[string]string{}
+			for _, tag := range bs.StatsConfig.StatsTags {
+				tags[tag.TagName] = tag.FixedValue
+			}
+			if tags["mesh_workload"] != name || tags["mesh_namespace"] != namespace {
+				t.Errorf("stats tags %v, want mesh_workload=%s and mesh_namespace=%s", tags, name, namespace)
 			}
 			if sa := bs.Admin.Address.SocketAddress; sa.Address != "0.0.0.0" || sa.PortValue != 8081 {
 				t.Errorf("admin %s:%d, want 0.0.0.0:8081 (scraped by Prometheus)", sa.Address, sa.PortValue)

@@ -28,6 +28,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -144,7 +145,9 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	adminAddr := adminLis.Addr().String()
 	adminLis.Close()
 	b, err := translate.Bootstrap(translate.BootstrapOptions{PodName: "fidelity", PodNamespace: "default",
-		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true})
+		ListenIP: "127.0.2.1", AdminAddress: adminAddr, XDSAddress: lis.Addr().String(), XDSInsecure: true,
+		// scriptedADS and internal/xdsclient speak state of the world, whatever the mesh runs.
+		XDSProtocol: translate.XDSProtocolSotW})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,14 +212,12 @@ func TestClientMatchesEnvoy(t *testing.T) {
 			case *listenerv3.Listener:
 				r.Name = m.Name
 				r.Secrets = xdsclient.ListenerSecrets(m)
-				for _, fc := range m.FilterChains {
-					for _, f := range fc.Filters {
-						var hcm hcmv3.HttpConnectionManager
-						if f.GetTypedConfig().UnmarshalTo(&hcm) == nil && hcm.GetRds() != nil {
-							r.Routes = append(r.Routes, hcm.GetRds().GetRouteConfigName())
-						}
-					}
-				}
+				r.Routes, r.Scoped = xdsclient.ListenerRoutes(m)
+			case *routev3.ScopedRouteConfiguration:
+				r.Name = m.Name
+				r.Routes = []string{m.RouteConfigurationName}
+			case *routev3.RouteConfiguration:
+				r.Name = m.Name
 			default:
 				r.Name = m.(interface{ GetClusterName() string }).GetClusterName()
 			}
@@ -322,16 +323,40 @@ func TestClientMatchesEnvoy(t *testing.T) {
 	send("its secrets again", xdsclient.SDS, "s4", []proto.Message{workload(cert2PEM, key2PEM), bundle(cert2PEM)}, false)
 	// A listener whose filter chain terminates TLS with a secret no cluster names, and
 	// the roots the clusters share: Envoy asks for its routes and the new secret.
-	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle")}, false)
+	// With it, in the same (first) LDS response as in a sidecar, the outbound listener as
+	// pkg/translate builds it (on a free port): its connection manager takes scopes from
+	// SRDS by wildcard (no names), and each scope's route configuration from RDS once a
+	// scope names it.
+	send("a TLS listener", xdsclient.LDS, "l1", []proto.Message{tlsListener(t, "in", "inbound", "listener-cert", "trust-bundle"), outboundListener(t)}, false)
 	send("the listener's certificate", xdsclient.SDS, "s5", []proto.Message{&tlsv3.Secret{Name: "listener-cert",
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: certPEM}},
 			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: keyPEM}},
 		}}}}, false)
+	svcA, svcB := svc("a", 0), svc("b", 0)
+	send("scopes", xdsclient.SRDS, "sr1", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA)}, false)
+	send("their routes", xdsclient.RDS, "r1", []proto.Message{translate.ServiceRouteConfiguration(svcA)}, false)
+	send("a scope added", xdsclient.SRDS, "sr2", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA), translate.ServiceScope("b.default", svcB)}, false)
+	send("its routes", xdsclient.RDS, "r2", []proto.Message{translate.ServiceRouteConfiguration(svcB)}, false)
+	send("a scope gone", xdsclient.SRDS, "sr3", []proto.Message{translate.ServiceScope("a", svcA), translate.ServiceScope("a.default", svcA)}, false)
 	send("the listener gone", xdsclient.LDS, "l2", nil, false)
 	send("a key that does not match", xdsclient.SDS, "s-bad", []proto.Message{workload(certPEM, key2PEM)}, true)
 	// The provider kept the rejected key: a new cluster that names it is rejected.
 	send("a TLS cluster after the NACKed key", xdsclient.CDS, "c9", []proto.Message{cl("a", 0), tlsCl("s"), tlsCl("u")}, true)
+}
+
+// outboundListener is pkg/translate's outbound listener on a free loopback port.
+func outboundListener(t *testing.T) *listenerv3.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.2.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	lis.Close()
+	l := translate.OutboundListener(translate.Node{OutboundIP: "127.0.2.1"}, translate.DefaultClusterDomain)
+	l.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
+	return l
 }
 
 // tlsListener is a listener on a free loopback port whose one filter chain terminates

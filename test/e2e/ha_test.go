@@ -141,6 +141,7 @@ func startHAMesh(t *testing.T) *haMesh {
 		DemoAppBin:  filepath.Join(binDir, "demo-app"),
 		Namespace:   haNamespace,
 		IPPrefix:    "127.0.5.", // away from the shared mesh's 127.0.1. and the harness's 127.0.3.
+		XDSProtocol: meshXDSProtocol,
 		Logf:        t.Logf,
 		// Bad annotations must reach the control plane: the admission policy is
 		// installed only where a subtest says so.

@@ -5,6 +5,10 @@
 // The tests share one mesh, set up on first use: app-1 with one replica, app-2 and app-3
 // with two. Tests that change the mesh must put it back as they found it. With -short the
 // tests are skipped; otherwise a missing binary or tool is a failure, not a skip.
+//
+// Every sidecar speaks the xDS protocol BEARKONG_E2E_XDS_PROTOCOL names: sotw, delta, or
+// "other", the one that is not the bootstrap's default; unset, the default. `make test`
+// runs the whole suite on the default and the core tests on the other one.
 package e2e
 
 import (
@@ -21,6 +25,7 @@ import (
 
 	"github.com/bearkong/bearkong/internal/kubeenv"
 	"github.com/bearkong/bearkong/internal/localmesh"
+	"github.com/bearkong/bearkong/pkg/translate"
 )
 
 // shared is the mesh every test uses; set up by the first sharedMesh call.
@@ -49,8 +54,18 @@ var shared struct {
 // tests see resyncs happen and can check that they push nothing.
 const resyncPeriod = 2 * time.Second
 
+// meshXDSProtocol is the xDS protocol every sidecar speaks, in the shared mesh and in the
+// meshes tests start of their own: "sotw" or "delta", from BEARKONG_E2E_XDS_PROTOCOL
+// (see e2eXDSProtocol).
+var meshXDSProtocol string
+
 func TestMain(m *testing.M) {
 	flag.Parse()
+	var err error
+	if meshXDSProtocol, err = e2eXDSProtocol(os.Getenv(xdsProtocolEnv)); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		os.Exit(2)
+	}
 	code := m.Run()
 	if err := teardown(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
@@ -126,6 +141,16 @@ func setup() error {
 	}
 	shared.envoy = envoy
 
+	logf("xDS protocol of every sidecar: %s (%s=%q; the bootstrap's default is %s)", meshXDSProtocol, xdsProtocolEnv, os.Getenv(xdsProtocolEnv), translate.DefaultXDSProtocol)
+
+	// Prometheus starts last, as it scrapes the control plane, whose --prometheus-url
+	// (the page at /debug/) names it: its port is picked first.
+	promPorts, err := kubeenv.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	promAddr := fmt.Sprintf("127.0.0.1:%d", promPorts[0])
+
 	shared.env, err = kubeenv.Start(ctx, kubeenv.Options{Dir: filepath.Join(dir, "kube"), BinDir: toolDir, Logf: logf})
 	if err != nil {
 		return err
@@ -136,12 +161,15 @@ func setup() error {
 		BearkongBin: filepath.Join(binDir, "bearkong"),
 		EnvoyBin:    envoy,
 		DemoAppBin:  filepath.Join(binDir, "demo-app"),
+		XDSProtocol: meshXDSProtocol,
 		Logf:        logf,
 		// --unsafe-testing-skip-validation lets blast_test.go's HTTPRoute opt out of
 		// bearkong's regex checks, so that the proxies get a route Envoy rejects.
 		// --cert-lifetime 60s makes every proxy's certificate rotate every 30 s for the
 		// whole run, under every other test (security_test.go counts the rotations).
-		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String()},
+		// --unsafe-testing-hooks lets status_test.go pause a proxy or make it NACK.
+		ControlPlaneArgs: []string{"--resync-period", resyncPeriod.String(), "--unsafe-testing-skip-validation", "--cert-lifetime", certLifetime.String(),
+			"--prometheus-url", "http://" + promAddr, "--unsafe-testing-hooks"},
 	})
 	if err != nil {
 		return err
@@ -160,11 +188,7 @@ func setup() error {
 	if err != nil {
 		return fmt.Errorf("%w (run make install)", err)
 	}
-	ports, err := kubeenv.FreePorts(1)
-	if err != nil {
-		return err
-	}
-	if shared.prom, err = m.StartPrometheus(ctx, promBin, fmt.Sprintf("127.0.0.1:%d", ports[0])); err != nil {
+	if shared.prom, err = m.StartPrometheus(ctx, promBin, promAddr); err != nil {
 		return err
 	}
 	logf("mesh ready after %s", time.Since(started).Round(time.Millisecond))

@@ -44,7 +44,8 @@ func streams(ctx context.Context, m *localmesh.Mesh) ([]ads.StreamInfo, error) {
 func nodeID(p localmesh.Pod) string { return p.Name + "." + p.Namespace }
 
 // waitAllSynced waits until /debug/streams shows exactly one stream per pod of the mesh,
-// SYNCED on every type, and returns it keyed by node id.
+// in the protocol the mesh runs (meshXDSProtocol), SYNCED on every type, and returns it
+// keyed by node id.
 func waitAllSynced(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
 	t.Helper()
 	var byNode map[string]ads.StreamInfo
@@ -64,6 +65,9 @@ func waitAllSynced(t *testing.T, m *localmesh.Mesh) map[string]ads.StreamInfo {
 			s, ok := byNode[nodeID(p)]
 			if !ok {
 				return fmt.Errorf("no stream for %s", nodeID(p))
+			}
+			if s.Protocol != meshXDSProtocol {
+				return localmesh.Permanent(fmt.Errorf("%s speaks %q, want %q (%s)", s.Node, s.Protocol, meshXDSProtocol, xdsProtocolEnv))
 			}
 			for _, typ := range resource.Types {
 				ti := s.Types.Get(typ)
@@ -132,7 +136,8 @@ func TestBootstrapValidatesWithEnvoy(t *testing.T) {
 	sharedMesh(t)
 	out := filepath.Join(t.TempDir(), "envoy.json")
 	cmd := exec.Command(filepath.Join(shared.binDir, "bearkong"), "bootstrap", "--pod-name", "app-9-x", "--pod-namespace", "default",
-		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure", "-o", out)
+		"--listen-ip", "127.0.1.250", "--app-address", "127.0.1.250:9090", "--admin-address", "127.0.1.250:8081", "--xds-address", "127.0.0.1:5000", "--xds-insecure",
+		"--xds-protocol", meshXDSProtocol, "-o", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bearkong bootstrap: %v\n%s", err, b)
 	}
@@ -502,6 +507,7 @@ func TestControlPlaneRestart(t *testing.T) {
 	m := sharedMesh(t)
 	before := waitAllSynced(t, m)
 	ctx := ctxT(t, 120*time.Second)
+	envoyBefore := envoyXDSStats(t, m)
 
 	if err := m.StopControlPlane(); err != nil {
 		t.Fatal(err)
@@ -535,4 +541,5 @@ func TestControlPlaneRestart(t *testing.T) {
 	if err := m.WaitAllReachable(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	checkRestartSentNothingNew(t, m, envoyBefore, envoyXDSStats(t, m), after)
 }

@@ -105,7 +105,7 @@ func TestHTTPRouteZeroTimeoutMeansNone(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !bytes.Contains(dump, []byte("unhurried|default/unhurried|rule-0")) {
+		if !bytes.Contains(dump, []byte("unhurried.default|default/unhurried|rule-0")) {
 			return errors.New("the HTTPRoute's route is not in the caller's config yet")
 		}
 		return nil

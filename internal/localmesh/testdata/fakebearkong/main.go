@@ -86,6 +86,8 @@ func bootstrap(args []string) error {
 	app := fs.String("app-address", "", "")
 	admin := fs.String("admin-address", "", "")
 	xds := fs.String("xds-address", "", "")
+	protocol := fs.String("xds-protocol", "", "")
+	fs.String("workload", "", "")      // a stats tag; the static config has no stats to tag
 	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -109,8 +111,9 @@ func bootstrap(args []string) error {
 		return err
 	}
 	cfg := obj{
-		// The xDS addresses go into the node's metadata, for the harness's test to read.
-		"node":  obj{"id": *ns + "/" + *pod, "cluster": "fake", "metadata": obj{"xds_address": *xds}},
+		// The xDS addresses and protocol go into the node's metadata, for the harness's
+		// test to read.
+		"node":  obj{"id": *ns + "/" + *pod, "cluster": "fake", "metadata": obj{"xds_address": *xds, "xds_protocol": *protocol}},
 		"admin": obj{"address": adminSock},
 		"static_resources": obj{
 			"listeners": []obj{in, outL},

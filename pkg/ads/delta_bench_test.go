@@ -1,0 +1,102 @@
+package ads
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// syncDelta brings a delta session to SYNCED on every type, as Envoy would: CDS and LDS
+// by legacy wildcard, the others by name.
+func syncDelta(b testing.TB, s *deltaSession, w *fanOutWorld) {
+	s.onConfig(w.proxy(0), time.Time{})
+	for _, t := range resource.Types {
+		_, resps := s.onRequest(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), ResourceNamesSubscribe: w.subscription(t)})
+		if len(resps) != 1 {
+			b.Fatalf("%s: %d responses to the first request", t, len(resps))
+		}
+		s.onRequest(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), ResponseNonce: resps[0].Nonce})
+	}
+}
+
+// responseBytes is the resource bytes of delta responses.
+func responseBytes(rs []*discoveryv3.DeltaDiscoveryResponse) int {
+	n := 0
+	for _, r := range rs {
+		for _, res := range r.Resources {
+			n += len(res.Resource.GetValue())
+		}
+	}
+	return n
+}
+
+// BenchmarkDeltaFanOutSessions measures the delta protocol work for N proxies, without
+// gRPC, of a one-endpoint change and of a new Service (a cluster and its assignment
+// added, then removed), and the heap a synced session holds.
+func BenchmarkDeltaFanOutSessions(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		w := newFanOutWorld(b, 1000)
+		// With one more Service: its cluster and its assignment.
+		grown := *w
+		grown.clusters = resource.NewSet(append(w.clusters.All(), res(b, resource.Cluster, "svc-new.ns", "cluster svc-new"))...)
+		grown.endpoints[0] = resource.NewSet(append(w.endpoints[0].All(), res(b, resource.Endpoint, "svc-new.ns", "endpoints of svc-new: 10.0.0.9"))...)
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		sessions := make([]*deltaSession, n)
+		for i := range sessions {
+			sessions[i] = newDeltaSession(nil, nil)
+			syncDelta(b, sessions[i], w)
+		}
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		held := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+
+		b.Run(fmt.Sprintf("endpoint/services=1000/proxies=%d", n), func(b *testing.B) {
+			gen, sent := 0, 0
+			b.ReportAllocs()
+			for b.Loop() {
+				gen++
+				p := w.proxy(gen)
+				for _, s := range sessions {
+					resps := s.onConfig(p, time.Time{})
+					if len(resps) != 1 || len(resps[0].Resources) != 1 {
+						b.Fatalf("%d responses for a one-endpoint change", len(resps))
+					}
+					sent += responseBytes(resps)
+					s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResponseNonce: resps[0].Nonce})
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/proxy")
+			b.ReportMetric(float64(sent)/float64(b.N)/float64(n), "sent-B/proxy")
+			b.ReportMetric(held, "held-B/proxy")
+		})
+		b.Run(fmt.Sprintf("new-service/services=1000/proxies=%d", n), func(b *testing.B) {
+			gen, sent := 0, 0
+			b.ReportAllocs()
+			for b.Loop() {
+				gen++
+				p := w.proxy(0)
+				if gen%2 == 1 {
+					p = grown.proxy(0)
+				}
+				for _, s := range sessions {
+					resps := s.onConfig(p, time.Time{})
+					if len(resps) != 1 {
+						b.Fatalf("%d responses for a Service added or removed", len(resps))
+					}
+					sent += responseBytes(resps)
+					s.onRequest(resource.Cluster, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Cluster.URL(), ResponseNonce: resps[0].Nonce})
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/proxy")
+			b.ReportMetric(float64(sent)/float64(b.N)/float64(n), "sent-B/proxy")
+		})
+	}
+}

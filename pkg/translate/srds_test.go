@@ -1,0 +1,137 @@
+package translate
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/bearkong/bearkong/pkg/mesh"
+	"github.com/bearkong/bearkong/pkg/resource"
+)
+
+// changedBytes sums the serialized size of the resources of v that old lacks or holds
+// with other content: what a proxy that holds old must receive (under delta xDS) to
+// hold v, and the names that went away.
+func changedBytes(v, old resource.View) (size int, changed, removed []string) {
+	for _, r := range v.All() {
+		if o, ok := old.Get(r.Name); ok && o.Hash == r.Hash {
+			continue
+		}
+		size += len(r.Any.Value)
+		changed = append(changed, r.Name)
+	}
+	for _, r := range old.All() {
+		if _, ok := v.Get(r.Name); !ok {
+			removed = append(removed, r.Name)
+		}
+	}
+	return size, changed, removed
+}
+
+// TestNewServiceRoutesScale holds issue 14's promise for routes: at 1000 Services, a
+// new Service changes a proxy's route resources (SRDS and RDS) by a few small
+// resources, not by one resource holding every Service's routes. A proxy in the new
+// Service's namespace gets two scopes (its short and its full name), a proxy elsewhere
+// one, and both the Service's own RouteConfiguration.
+func TestNewServiceRoutesScale(t *testing.T) {
+	const services = 1000
+	before := benchSnapshot(services, services/100, 3)
+	after := benchSnapshot(services, services/100, 3)
+	added := &mesh.Service{Namespace: "ns-003", Name: "svc-new", Ports: []mesh.ServicePort{{Name: "http", Port: 80, Protocol: "TCP"}},
+		Endpoints: []mesh.Endpoint{{IP: "10.9.9.9", Pod: "svc-new-0"}}}
+	i := 0
+	for i < len(after.Services) && after.Services[i].Key() < added.Key() {
+		i++
+	}
+	after.Services = append(after.Services[:i], append([]*mesh.Service{added}, after.Services[i:]...)...)
+	trBefore, trAfter := mustNew(t, before), mustNew(t, after)
+	for _, tc := range []struct {
+		ns         string
+		wantScopes int
+	}{{"ns-003", 2}, {"ns-004", 1}} {
+		t.Run(tc.ns, func(t *testing.T) {
+			var pod string
+			for _, svc := range before.Services {
+				if svc.Namespace == tc.ns {
+					pod = svc.Endpoints[0].Pod
+					break
+				}
+			}
+			n := Node{ID: pod + "." + tc.ns, PodNamespace: tc.ns, PodName: pod, ListenIP: "0.0.0.0", AppAddress: "127.0.0.1:9090"}
+			old, cur := mustProxy(t, trBefore, n), mustProxy(t, trAfter, n)
+			total := 0
+			for _, typ := range []resource.Type{resource.ScopedRoute, resource.Route} {
+				size, changed, removed := changedBytes(cur.Views[typ], old.Views[typ])
+				t.Logf("%s: %d bytes in %v, removed %v (the whole view: %d resources)", typ, size, changed, removed, cur.Views[typ].Len())
+				if len(removed) > 0 {
+					t.Errorf("%s: removed %v", typ, removed)
+				}
+				want := 1
+				if typ == resource.ScopedRoute {
+					want = tc.wantScopes
+				}
+				if len(changed) != want {
+					t.Errorf("%s: %d resources changed (%v), want %d", typ, len(changed), changed, want)
+				}
+				total += size
+			}
+			// One scope is about a hundred bytes, a plain Service's routes about as many.
+			if total > 1024 {
+				t.Errorf("a new Service changes %d bytes of routes, want at most 1 KiB", total)
+			}
+		})
+	}
+}
+
+// TestScopesPerNamespace: the full-name scopes are the same resources in every
+// namespace; the short-name scopes are only those of the proxy's namespace.
+func TestScopesPerNamespace(t *testing.T) {
+	tr := mustNew(t, sampleSnapshot())
+	names := func(n Node) []string {
+		var out []string
+		for _, r := range mustProxy(t, tr, n).Views[resource.ScopedRoute].All() {
+			out = append(out, r.Name)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		n    Node
+		want string
+	}{
+		{nodeApp1A, "[app-1.default app-2.default app-3.team-b app-1 app-2]"},
+		{nodeLocal, "[app-1.default app-2.default app-3.team-b app-3]"},
+	} {
+		if got := fmt.Sprint(names(tc.n)); got != tc.want {
+			t.Errorf("%s: scopes %s, want %s", tc.n.ID, got, tc.want)
+		}
+	}
+}
+
+// TestServiceRoutingReused: a snapshot that shares a *mesh.Service with an earlier one
+// (as discovery's incremental builds do for the Services a change did not touch) shares
+// its route configuration and scope, the very resources; a Service that changed gets its
+// own, equal to building them afresh.
+func TestServiceRoutingReused(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Routes = nil
+	b.Services[1] = &changed
+	pa, pb := mustProxy(t, mustNew(t, a), nodeLocal), mustProxy(t, mustNew(t, b), nodeLocal)
+	for _, typ := range []resource.Type{resource.Route, resource.ScopedRoute} {
+		ra, _ := pa.Views[typ].Get("app-1.default")
+		rb, _ := pb.Views[typ].Get("app-1.default")
+		if ra == nil || ra != rb {
+			t.Errorf("%s of the unchanged app-1.default: not the same resource in both snapshots", typ)
+		}
+	}
+	old, _ := pa.Views[resource.Route].Get("app-2.default")
+	got, _ := pb.Views[resource.Route].Get("app-2.default")
+	want, err := resource.New(resource.Route, "app-2.default", ServiceRouteConfiguration(&changed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.Hash == old.Hash || got.Hash != want.Hash {
+		t.Errorf("routes of the changed app-2.default: hash %v, want %s (was %s)", got, want.Hash, old.Hash)
+	}
+}
