@@ -89,6 +89,7 @@ func bootstrap(args []string) error {
 	protocol := fs.String("xds-protocol", "", "")
 	fs.String("workload", "", "")      // a stats tag; the static config has no stats to tag
 	fs.Bool("xds-insecure", false, "") // the static config has no xDS at all
+	fs.String("workload", "", "")      // the static config tags no stats
 	out := fs.String("o", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
