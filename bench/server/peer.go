@@ -32,7 +32,8 @@ import (
 )
 
 // peer is go-control-plane v0.14's SotW server, set up the way a well-tuned user would:
-//   - the resources are translate's own (the same bytes bearkong serves), decoded into
+//   - the resources are translate's own (the same bytes bearkong serves: the scopes and
+//     one route configuration per Service, over SRDS and RDS, included), decoded into
 //     protos once and shared by every node and, while unchanged, across snapshots;
 //   - each type's version is the same content hash bearkong uses, so a type whose
 //     content did not change for a node is not sent again;
@@ -122,16 +123,17 @@ func (p *peer) Start(ctx context.Context) (string, error) {
 }
 
 var peerTypes = [resource.NumTypes]types.ResponseType{
-	resource.Cluster:  types.Cluster,
-	resource.Endpoint: types.Endpoint,
-	resource.Listener: types.Listener,
-	resource.Route:    types.Route,
-	resource.Secret:   types.Secret,
+	resource.Cluster:     types.Cluster,
+	resource.Endpoint:    types.Endpoint,
+	resource.Listener:    types.Listener,
+	resource.ScopedRoute: types.ScopedRoute,
+	resource.Route:       types.Route,
+	resource.Secret:      types.Secret,
 }
 
 // snapshotTypes are the types the snapshot cache serves; the peer's translate gives no
 // Secret view (bearkong's control plane adds it), so secrets are issued here.
-var snapshotTypes = []resource.Type{resource.Cluster, resource.Endpoint, resource.Listener, resource.Route}
+var snapshotTypes = []resource.Type{resource.Cluster, resource.Endpoint, resource.Listener, resource.ScopedRoute, resource.Route}
 
 func (p *peer) Apply(snap *mesh.Snapshot) error {
 	tr, err := translate.New(snap)
@@ -314,6 +316,8 @@ func (p *peer) message(cur map[string]types.Resource, t resource.Type, r *resour
 		m = &endpointv3.ClusterLoadAssignment{}
 	case resource.Listener:
 		m = &listenerv3.Listener{}
+	case resource.ScopedRoute:
+		m = &routev3.ScopedRouteConfiguration{}
 	case resource.Route:
 		m = &routev3.RouteConfiguration{}
 	}

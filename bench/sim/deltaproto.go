@@ -19,8 +19,12 @@ import (
 // protocols agree:
 //
 //   - CDS and LDS by wildcard: the legacy form, a first request with no names;
-//   - EDS by the names the clusters refer to, RDS by the names the listeners refer to,
-//     SDS by the secrets clusters and listeners name: resource_names_subscribe for names
+//   - SRDS by wildcard (no names), asked for only from the first LDS response, when one of
+//     its listeners takes scoped routes, as internal/xdsclient does after Envoy 1.36
+//     (a listener that takes scopes later shares that subscription or, with none,
+//     never starts one);
+//   - EDS by the names the clusters refer to, RDS by the names the listeners and the
+//     scopes refer to, SDS by the secrets clusters and listeners name: resource_names_subscribe for names
 //     that are new, resource_names_unsubscribe for names no longer referred to, and the
 //     unsubscribed resources dropped from the cache (a later subscribe waits for the
 //     server to send them again);
@@ -40,8 +44,11 @@ type deltaProto struct {
 	// warming maps an EDS name to the clusters that wait for it.
 	warming      map[string][]string
 	initializing bool
-	// listenerRefs are the cached listeners' references (routes, secrets), by name.
-	listenerRefs map[string]xdsclient.Resource
+	// listenerRefs are the cached listeners' references (routes, secrets), by name, and
+	// scopeRefs the cached scopes' (their route configuration).
+	listenerRefs, scopeRefs map[string]xdsclient.Resource
+	// listenersSeen: an LDS response was applied (see Response's SRDS rule).
+	listenersSeen bool
 }
 
 type deltaType struct {
@@ -65,7 +72,7 @@ type deltaResource struct {
 }
 
 func newDeltaProto() *deltaProto {
-	p := &deltaProto{clusters: map[string]deltaCluster{}, warming: map[string][]string{}, listenerRefs: map[string]xdsclient.Resource{}}
+	p := &deltaProto{clusters: map[string]deltaCluster{}, warming: map[string][]string{}, listenerRefs: map[string]xdsclient.Resource{}, scopeRefs: map[string]xdsclient.Resource{}}
 	for i := range p.types {
 		p.types[i].names = map[string]bool{}
 		p.types[i].versions = map[string]string{}
@@ -87,7 +94,7 @@ func (p *deltaProto) Start() *discoveryv3.DeltaDiscoveryRequest {
 // The caller adds the node to the first.
 func (p *deltaProto) Reconnect() []*discoveryv3.DeltaDiscoveryRequest {
 	var out []*discoveryv3.DeltaDiscoveryRequest
-	for _, t := range []Type{CDS, EDS, LDS, RDS, SDS} {
+	for _, t := range []Type{CDS, EDS, LDS, SRDS, RDS, SDS} {
 		ts := &p.types[t]
 		if !ts.requested {
 			continue
@@ -154,6 +161,26 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 			delete(p.listenerRefs, n)
 		}
 		out = p.applyListeners()
+		scoped := false
+		for _, l := range p.listenerRefs {
+			scoped = scoped || l.Scoped
+		}
+		if scoped && !p.types[SRDS].requested && !p.listenersSeen {
+			// Only from the first LDS response, as Envoy 1.36 does (see
+			// xdsclient.Client.applyListeners): a wildcard subscription, the legacy
+			// form with no names.
+			p.types[SRDS].requested = true
+			out = append(out, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: SRDS.URL()})
+		}
+		p.listenersSeen = true
+	case SRDS:
+		for _, r := range rs {
+			p.scopeRefs[r.Name] = r.Resource
+		}
+		for _, n := range removed {
+			delete(p.scopeRefs, n)
+		}
+		out = p.applyListeners()
 	}
 	if p.initializing && (t == CDS || t == EDS) && len(p.warming) == 0 {
 		p.initializing = false
@@ -209,10 +236,17 @@ func (p *deltaProto) unwarm(eds, name string) {
 	}
 }
 
-// applyListeners subscribes to the route configurations and secrets the cached listeners
-// name, and unsubscribes from the route configurations none names any more.
+// applyListeners subscribes to the route configurations the cached listeners and scopes
+// name and the secrets the listeners name, and unsubscribes from the route configurations
+// none names any more. A scope's route configuration stays while the scope does, even
+// when the listener that took scopes goes, as on SotW (xdsclient).
 func (p *deltaProto) applyListeners() []*discoveryv3.DeltaDiscoveryRequest {
 	routes, secrets := map[string]bool{}, map[string]bool{}
+	for _, sc := range p.scopeRefs {
+		for _, r := range sc.Routes {
+			routes[r] = true
+		}
+	}
 	for _, refs := range p.listenerRefs {
 		for _, r := range refs.Routes {
 			routes[r] = true

@@ -128,3 +128,57 @@ func deltaResources(rs ...xdsclient.Resource) []deltaResource {
 	}
 	return out
 }
+
+// TestDeltaProtoScopes: SRDS is asked for by wildcard from the first LDS response whose
+// listeners take scopes, the scopes' route configurations are subscribed to, and a scope
+// that goes takes its route configuration with it; a reconnect asks for the scopes again.
+func TestDeltaProtoScopes(t *testing.T) {
+	p := newDeltaProto()
+	p.Start()
+	steps := []struct {
+		name    string
+		typ     Type
+		rs      []xdsclient.Resource
+		removed []string
+		want    []dreq
+	}{
+		{name: "clusters", typ: CDS, rs: []xdsclient.Resource{cluster("a", 1)},
+			want: []dreq{{typ: EDS, sub: []string{"a"}}, {typ: CDS, ack: true}}},
+		{name: "warm: LDS", typ: EDS, rs: []xdsclient.Resource{{Name: "a", Hash: 1}},
+			want: []dreq{{typ: LDS}, {typ: EDS, ack: true}}},
+		{name: "the first listeners take scopes: SRDS by wildcard", typ: LDS,
+			rs:   []xdsclient.Resource{{Name: "out", Hash: 1, Scoped: true}, {Name: "in", Hash: 1, Routes: []string{"inbound"}}},
+			want: []dreq{{typ: RDS, sub: []string{"inbound"}}, {typ: SRDS}, {typ: LDS, ack: true}}},
+		{name: "scopes subscribe to their route configurations", typ: SRDS,
+			rs:   []xdsclient.Resource{{Name: "s1", Hash: 1, Routes: []string{"r1"}}, {Name: "s2", Hash: 1, Routes: []string{"r2"}}},
+			want: []dreq{{typ: RDS, sub: []string{"r1", "r2"}}, {typ: SRDS, ack: true}}},
+		{name: "a new scope adds its route configuration", typ: SRDS,
+			rs:   []xdsclient.Resource{{Name: "s3", Hash: 1, Routes: []string{"r3"}}},
+			want: []dreq{{typ: RDS, sub: []string{"r3"}}, {typ: SRDS, ack: true}}},
+		{name: "a scope that goes takes its route configuration", typ: SRDS, removed: []string{"s1"},
+			want: []dreq{{typ: RDS, unsub: []string{"r1"}}, {typ: SRDS, ack: true}}},
+		{name: "listeners again: no second SRDS subscription", typ: LDS,
+			rs:   []xdsclient.Resource{{Name: "out", Hash: 2, Scoped: true}},
+			want: []dreq{{typ: LDS, ack: true}}},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			got, err := p.Response(s.typ, "n", deltaResources(s.rs...), s.removed, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := summarizeDelta(got); !equalReqs(g, s.want) {
+				t.Errorf("requests = %+v, want %+v", g, s.want)
+			}
+		})
+	}
+	if got := p.Names(RDS); !slices.Equal(got, []string{"inbound", "r2", "r3"}) {
+		t.Errorf("RDS subscription = %v, want inbound r2 r3", got)
+	}
+	got := summarizeDelta(p.Reconnect())
+	want := []dreq{{typ: CDS, initVersions: 1}, {typ: EDS, sub: []string{"a"}, initVersions: 1}, {typ: LDS, initVersions: 2},
+		{typ: SRDS, initVersions: 2}, {typ: RDS, sub: []string{"inbound", "r2", "r3"}}}
+	if !equalReqs(got, want) {
+		t.Errorf("reconnect = %+v, want %+v", got, want)
+	}
+}

@@ -432,7 +432,7 @@ func perType(c *Change) string {
 		return "nothing sent"
 	}
 	var parts []string
-	for _, t := range []string{"cds", "eds", "lds", "rds", "sds"} {
+	for _, t := range []string{"cds", "eds", "lds", "srds", "rds", "sds"} {
 		if mm, ok := c.ResourcesPerResponse[t]; ok {
 			if mm[0] == mm[1] {
 				parts = append(parts, fmt.Sprintf("%s %d", t, mm[0]))

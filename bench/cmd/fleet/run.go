@@ -347,7 +347,9 @@ func expectation(kind string) []sim.Type {
 	case workload.Endpoint:
 		return []sim.Type{sim.EDS}
 	case workload.NewService:
-		return []sim.Type{sim.CDS, sim.EDS, sim.RDS}
+		// Its cluster and assignment, its scopes (SRDS) and the route configuration
+		// they name, which the proxy subscribes to once the scopes came.
+		return []sim.Type{sim.CDS, sim.EDS, sim.SRDS, sim.RDS}
 	case workload.Policy:
 		// The changed cluster, and its fresh ClusterLoadAssignment, which Envoy waits
 		// for before it uses the new cluster.
@@ -471,7 +473,7 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 }
 
 // reached reports whether evs hold an ACKed response of every wanted type that carries
-// cluster (for EDS and CDS) or, for RDS, any ACKed response.
+// cluster (for EDS and CDS) or, for SRDS and RDS, any ACKed response.
 func reached(evs []sim.Event, want []sim.Type) bool {
 	for _, t := range want {
 		ok := false
@@ -479,7 +481,7 @@ func reached(evs []sim.Event, want []sim.Type) bool {
 			if ev.Type != t || ev.Ack == 0 || ev.NACK {
 				continue
 			}
-			if t == sim.RDS || ev.Hit {
+			if t == sim.RDS || t == sim.SRDS || ev.Hit {
 				ok = true
 				break
 			}
