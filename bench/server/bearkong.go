@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
 	"time"
 
 	"github.com/bearkong/bearkong/internal/controlplane"
@@ -59,6 +61,11 @@ func startControlPlane(ctx context.Context, src controlplane.Source, o *controlp
 		opts = *o
 	}
 	opts.XDSAddr, opts.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if opts.Logger == nil {
+		// Warnings (a stream refused or cut, and why) go to the run's log file: a lost
+		// stream in the table should be explainable.
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	if opts.Certificates == nil {
 		// As `bearkong cp` runs by default: mutual TLS between sidecars, so every proxy
 		// gets its own certificate over SDS from a CA with a generated root. (The xDS

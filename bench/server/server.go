@@ -67,8 +67,12 @@ func Run(ctx context.Context, o Options) error {
 	switch o.Impl {
 	case "bearkong":
 		impl = newBearkong()
-	case "peer":
-		impl = newPeer()
+	case "peer", "peer-linear":
+		p, err := newPeer(o.Impl == "peer-linear")
+		if err != nil {
+			return err
+		}
+		impl = p
 	case "kube":
 		k, err := newKube(o.Kubeconfig)
 		if err != nil {

@@ -115,6 +115,103 @@ func parseAny(b []byte) (rawAny, error) {
 	return a, nil
 }
 
+// rawDeltaResponse is a DeltaDiscoveryResponse read the same way: the resources' Anys
+// alias the message buffer, with each resource's name and version beside.
+type rawDeltaResponse struct {
+	rawResponse
+	Names, Versions []string
+	Removed         []string
+}
+
+// DeltaDiscoveryResponse and Resource field numbers.
+const (
+	fieldDeltaResources = 2
+	fieldDeltaTypeURL   = 4
+	fieldDeltaNonce     = 5
+	fieldDeltaRemoved   = 6
+	fieldResVersion     = 1
+	fieldResResource    = 2
+	fieldResName        = 3
+)
+
+func (r *rawDeltaResponse) parse(b []byte) error {
+	r.Size = len(b)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("DeltaDiscoveryResponse: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		if typ != protowire.BytesType || (num != fieldDeltaResources && num != fieldDeltaTypeURL && num != fieldDeltaNonce && num != fieldDeltaRemoved) {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return fmt.Errorf("DeltaDiscoveryResponse field %d: %w", num, protowire.ParseError(n))
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return fmt.Errorf("DeltaDiscoveryResponse field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		switch num {
+		case fieldDeltaTypeURL:
+			r.TypeURL = string(v)
+		case fieldDeltaNonce:
+			r.Nonce = string(v)
+		case fieldDeltaRemoved:
+			r.Removed = append(r.Removed, string(v))
+		case fieldDeltaResources:
+			name, version, a, err := parseDeltaResource(v)
+			if err != nil {
+				return err
+			}
+			r.Names = append(r.Names, name)
+			r.Versions = append(r.Versions, version)
+			r.Resources = append(r.Resources, a)
+		}
+	}
+	return nil
+}
+
+func parseDeltaResource(b []byte) (name, version string, a rawAny, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", "", a, fmt.Errorf("Resource: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == fieldResName || num == fieldResVersion || num == fieldResResource) {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return "", "", a, fmt.Errorf("Resource: %w", protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case fieldResName:
+				name = string(v)
+			case fieldResVersion:
+				version = string(v)
+			case fieldResResource:
+				if a, err = parseAny(v); err != nil {
+					return "", "", a, err
+				}
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return "", "", a, fmt.Errorf("Resource field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+	}
+	if a.Value == nil && a.TypeURL == nil {
+		return "", "", a, fmt.Errorf("Resource %q without a resource (TTL heartbeats are not used)", name)
+	}
+	return name, version, a, nil
+}
+
 // codec is gRPC's proto codec, except that it reads a *rawResponse off the wire itself.
 type codec struct{}
 
@@ -125,14 +222,19 @@ func (codec) Name() string { return grpcproto.Name }
 func (codec) Marshal(v any) (mem.BufferSlice, error) { return protoCodec.Marshal(v) }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
-	r, ok := v.(*rawResponse)
-	if !ok {
-		return protoCodec.Unmarshal(data, v)
+	switch r := v.(type) {
+	case *rawResponse:
+		buf := getBuf(data.Len())
+		data.CopyTo(*buf)
+		r.buf = buf
+		return r.parse(*buf)
+	case *rawDeltaResponse:
+		buf := getBuf(data.Len())
+		data.CopyTo(*buf)
+		r.buf = buf
+		return r.parse(*buf)
 	}
-	buf := getBuf(data.Len())
-	data.CopyTo(*buf)
-	r.buf = buf
-	return r.parse(*buf)
+	return protoCodec.Unmarshal(data, v)
 }
 
 // Message buffers by power-of-two size class, not cleared on reuse (CopyTo overwrites).

@@ -2,8 +2,8 @@
 // lean enough that thousands fit in one process next to nothing else.
 //
 // Each client's protocol is internal/xdsclient's, the one the tests use, which behaves like
-// Envoy 1.36: CDS and LDS by wildcard, EDS, RDS and SDS by the names the clusters and
-// listeners refer to, in Envoy's watch order (newest first, not sorted); unsubscribed
+// Envoy 1.36: CDS and LDS by wildcard, SRDS by wildcard once the first listeners take
+// scoped routes, EDS, RDS and SDS by the names the clusters, listeners and scopes refer to, in Envoy's watch order (newest first, not sorted); unsubscribed
 // resources dropped; clusters warming until their endpoints and secrets come. It decodes every resource before
 // it ACKs, checks that type URLs match and names do not repeat, and can be told to NACK or
 // to never ACK. Per response it records the type, the number of resources, the bytes,
@@ -29,7 +29,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -47,6 +46,7 @@ const (
 	CDS      = xdsclient.CDS
 	EDS      = xdsclient.EDS
 	LDS      = xdsclient.LDS
+	SRDS     = xdsclient.SRDS
 	RDS      = xdsclient.RDS
 	SDS      = xdsclient.SDS
 	NumTypes = xdsclient.NumTypes
@@ -72,7 +72,9 @@ type Event struct {
 	Bytes int32 // size of the DiscoveryResponse message
 	Recv  int64 // unix ns, when Recv returned
 	Ack   int64 // unix ns, when the ACK (or NACK) was handed to gRPC; 0 if none
-	NACK  bool
+	// Removed is the number of names in a delta response's removed_resources.
+	Removed int32
+	NACK    bool
 	// Hit says the response carried the resource the fleet watches (Fleet.Watch).
 	Hit bool
 	// Names are the resource names when there are at most four, to check what a small
@@ -94,6 +96,15 @@ type Client struct {
 
 	// Owned by the receive goroutine.
 	proto *xdsclient.Client
+	// On a delta stream (Options.Delta), these instead.
+	dstream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	dproto  *deltaProto
+	// openDelta opens a new delta stream, and cancelStream ends the current one; with
+	// reconnecting set, the receive goroutine opens a new stream instead of finishing
+	// (Fleet.Reconnect).
+	openDelta    func() (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, context.CancelFunc, error)
+	cancelStream context.CancelFunc
+	reconnecting atomic.Bool
 
 	mu       sync.Mutex
 	events   []Event
@@ -142,6 +153,9 @@ type Options struct {
 	// socket buffers of thousands of connections then hold gigabytes, which the kernel
 	// throttles. A 64 KiB window (HTTP/2's initial one) bounds that.
 	Window int
+	// Delta makes the clients speak incremental xDS (DeltaAggregatedResources) instead
+	// of state of the world.
+	Delta bool
 }
 
 // Dial connects one client per node to addr and starts them all. The clients run until
@@ -182,7 +196,21 @@ func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*F
 		wg.Go(func() {
 			for c := range work {
 				cc := f.conns[c.ID%len(f.conns)]
-				s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+				ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
+				var err error
+				if o.Delta {
+					c.openDelta = func() (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, context.CancelFunc, error) {
+						sctx, cancel := context.WithCancel(ctx)
+						s, err := ads.DeltaAggregatedResources(sctx)
+						if err != nil {
+							cancel()
+						}
+						return s, cancel, err
+					}
+					c.dstream, c.cancelStream, err = c.openDelta()
+				} else {
+					c.stream, err = ads.StreamAggregatedResources(ctx)
+				}
 				if err != nil {
 					select {
 					case errs <- fmt.Errorf("client %d: open stream: %w", c.ID, err):
@@ -190,8 +218,11 @@ func Dial(ctx context.Context, addr string, nodes []*corev3.Node, o Options) (*F
 					}
 					continue
 				}
-				c.stream = s
-				go c.run()
+				if o.Delta {
+					go c.runDelta()
+				} else {
+					go c.run()
+				}
 			}
 		})
 	}
@@ -258,6 +289,13 @@ func (c *Client) Events() []Event {
 	return slices.Clone(c.events)
 }
 
+// Lost reports whether the client's stream ended.
+func (c *Client) Lost() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done
+}
+
 // SyncedAt returns when the client had first ACKed (or, never ACKing, received) every
 // type it asked for, in unix ns; 0 if not yet.
 func (c *Client) SyncedAt() int64 {
@@ -266,18 +304,24 @@ func (c *Client) SyncedAt() int64 {
 	return c.syncedAt
 }
 
-// allSynced reports whether the client ACKed CDS, EDS, LDS and RDS, and SDS if it asked
-// for secrets: an Envoy asks for those before LDS, so a client that never asked by the
-// time it has routes needs none. The caller holds c.mu; c.proto belongs to the receive
+// allSynced reports whether the client ACKed CDS, EDS, LDS and RDS, SRDS if it asked for
+// scopes and SDS if it asked for secrets: an Envoy asks for those before (SDS) or with
+// (SRDS) its first RDS request, so a client that never asked by the time it has routes
+// needs none. The caller holds c.mu; c.proto belongs to the receive
 // goroutine, so only synced is read.
 func (c *Client) allSynced() bool {
-	return c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] && (!c.asked[SDS] || c.synced[SDS])
+	return c.synced[CDS] && c.synced[EDS] && c.synced[LDS] && c.synced[RDS] && (!c.asked[SRDS] || c.synced[SRDS]) && (!c.asked[SDS] || c.synced[SDS])
 }
 
 func (c *Client) finish(err error) {
 	c.mu.Lock()
 	c.done = true
-	if err != nil && !errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) {
+		// The server ended the stream with an OK status: still a lost stream to a
+		// proxy, which must reconnect and resync.
+		err = errors.New("the server ended the stream (EOF)")
+	}
+	if err != nil {
 		c.err = err
 	}
 	c.mu.Unlock()
@@ -397,8 +441,17 @@ type decoder struct {
 	cla      endpointv3.ClusterLoadAssignment
 	listener listenerv3.Listener
 	route    routev3.RouteConfiguration
-	hcm      hcmv3.HttpConnectionManager
+	scope    routev3.ScopedRouteConfiguration
 	secret   tlsv3.Secret
+}
+
+func (d *decoder) reset() {
+	proto.Reset(&d.cluster)
+	proto.Reset(&d.cla)
+	proto.Reset(&d.listener)
+	proto.Reset(&d.route)
+	proto.Reset(&d.scope)
+	proto.Reset(&d.secret)
 }
 
 // decoded is what a resource's bytes say, as far as the simulator cares.
@@ -406,7 +459,9 @@ type decoded struct {
 	name string
 	hash uint64   // of the bytes
 	ref  string   // the EDS name a cluster refers to, if any
-	refs []string // the RDS names a listener refers to
+	refs []string // the RDS names a listener or a scope refers to
+	// scoped: a listener's connection manager takes its scopes from SRDS.
+	scoped bool
 	// secrets are the SDS names a cluster's or listener's TLS sockets refer to.
 	secrets []string
 }
@@ -492,7 +547,7 @@ func (d *decoder) decode(t Type, resp *rawResponse) (*decodedResponse, error) {
 			}
 		}
 		names = append(names, r.name)
-		res = append(res, xdsclient.Resource{Name: r.name, Hash: r.hash, EDS: r.ref, Routes: r.refs, Secrets: r.secrets})
+		res = append(res, xdsclient.Resource{Name: r.name, Hash: r.hash, EDS: r.ref, Routes: r.refs, Scoped: r.scoped, Secrets: r.secrets})
 		if r.ref != "" {
 			refs = append(refs, r.ref)
 		}
@@ -544,6 +599,10 @@ func (s *shardedMap[K, V]) store(k K, v V) {
 }
 
 func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
+	// What a decoded message holds is dropped once read: a client that kept its last
+	// RouteConfiguration (every Service's routes) would hold megabytes, and with every
+	// client decoding (FullDecode) a fleet of them would not fit in memory.
+	defer d.reset()
 	r := &decoded{}
 	switch t {
 	case CDS:
@@ -569,19 +628,16 @@ func (d *decoder) unmarshal(t Type, b []byte) (*decoded, error) {
 		}
 		r.name = d.listener.GetName()
 		r.secrets = xdsclient.ListenerSecrets(&d.listener)
-		for _, fc := range d.listener.GetFilterChains() {
-			for _, f := range fc.GetFilters() {
-				tc := f.GetTypedConfig()
-				if tc == nil {
-					continue
-				}
-				if err := tc.UnmarshalTo(&d.hcm); err != nil {
-					return nil, fmt.Errorf("decode listener %q filter %q: %w", r.name, f.GetName(), err)
-				}
-				if n := d.hcm.GetRds().GetRouteConfigName(); n != "" {
-					r.refs = append(r.refs, n)
-				}
-			}
+		// The RDS names and whether scopes come from SRDS, read as the protocol
+		// state reads them.
+		r.refs, r.scoped = xdsclient.ListenerRoutes(&d.listener)
+	case SRDS:
+		if err := proto.Unmarshal(b, &d.scope); err != nil {
+			return nil, fmt.Errorf("decode scoped route configuration: %w", err)
+		}
+		r.name = d.scope.GetName()
+		if n := d.scope.GetRouteConfigurationName(); n != "" {
+			r.refs = []string{n}
 		}
 	case RDS:
 		if err := proto.Unmarshal(b, &d.route); err != nil {

@@ -27,13 +27,19 @@ import (
 // kubeUnrelated is the informer run's no-op: an annotation without the mesh prefix.
 const kubeUnrelated = "unrelated-annotation"
 
+// kubePush is a new Service of the informer run's memory phase (measured as a new
+// Service, recorded in Run.Pushes).
+const kubePush = "push"
+
 // runKube runs bearkong on the real informer path: a real etcd and kube-apiserver, S
-// Services with E pods each (N = S×E proxies), and changes made through the API.
+// Services with E pods each, N of whose pods have a proxy (the first pod of each
+// Service, then the second, ...), and changes made through the API.
 func runKube(ctx context.Context, c config) (*Run, error) {
 	s := c.kubeServices
-	e := max(1, c.kubeProxies/s)
-	n := s * e
-	r := &Run{Impl: "bearkong (informers)", N: n, S: s, E: e}
+	e := c.endpoints
+	n := min(c.kubeProxies, s*e)
+	r := &Run{Impl: "bearkong (informers)", Protocol: "sotw", Decode: "all", N: n, S: s, E: e}
+	sim.FullDecode = true
 	dir, err := filepath.Abs(filepath.Join(c.out, "kube"))
 	if err != nil {
 		return nil, err
@@ -51,7 +57,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	logf("informer path: creating %d Services, %d Pods and %d EndpointSlices", s, n, s)
+	logf("informer path: creating %d Services, %d Pods and %d EndpointSlices", s, s*e, s)
 	if err := createMesh(ctx, client, s, e); err != nil {
 		return nil, err
 	}
@@ -68,8 +74,8 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		return nil, err
 	}
 	nodes := make([]*corev3.Node, 0, n)
-	for i := range s {
-		for k := range e {
+	for k := 0; k < e && len(nodes) < n; k++ {
+		for i := 0; i < s && len(nodes) < n; i++ {
 			p := workload.Pod{Namespace: workload.Namespace(i), Name: podName(i, k), Service: i, Replica: k}
 			nodes = append(nodes, p.Node())
 		}
@@ -84,7 +90,11 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 	logf("informer path: %d proxies synced in %.1fs", n, r.SyncAll)
 
 	nextIP := 1 << 16
-	for seq, kind := range []string{workload.Endpoint, workload.Endpoint, workload.Endpoint, workload.NewService, workload.Annotation, kubeUnrelated} {
+	kinds := []string{workload.Endpoint, workload.Endpoint, workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, kubeUnrelated}
+	for range c.kubePushes {
+		kinds = append(kinds, kubePush)
+	}
+	for seq, kind := range kinds {
 		i := (seq*37 + 11) % s
 		ns, name := workload.Namespace(i), workload.ServiceName(i)
 		cluster := name + "." + ns
@@ -102,7 +112,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 				_, err = client.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
 				return err
 			}
-		case workload.NewService:
+		case workload.NewService, kubePush:
 			name = "svc-new-" + strconv.Itoa(seq)
 			ns = workload.Namespace(0)
 			cluster = name + "." + ns
@@ -115,28 +125,39 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 				_, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, kubeSlice(ns, name, ips, nil), metav1.CreateOptions{})
 				return err
 			}
-		case workload.Annotation, kubeUnrelated:
-			key := workload.BenchAnnotation
-			if kind == kubeUnrelated {
+		case workload.Annotation, kubeUnrelated, workload.Policy:
+			key, val := workload.BenchAnnotation, "v"+strconv.Itoa(seq)
+			switch kind {
+			case kubeUnrelated:
 				key = "bench.example.com/touched"
+			case workload.Policy:
+				// A real cluster-level policy: the Service's cluster gets new circuit
+				// breaker thresholds.
+				key, val = mesh.AnnotationMaxConnections, strconv.Itoa(100+seq)
 			}
-			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, key, "v"+strconv.Itoa(seq))
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, key, val)
 			apply = func() error {
 				_, err := client.CoreV1().Services(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 				return err
 			}
 		}
-		chg, err := measureChange(ctx, f, ch, kind, cluster, apply)
+		mk := kind
+		if kind == kubePush {
+			mk = workload.NewService
+		}
+		chg, err := measureChange(ctx, f, ch, mk, cluster, apply)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kind, err)
+		}
+		if kind == kubePush {
+			r.Pushes = append(r.Pushes, chg)
+			logf("informer path: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  server RSS %s heap %s", len(r.Pushes), chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(chg.HeapInuse))
+			continue
 		}
 		r.Changes = append(r.Changes, chg)
 		logf("informer path: %-20s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy", kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes)
 	}
-	if st := f.Status(); st.Err != nil {
-		return nil, st.Err
-	}
-	if err := r.end(ch); err != nil {
+	if err := r.end(ch, f); err != nil {
 		return nil, err
 	}
 	return r, nil

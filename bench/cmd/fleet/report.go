@@ -15,14 +15,18 @@ import (
 )
 
 type report struct {
-	Started  time.Time       `json:"started"`
-	Finished time.Time       `json:"finished"`
-	Machine  string          `json:"machine"`
-	Command  string          `json:"command"`
-	Workload workload.Config `json:"workload"`
-	Runs     []*Run          `json:"runs"`
-	Stuck    []*Run          `json:"stuck"`
-	Kube     *Run            `json:"kube,omitempty"`
+	Started   time.Time       `json:"started"`
+	Finished  time.Time       `json:"finished"`
+	Machine   string          `json:"machine"`
+	Command   string          `json:"command"`
+	Workload  workload.Config `json:"workload"`
+	Runs      []*Run          `json:"runs"`
+	Stuck     []*Run          `json:"stuck"`
+	Kube      *Run            `json:"kube,omitempty"`
+	LoadStart string          `json:"load_start"`
+	LoadEnd   string          `json:"load_end"`
+	// Failed are the runs that did not complete, with why.
+	Failed []string `json:"failed,omitempty"`
 }
 
 func (r *report) save(dir string) {
@@ -118,6 +122,9 @@ type row struct {
 	get   func(*Run) (float64, bool)
 	unit  string
 	ratio bool
+	// kind, for latency rows, is the change whose reach the cell shows when not every
+	// proxy was reached.
+	kind string
 }
 
 func changeMetric(kind string, f func(*Change) float64) func(*Run) (float64, bool) {
@@ -130,146 +137,276 @@ func changeMetric(kind string, f func(*Change) float64) func(*Run) (float64, boo
 	}
 }
 
+// latency is a latency of the change of kind, defined only when some proxy was reached.
+func latency(kind string, f func(*Change) float64) func(*Run) (float64, bool) {
+	return func(r *Run) (float64, bool) {
+		c := r.pooled(kind)
+		if c == nil || c.Reached == 0 {
+			return 0, false
+		}
+		return f(c), true
+	}
+}
+
 func stat(f func(*Run) float64) func(*Run) (float64, bool) {
 	return func(r *Run) (float64, bool) { return f(r), true }
+}
+
+// afterPushes is f of the last of the run's full pushes (-pushes new Services in a row).
+func afterPushes(f func(r *Run, last *Change) float64) func(*Run) (float64, bool) {
+	return func(r *Run) (float64, bool) {
+		if len(r.Pushes) == 0 {
+			return 0, false
+		}
+		return f(r, r.Pushes[len(r.Pushes)-1]), true
+	}
 }
 
 const kib, mibf = 1 << 10, 1 << 20
 
 var rows = []row{
-	{"initial sync: all N proxies ACKed all 4 types (s)", stat(func(r *Run) float64 { return r.SyncAll }), "%.1f", true},
-	{"initial sync: median proxy (s)", stat(func(r *Run) float64 { return r.SyncP50 }), "%.1f", true},
-	{"endpoint change ACKed by all: p50 (ms)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.P50 }), "%.0f", true},
-	{"endpoint change ACKed by all: p99 (ms)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.P99 }), "%.0f", true},
-	{"endpoint change ACKed by all: max (ms)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Max }), "%.0f", true},
-	{"new service ACKed by all (CDS+EDS+RDS): p50 (ms)", changeMetric(workload.NewService, func(c *Change) float64 { return c.P50 }), "%.0f", true},
-	{"new service ACKed by all (CDS+EDS+RDS): max (ms)", changeMetric(workload.NewService, func(c *Change) float64 { return c.Max }), "%.0f", true},
-	{"policy change ACKed by all (CDS+EDS): p50 (ms)", changeMetric(workload.Policy, func(c *Change) float64 { return c.P50 }), "%.0f", true},
-	{"policy change ACKed by all (CDS+EDS): max (ms)", changeMetric(workload.Policy, func(c *Change) float64 { return c.Max }), "%.0f", true},
-	{"bytes sent per proxy: endpoint change", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
-	{"bytes sent per proxy: new service", changeMetric(workload.NewService, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
-	{"bytes sent per proxy: annotation change", changeMetric(workload.Annotation, func(c *Change) float64 { return c.Bytes }), "%.0f", false},
-	{"bytes sent per proxy: policy change (mesh-max-connections)", changeMetric(workload.Policy, func(c *Change) float64 { return c.Bytes }), "%.0f", true},
-	{"bytes sent per proxy: no-op", changeMetric(workload.NoOp, func(c *Change) float64 { return c.Bytes }), "%.0f", false},
-	{"resources per proxy: endpoint change", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Resources }), "%.1f", true},
-	{"control-plane CPU per change: endpoint (s)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
-	{"control-plane CPU per change: new service (s)", changeMetric(workload.NewService, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
-	{"control-plane CPU per change: annotation (s)", changeMetric(workload.Annotation, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
-	{"control-plane CPU per change: policy (s)", changeMetric(workload.Policy, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
-	{"control-plane CPU per change: no-op (s)", changeMetric(workload.NoOp, func(c *Change) float64 { return c.ServerCPU }), "%.2f", true},
-	{"control-plane CPU for the initial sync (s)", stat(func(r *Run) float64 { return r.SyncCPU }), "%.1f", true},
-	{"heap in use after sync (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.HeapInuse) / mibf }), "%.0f", true},
-	{"RSS after sync (MiB)", stat(func(r *Run) float64 { return float64(r.AfterSync.RSS) / mibf }), "%.0f", true},
-	{"peak RSS over the run (MiB)", stat(func(r *Run) float64 { return float64(r.PeakRSS()) / mibf }), "%.0f", true},
-	{"heap per proxy beyond the shared config (KiB)", stat(func(r *Run) float64 {
-		return (float64(r.AfterSync.HeapInuse) - float64(r.Baseline.HeapInuse)) / float64(r.N) / kib
-	}), "%.1f", true},
-	{"RSS per proxy beyond the shared config (KiB)", stat(func(r *Run) float64 {
+	{label: "initial sync: all N proxies ACKed every type (s)", get: stat(func(r *Run) float64 { return r.SyncAll }), unit: "%.1f", ratio: true},
+	{label: "initial sync: median proxy (s)", get: stat(func(r *Run) float64 { return r.SyncP50 }), unit: "%.1f", ratio: true},
+	{label: "control-plane CPU for the initial sync (s)", get: stat(func(r *Run) float64 { return r.SyncCPU }), unit: "%.1f", ratio: true},
+	{label: "endpoint change ACKed by all: p50 (ms)", get: latency(workload.Endpoint, func(c *Change) float64 { return c.P50 }), unit: "%.0f", ratio: true, kind: workload.Endpoint},
+	{label: "endpoint change ACKed by all: p99 (ms)", get: latency(workload.Endpoint, func(c *Change) float64 { return c.P99 }), unit: "%.0f", ratio: true, kind: workload.Endpoint},
+	{label: "endpoint change ACKed by all: max (ms)", get: latency(workload.Endpoint, func(c *Change) float64 { return c.Max }), unit: "%.0f", ratio: true, kind: workload.Endpoint},
+	{label: "new Service ACKed by all (CDS+EDS+SRDS+RDS): p50 (ms)", get: latency(workload.NewService, func(c *Change) float64 { return c.P50 }), unit: "%.0f", ratio: true, kind: workload.NewService},
+	{label: "new Service ACKed by all (CDS+EDS+SRDS+RDS): p99 (ms)", get: latency(workload.NewService, func(c *Change) float64 { return c.P99 }), unit: "%.0f", ratio: true, kind: workload.NewService},
+	{label: "new Service ACKed by all (CDS+EDS+SRDS+RDS): max (ms)", get: latency(workload.NewService, func(c *Change) float64 { return c.Max }), unit: "%.0f", ratio: true, kind: workload.NewService},
+	{label: "`mesh-max-connections` on one Service ACKed by all (CDS+EDS): p50 (ms)", get: latency(workload.Policy, func(c *Change) float64 { return c.P50 }), unit: "%.0f", ratio: true, kind: workload.Policy},
+	{label: "`mesh-max-connections` on one Service ACKed by all (CDS+EDS): p99 (ms)", get: latency(workload.Policy, func(c *Change) float64 { return c.P99 }), unit: "%.0f", ratio: true, kind: workload.Policy},
+	{label: "`mesh-max-connections` on one Service ACKed by all (CDS+EDS): max (ms)", get: latency(workload.Policy, func(c *Change) float64 { return c.Max }), unit: "%.0f", ratio: true, kind: workload.Policy},
+	{label: "bytes per proxy: endpoint change", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Bytes }), unit: "%.0f", ratio: true},
+	{label: "bytes per proxy: new Service", get: changeMetric(workload.NewService, func(c *Change) float64 { return c.Bytes }), unit: "%.0f", ratio: true},
+	{label: "bytes per proxy: `mesh-max-connections` on one Service", get: changeMetric(workload.Policy, func(c *Change) float64 { return c.Bytes }), unit: "%.0f", ratio: true},
+	{label: "bytes per proxy: annotation no rule reads", get: changeMetric(workload.Annotation, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
+	{label: "bytes per proxy: no-op", get: changeMetric(workload.NoOp, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
+	{label: "bytes per proxy: reconnect with nothing changed (delta: initial_resource_versions)", get: changeMetric(reconnect, func(c *Change) float64 { return c.Bytes }), unit: "%.0f"},
+	{label: "resources per proxy: endpoint change", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.Resources }), unit: "%.1f", ratio: true},
+	{label: "control-plane CPU per change: endpoint (s)", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
+	{label: "control-plane CPU per change: new Service (s)", get: changeMetric(workload.NewService, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
+	{label: "control-plane CPU per change: `mesh-max-connections` (s)", get: changeMetric(workload.Policy, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
+	{label: "control-plane CPU per change: no-op (s)", get: changeMetric(workload.NoOp, func(c *Change) float64 { return c.ServerCPU }), unit: "%.2f", ratio: true},
+	{label: "heap in use after sync, after a GC (MiB)", get: stat(func(r *Run) float64 { return float64(r.AfterSync.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after sync, after a GC (MiB)", get: stat(func(r *Run) float64 { return float64(r.AfterSync.RSS) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after sync, as it runs (MiB)", get: stat(func(r *Run) float64 { return float64(r.AfterSyncNoGC.RSS) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after 10 new Services, as it runs (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(c.RSS) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after 10 new Services vs after sync (%)", get: afterPushes(func(r *Run, c *Change) float64 {
+		return 100 * (float64(c.RSS)/float64(r.AfterSyncNoGC.RSS) - 1)
+	}), unit: "%+.0f"},
+	{label: "heap in use after 10 new Services, as it runs (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(c.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
+	{label: "heap in use after 10 new Services, after a GC (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(r.AfterPushesGC.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
+	{label: "peak RSS over the whole run, VmHWM (MiB)", get: stat(func(r *Run) float64 { return float64(r.PeakRSS()) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS per proxy beyond the shared config (KiB)", get: stat(func(r *Run) float64 {
 		return (float64(r.AfterSync.RSS) - float64(r.Baseline.RSS)) / float64(r.N) / kib
-	}), "%.1f", true},
-	{"simulator CPU per endpoint change (s)", changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ClientCPU }), "%.2f", false},
+	}), unit: "%.1f", ratio: true},
+	{label: "streams lost during the run", get: stat(func(r *Run) float64 { return float64(r.StreamsLost) }), unit: "%.0f"},
+	{label: "simulator: CPU per endpoint change (s)", get: changeMetric(workload.Endpoint, func(c *Change) float64 { return c.ClientCPU }), unit: "%.2f"},
+	{label: "simulator: peak RSS of the driver process so far (MiB)", get: stat(func(r *Run) float64 { return float64(r.DriverHWM) / mibf }), unit: "%.0f"},
 }
+
+// label names a run's column.
+func (r *Run) label() string {
+	impl, _ := strings.CutSuffix(r.Impl, "-delta")
+	name := map[string]string{"bearkong": "bearkong", "peer": "peer (snapshot cache)", "peer-linear": "peer (LinearCache EDS)"}[impl]
+	if name == "" {
+		name = impl
+	}
+	return name + ", " + r.Protocol
+}
+
+func isPeer(r *Run) bool { return strings.HasPrefix(r.Impl, "peer") }
 
 func (r *report) markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Machine: %s\n\nWorkload: S=%d services x E=%d endpoints\n\n", r.Machine, r.Workload.Services, r.Workload.Endpoints)
-	// Group runs by N, in order.
-	var ns []int
-	byKey := map[string]*Run{}
-	for _, run := range r.Runs {
-		if !slices.Contains(ns, run.N) {
-			ns = append(ns, run.N)
-		}
-		byKey[fmt.Sprint(run.Impl, run.N)] = run
+	// Group runs by N and decode mode, in order.
+	type group struct {
+		n      int
+		decode string
+		runs   []*Run
 	}
-	if len(ns) > 0 {
+	var groups []*group
+	for _, run := range r.Runs {
+		var g *group
+		for _, x := range groups {
+			if x.n == run.N && x.decode == run.Decode {
+				g = x
+			}
+		}
+		if g == nil {
+			g = &group{n: run.N, decode: run.Decode}
+			groups = append(groups, g)
+		}
+		g.runs = append(g.runs, run)
+	}
+	for _, g := range groups {
+		mode := "each client decodes every resource it receives, as each Envoy does"
+		if g.decode == "shared" {
+			mode = "shared decode: each distinct resource is decoded once for the whole fleet"
+		}
+		fmt.Fprintf(&b, "\n### N=%d proxies, S=%d, E=%d; clients: %s\n\n", g.n, r.Workload.Services, r.Workload.Endpoints, mode)
+		var bks, peers []*Run
+		for _, run := range g.runs {
+			if isPeer(run) {
+				if run.Protocol == "sotw" {
+					peers = append(peers, run)
+				}
+			} else {
+				bks = append(bks, run)
+			}
+		}
 		b.WriteString("| metric |")
 		sep := "| --- |"
-		for _, n := range ns {
-			fmt.Fprintf(&b, " bearkong N=%d | peer N=%d | peer ÷ bearkong |", n, n)
-			sep += " ---: | ---: | ---: |"
+		for _, run := range g.runs {
+			fmt.Fprintf(&b, " %s |", run.label())
+			sep += " ---: |"
+		}
+		for _, bk := range bks {
+			for _, p := range peers {
+				fmt.Fprintf(&b, " %s ÷ %s |", strings.TrimSuffix(p.label(), ", sotw"), bk.label())
+				sep += " ---: |"
+			}
 		}
 		b.WriteString("\n" + sep + "\n")
 		for _, rw := range rows {
 			fmt.Fprintf(&b, "| %s |", rw.label)
-			for _, n := range ns {
-				bk, pe := byKey[fmt.Sprint("bearkong", n)], byKey[fmt.Sprint("peer", n)]
-				bv, bok := get(rw, bk)
-				pv, pok := get(rw, pe)
-				fmt.Fprintf(&b, " %s | %s | %s |", cell(rw.unit, bv, bok), cell(rw.unit, pv, pok), ratio(rw, bv, pv, bok && pok))
+			for _, run := range g.runs {
+				v, ok := rw.get(run)
+				b.WriteString(" " + cellOf(rw, run, v, ok) + " |")
+			}
+			for _, bk := range bks {
+				for _, p := range peers {
+					bv, bok := rw.get(bk)
+					pv, pok := rw.get(p)
+					b.WriteString(" " + ratio(rw, bv, pv, bok && pok) + " |")
+				}
 			}
 			b.WriteString("\n")
 		}
-		b.WriteString("\nResources per response (min–max) by type:\n\n")
-		for _, n := range ns {
-			for _, impl := range []string{"bearkong", "peer"} {
-				run := byKey[fmt.Sprint(impl, n)]
-				if run == nil {
+		b.WriteString("\nWhat each change sent (resources per response, min–max, by type):\n\n")
+		for _, run := range g.runs {
+			fmt.Fprintf(&b, "- %s:", run.label())
+			for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, workload.NoOp, reconnect} {
+				c := run.pooled(kind)
+				if c == nil {
 					continue
 				}
-				fmt.Fprintf(&b, "- %s N=%d:", impl, n)
-				for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Annotation, workload.Policy, workload.NoOp} {
-					c := run.pooled(kind)
-					if c == nil {
-						continue
-					}
-					fmt.Fprintf(&b, " %s %s;", kind, perType(c))
-				}
-				got, all := reachedOf(run, workload.Endpoint)
-				fmt.Fprintf(&b, " endpoint changes reached %d/%d proxies\n", got, all)
+				fmt.Fprintf(&b, " %s %s;", kind, perType(c))
 			}
+			if run.StreamsLost > 0 {
+				fmt.Fprintf(&b, " %d streams lost (first: %s);", run.StreamsLost, run.LostErr)
+			}
+			b.WriteString("\n")
 		}
 	}
 	if len(r.Stuck) > 0 {
-		b.WriteString("\n1% of the proxies never ACK (endpoint changes, latencies over the proxies that do ACK):\n\n")
+		b.WriteString("\n### 1% of the proxies never ACK (endpoint changes, latencies over the proxies that do ACK)\n\n")
 		b.WriteString("| run | proxies | never ACK | p50 (ms) | p99 (ms) | max (ms) | reached | stuck proxies that got the push |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, s := range r.Stuck {
-			if clean := byKey[fmt.Sprint(s.Impl, s.N)]; clean != nil {
-				if c := clean.pooled(workload.Endpoint); c != nil {
-					fmt.Fprintf(&b, "| %s, all ACK | %d | 0 | %.0f | %.0f | %.0f | %d/%d | – |\n", s.Impl, clean.N, c.P50, c.P99, c.Max, c.Reached, c.Clients)
-				}
-			}
 			if c := s.pooled(workload.Endpoint); c != nil {
-				fmt.Fprintf(&b, "| %s, 1%% stuck | %d | %d | %.0f | %.0f | %.0f | %d/%d | %d/%d |\n", s.Impl, s.N, s.NeverACK, c.P50, c.P99, c.Max, c.Reached, c.Clients, c.StuckGot, s.NeverACK*r.countKind(s, workload.Endpoint))
+				fmt.Fprintf(&b, "| %s | %d | %d | %.0f | %.0f | %.0f | %d/%d | %d/%d |\n", s.label(), s.N, s.NeverACK, c.P50, c.P99, c.Max, c.Reached, c.Clients, c.StuckGot, s.NeverACK*r.countKind(s, workload.Endpoint))
 			}
 		}
 	}
 	if k := r.Kube; k != nil {
-		fmt.Fprintf(&b, "\nInformer path (bearkong, real kube-apiserver and etcd, discovery defaults: quiet period 100ms, max delay 1s), S=%d, E=%d, N=%d; latencies from the API write to the ACK:\n\n", k.S, k.E, k.N)
+		fmt.Fprintf(&b, "\n### Through the informer path: API write to all ACKed\n\nbearkong, `bearkong cp`'s discovery defaults (quiet period 100 ms, max delay 1 s) over a real etcd and kube-apiserver; S=%d Services of E=%d pods, N=%d proxies (the first pod of each Service, then the second...); clients decode every resource; latencies from just before the API write to each proxy's ACK.\n\n", k.S, k.E, k.N)
 		b.WriteString("| change | reached | p50 (ms) | p99 (ms) | max (ms) | bytes per proxy | control-plane CPU (s) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-		fmt.Fprintf(&b, "| initial sync (%d proxies) | %d/%d | %.0f | | %.0f | | %.1f |\n", k.N, k.N, k.N, k.SyncP50*1000, k.SyncAll*1000, k.SyncCPU)
-		for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Annotation, kubeUnrelated} {
+		fmt.Fprintf(&b, "| initial sync (%d proxies) | %d/%d | %.0f | | %.0f | | %.1f |\n", k.N, k.N-k.StreamsLost, k.N, k.SyncP50*1000, k.SyncAll*1000, k.SyncCPU)
+		names := map[string]string{workload.Endpoint: "endpoint (EndpointSlice update, ×3)", workload.NewService: "new Service (Service + EndpointSlice created)",
+			workload.Policy: "`mesh-max-connections` set on one Service", workload.Annotation: "`mesh-bench-note` annotation (no rule reads it)", kubeUnrelated: "unrelated annotation"}
+		for _, kind := range []string{workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, kubeUnrelated} {
 			c := k.pooled(kind)
 			if c == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %d/%d | %.0f | %.0f | %.0f | %.0f | %.2f |\n", kind, c.Reached, c.Clients, c.P50, c.P99, c.Max, c.Bytes, c.ServerCPU)
+			lat := func(v float64) string {
+				if c.Reached == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.0f", v)
+			}
+			fmt.Fprintf(&b, "| %s | %d/%d | %s | %s | %s | %.0f | %.2f |\n", names[kind], c.Reached, c.Clients, lat(c.P50), lat(c.P99), lat(c.Max), c.Bytes, c.ServerCPU)
 		}
-		fmt.Fprintf(&b, "\nControl plane (informer caches included): after sync heap %.0f MiB, RSS %.0f MiB; peak RSS over the run %.0f MiB; before any proxy connected (baseline) RSS %.0f MiB.\n",
-			float64(k.AfterSync.HeapInuse)/mibf, float64(k.AfterSync.RSS)/mibf, float64(k.PeakRSS())/mibf, float64(k.Baseline.RSS)/mibf)
+		fmt.Fprintf(&b, "\nControl plane (informer caches included): before any proxy (baseline) RSS %.0f MiB; after sync, after a GC: heap %.0f MiB, RSS %.0f MiB; as it runs after sync: RSS %.0f MiB",
+			float64(k.Baseline.RSS)/mibf, float64(k.AfterSync.HeapInuse)/mibf, float64(k.AfterSync.RSS)/mibf, float64(k.AfterSyncNoGC.RSS)/mibf)
+		if n := len(k.Pushes); n > 0 {
+			last := k.Pushes[n-1]
+			fmt.Fprintf(&b, "; after %d new Services in a row (each awaited): RSS %.0f MiB (%+.0f %%), heap %.0f MiB; RSS after each:", n, float64(last.RSS)/mibf, 100*(float64(last.RSS)/float64(k.AfterSyncNoGC.RSS)-1), float64(last.HeapInuse)/mibf)
+			for _, p := range k.Pushes {
+				fmt.Fprintf(&b, " %.0f", float64(p.RSS)/mibf)
+			}
+		}
+		fmt.Fprintf(&b, "; peak RSS over the run %.0f MiB; streams lost %d.\n", float64(k.PeakRSS())/mibf, k.StreamsLost)
 	}
+	heading := false
 	for _, run := range r.Runs {
 		if len(run.Pushes) == 0 {
 			continue
 		}
-		last := run.Pushes[len(run.Pushes)-1]
+		if !heading {
+			heading = true
+			fmt.Fprintf(&b, "\n### Server RSS after each of %d new Services in a row (each awaited until every proxy ACKed it; as the process runs, MiB)\n\n", len(run.Pushes))
+		}
+		fmt.Fprintf(&b, "- %s, N=%d (%s decode): after sync %.0f; after each:", run.label(), run.N, run.Decode, float64(run.AfterSyncNoGC.RSS)/mibf)
+		for _, p := range run.Pushes {
+			fmt.Fprintf(&b, " %.0f", float64(p.RSS)/mibf)
+		}
 		reached := 0
 		for _, p := range run.Pushes {
 			reached += p.Reached
 		}
-		fmt.Fprintf(&b, "\n%s, N=%d, %d full pushes (a new Service each, awaited; RSS as the process runs, no forced GC): RSS after sync %.0f MiB; after each push",
-			run.Impl, run.N, len(run.Pushes), float64(run.AfterSyncNoGC.RSS)/mibf)
-		for _, p := range run.Pushes {
-			fmt.Fprintf(&b, " %.0f", float64(p.RSS)/mibf)
-		}
-		fmt.Fprintf(&b, " MiB; after %d pushes %+.0f %% of after sync; heap in use after sync %.0f, after the last push %.0f MiB; peak RSS over the run %.0f MiB; %d of %d proxy-pushes reached.\n",
-			len(run.Pushes), 100*(float64(last.RSS)/float64(run.AfterSyncNoGC.RSS)-1), float64(run.AfterSyncNoGC.HeapInuse)/mibf, float64(last.HeapInuse)/mibf,
-			float64(run.PeakRSS())/mibf, reached, len(run.Pushes)*last.Clients)
+		fmt.Fprintf(&b, "; %d of %d proxy-pushes reached.\n", reached, len(run.Pushes)*run.Pushes[0].Clients)
 	}
-	if !r.Finished.IsZero() {
-		fmt.Fprintf(&b, "\nRun %s, %s.\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))
+	if len(r.Failed) > 0 {
+		b.WriteString("\n### Runs that did not complete\n\n")
+		for _, f := range r.Failed {
+			fmt.Fprintf(&b, "- %s\n", f)
+		}
 	}
 	return b.String()
+}
+
+// Markers of the part of BENCHMARKS.md that `make bench` writes.
+const (
+	beginMarker = "<!-- generated by make bench: begin -->"
+	endMarker   = "<!-- generated by make bench: end -->"
+)
+
+// writeBenchmarks replaces the generated part of the file at path (between the markers)
+// with this report, headed by the command, the dates, the machine and how busy it was.
+func (r *report) writeBenchmarks(path string) error {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(old)
+	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s: no %q ... %q section", path, beginMarker, endMarker)
+	}
+	var b strings.Builder
+	b.WriteString(beginMarker + "\n\n")
+	fmt.Fprintf(&b, "- Command: `%s`\n", r.Command)
+	fmt.Fprintf(&b, "- Date: %s to %s UTC (%s in all)\n", r.Started.UTC().Format("2006-01-02 15:04"), r.Finished.UTC().Format("15:04"), r.Finished.Sub(r.Started).Round(time.Second))
+	fmt.Fprintf(&b, "- Machine: %s\n", r.Machine)
+	fmt.Fprintf(&b, "- Load average (1 min) at the start and at the end: %s and %s, on %d cores: other work shared the machine when above that, so latencies are noisier than bytes and resource counts, which are exact.\n", r.LoadStart, r.LoadEnd, runtime.NumCPU())
+	b.WriteString(r.markdown())
+	b.WriteString("\n" + endMarker)
+	return os.WriteFile(path, []byte(s[:i]+b.String()+s[j+len(endMarker):]), 0o644)
+}
+
+// loadAverage is the 1-minute load average.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
 }
 
 func (r *report) countKind(run *Run, kind string) int {
@@ -295,7 +432,7 @@ func perType(c *Change) string {
 		return "nothing sent"
 	}
 	var parts []string
-	for _, t := range []string{"cds", "eds", "lds", "rds"} {
+	for _, t := range []string{"cds", "eds", "lds", "srds", "rds", "sds"} {
 		if mm, ok := c.ResourcesPerResponse[t]; ok {
 			if mm[0] == mm[1] {
 				parts = append(parts, fmt.Sprintf("%s %d", t, mm[0]))
@@ -307,18 +444,22 @@ func perType(c *Change) string {
 	return "(" + strings.Join(parts, ", ") + ")"
 }
 
-func get(rw row, r *Run) (float64, bool) {
-	if r == nil {
-		return 0, false
+// cellOf prints a value; a latency of a change that did not reach every proxy says how
+// many it reached.
+func cellOf(rw row, r *Run, v float64, ok bool) string {
+	if rw.kind != "" {
+		c := r.pooled(rw.kind)
+		if c != nil && c.Reached == 0 && c.Clients > 0 {
+			return fmt.Sprintf("not reached (0/%d)", c.Clients)
+		}
+		if ok && c != nil && c.Reached < c.Clients {
+			return fmt.Sprintf(rw.unit+" (%d/%d reached)", v, c.Reached, c.Clients)
+		}
 	}
-	return rw.get(r)
-}
-
-func cell(unit string, v float64, ok bool) string {
 	if !ok {
 		return "–"
 	}
-	return fmt.Sprintf(unit, v)
+	return fmt.Sprintf(rw.unit, v)
 }
 
 func ratio(rw row, b, p float64, ok bool) string {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,11 +26,23 @@ import (
 
 // Run is one server process with one fleet.
 type Run struct {
-	Impl     string `json:"impl"`
-	N        int    `json:"n"`
-	NeverACK int    `json:"never_ack"`
-	S        int    `json:"s"`
-	E        int    `json:"e"`
+	Impl string `json:"impl"`
+	// Protocol is the clients' xDS protocol, sotw or delta; Decode how they decode:
+	// all (each client every resource it receives, as each Envoy does) or shared (each
+	// distinct resource once for the fleet).
+	Protocol string `json:"protocol"`
+	Decode   string `json:"decode"`
+	// StreamsLost counts the clients whose stream ended during the run; LostErr is the
+	// first such error.
+	StreamsLost int    `json:"streams_lost"`
+	LostErr     string `json:"lost_err,omitempty"`
+	// DriverHWM is the simulator's peak RSS at the end of the run (for scale: it holds
+	// every proxy's state).
+	DriverHWM uint64 `json:"driver_hwm"`
+	N         int    `json:"n"`
+	NeverACK  int    `json:"never_ack"`
+	S         int    `json:"s"`
+	E         int    `json:"e"`
 	// SyncAll is from the first dial to the moment every proxy had ACKed every type it
 	// asked for; SyncP50 is the median proxy's time. Seconds.
 	SyncAll float64 `json:"sync_all_s"`
@@ -41,6 +54,9 @@ type Run struct {
 	// AfterSyncNoGC is the server after sync as it runs, before that GC: what the
 	// pushes phase compares with.
 	AfterSyncNoGC server.Stats `json:"after_sync_no_gc"`
+	// AfterPushesGC is the server after the pushes phase and a GC: live memory, to tell
+	// growth that a collection returns from growth that stays.
+	AfterPushesGC server.Stats `json:"after_pushes_gc"`
 	// End is the server at the end of the run, after the last change, without a GC:
 	// its HWM is the peak RSS over the whole run (sync and changes).
 	End server.Stats `json:"end"`
@@ -81,6 +97,10 @@ type Change struct {
 	// a forced GC: what the process holds as it runs.
 	RSS       uint64 `json:"rss"`
 	HeapInuse uint64 `json:"heap_inuse"`
+	// DriverRSS and DriverHeap are the simulator's (this process's) RSS and heap in use
+	// once all was quiet: what the fleet itself holds, watched so that it stays bounded.
+	DriverRSS  uint64 `json:"driver_rss"`
+	DriverHeap uint64 `json:"driver_heap"`
 	// StuckGot is how many never-ACKing proxies got a response for the change.
 	StuckGot int `json:"stuck_got"`
 	// Samples are the per-proxy latencies (ms), for pooling; not saved.
@@ -113,6 +133,7 @@ func startChild(ctx context.Context, c config, logPath string, args ...string) (
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	addChild(cmd.Process.Pid)
 	ch := &child{cmd: cmd, http: &http.Client{Timeout: 2 * time.Minute}}
 	line := make(chan string, 1)
 	go func() {
@@ -142,6 +163,7 @@ func startChild(ctx context.Context, c config, logPath string, args ...string) (
 }
 
 func (ch *child) stop() {
+	defer removeChild(ch.cmd.Process.Pid)
 	_ = ch.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = ch.cmd.Wait(); close(done) }()
@@ -186,15 +208,21 @@ func logf(format string, args ...any) {
 
 // runFleet starts a server process, syncs n proxies (the last stuck of which never
 // ACK), and drives the changes.
-func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, error) {
+func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck int) (*Run, error) {
+	n := size.n
 	wc := workload.Config{Services: c.services, Endpoints: c.endpoints, Proxies: n}
-	r := &Run{Impl: impl, N: n, NeverACK: stuck, S: wc.Services, E: wc.Endpoints}
-	name := fmt.Sprintf("%s-n%d", impl, n)
+	serverImpl, delta := strings.CutSuffix(impl, "-delta")
+	r := &Run{Impl: impl, Protocol: "sotw", Decode: size.decode, N: n, NeverACK: stuck, S: wc.Services, E: wc.Endpoints}
+	if delta {
+		r.Protocol = "delta"
+	}
+	sim.FullDecode = size.decode == "all"
+	name := fmt.Sprintf("%s-n%d-%s", impl, n, size.decode)
 	if stuck > 0 {
 		name += "-stuck"
 	}
-	logf("%s: starting the server (S=%d, E=%d, N=%d, never ACK=%d)", impl, wc.Services, wc.Endpoints, n, stuck)
-	ch, err := startChild(ctx, c, filepath.Join(c.out, name+".log"), "-impl", impl,
+	logf("%s: starting the server (S=%d, E=%d, N=%d, never ACK=%d, %s, decode %s)", impl, wc.Services, wc.Endpoints, n, stuck, r.Protocol, r.Decode)
+	ch, err := startChild(ctx, c, filepath.Join(c.out, name+".log"), "-impl", serverImpl,
 		"-services", strconv.Itoa(wc.Services), "-endpoints", strconv.Itoa(wc.Endpoints), "-proxies", strconv.Itoa(n))
 	if err != nil {
 		return nil, err
@@ -214,7 +242,7 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 	for i, p := range pods {
 		nodes[i] = p.Node()
 	}
-	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window}, 5*time.Minute)
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window, Delta: delta}, 5*time.Minute)
 	if f != nil {
 		defer f.Close()
 	}
@@ -242,12 +270,18 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 		kinds = slices.DeleteFunc(slices.Clone(kinds), func(k string) bool { return k != workload.Endpoint })
 	}
 	for i, kind := range kinds {
+		if kind == reconnect && !delta {
+			continue // the SotW protocol state (internal/xdsclient) does not reconnect
+		}
 		stopProf := prof(kind + strconv.Itoa(i))
 		var wc workload.Change
-		if err := ch.post("/prepare?kind="+kind, &wc); err != nil {
+		apply := func() error { return ch.post("/commit", &struct{}{}) }
+		if kind == reconnect {
+			apply = func() error { f.Reconnect(); return nil }
+		} else if err := ch.post("/prepare?kind="+kind, &wc); err != nil {
 			return nil, err
 		}
-		chg, err := measureChange(ctx, f, ch, kind, wc.Cluster, func() error { return ch.post("/commit", &struct{}{}) })
+		chg, err := measureChange(ctx, f, ch, kind, wc.Cluster, apply)
 		stopProf()
 		if err != nil {
 			return nil, err
@@ -256,7 +290,7 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 		logf("%s: %-10s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy  server CPU %.2fs",
 			impl, kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes, chg.ServerCPU)
 	}
-	if stuck == 0 {
+	if stuck == 0 && slices.Contains(c.pushImpls, impl) {
 		// Memory over a series of full pushes: each new Service sends every proxy the
 		// whole CDS set; the server must not hold more after ten than after the first.
 		for i := range c.pushes {
@@ -269,25 +303,33 @@ func runFleet(ctx context.Context, c config, impl string, n, stuck int) (*Run, e
 				return nil, err
 			}
 			r.Pushes = append(r.Pushes, chg)
-			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s",
-				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse))
+			logf("%s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  RSS %s (after sync %s)  heap %s; simulator RSS %s heap %s",
+				impl, i+1, chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(r.AfterSyncNoGC.RSS), mib(chg.HeapInuse), mib(chg.DriverRSS), mib(chg.DriverHeap))
 		}
 	}
-	if st := f.Status(); st.Err != nil {
-		return nil, st.Err
+	if len(r.Pushes) > 0 {
+		if r.AfterPushesGC, err = ch.stats(true); err != nil {
+			return nil, err
+		}
 	}
-	if err := r.end(ch); err != nil {
+	if err := r.end(ch, f); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
 // end records the server's state at the end of the run, with its peak RSS.
-func (r *Run) end(ch *child) error {
+func (r *Run) end(ch *child, f *sim.Fleet) error {
 	var err error
 	if r.End, err = ch.stats(false); err != nil {
 		return err
 	}
+	st := f.Status()
+	r.StreamsLost = st.Done
+	if st.Err != nil {
+		r.LostErr = st.Err.Error()
+	}
+	r.DriverHWM = server.ReadStats(false).HWM
 	logf("%s N=%d: server RSS after sync %s, peak RSS over the run %s", r.Impl, r.N, mib(r.AfterSync.RSS), mib(r.PeakRSS()))
 	return nil
 }
@@ -296,13 +338,18 @@ func (r *Run) end(ch *child) error {
 // end, or after sync for a run that stopped there.
 func (r *Run) PeakRSS() uint64 { return max(r.End.HWM, r.AfterSync.HWM) }
 
+// reconnect is the change where every delta client loses its stream and opens a new one.
+const reconnect = "reconnect"
+
 // expectation is what each normal proxy must have ACKed before a change counts as done.
 func expectation(kind string) []sim.Type {
 	switch kind {
 	case workload.Endpoint:
 		return []sim.Type{sim.EDS}
 	case workload.NewService:
-		return []sim.Type{sim.CDS, sim.EDS, sim.RDS}
+		// Its cluster and assignment, its scopes (SRDS) and the route configuration
+		// they name, which the proxy subscribes to once the scopes came.
+		return []sim.Type{sim.CDS, sim.EDS, sim.SRDS, sim.RDS}
 	case workload.Policy:
 		// The changed cluster, and its fresh ClusterLoadAssignment, which Envoy waits
 		// for before it uses the new cluster.
@@ -329,7 +376,7 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 	want := expectation(kind)
 	done := func() bool {
 		for _, cl := range f.Clients {
-			if cl.Mode != sim.Normal {
+			if cl.Mode != sim.Normal || cl.Lost() {
 				continue
 			}
 			if !reached(cl.Events(), want) {
@@ -351,8 +398,8 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		if err := sleep(ctx, 20*time.Millisecond); err != nil {
 			return nil, err
 		}
-		if st := f.Status(); st.Err != nil {
-			return nil, st.Err
+		if st := f.Status(); st.Done == len(f.Clients) {
+			return nil, fmt.Errorf("every stream ended: %w", st.Err)
 		}
 	}
 	if err := waitQuiet(ctx, f, ch, t0.Add(time.Second), time.Minute); err != nil {
@@ -381,7 +428,8 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		}
 	}
 	chg := &Change{Kind: kind, Cluster: cluster, ServerCPU: after.CPU - before.CPU, ClientCPU: selfAfter.CPU - selfBefore.CPU,
-		RSS: after.RSS, HeapInuse: after.HeapInuse, ResourcesPerResponse: map[string][2]int{}}
+		RSS: after.RSS, HeapInuse: after.HeapInuse, ResourcesPerResponse: map[string][2]int{},
+		DriverRSS: selfAfter.RSS, DriverHeap: selfAfter.HeapInuse}
 	for _, cl := range f.Clients {
 		evs := cl.Events()
 		if cl.Mode != sim.Normal {
@@ -425,7 +473,7 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 }
 
 // reached reports whether evs hold an ACKed response of every wanted type that carries
-// cluster (for EDS and CDS) or, for RDS, any ACKed response.
+// cluster (for EDS and CDS) or, for SRDS and RDS, any ACKed response.
 func reached(evs []sim.Event, want []sim.Type) bool {
 	for _, t := range want {
 		ok := false
@@ -433,7 +481,7 @@ func reached(evs []sim.Event, want []sim.Type) bool {
 			if ev.Type != t || ev.Ack == 0 || ev.NACK {
 				continue
 			}
-			if t == sim.RDS || ev.Hit {
+			if t == sim.RDS || t == sim.SRDS || ev.Hit {
 				ok = true
 				break
 			}
@@ -457,7 +505,7 @@ func waitSynced(ctx context.Context, f *sim.Fleet, timeout time.Duration) error 
 			return nil
 		}
 		if st.Done > 0 {
-			return fmt.Errorf("%d streams ended during the initial sync", st.Done)
+			return fmt.Errorf("%d streams ended during the initial sync: %w", st.Done, st.Err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("initial sync: %d of %d proxies synced after %s", st.Synced, len(f.Clients), timeout)
