@@ -29,10 +29,11 @@ const connReadBufferSize = 4 << 10
 // Envoys wants, with the limits of l (zero fields at their defaults); pass them to
 // grpc.NewServer along with your own (keepalive, credentials).
 //
-//   - A codec that writes a DiscoveryResponse by copying its resources' bytes, marshalled
-//     once per snapshot, instead of walking and marshalling every resource again for each
-//     proxy as the default proto codec does. The bytes are the same (TestCodecBytes).
-//     The streams of a push share one copy of the resources (TestCodecMemory).
+//   - A codec that writes a DiscoveryResponse or DeltaDiscoveryResponse by copying its
+//     resources' bytes, marshalled once per snapshot, instead of walking and marshalling
+//     every resource again for each proxy as the default proto codec does. The bytes
+//     are the same (TestCodecBytes, TestDeltaCodecBytes). The streams of a push share
+//     one copy of the resources (TestCodecMemory, TestDeltaCodecMemory).
 //   - Small per-connection buffers: every Envoy holds a connection open, idle nearly all
 //     the time, so per-connection memory is per-proxy memory. The write buffer goes back
 //     to a shared pool after each flush; the read buffer is 4 KiB instead of 32.
@@ -67,72 +68,97 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(*discoveryv3.DiscoveryResponse); ok && plainResponse(r) {
-		size := responseSize(r)
-		if size < minSharedBody {
-			return mem.BufferSlice{mem.SliceBuffer(appendResponse(make([]byte, 0, size), r))}, nil
+	switch r := v.(type) {
+	case *discoveryv3.DiscoveryResponse:
+		if plainResponse(r) {
+			// The body (version and resources) is the same for every proxy the push
+			// goes to; only the type URL and nonce, which proto.Marshal writes after the
+			// resources, are the stream's own.
+			return withBody(sharedBodies, r.VersionInfo, r.TypeUrl, r.Resources,
+				bodySize(r), func(b []byte) []byte { return appendBody(b, r) },
+				sizeString(len(r.TypeUrl))+sizeString(len(r.Nonce)), func(b []byte) []byte {
+					return appendString(appendString(b, fieldTypeURL, r.TypeUrl), fieldNonce, r.Nonce)
+				}), nil
 		}
-		// The body (version and resources) is the same for every proxy the push goes to;
-		// only the type URL and nonce, which proto.Marshal writes after the resources,
-		// are the stream's own.
-		tail := appendString(appendString(make([]byte, 0, sizeString(len(r.TypeUrl))+sizeString(len(r.Nonce))),
-			fieldTypeURL, r.TypeUrl), fieldNonce, r.Nonce)
-		return mem.BufferSlice{mem.SliceBuffer(sharedBodies.body(r)), mem.SliceBuffer(tail)}, nil
+	case *discoveryv3.DeltaDiscoveryResponse:
+		if plainDeltaResponse(r) {
+			// The same split: version and resources are what the streams of a push (or of
+			// an initial sync) share; type URL, nonce and removed names are written after
+			// them and are the stream's own.
+			return withBody(sharedDeltaBodies, r.SystemVersionInfo, r.TypeUrl, r.Resources,
+				deltaBodySize(r), func(b []byte) []byte { return appendDeltaBody(b, r) },
+				deltaTailSize(r), func(b []byte) []byte { return appendDeltaTail(b, r) }), nil
+		}
 	}
 	return protoCodec.Marshal(v)
+}
+
+// withBody returns a response made of its body and its tail, written by the functions
+// given with their sizes: one buffer for a small response, else the body shared through
+// c and a tail of the stream's own.
+func withBody[R comparable](c *bodyCache[R], version, typeURL string, resources []R,
+	bodySize int, body func([]byte) []byte, tailSize int, tail func([]byte) []byte) mem.BufferSlice {
+	if bodySize+tailSize < minSharedBody {
+		return mem.BufferSlice{mem.SliceBuffer(tail(body(make([]byte, 0, bodySize+tailSize))))}
+	}
+	shared := c.body(version, typeURL, resources, func() []byte { return body(make([]byte, 0, bodySize)) })
+	return mem.BufferSlice{mem.SliceBuffer(shared), mem.SliceBuffer(tail(make([]byte, 0, tailSize)))}
 }
 
 // minSharedBody is the size from which a response's body is shared between streams;
 // below it, a response is one small allocation, cheaper than a look-up.
 const minSharedBody = 16 << 10
 
-// sharedBodies holds the bodies of the last large responses: a push writes one copy of
-// its resources, which every stream's response points to until written, whatever the
-// number of proxies. The buffers are plain garbage-collected memory, not pooled: once no
-// stream writes a body and the cache has moved on, the next GC takes it, so the memory
-// held after a push does not grow with the number of pushes or proxies (issue 14
-// measured a pool of one buffer per stream keeping RSS up after every full push).
-var sharedBodies = &bodyCache{}
+// sharedBodies and sharedDeltaBodies hold the bodies of the last large responses: a push
+// writes one copy of its resources, which every stream's response points to until
+// written, whatever the number of proxies. The buffers are plain garbage-collected
+// memory, not pooled: once no stream writes a body and the cache has moved on, the next
+// GC takes it, so the memory held after a push does not grow with the number of pushes
+// or proxies (issue 14 measured a pool of one buffer per stream keeping RSS up after
+// every full push, and delta responses marshalled per stream by the proto codec making
+// its initial sync cost twice the CPU and three times the memory of state of the world's).
+var (
+	sharedBodies      = &bodyCache[*anypb.Any]{}
+	sharedDeltaBodies = &bodyCache[*discoveryv3.Resource]{}
+)
 
 // bodyCacheEntries bounds the bodies kept: a push interleaves CDS, EDS, LDS and RDS
 // across streams, and EDS may name several subsets; a few per type is plenty.
 const bodyCacheEntries = 16
 
 // bodyCache finds a response's body by content: same version, same type, and the same
-// resources, compared by identity. A snapshot's resources are immutable and the cache
-// keeps the ones it compares alive, so an identical list of pointers is identical bytes.
-// The version alone is not enough: EDS and RDS responses name only what changed, so two
-// streams may get different subsets under one version.
-type bodyCache struct {
+// resources, compared by identity. A snapshot's resources (and the delta wrappers, one
+// per live resource, see wrapper) are immutable and the cache keeps the ones it compares
+// alive, so an identical list of pointers is identical bytes. The version alone is not
+// enough: EDS and RDS responses, and every delta response, name only what changed, so
+// two streams may get different subsets under one version.
+type bodyCache[R comparable] struct {
 	mu      sync.Mutex
-	entries [bodyCacheEntries]bodyEntry
+	entries [bodyCacheEntries]bodyEntry[R]
 	next    int
 }
 
-type bodyEntry struct {
+type bodyEntry[R comparable] struct {
 	version, typeURL string
-	resources        []*anypb.Any
+	resources        []R
 	body             []byte
 }
 
-func (e *bodyEntry) matches(r *discoveryv3.DiscoveryResponse) bool {
-	return e.body != nil && e.version == r.VersionInfo && e.typeURL == r.TypeUrl && slices.Equal(e.resources, r.Resources)
-}
-
-// body returns the bytes of r's version and resources, as appendResponse writes them,
-// from the cache or written now. The caller must not modify them. It marshals under the
-// lock, so that the streams of a push that ask at once wait for one copy rather than
-// each making its own.
-func (c *bodyCache) body(r *discoveryv3.DiscoveryResponse) []byte {
+// body returns the bytes of a response's version and resources, from the cache or
+// written now by write. The caller must not modify them. It writes under the lock, so
+// that the streams of a push that ask at once wait for one copy rather than each making
+// its own.
+func (c *bodyCache[R]) body(version, typeURL string, resources []R, write func() []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range c.entries {
-		if c.entries[i].matches(r) {
-			return c.entries[i].body
+		e := &c.entries[i]
+		if e.body != nil && e.version == version && e.typeURL == typeURL && slices.Equal(e.resources, resources) {
+			return e.body
 		}
 	}
-	body := appendBody(make([]byte, 0, bodySize(r)), r)
-	c.entries[c.next] = bodyEntry{version: r.VersionInfo, typeURL: r.TypeUrl, resources: r.Resources, body: body}
+	body := write()
+	c.entries[c.next] = bodyEntry[R]{version: version, typeURL: typeURL, resources: resources, body: body}
 	c.next = (c.next + 1) % len(c.entries)
 	return body
 }
@@ -336,10 +362,6 @@ func bodySize(r *discoveryv3.DiscoveryResponse) int {
 	return n
 }
 
-func responseSize(r *discoveryv3.DiscoveryResponse) int {
-	return bodySize(r) + sizeString(len(r.TypeUrl)) + sizeString(len(r.Nonce))
-}
-
 func appendString(b []byte, num protowire.Number, s string) []byte {
 	if s == "" {
 		return b
@@ -348,16 +370,9 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	return protowire.AppendString(b, s)
 }
 
-// appendResponse appends r as proto.Marshal writes it: fields in number order, empty
-// proto3 scalars left out, each resource an embedded Any (type_url, then value).
-func appendResponse(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
-	b = appendBody(b, r)
-	b = appendString(b, fieldTypeURL, r.TypeUrl)
-	return appendString(b, fieldNonce, r.Nonce)
-}
-
-// appendBody appends the fields of r that come before its type URL: the version and the
-// resources.
+// appendBody appends the fields of r that come before its type URL, as proto.Marshal
+// writes them (fields in number order, empty proto3 scalars left out, each resource an
+// embedded Any: type_url, then value): the version and the resources.
 func appendBody(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
 	b = appendString(b, fieldVersionInfo, r.VersionInfo)
 	for _, a := range r.Resources {
@@ -368,6 +383,99 @@ func appendBody(b []byte, r *discoveryv3.DiscoveryResponse) []byte {
 			b = protowire.AppendTag(b, fieldAnyValue, protowire.BytesType)
 			b = protowire.AppendBytes(b, a.Value)
 		}
+	}
+	return b
+}
+
+// DeltaDiscoveryResponse field numbers, and Resource's.
+const (
+	fieldDeltaSystemVersion protowire.Number = 1
+	fieldDeltaResources     protowire.Number = 2
+	fieldDeltaTypeURL       protowire.Number = 4
+	fieldDeltaNonce         protowire.Number = 5
+	fieldDeltaRemoved       protowire.Number = 6
+	fieldResourceVersion    protowire.Number = 1
+	fieldResourceAny        protowire.Number = 2
+	fieldResourceName       protowire.Number = 3
+)
+
+// plainDeltaResponse reports whether r holds only what the delta fast path writes:
+// version, type URL, nonce, removed names, and resources that have only a name, a
+// version and an Any, none with unknown fields. Anything else goes through the proto
+// codec.
+func plainDeltaResponse(r *discoveryv3.DeltaDiscoveryResponse) bool {
+	if r.ControlPlane != nil || len(r.RemovedResourceNames) > 0 || len(r.ResourceErrors) > 0 || len(r.ProtoReflect().GetUnknown()) > 0 {
+		return false
+	}
+	for _, w := range r.Resources {
+		if w == nil || w.ResourceName != nil || len(w.Aliases) > 0 || w.Ttl != nil || w.CacheControl != nil || w.Metadata != nil ||
+			len(w.ProtoReflect().GetUnknown()) > 0 || (w.Resource != nil && len(w.Resource.ProtoReflect().GetUnknown()) > 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// deltaResourceSize is the size of w as an embedded message: version, Any, name, in
+// field number order as proto.Marshal writes them.
+func deltaResourceSize(w *discoveryv3.Resource) int {
+	n := sizeString(len(w.Version)) + sizeString(len(w.Name))
+	if a := w.Resource; a != nil {
+		s := anySize(a.TypeUrl, a.Value)
+		n += 1 + protowire.SizeVarint(uint64(s)) + s
+	}
+	return n
+}
+
+// deltaBodySize is the size of what appendDeltaBody writes.
+func deltaBodySize(r *discoveryv3.DeltaDiscoveryResponse) int {
+	n := sizeString(len(r.SystemVersionInfo))
+	for _, w := range r.Resources {
+		s := deltaResourceSize(w)
+		n += 1 + protowire.SizeVarint(uint64(s)) + s
+	}
+	return n
+}
+
+// appendDeltaBody appends the fields of r that come before its type URL: the system
+// version and the resources.
+func appendDeltaBody(b []byte, r *discoveryv3.DeltaDiscoveryResponse) []byte {
+	b = appendString(b, fieldDeltaSystemVersion, r.SystemVersionInfo)
+	for _, w := range r.Resources {
+		b = protowire.AppendTag(b, fieldDeltaResources, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(deltaResourceSize(w)))
+		b = appendString(b, fieldResourceVersion, w.Version)
+		if a := w.Resource; a != nil {
+			b = protowire.AppendTag(b, fieldResourceAny, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(anySize(a.TypeUrl, a.Value)))
+			b = appendString(b, fieldAnyTypeURL, a.TypeUrl)
+			if len(a.Value) > 0 {
+				b = protowire.AppendTag(b, fieldAnyValue, protowire.BytesType)
+				b = protowire.AppendBytes(b, a.Value)
+			}
+		}
+		b = appendString(b, fieldResourceName, w.Name)
+	}
+	return b
+}
+
+// deltaTailSize is the size of what appendDeltaTail writes.
+func deltaTailSize(r *discoveryv3.DeltaDiscoveryResponse) int {
+	n := sizeString(len(r.TypeUrl)) + sizeString(len(r.Nonce))
+	for _, name := range r.RemovedResources {
+		n += 1 + protowire.SizeVarint(uint64(len(name))) + len(name)
+	}
+	return n
+}
+
+// appendDeltaTail appends the fields of r after its resources: type URL, nonce, and the
+// removed names (each written even when empty, as for any repeated string).
+func appendDeltaTail(b []byte, r *discoveryv3.DeltaDiscoveryResponse) []byte {
+	b = appendString(b, fieldDeltaTypeURL, r.TypeUrl)
+	b = appendString(b, fieldDeltaNonce, r.Nonce)
+	for _, name := range r.RemovedResources {
+		b = protowire.AppendTag(b, fieldDeltaRemoved, protowire.BytesType)
+		b = protowire.AppendString(b, name)
 	}
 	return b
 }

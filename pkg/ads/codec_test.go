@@ -249,3 +249,116 @@ func TestCodecMemory(t *testing.T) {
 		bs.Free()
 	}
 }
+
+// TestDeltaCodecBytes holds the delta fast path to proto.Marshal's bytes, as
+// TestCodecBytes does for state of the world.
+func TestDeltaCodecBytes(t *testing.T) {
+	big := wrapper(res(t, resource.Endpoint, "big", strings.Repeat("x", 70000)))
+	small := wrapper(res(t, resource.Endpoint, "small", "y"))
+	var many []*discoveryv3.Resource
+	for i := range 3000 {
+		many = append(many, wrapper(res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat("z", i%300))))
+	}
+	cases := map[string]*discoveryv3.DeltaDiscoveryResponse{
+		"empty":              {},
+		"no resources":       {SystemVersionInfo: "v1", TypeUrl: resource.Cluster.URL(), Nonce: "1"},
+		"one":                {SystemVersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "12", Resources: []*discoveryv3.Resource{small}},
+		"large (shared)":     {SystemVersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "99999", Resources: []*discoveryv3.Resource{big, small}, RemovedResources: []string{"gone", "went"}},
+		"many":               {SystemVersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", Resources: many},
+		"removed only":       {SystemVersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "7", RemovedResources: []string{"a", ""}},
+		"no any":             {Resources: []*discoveryv3.Resource{{Name: "n", Version: "h"}}},
+		"empty any":          {Resources: []*discoveryv3.Resource{{Name: "n", Resource: &anypb.Any{}}}},
+		"empty resource":     {Resources: []*discoveryv3.Resource{{}}},
+		"aliases (fallback)": {Resources: []*discoveryv3.Resource{{Name: "n", Aliases: []string{"m"}}}},
+		"control plane":      {SystemVersionInfo: "v", ControlPlane: &corev3.ControlPlane{Identifier: "bearkong"}},
+		"removed names":      {RemovedResourceNames: []*discoveryv3.ResourceName{{Name: "x"}}},
+		"unknown any fields": {Resources: []*discoveryv3.Resource{{Name: "n", Resource: withUnknown(small.Resource)}}},
+	}
+	for name, resp := range cases {
+		t.Run(name, func(t *testing.T) {
+			want, err := proto.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bs, err := codec{}.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := bs.Materialize()
+			bs.Free()
+			if !bytes.Equal(got, want) {
+				t.Fatalf("codec wrote %d bytes, proto.Marshal %d; they differ", len(got), len(want))
+			}
+			var back discoveryv3.DeltaDiscoveryResponse
+			if err := proto.Unmarshal(got, &back); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmpDiff(resp, &back); d != "" {
+				t.Fatalf("round trip (-sent +decoded):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestDeltaCodecMemory: a delta push (or the initial sync of many proxies) sends the same
+// resources to every proxy that needs them. As for state of the world, the bytes held for
+// those responses must not grow with the number of proxies.
+func TestDeltaCodecMemory(t *testing.T) {
+	const streams, resources, size = 64, 256, 4 << 10 // a 1 MiB response to 64 proxies
+	var rs []*resource.Resource
+	for i := range resources {
+		rs = append(rs, res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat(string(rune('a'+i%26)), size)))
+	}
+	respond := func(nonce int, rs []*resource.Resource, removed ...string) *discoveryv3.DeltaDiscoveryResponse {
+		// Each stream builds its own response and list (deltaSession.respond), with the
+		// shared wrappers.
+		resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "v1", TypeUrl: resource.Cluster.URL(),
+			Nonce: strconv.Itoa(nonce), RemovedResources: removed}
+		for _, r := range rs {
+			resp.Resources = append(resp.Resources, wrapper(r))
+		}
+		return resp
+	}
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	base := heap()
+	var inFlight []mem.BufferSlice
+	for i := range streams {
+		bs, err := codec{}.Marshal(respond(i, rs, "gone-"+strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inFlight = append(inFlight, bs)
+	}
+	held := heap() - base
+	for i, bs := range inFlight {
+		if want, _ := proto.Marshal(respond(i, rs, "gone-"+strconv.Itoa(i))); !bytes.Equal(bs.Materialize(), want) {
+			t.Fatalf("stream %d: the codec's bytes differ from proto.Marshal's", i)
+		}
+		bs.Free()
+	}
+	inFlight = nil
+	retained := heap() - base
+	const bound = 4 << 20 // a few copies of the 1 MiB response, not one per stream
+	if held > bound || retained > bound {
+		t.Fatalf("%d streams of a %d KiB response: %d KiB held while in flight, %d KiB after they were written; want both under %d KiB",
+			streams, resources*size>>10, held>>10, retained>>10, bound>>10)
+	}
+	// Other resources under the same version are other bytes.
+	for i, sub := range [][]*resource.Resource{rs[:10], rs[1:], {rs[3], rs[2]}} {
+		resp := respond(1000+i, sub)
+		bs, err := codec{}.Marshal(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := proto.Marshal(resp); !bytes.Equal(bs.Materialize(), want) {
+			t.Fatalf("subset %d: the codec's bytes differ from proto.Marshal's", i)
+		}
+		bs.Free()
+	}
+	runtime.KeepAlive(rs)
+}
