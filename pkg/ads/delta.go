@@ -107,19 +107,39 @@ func (ts *deltaType) needs(r *resource.Resource) bool {
 // setHeld records that the client holds hash of name ("" for nothing), until the next
 // reconcile.
 func (ts *deltaType) setHeld(name, hash string) {
+	ts.dirty = true
+	if hash == "" {
+		if _, ok := ts.override[name]; !ok {
+			if _, ok := ts.sentView.Get(name); !ok {
+				// Nothing says the client holds it, whatever the subscription becomes:
+				// no entry needed. This is every name of a first subscription, which
+				// would otherwise cost a map entry per subscribed name per proxy.
+				return
+			}
+		}
+	}
 	if ts.override == nil {
 		ts.override = map[string]string{}
 	}
 	ts.override[name] = hash
-	ts.dirty = true
 }
 
-func (ts *deltaType) mustAnswer(name string) {
+// mustAnswer records that the next reconcile must answer name: send it, or name it in
+// removed_resources. view is the config the session has now (nil before the first): a
+// name it holds and the client does not is sent anyway, so only the others need an entry.
+func (ts *deltaType) mustAnswer(name string, view resource.View) {
+	ts.dirty = true
+	if view != nil {
+		if _, ok := view.Get(name); ok {
+			if _, held := ts.held(name); !held {
+				return
+			}
+		}
+	}
 	if ts.answer == nil {
 		ts.answer = map[string]struct{}{}
 	}
 	ts.answer[name] = struct{}{}
-	ts.dirty = true
 }
 
 // deltaSession is the protocol state of one delta ADS stream, free of gRPC so that it can
@@ -228,7 +248,7 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		for _, n := range add {
 			// Sent again even if held: the client may have dropped it.
 			ts.setHeld(n, "")
-			ts.mustAnswer(n)
+			ts.mustAnswer(n, s.view(t))
 		}
 		// mergeNames returns a new list or one of its own: the old list is not modified.
 		ts.sub.names = mergeNames(ts.sub.names, add)
@@ -249,7 +269,7 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 				// Still covered by the wildcard, but the client cannot know whether to
 				// keep it: answer it.
 				ts.setHeld(n, "")
-				ts.mustAnswer(n)
+				ts.mustAnswer(n, s.view(t))
 				continue
 			}
 			// Envoy drops what it unsubscribes from: forgotten (no longer covered), so
@@ -586,3 +606,11 @@ func (p *delta) stats(t resource.Type) *typeStats { return &p.sess.types[t].type
 func (p *delta) subscribed(t resource.Type) []string { return p.sess.types[t].subscribed() }
 
 func (ts *deltaType) subscribed() []string { return subscriptionNames(ts.sub) }
+
+// view returns the session's current view of type t, nil before the first config.
+func (s *deltaSession) view(t resource.Type) resource.View {
+	if s.cur == nil {
+		return nil
+	}
+	return s.cur.Views[t]
+}
