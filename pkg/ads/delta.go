@@ -56,6 +56,10 @@ type deltaType struct {
 	// name to the content hash held, "" for nothing (it subscribed again and may have
 	// dropped it, or the wildcard newly covers it). It wins over sentView. nil when empty.
 	override map[string]string
+	// unheld lists (sorted) names the client subscribed to since the last reconcile: it
+	// holds none of them, whatever sentView says (it did not cover them). One list
+	// rather than an override entry per name: a first subscription names every cluster.
+	unheld []string
 	// answer lists names that the next reconcile must answer: sent if they exist and are
 	// covered, else named in removed_resources. A name that does not exist is said not
 	// to (xds_protocol#knowing-when-a-requested-resource-does-not-exist, for the
@@ -90,6 +94,9 @@ func (ts *deltaType) held(name string) (string, bool) {
 	if h, ok := ts.override[name]; ok {
 		return h, h != ""
 	}
+	if _, ok := slices.BinarySearch(ts.unheld, name); ok {
+		return "", false
+	}
 	if ts.sub.has(name) {
 		if r, ok := ts.sentView.Get(name); ok {
 			return r.Hash, true
@@ -108,16 +115,6 @@ func (ts *deltaType) needs(r *resource.Resource) bool {
 // reconcile.
 func (ts *deltaType) setHeld(name, hash string) {
 	ts.dirty = true
-	if hash == "" {
-		if _, ok := ts.override[name]; !ok {
-			if _, ok := ts.sentView.Get(name); !ok {
-				// Nothing says the client holds it, whatever the subscription becomes:
-				// no entry needed. This is every name of a first subscription, which
-				// would otherwise cost a map entry per subscribed name per proxy.
-				return
-			}
-		}
-	}
 	if ts.override == nil {
 		ts.override = map[string]string{}
 	}
@@ -245,9 +242,13 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 	fresh := false
 	if add := normalizeNames(sub); len(add) > 0 {
 		fresh = true
+		// Sent again even if held: the client may have dropped it.
 		for _, n := range add {
-			// Sent again even if held: the client may have dropped it.
-			ts.setHeld(n, "")
+			delete(ts.override, n)
+		}
+		ts.unheld = mergeNames(ts.unheld, add)
+		ts.dirty = true
+		for _, n := range add {
 			ts.mustAnswer(n, s.view(t))
 		}
 		// mergeNames returns a new list or one of its own: the old list is not modified.
@@ -412,7 +413,12 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			}
 		}
 	} else {
-		for _, r := range subscribed(ts.sub, v) {
+		covered := subscribed(ts.sub, v)
+		if ts.sentView == nil {
+			// The first reconcile sends nearly everything covered.
+			send = make([]*resource.Resource, 0, len(covered))
+		}
+		for _, r := range covered {
 			if ts.needs(r) {
 				send = append(send, r)
 			}
@@ -461,7 +467,7 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	for _, n := range removed {
 		delete(ts.rejected, n)
 	}
-	ts.override, ts.answer, ts.refresh = nil, nil, nil
+	ts.override, ts.unheld, ts.answer, ts.refresh = nil, nil, nil, nil
 	ts.dirty = false
 	ts.sentView = v
 	return send, removed
