@@ -57,10 +57,17 @@ var protoCodec = encoding.GetCodecV2(grpcproto.Name)
 func (codec) Name() string { return grpcproto.Name }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if r, ok := v.(*discoveryv3.DiscoveryRequest); ok {
+	switch r := v.(type) {
+	case *discoveryv3.DiscoveryRequest:
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
 		if ok, err := unmarshalRequest(buf.ReadOnlyData(), r); ok {
+			return err
+		}
+	case *discoveryv3.DeltaDiscoveryRequest:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		if ok, err := unmarshalDeltaRequest(buf.ReadOnlyData(), r); ok {
 			return err
 		}
 	}
@@ -230,10 +237,7 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 			if s, ok := lookup.Name(v); ok {
 				return s, nil
 			}
-			if !utf8.Valid(v) {
-				return "", errInvalidUTF8
-			}
-			return string(v), nil
+			return utf8String(v)
 		}
 		for len(b) > 0 && err == nil {
 			num, _, n := protowire.ConsumeTag(b)
@@ -299,7 +303,147 @@ func sameNames(b []byte, list resource.NameList) bool {
 	return count == n
 }
 
-var errInvalidUTF8 = errors.New("proto: DiscoveryRequest: string field contains invalid UTF-8")
+// DeltaDiscoveryRequest field numbers, and those of its initial_resource_versions
+// entries.
+const (
+	fieldDeltaReqNode        protowire.Number = 1
+	fieldDeltaReqTypeURL     protowire.Number = 2
+	fieldDeltaReqSubscribe   protowire.Number = 3
+	fieldDeltaReqUnsubscribe protowire.Number = 4
+	fieldDeltaReqInitial     protowire.Number = 5
+	fieldDeltaReqNonce       protowire.Number = 6
+	fieldDeltaReqErrorDetail protowire.Number = 7
+	fieldMapKey              protowire.Number = 1
+	fieldMapValue            protowire.Number = 2
+)
+
+// unmarshalDeltaRequest decodes b into r (which it resets) as proto.Unmarshal does,
+// except that resource names and type URLs that bearkong knows are not allocated again
+// (see unmarshalRequest). It reports false, having done nothing, for a request with any
+// field it does not handle (resource locators, unknown fields): the proto codec takes
+// those.
+//
+// Why: Envoy's first delta requests subscribe to every cluster's assignment and every
+// route configuration, and a reconnecting Envoy lists all it holds in
+// initial_resource_versions: a string per name per proxy, the largest allocation of a
+// fleet's initial sync after the responses.
+func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool, error) {
+	subs, unsubs, initial := 0, 0, 0
+	for rest := b; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 || typ != protowire.BytesType || num < fieldDeltaReqNode || num > fieldDeltaReqErrorDetail {
+			return false, nil
+		}
+		rest = rest[n:]
+		v, n := protowire.ConsumeBytes(rest)
+		if n < 0 {
+			return false, nil
+		}
+		rest = rest[n:]
+		switch num {
+		case fieldDeltaReqSubscribe:
+			subs++
+		case fieldDeltaReqUnsubscribe:
+			unsubs++
+		case fieldDeltaReqInitial:
+			if !plainMapEntry(v) {
+				return false, nil
+			}
+			initial++
+		}
+	}
+	r.Reset()
+	if subs > 0 {
+		r.ResourceNamesSubscribe = make([]string, 0, subs)
+	}
+	if unsubs > 0 {
+		r.ResourceNamesUnsubscribe = make([]string, 0, unsubs)
+	}
+	if initial > 0 {
+		r.InitialResourceVersions = make(map[string]string, initial)
+	}
+	var err error
+	resource.LookupNames(func(lookup resource.NameLookup) {
+		name := func(v []byte) (string, error) {
+			if s, ok := lookup.Name(v); ok {
+				return s, nil
+			}
+			return utf8String(v)
+		}
+		for len(b) > 0 && err == nil {
+			num, _, n := protowire.ConsumeTag(b)
+			b = b[n:]
+			v, n := protowire.ConsumeBytes(b)
+			b = b[n:]
+			var s string
+			switch num {
+			case fieldDeltaReqTypeURL:
+				r.TypeUrl, err = typeURL(v)
+			case fieldDeltaReqSubscribe:
+				if s, err = name(v); err == nil {
+					r.ResourceNamesSubscribe = append(r.ResourceNamesSubscribe, s)
+				}
+			case fieldDeltaReqUnsubscribe:
+				if s, err = name(v); err == nil {
+					r.ResourceNamesUnsubscribe = append(r.ResourceNamesUnsubscribe, s)
+				}
+			case fieldDeltaReqInitial:
+				var key, value string
+				for len(v) > 0 && err == nil {
+					num, _, n := protowire.ConsumeTag(v)
+					v = v[n:]
+					f, n := protowire.ConsumeBytes(v)
+					v = v[n:]
+					if num == fieldMapKey {
+						key, err = name(f)
+					} else {
+						value, err = utf8String(f)
+					}
+				}
+				r.InitialResourceVersions[key] = value
+			case fieldDeltaReqNonce:
+				r.ResponseNonce, err = utf8String(v)
+			case fieldDeltaReqNode:
+				if r.Node == nil {
+					r.Node = &corev3.Node{}
+				}
+				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.Node)
+			case fieldDeltaReqErrorDetail:
+				if r.ErrorDetail == nil {
+					r.ErrorDetail = &status.Status{}
+				}
+				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.ErrorDetail)
+			}
+		}
+	})
+	return true, err
+}
+
+// plainMapEntry reports whether b is a well-formed map<string, string> entry with only
+// its key and value fields.
+func plainMapEntry(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
+			return false
+		}
+		b = b[n:]
+		if _, n = protowire.ConsumeBytes(b); n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+func utf8String(v []byte) (string, error) {
+	if !utf8.Valid(v) {
+		return "", errInvalidUTF8
+	}
+	return string(v), nil
+}
+
+var errInvalidUTF8 = errors.New("proto: string field contains invalid UTF-8")
 
 // typeURL returns the type URL in v, without allocating for the types bearkong serves.
 func typeURL(v []byte) (string, error) {
@@ -308,10 +452,7 @@ func typeURL(v []byte) (string, error) {
 			return t.URL(), nil
 		}
 	}
-	if !utf8.Valid(v) {
-		return "", errInvalidUTF8
-	}
-	return string(v), nil
+	return utf8String(v)
 }
 
 // DiscoveryResponse field numbers, and Any's.

@@ -362,3 +362,93 @@ func TestDeltaCodecMemory(t *testing.T) {
 	}
 	runtime.KeepAlive(rs)
 }
+
+// TestCodecDeltaRequests holds the delta request fast path to proto.Unmarshal's result,
+// and checks that known names are the sets' own strings: Envoy's first EDS and RDS
+// requests subscribe to every cluster and route configuration.
+func TestCodecDeltaRequests(t *testing.T) {
+	known := resource.NewSet(res(t, resource.Endpoint, "app-1.default", "1"), res(t, resource.Endpoint, "app-2.default", "1"))
+	defer runtimeKeepAlive(known)
+	node := &corev3.Node{Id: "a.default", Cluster: "mesh"}
+	entry := func(fields ...[]byte) []byte { return bytes.Join(fields, nil) }
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
+	}
+	cases := map[string]*discoveryv3.DeltaDiscoveryRequest{
+		"empty":       {},
+		"first":       {Node: node, TypeUrl: resource.Cluster.URL()},
+		"subscribe":   {TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"app-2.default", "app-1.default", "nope", "ünïcode", ""}},
+		"unsubscribe": {TypeUrl: resource.Endpoint.URL(), ResponseNonce: "4", ResourceNamesUnsubscribe: []string{"app-1.default", "*"}},
+		"ack":         {TypeUrl: resource.Endpoint.URL(), ResponseNonce: "17"},
+		"nack":        {TypeUrl: resource.Route.URL(), ResponseNonce: "4", ErrorDetail: &status.Status{Code: 3, Message: "bad"}},
+		"reconnect": {Node: node, TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"app-1.default", "app-2.default"},
+			InitialResourceVersions: map[string]string{"app-1.default": "h1", "app-2.default": "h2", "gone": "", "": "x"}},
+		"locators": {TypeUrl: resource.Endpoint.URL(), ResourceLocatorsSubscribe: []*discoveryv3.ResourceLocator{{Name: "x"}}},
+	}
+	raw := map[string][]byte{}
+	for name, in := range cases {
+		b, err := proto.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw[name] = b
+	}
+	// Map entries as other encoders may write them: value before key, a key given twice
+	// (the last wins), an entry with neither.
+	raw["map entry forms"] = slices.Concat(
+		protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), entry(str(2, "v1"), str(1, "app-1.default"))),
+		protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), entry(str(1, "k"), str(2, "a"), str(1, "app-2.default"))),
+		protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), nil),
+		str(2, resource.Endpoint.URL()))
+	for name, b := range raw {
+		t.Run(name, func(t *testing.T) {
+			want := &discoveryv3.DeltaDiscoveryRequest{}
+			if err := proto.Unmarshal(b, want); err != nil {
+				t.Fatal(err)
+			}
+			out := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: "stale", ResourceNamesSubscribe: []string{"stale"}, InitialResourceVersions: map[string]string{"stale": "1"}}
+			if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, out); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmpDiff(want, out); d != "" {
+				t.Fatalf("(-proto.Unmarshal +codec):\n%s", d)
+			}
+			for _, n := range slices.Concat(out.ResourceNamesSubscribe, out.ResourceNamesUnsubscribe) {
+				if i, ok := slices.BinarySearch(known.Names(), n); ok && unsafe.StringData(n) != unsafe.StringData(known.Names()[i]) {
+					t.Errorf("name %q was allocated again", n)
+				}
+			}
+		})
+	}
+	bad := protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "\xff")
+	if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &discoveryv3.DeltaDiscoveryRequest{}); err == nil {
+		t.Fatal("invalid UTF-8 in a resource name was accepted")
+	}
+}
+
+// FuzzCodecDeltaRequest: whatever the bytes, the codec decodes a delta request as
+// proto.Unmarshal does, or fails where it fails.
+func FuzzCodecDeltaRequest(f *testing.F) {
+	for _, in := range []*discoveryv3.DeltaDiscoveryRequest{
+		{Node: &corev3.Node{Id: "a.default"}, TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"a", "b"}},
+		{ResponseNonce: "3", ResourceNamesUnsubscribe: []string{"*"}, ErrorDetail: &status.Status{Message: "x"}},
+		{InitialResourceVersions: map[string]string{"a": "1", "": ""}},
+	} {
+		b, _ := proto.Marshal(in)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := &discoveryv3.DeltaDiscoveryRequest{}
+		werr := proto.Unmarshal(b, want)
+		got := &discoveryv3.DeltaDiscoveryRequest{}
+		gerr := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("proto.Unmarshal: %v; codec: %v", werr, gerr)
+		}
+		if werr == nil {
+			if d := cmpDiff(want, got); d != "" {
+				t.Fatalf("(-proto.Unmarshal +codec):\n%s", d)
+			}
+		}
+	})
+}
