@@ -134,9 +134,9 @@ var (
 const bodyCacheEntries = 16
 
 // bodyCache finds a response's body by content: same version, same type, and the same
-// resources, compared by identity. A snapshot's resources (and the delta wrappers, one
-// per live resource, see wrapper) are immutable and the cache keeps the ones it compares
-// alive, so an identical list of pointers is identical bytes. The version alone is not
+// resources, compared by identity. A snapshot's resources (and their delta forms, one
+// per resource, see resource.Resource.Delta) are immutable and the cache keeps the ones
+// it compares alive, so an identical list of pointers is identical bytes. The version alone is not
 // enough: EDS and RDS responses, and every delta response, name only what changed, so
 // two streams may get different subsets under one version.
 type bodyCache[R comparable] struct {

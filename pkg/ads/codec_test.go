@@ -253,11 +253,11 @@ func TestCodecMemory(t *testing.T) {
 // TestDeltaCodecBytes holds the delta fast path to proto.Marshal's bytes, as
 // TestCodecBytes does for state of the world.
 func TestDeltaCodecBytes(t *testing.T) {
-	big := wrapper(res(t, resource.Endpoint, "big", strings.Repeat("x", 70000)))
-	small := wrapper(res(t, resource.Endpoint, "small", "y"))
+	big := res(t, resource.Endpoint, "big", strings.Repeat("x", 70000)).Delta()
+	small := res(t, resource.Endpoint, "small", "y").Delta()
 	var many []*discoveryv3.Resource
 	for i := range 3000 {
-		many = append(many, wrapper(res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat("z", i%300))))
+		many = append(many, res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat("z", i%300)).Delta())
 	}
 	cases := map[string]*discoveryv3.DeltaDiscoveryResponse{
 		"empty":              {},
@@ -311,11 +311,11 @@ func TestDeltaCodecMemory(t *testing.T) {
 	}
 	respond := func(nonce int, rs []*resource.Resource, removed ...string) *discoveryv3.DeltaDiscoveryResponse {
 		// Each stream builds its own response and list (deltaSession.respond), with the
-		// shared wrappers.
+		// resources' shared delta forms.
 		resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "v1", TypeUrl: resource.Cluster.URL(),
 			Nonce: strconv.Itoa(nonce), RemovedResources: removed}
 		for _, r := range rs {
-			resp.Resources = append(resp.Resources, wrapper(r))
+			resp.Resources = append(resp.Resources, r.Delta())
 		}
 		return resp
 	}

@@ -1,13 +1,10 @@
 package ads
 
 import (
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
-	"weak"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
@@ -520,27 +517,6 @@ func goneNames(old, v resource.View) []string {
 	return out
 }
 
-// wrappers holds each live resource's delta wrapper (name, version, Any), so that the
-// responses of a push to thousands of proxies share one per resource instead of making
-// one each; an entry goes when its resource does. The wrappers are read-only once made.
-var wrappers sync.Map // weak.Pointer[resource.Resource] -> *discoveryv3.Resource
-
-// wrapper returns r as a delta Resource: its version is its content hash, the same on
-// every replica and after every restart, which is what initial_resource_versions is
-// compared with.
-func wrapper(r *resource.Resource) *discoveryv3.Resource {
-	k := weak.Make(r)
-	if w, ok := wrappers.Load(k); ok {
-		return w.(*discoveryv3.Resource)
-	}
-	w := &discoveryv3.Resource{Name: r.Name, Version: r.Hash, Resource: r.Any}
-	if prev, loaded := wrappers.LoadOrStore(k, w); loaded {
-		return prev.(*discoveryv3.Resource)
-	}
-	runtime.AddCleanup(r, func(k weak.Pointer[resource.Resource]) { wrappers.Delete(k) }, k)
-	return w
-}
-
 func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
 	s.nonce++
 	version := s.cur.Views[t].Version()
@@ -554,7 +530,7 @@ func (s *deltaSession) respond(t resource.Type, ts *deltaType, send []*resource.
 	}
 	size := 0
 	for _, r := range send {
-		resp.Resources = append(resp.Resources, wrapper(r))
+		resp.Resources = append(resp.Resources, r.Delta())
 		size += len(r.Any.Value)
 	}
 	if len(ts.pending) == maxPending {

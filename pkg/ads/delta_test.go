@@ -1,11 +1,9 @@
 package ads
 
 import (
-	"runtime"
 	"slices"
 	"testing"
 	"time"
-	"weak"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -458,24 +456,4 @@ func TestDeltaSession(t *testing.T) {
 		// Envoy then subscribes to the new cluster's assignment.
 		drun(t, s, []dstep{{req: dreq(resource.Endpoint, "", "c"), wantKind: Update, want: []dsent{{typ: resource.Endpoint, sent: []string{"c=1"}}}}})
 	})
-}
-
-// TestDeltaWrappersGoWithTheirResources: the wrappers that the responses of a push share
-// are held only while their resource lives, so that they do not pile up over snapshots.
-func TestDeltaWrappersGoWithTheirResources(t *testing.T) {
-	r := res(t, resource.Cluster, "short-lived", "1")
-	w := wrapper(r)
-	if w2 := wrapper(r); w2 != w || w.Name != "short-lived" || w.Version != r.Hash || w.Resource != r.Any {
-		t.Fatalf("wrapper: %+v, then %p (first %p)", w, w2, w)
-	}
-	k := weak.Make(r)
-	r = nil
-	for range 100 {
-		runtime.GC()
-		if _, ok := wrappers.Load(k); !ok {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("the wrapper of a dead resource is still held after 100 GCs")
 }

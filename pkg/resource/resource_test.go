@@ -76,3 +76,16 @@ func TestSetAndView(t *testing.T) {
 		t.Fatal("ScopedRoute: a wildcard type, between LDS and RDS in push order")
 	}
 }
+
+// TestDelta: a resource's incremental xDS form carries its name, its content hash as its
+// version and its bytes, and is made once, shared by every response.
+func TestDelta(t *testing.T) {
+	r, err := New(Cluster, "a", wrapperspb.String("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := r.Delta()
+	if w2 := r.Delta(); w2 != w || w.Name != "a" || w.Version != r.Hash || w.Resource != r.Any {
+		t.Fatalf("Delta: %+v, then %p (first %p)", w, w2, w)
+	}
+}
