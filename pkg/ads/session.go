@@ -396,7 +396,7 @@ func (s *session) reconcile() []*discoveryv3.DiscoveryResponse {
 // returned as a function, for the caller to build and send after the listeners and
 // routes.
 func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.DiscoveryResponse)) (final func() *discoveryv3.DiscoveryResponse) {
-	v := s.cur.Views[resource.Cluster]
+	v := s.view(resource.Cluster)
 	version := v.Version()
 	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil && version == ts.sentView.Version() {
 		return nil
@@ -427,6 +427,16 @@ func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.Discove
 	}
 	add(s.respond(resource.Cluster, ts, keepVersion(version, send), send))
 	return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
+}
+
+// view returns the current config's view of t. A config without one has no resources
+// of t: the view is then empty but not nil, since a nil sentView means that nothing was
+// sent (a wildcard subscription would be answered again on every reconcile).
+func (s *session) view(t resource.Type) resource.View {
+	if v := s.cur.Views[t]; v != nil {
+		return v
+	}
+	return resource.View{}
 }
 
 // changedNames lists, sorted, the resources of v in the subscription that the proxy does
@@ -507,7 +517,7 @@ func keepVersion(version string, rs []*resource.Resource) string {
 
 // reconcileFull handles LDS and CDS, whose responses carry every subscribed resource.
 func (s *session) reconcileFull(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
-	v := s.cur.Views[t]
+	v := s.view(t)
 	version := v.Version()
 	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil {
 		if version == ts.sentView.Version() {
@@ -528,7 +538,7 @@ func (s *session) reconcileFull(t resource.Type, ts *typeState) *discoveryv3.Dis
 // reconcileNamed handles EDS and RDS, whose responses carry only the resources that need
 // sending: new, changed, newly subscribed, or queued in refresh.
 func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
-	v := s.cur.Views[t]
+	v := s.view(t)
 	version := v.Version()
 	full := ts.needFull || ts.sentView == nil
 	sameSub := ts.sub.same(ts.sentSub)
