@@ -234,12 +234,16 @@ func (s *Set) Get(name string) (*Resource, bool) {
 // proxies and one of the proxy's own. Names must not repeat across the sets of a view.
 type View []*Set
 
+// emptyVersion is the version of a view with no sets: that of an empty set, worked out
+// once rather than for every request that a proxy sends for a type it has none of.
+var emptyVersion = NewSet().Version()
+
 // Version combines the versions of the sets. It changes when any resource in the view
 // changes, is added or is removed.
 func (v View) Version() string {
 	switch len(v) {
 	case 0:
-		return NewSet().Version()
+		return emptyVersion
 	case 1:
 		return v[0].Version()
 	}
