@@ -435,8 +435,9 @@ type Names struct {
 // List returns the names. The caller must not modify the slice.
 func (n Names) List() []string { return n.list }
 
-// CanonicalNames returns names, sorted and unique, in the form that costs its holder the
-// least memory of its own, given the view v the names are resolved against:
+// CanonicalNames returns names, which must be sorted and unique (a subscription's), in
+// the form that costs its holder the least memory of its own, given the view v the names
+// are resolved against:
 //   - the list of a set of v, when names are exactly that set's (EDS for every cluster);
 //   - a live shared list of the same names, whoever holds it (another proxy's
 //     subscription to the same union, a set of another view);
