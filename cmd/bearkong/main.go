@@ -218,6 +218,8 @@ func runCP(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("--leader-election-*: %w", err)
 		}
 	}
+	// Before the informers and the first push, which are what grows the heap.
+	setMemoryLimit(log, os.Getenv, defaultCgroupFiles)
 	client, gateway, err := discovery.NewClients(kubeOpts)
 	if err != nil {
 		return err

@@ -282,7 +282,7 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		s.wildcard(ts, false)
 	}
 	if s.cur != nil && fresh {
-		ts.sub.names = canonicalNames(s.cur.Views[t], ts.sub.names)
+		ts.sub.setNames(resource.CanonicalNames(s.cur.Views[t], ts.sub.names))
 	}
 	if first {
 		for n, v := range req.GetInitialResourceVersions() {

@@ -105,6 +105,17 @@ type subscription struct {
 	// names are the names asked for explicitly, sorted and unique, without "*". The
 	// slice is replaced, never modified in place, so debug views may share it.
 	names []string
+	// keep holds names' list in the index of live name lists when names is a shared
+	// list (see setNames), so that the request decoder hands that very list to the
+	// proxy's next requests. When names is replaced without setNames, keep may hold an
+	// older list for a while: that costs nothing but the list.
+	keep resource.Names
+}
+
+// setNames makes n the subscription's names, and keeps its list alive while the
+// subscription holds it.
+func (s *subscription) setNames(n resource.Names) {
+	s.names, s.keep = n.List(), n
 }
 
 func (s subscription) empty() bool { return !s.wildcard && len(s.names) == 0 }
@@ -320,39 +331,15 @@ func (s *session) subscribe(t resource.Type, ts *typeState, names []string) {
 	if sub.wildcard == ts.sub.wildcard && slices.Equal(sub.names, ts.sub.names) {
 		return
 	}
-	sub.names = s.canonicalNames(t, sub.names)
+	// A form that costs the session no memory of its own where possible: a list shared
+	// with the sets or with the other proxies that subscribe to the same names (EDS for
+	// every cluster; RDS for every Service and the inbound route configuration).
+	var v resource.View
+	if s.cur != nil {
+		v = s.cur.Views[t]
+	}
+	sub.setNames(resource.CanonicalNames(v, sub.names))
 	ts.sub = sub
-}
-
-// canonicalNames returns names (sorted, unique) in a form that costs the session no
-// memory of its own where possible: a set's own name list when the subscription is
-// exactly that set (the common case: EDS for every cluster), else a copy whose strings
-// are the resources' names rather than the request's.
-func (s *session) canonicalNames(t resource.Type, names []string) []string {
-	if s.cur == nil {
-		return names
-	}
-	return canonicalNames(s.cur.Views[t], names)
-}
-
-// canonicalNames returns names (sorted, unique) as a set of v holds them: the set's own
-// name list when names are exactly its names, else names with each string that v holds
-// replaced by v's. names may be modified.
-func canonicalNames(v resource.View, names []string) []string {
-	if len(names) == 0 {
-		return names
-	}
-	for _, set := range v {
-		if slices.Equal(names, set.Names()) {
-			return set.Names()
-		}
-	}
-	for i, n := range names {
-		if r, ok := v.Get(n); ok {
-			names[i] = r.Name
-		}
-	}
-	return names
 }
 
 // onConfig switches the session to a new config and returns the responses that bring the
@@ -409,7 +396,7 @@ func (s *session) reconcile() []*discoveryv3.DiscoveryResponse {
 // returned as a function, for the caller to build and send after the listeners and
 // routes.
 func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.DiscoveryResponse)) (final func() *discoveryv3.DiscoveryResponse) {
-	v := s.cur.Views[resource.Cluster]
+	v := s.view(resource.Cluster)
 	version := v.Version()
 	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil && version == ts.sentView.Version() {
 		return nil
@@ -440,6 +427,16 @@ func (s *session) reconcileClusters(ts *typeState, add func(*discoveryv3.Discove
 	}
 	add(s.respond(resource.Cluster, ts, keepVersion(version, send), send))
 	return func() *discoveryv3.DiscoveryResponse { return s.reconcileFull(resource.Cluster, ts) }
+}
+
+// view returns the current config's view of t. A config without one has no resources
+// of t: the view is then empty but not nil, since a nil sentView means that nothing was
+// sent (a wildcard subscription would be answered again on every reconcile).
+func (s *session) view(t resource.Type) resource.View {
+	if v := s.cur.Views[t]; v != nil {
+		return v
+	}
+	return resource.View{}
 }
 
 // changedNames lists, sorted, the resources of v in the subscription that the proxy does
@@ -520,7 +517,7 @@ func keepVersion(version string, rs []*resource.Resource) string {
 
 // reconcileFull handles LDS and CDS, whose responses carry every subscribed resource.
 func (s *session) reconcileFull(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
-	v := s.cur.Views[t]
+	v := s.view(t)
 	version := v.Version()
 	if !ts.needFull && ts.sub.same(ts.sentSub) && ts.sentView != nil {
 		if version == ts.sentView.Version() {
@@ -541,7 +538,7 @@ func (s *session) reconcileFull(t resource.Type, ts *typeState) *discoveryv3.Dis
 // reconcileNamed handles EDS and RDS, whose responses carry only the resources that need
 // sending: new, changed, newly subscribed, or queued in refresh.
 func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.DiscoveryResponse {
-	v := s.cur.Views[t]
+	v := s.view(t)
 	version := v.Version()
 	full := ts.needFull || ts.sentView == nil
 	sameSub := ts.sub.same(ts.sentSub)

@@ -339,3 +339,42 @@ func TestSession(t *testing.T) {
 		}}})
 	})
 }
+
+// A config with no view for a type (a Proxy built without it) has no resources of that
+// type. Its wildcard subscription is answered once, empty, and then left alone: it was
+// answered again, with a new nonce, on every request of any type, so every ACK drew
+// another response (make bench/go's fan-out benchmarks, whose world has no scopes,
+// failed on it).
+func TestMissingViewIsEmpty(t *testing.T) {
+	for _, typ := range []resource.Type{resource.Cluster, resource.Listener, resource.ScopedRoute, resource.Secret} {
+		t.Run(typ.String(), func(t *testing.T) {
+			p := proxy(t, baseContent())
+			p.Views[typ] = nil
+			s := newSession(nil, nil)
+			s.onConfig(p, time.Time{})
+			var names []string
+			if !typ.Wildcard() {
+				names = []string{"workload-cert"}
+			}
+			_, resps := s.onRequest(typ, req(typ, "", "", names...))
+			if typ.Wildcard() && (len(resps) != 1 || len(resps[0].Resources) != 0) {
+				t.Fatalf("%d responses to the first request, want one, empty", len(resps))
+			}
+			if !typ.Wildcard() && len(resps) != 0 {
+				t.Fatalf("%d responses to a subscription to nothing that exists", len(resps))
+			}
+			if len(resps) == 1 {
+				if out, again := s.onRequest(typ, req(typ, resps[0].VersionInfo, resps[0].Nonce, names...)); out.kind != ACK || len(again) != 0 {
+					t.Fatalf("the ACK is a %v and drew %d responses", out.kind, len(again))
+				}
+			}
+			other := resource.Endpoint
+			if _, more := s.onRequest(other, req(other, "", "", "a", "b")); len(more) != 1 || more[0].TypeUrl != other.URL() {
+				t.Fatalf("a request for %s drew %d responses", other, len(more))
+			}
+			if more := s.onConfig(p, time.Time{}); len(more) != 0 {
+				t.Fatalf("the same config again drew %d responses", len(more))
+			}
+		})
+	}
+}

@@ -1,8 +1,10 @@
 package resource
 
 import (
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -75,4 +77,106 @@ func TestNameLists(t *testing.T) {
 			t.Error("Lists does not find the sets' list")
 		}
 	})
+}
+
+// A subscription to every name of a view of two sets (every Service's route
+// configuration and the proxy's own inbound one) is one list shared by every proxy with
+// the same names, filed where the request decoder looks for live lists.
+func TestCanonicalNames(t *testing.T) {
+	shared := NewSet(mustNew(t, Route, "svc-a", "1"), mustNew(t, Route, "svc-b", "1"))
+	v1 := View{shared, NewSet(mustNew(t, Route, "inbound", "of proxy 1"))}
+	v2 := View{shared, NewSet(mustNew(t, Route, "inbound", "of proxy 2"))}
+	union := func() []string { return []string{"inbound", "svc-a", "svc-b"} }
+
+	n1, n2 := CanonicalNames(v1, union()), CanonicalNames(v2, union())
+	if !slices.Equal(n1.List(), union()) {
+		t.Fatalf("CanonicalNames = %v, want %v", n1.List(), union())
+	}
+	if unsafe.SliceData(n1.List()) != unsafe.SliceData(n2.List()) {
+		t.Fatal("two proxies subscribed to the same union hold two lists")
+	}
+	for _, n := range n1.List() {
+		r, _ := v1.Get(n)
+		if unsafe.StringData(n) != unsafe.StringData(r.Name) {
+			t.Fatalf("name %q is not the resource's string", n)
+		}
+	}
+	var h NameListHash
+	h.Reset()
+	for _, n := range []string{"svc-b", "inbound", "svc-a"} {
+		h.Add([]byte(n))
+	}
+	found := false
+	LookupNames(func(l NameLookup) {
+		l.Lists(&h, 3, func(list NameList) bool {
+			found = unsafe.SliceData(list.Names()) == unsafe.SliceData(n1.List())
+			return found
+		})
+	})
+	if !found {
+		t.Fatal("the live-list index does not find the union's list")
+	}
+
+	cases := []struct {
+		name   string
+		v      View
+		names  []string
+		want   []string
+		shared []string // the list the result must be, if any
+	}{
+		{"one set's names: the set's list", v1, []string{"svc-a", "svc-b"}, []string{"svc-a", "svc-b"}, shared.Names()},
+		{"a live list, even of another view", View{shared}, union(), union(), n1.List()},
+		{"part of the view: names of its own", v1, []string{"inbound", "svc-b"}, []string{"inbound", "svc-b"}, nil},
+		{"names the view lacks", v1, []string{"inbound", "nope", "svc-a"}, []string{"inbound", "nope", "svc-a"}, nil},
+		{"nothing", v1, nil, nil, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := CanonicalNames(c.v, slices.Clone(c.names)).List()
+			if !slices.Equal(got, c.want) {
+				t.Fatalf("CanonicalNames = %v, want %v", got, c.want)
+			}
+			if c.shared != nil && unsafe.SliceData(got) != unsafe.SliceData(c.shared) {
+				t.Fatal("not the shared list")
+			}
+			if c.shared == nil && len(got) > 0 && (unsafe.SliceData(got) == unsafe.SliceData(n1.List()) || unsafe.SliceData(got) == unsafe.SliceData(shared.Names())) {
+				t.Fatal("a list of other names")
+			}
+		})
+	}
+	runtime.KeepAlive(n1)
+	runtime.KeepAlive(n2)
+}
+
+// A union list is forgotten once no one holds it, like a set's.
+func TestCanonicalNamesForgotten(t *testing.T) {
+	shared := NewSet(mustNew(t, Route, "svc-x", "1"))
+	v := View{shared, NewSet(mustNew(t, Route, "inbound-x", "1"))}
+	n := CanonicalNames(v, []string{"inbound-x", "svc-x"})
+	var h NameListHash
+	h.Reset()
+	h.Add([]byte("inbound-x"))
+	h.Add([]byte("svc-x"))
+	live := func() bool {
+		found := false
+		LookupNames(func(l NameLookup) {
+			l.Lists(&h, 2, func(NameList) bool { found = true; return true })
+		})
+		return found
+	}
+	if !live() {
+		t.Fatal("the union's list is not indexed")
+	}
+	runtime.KeepAlive(n)
+	for range 20 {
+		runtime.GC()
+		if !live() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if live() {
+		t.Fatal("the union's list is still indexed once unreferenced")
+	}
+	runtime.KeepAlive(v)
 }

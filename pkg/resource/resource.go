@@ -255,12 +255,16 @@ func (s *Set) Get(name string) (*Resource, bool) {
 // proxies and one of the proxy's own. Names must not repeat across the sets of a view.
 type View []*Set
 
+// emptyVersion is the version of a view with no sets: that of an empty set, worked out
+// once rather than for every request that a proxy sends for a type it has none of.
+var emptyVersion = NewSet().Version()
+
 // Version combines the versions of the sets. It changes when any resource in the view
 // changes, is added or is removed.
 func (v View) Version() string {
 	switch len(v) {
 	case 0:
-		return NewSet().Version()
+		return emptyVersion
 	case 1:
 		return v[0].Version()
 	}
@@ -374,11 +378,20 @@ func (x *NameListHash) Reset() { x.sum = 0 }
 // Add adds a name of the list.
 func (x *NameListHash) Add(name []byte) { x.sum += maphash.Bytes(nameLists.seed, name) }
 
-func internNames(names []string) *nameList {
+func internNames(names []string) *nameList { return internKeyed(namesKey(names), names) }
+
+// namesKey is the key of names in nameLists, as NameListHash computes it.
+func namesKey(names []string) uint64 {
 	var key uint64
 	for _, n := range names {
 		key += maphash.String(nameLists.seed, n)
 	}
+	return key
+}
+
+// internKeyed returns the live list of names, filed under key, or makes names one: its
+// strings are then replaced by the index's, and the caller must not modify it again.
+func internKeyed(key uint64, names []string) *nameList {
 	nameLists.Lock()
 	defer nameLists.Unlock()
 	for _, wp := range nameLists.lists[key] {
@@ -431,6 +444,80 @@ func forgetNames(f forget) {
 	}
 }
 
+// Names is a sorted, unique list of names as CanonicalNames returns it: List is the
+// list, and the value, as long as it is held, keeps a shared list filed in the index of
+// live lists (see LookupNames). Hold the Names, not only its List, for as long as the list
+// is in use: the index forgets a list that nothing holds (its entries are weak).
+type Names struct {
+	list []string
+	keep *nameList
+}
+
+// List returns the names. The caller must not modify the slice.
+func (n Names) List() []string { return n.list }
+
+// CanonicalNames returns names, which must be sorted and unique (a subscription's), in
+// the form that costs its holder the least memory of its own, given the view v the names
+// are resolved against:
+//   - the list of a set of v, when names are exactly that set's (EDS for every cluster);
+//   - a live shared list of the same names, whoever holds it (another proxy's
+//     subscription to the same union, a set of another view);
+//   - a new shared list, filed in the index of live lists, when names are exactly every
+//     name of v's sets (RDS: every Service's route configuration and the proxy's
+//     inbound one);
+//   - else names itself, with each string that v holds replaced by v's.
+//
+// names may be modified, and in the third case becomes the shared list: the caller must
+// not modify it afterwards.
+//
+// Why: a proxy's RDS view is two sets, and Envoy subscribes to every name of both. Each
+// session kept a copy of its own of those names (16 KB per proxy at S=1000), and as no
+// live list held them, the request decoder allocated them again for every RDS request,
+// ACKs included. A shared list is held once for every proxy with the same union, and
+// the decoder hands it to their requests (see NameLookup.Lists), so that an unchanged
+// subscription is recognised by identity.
+func CanonicalNames(v View, names []string) Names {
+	if len(names) == 0 {
+		return Names{list: names}
+	}
+	for _, set := range v {
+		if slices.Equal(names, set.names) {
+			return Names{list: set.names, keep: set.nameList}
+		}
+	}
+	key := namesKey(names)
+	if nl := liveList(key, names); nl != nil {
+		return Names{list: nl.names, keep: nl}
+	}
+	all := true
+	for i, n := range names {
+		if r, ok := v.Get(n); ok {
+			names[i] = r.Name
+		} else {
+			all = false
+		}
+	}
+	// The names are sorted and unique, and names never repeat across a view's sets: as
+	// many names as v has, each of them in v, is every name of v.
+	if all && len(names) == v.Len() {
+		nl := internKeyed(key, names)
+		return Names{list: nl.names, keep: nl}
+	}
+	return Names{list: names}
+}
+
+// liveList returns the live list of names filed under key, or nil.
+func liveList(key uint64, names []string) *nameList {
+	nameLists.RLock()
+	defer nameLists.RUnlock()
+	for _, wp := range nameLists.lists[key] {
+		if nl := wp.Value(); nl != nil && slices.Equal(nl.names, names) {
+			return nl
+		}
+	}
+	return nil
+}
+
 // NameLookup finds the names of the resources of live sets, and the sets' name lists,
 // without allocating. It is valid only inside the function given to LookupNames.
 type NameLookup struct{}
@@ -442,10 +529,12 @@ func (NameLookup) Name(b []byte) (string, bool) {
 	return ref.s, ok
 }
 
-// NameList is a live set's name list, as Lists finds it.
+// NameList is a live name list (a set's, or a subscription's, see CanonicalNames), as
+// Lists finds it.
 type NameList struct{ l *nameList }
 
-// Names returns the sorted names, the very slice of the sets that hold them (Set.Names).
+// Names returns the sorted names, the very slice of the sets that hold them (Set.Names)
+// and of the subscriptions that hold it (CanonicalNames).
 func (l NameList) Names() []string { return l.l.names }
 
 // Index returns the position of name in Names.

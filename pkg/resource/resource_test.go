@@ -63,6 +63,9 @@ func TestSetAndView(t *testing.T) {
 	if v.Version() == (View{s}).Version() || v.Version() != (View{NewSet(a2, b), local}).Version() {
 		t.Fatal("view versions must follow content")
 	}
+	if (View{}).Version() != NewSet().Version() || (View{}).Version() != (View{NewSet()}).Version() {
+		t.Fatal("a view with no sets must have the version of an empty set")
+	}
 	if tp, ok := TypeFromURL(Route.URL()); !ok || tp != Route || tp.String() != "rds" || !Cluster.Wildcard() || Endpoint.Wildcard() || Route.Wildcard() {
 		t.Fatal("type helpers")
 	}
