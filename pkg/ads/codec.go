@@ -182,9 +182,10 @@ const (
 
 // unmarshalRequest decodes b into r (which it resets) as proto.Unmarshal does, except
 // that resource names and type URLs that bearkong knows (see resource.LookupNames) are
-// not allocated again, and a subscription that is exactly a live set's names, in any
-// order, is that set's own name list, in its sorted order (read-only, as every request is
-// to the server). It reports false, having done nothing, for a request with any
+// not allocated again, and a subscription that is exactly a live name list, in any
+// order, is that list itself, in its sorted order (read-only, as every request is to the
+// server): a set's names, or the union of a view's sets that subscriptions share (see
+// resource.CanonicalNames). It reports false, having done nothing, for a request with any
 // field it does not handle (resource locators, unknown fields): the proto codec takes
 // those.
 //

@@ -234,8 +234,8 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		// names nothing), or "*".
 		s.wildcard(ts, true)
 	}
-	// fresh: names is a list of this session's own, which canonicalNames may rewrite;
-	// the one before may be shared (a set's, or /debug/streams').
+	// fresh: names is a list of this session's own, which resource.CanonicalNames may
+	// rewrite; the one before may be shared (a set's, or /debug/streams').
 	fresh := false
 	if add := normalizeNames(sub); len(add) > 0 {
 		fresh = true
