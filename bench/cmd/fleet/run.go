@@ -242,7 +242,15 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 	for i, p := range pods {
 		nodes[i] = p.Node()
 	}
+	profDir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
+	if c.profile {
+		_ = os.MkdirAll(profDir, 0o755)
+		_ = ch.post("/cpuprofile/start?path="+filepath.Join(profDir, name+"-sync.cpu.pprof"), &struct{}{})
+	}
 	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, NeverACK: stuck, Window: c.window, Delta: delta}, 5*time.Minute)
+	if c.profile {
+		_ = ch.post("/cpuprofile/stop", &struct{}{})
+	}
 	if f != nil {
 		defer f.Close()
 	}
@@ -251,11 +259,9 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 	}
 	prof := func(string) func() { return func() {} }
 	if c.profile {
-		dir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
-		_ = os.MkdirAll(dir, 0o755)
-		_ = ch.post("/heapprofile?path="+filepath.Join(dir, name+".heap.pprof"), &struct{}{})
+		_ = ch.post("/heapprofile?path="+filepath.Join(profDir, name+".heap.pprof"), &struct{}{})
 		prof = func(kind string) func() {
-			_ = ch.post("/cpuprofile/start?path="+filepath.Join(dir, name+"-"+kind+".cpu.pprof"), &struct{}{})
+			_ = ch.post("/cpuprofile/start?path="+filepath.Join(profDir, name+"-"+kind+".cpu.pprof"), &struct{}{})
 			return func() { _ = ch.post("/cpuprofile/stop", &struct{}{}) }
 		}
 	}
