@@ -63,9 +63,12 @@ type deltaType struct {
 	// incremental variants), and a name unsubscribed while the wildcard covers it must be
 	// sent or removed (xds_protocol#unsubscribing-from-resources). nil when empty.
 	answer map[string]struct{}
-	// dirty: the subscription or what the client holds changed since the last
-	// reconcile, which must then look at every covered resource instead of the view's
-	// diff.
+	// dirty: what the client holds changed since the last reconcile other than by
+	// names newly subscribed (unheld, answer) or dropped, which must then look at every
+	// covered resource instead of the view's diff. Names subscribed or unsubscribed
+	// alone do not make it dirty: Envoy subscribes to one cluster's assignment and one
+	// route configuration per new Service, and a walk over every subscribed name for
+	// each of those requests made a new Service cost O(S) per proxy.
 	dirty bool
 	// refresh (EDS) lists the assignments to send at the next reconcile even if the
 	// client holds them: those of the clusters the CDS response just sent, which Envoy
@@ -122,7 +125,6 @@ func (ts *deltaType) setHeld(name, hash string) {
 // removed_resources. view is the config the session has now (nil before the first): a
 // name it holds and the client does not is sent anyway, so only the others need an entry.
 func (ts *deltaType) mustAnswer(name string, view resource.View) {
-	ts.dirty = true
 	if view != nil {
 		if _, ok := view.Get(name); ok {
 			if _, held := ts.held(name); !held {
@@ -234,17 +236,18 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		// names nothing), or "*".
 		s.wildcard(ts, true)
 	}
-	// fresh: names is a list of this session's own, which resource.CanonicalNames may
-	// rewrite; the one before may be shared (a set's, or /debug/streams').
-	fresh := false
+	// added, fresh: names gained names (whose strings may be the request's), or only lost
+	// some (its strings are the previous list's, already the resources' own); either
+	// way it is a list of this session's own, which resource.CanonicalNames may rewrite;
+	// the one before may be shared (a set's, or /debug/streams').
+	added, fresh := false, false
 	if add := normalizeNames(sub); len(add) > 0 {
-		fresh = true
+		added, fresh = true, true
 		// Sent again even if held: the client may have dropped it.
 		for _, n := range add {
 			delete(ts.override, n)
 		}
 		ts.unheld = mergeNames(ts.unheld, add)
-		ts.dirty = true
 		for _, n := range add {
 			ts.mustAnswer(n, s.view(t))
 		}
@@ -252,9 +255,14 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		ts.sub.names = mergeNames(ts.sub.names, add)
 	}
 	if remove := normalizeNames(unsub); len(remove) > 0 {
-		kept := ts.sub.names[:0:0]
+		// Both are sorted: one pass.
+		kept := make([]string, 0, len(ts.sub.names))
+		j := 0
 		for _, n := range ts.sub.names {
-			if _, drop := slices.BinarySearch(remove, n); !drop {
+			for j < len(remove) && remove[j] < n {
+				j++
+			}
+			if j == len(remove) || remove[j] != n {
 				kept = append(kept, n)
 			}
 		}
@@ -262,7 +270,6 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 			if _, ok := slices.BinarySearch(ts.sub.names, n); !ok {
 				continue // a phantom unsubscription: nothing to do
 			}
-			ts.dirty = true
 			if ts.sub.wildcard {
 				// Still covered by the wildcard, but the client cannot know whether to
 				// keep it: answer it.
@@ -281,8 +288,13 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 	if slices.Contains(unsub, "*") {
 		s.wildcard(ts, false)
 	}
-	if s.cur != nil && fresh {
+	switch {
+	case s.cur != nil && added:
 		ts.sub.setNames(resource.CanonicalNames(s.cur.Views[t], ts.sub.names))
+	case s.cur != nil && fresh:
+		if n, ok := resource.SharedNames(s.cur.Views[t], ts.sub.names); ok {
+			ts.sub.setNames(n)
+		}
 	}
 	if first {
 		for n, v := range req.GetInitialResourceVersions() {
@@ -407,6 +419,21 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 		for _, n := range goneNames(ts.sentView, v) {
 			if ts.sub.has(n) {
 				removed = append(removed, n)
+			}
+		}
+		// Names subscribed since: the client holds none of them.
+		for _, n := range ts.unheld {
+			if r, ok := v.Get(n); ok && ts.sub.has(n) {
+				send = append(send, r)
+			}
+		}
+		for n := range ts.answer {
+			if r, ok := v.Get(n); !ok {
+				if _, held := ts.held(n); !held {
+					removed = append(removed, n)
+				}
+			} else if ts.sub.has(n) && ts.needs(r) {
+				send = append(send, r)
 			}
 		}
 	} else {

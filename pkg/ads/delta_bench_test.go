@@ -131,3 +131,25 @@ func BenchmarkDeltaInitialSync(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDeltaSubscribeOne measures a synced proxy's request that subscribes to one
+// more name and the next that unsubscribes from it, at S=1000: what Envoy sends for a
+// new Service's assignment and route configuration. Its cost must not grow with S.
+func BenchmarkDeltaSubscribeOne(b *testing.B) {
+	w := newFanOutWorld(b, 1000)
+	s := newDeltaSession(nil, nil)
+	syncDelta(b, s, w)
+	name := w.clusters.Names()[500]
+	b.ReportAllocs()
+	for b.Loop() {
+		_, resps := s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResourceNamesUnsubscribe: []string{name}})
+		if len(resps) != 0 {
+			b.Fatalf("%d responses to an unsubscription", len(resps))
+		}
+		_, resps = s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{name}})
+		if len(resps) != 1 || len(resps[0].Resources) != 1 {
+			b.Fatalf("%d responses to a subscription", len(resps))
+		}
+		s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResponseNonce: resps[0].Nonce})
+	}
+}

@@ -591,10 +591,20 @@ func mergeNames(a, b []string) []string {
 	case len(a) == 0:
 		return b
 	}
+	// Both are sorted and unique: merge them in one pass (a new Service adds one name
+	// to a subscription of a thousand).
 	out := make([]string, 0, len(a)+len(b))
-	out = append(append(out, a...), b...)
-	slices.Sort(out)
-	return slices.Compact(out)
+	for len(a) > 0 && len(b) > 0 {
+		switch {
+		case a[0] < b[0]:
+			out, a = append(out, a[0]), a[1:]
+		case b[0] < a[0]:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
 }
 
 func (s *session) respond(t resource.Type, ts *typeState, version string, rs []*resource.Resource) *discoveryv3.DiscoveryResponse {

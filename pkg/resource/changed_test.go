@@ -125,7 +125,8 @@ func TestCanonicalNames(t *testing.T) {
 		shared []string // the list the result must be, if any
 	}{
 		{"one set's names: the set's list", v1, []string{"svc-a", "svc-b"}, []string{"svc-a", "svc-b"}, shared.Names()},
-		{"a live list, even of another view", View{shared}, union(), union(), n1.List()},
+		{"a live list, with no config yet", View{}, union(), union(), n1.List()},
+		{"as many names as the view, not its own", View{shared}, []string{"svc-a", "svc-c"}, []string{"svc-a", "svc-c"}, nil},
 		{"part of the view: names of its own", v1, []string{"inbound", "svc-b"}, []string{"inbound", "svc-b"}, nil},
 		{"names the view lacks", v1, []string{"inbound", "nope", "svc-a"}, []string{"inbound", "nope", "svc-a"}, nil},
 		{"nothing", v1, nil, nil, nil},

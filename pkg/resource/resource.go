@@ -460,11 +460,10 @@ func (n Names) List() []string { return n.list }
 // the form that costs its holder the least memory of its own, given the view v the names
 // are resolved against:
 //   - the list of a set of v, when names are exactly that set's (EDS for every cluster);
-//   - a live shared list of the same names, whoever holds it (another proxy's
-//     subscription to the same union, a set of another view);
-//   - a new shared list, filed in the index of live lists, when names are exactly every
-//     name of v's sets (RDS: every Service's route configuration and the proxy's
-//     inbound one);
+//   - when names are exactly every name of v's sets (RDS: every Service's route
+//     configuration and the proxy's inbound one), the live shared list of those names
+//     (another proxy's subscription to the same union), or a new one, filed in the index
+//     of live lists; with an empty v (no config yet), a live list of the same names;
 //   - else names itself, with each string that v holds replaced by v's.
 //
 // names may be modified, and in the third case becomes the shared list: the caller must
@@ -477,33 +476,53 @@ func (n Names) List() []string { return n.list }
 // the decoder hands it to their requests (see NameLookup.Lists), so that an unchanged
 // subscription is recognised by identity.
 func CanonicalNames(v View, names []string) Names {
-	if len(names) == 0 {
-		return Names{list: names}
+	if n, ok := SharedNames(v, names); ok {
+		return n
 	}
-	for _, set := range v {
-		if slices.Equal(names, set.names) {
-			return Names{list: set.names, keep: set.nameList}
-		}
-	}
-	key := namesKey(names)
-	if nl := liveList(key, names); nl != nil {
-		return Names{list: nl.names, keep: nl}
-	}
-	all := true
 	for i, n := range names {
 		if r, ok := v.Get(n); ok {
 			names[i] = r.Name
-		} else {
-			all = false
 		}
+	}
+	return Names{list: names}
+}
+
+// SharedNames is CanonicalNames without its last case: ok is false, and names untouched,
+// when names are neither a set's of v, nor every name of v (nor, for an empty v, a live
+// list's). It costs no map look-up per name unless names are as many as v's: a subscription that only lost names, whose
+// strings are already the resources' own, needs nothing more.
+func SharedNames(v View, names []string) (Names, bool) {
+	if len(names) == 0 {
+		return Names{list: names}, true
+	}
+	for _, set := range v {
+		if len(names) == len(set.names) && slices.Equal(names, set.names) {
+			return Names{list: set.names, keep: set.nameList}, true
+		}
+	}
+	if len(names) != v.Len() && len(v) > 0 {
+		return Names{}, false
+	}
+	// Also with no view yet (a proxy that asks before its first config), where only
+	// another's list can match.
+	key := namesKey(names)
+	if nl := liveList(key, names); nl != nil {
+		return Names{list: nl.names, keep: nl}, true
+	}
+	if len(names) != v.Len() {
+		return Names{}, false
 	}
 	// The names are sorted and unique, and names never repeat across a view's sets: as
 	// many names as v has, each of them in v, is every name of v.
-	if all && len(names) == v.Len() {
-		nl := internKeyed(key, names)
-		return Names{list: nl.names, keep: nl}
+	for i, n := range names {
+		r, ok := v.Get(n)
+		if !ok {
+			return Names{}, false
+		}
+		names[i] = r.Name
 	}
-	return Names{list: names}
+	nl := internKeyed(key, names)
+	return Names{list: nl.names, keep: nl}, true
 }
 
 // liveList returns the live list of names filed under key, or nil.
