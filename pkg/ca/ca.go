@@ -20,7 +20,6 @@ import (
 	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -47,12 +46,6 @@ const (
 
 	// RootLifetime is the validity of a root bearkong generates.
 	RootLifetime = 10 * 365 * 24 * time.Hour
-	// RootRSABits is the size of a generated root's key. RSA, not ECDSA, because RSA
-	// PKCS#1 v1.5 signatures are deterministic (RFC 8017 section 8.2) where ECDSA's are
-	// randomized in Go: with an RSA root, two replicas, or one replica after a restart,
-	// sign byte-identical leaves. 3072 bits is NIST's size for security past 2030 (SP
-	// 800-57 part 1, table 2). The price is CPU: see Authority.
-	RootRSABits = 3072
 	// maxBackdate bounds how far before its window a leaf is valid, for clocks that lag.
 	maxBackdate = 5 * time.Minute
 )
@@ -112,10 +105,14 @@ func (l Leaf) LogValue() slog.Value { return slog.StringValue(l.String()) }
 // The leaf of a workload in window k is a function of the CA material, the workload and
 // k alone: its P-256 private key is derived with HMAC-SHA256, keyed by a secret derived
 // from the CA's private key, over a label, the workload's fields and k; its serial number
-// likewise; its validity from k. With an RSA signing key (the generated root) the
-// signature is deterministic too, so any replica, before or after a restart, serves the
-// same bytes: proxies see no change when the control plane restarts or a stream moves to
-// another replica, and config versions stay a function of the cluster's state.
+// likewise; its validity from k. The signature is deterministic too, for every key type
+// a CA may have: RSA PKCS#1 v1.5 signatures are by construction (RFC 8017 section 8.2),
+// and ECDSA ones (P-256, the generated root, or P-384) because sign asks crypto/ecdsa
+// for RFC 6979 signatures, whose nonce is derived from the key and the digest (Go 1.24
+// and later, when the random source is nil). So any replica, before or after a restart,
+// serves the same bytes: proxies see no change when the control plane restarts or a
+// stream moves to another replica, and config versions stay a function of the cluster's
+// state.
 //
 // The price: bearkong, not the proxy, generates the proxy's private key, and anyone who
 // holds the CA key can recompute every workload key (they could already mint any identity
@@ -124,18 +121,21 @@ func (l Leaf) LogValue() slog.Value { return slog.StringValue(l.String()) }
 // trip. The key travels only over the authenticated, TLS-protected xDS stream to the
 // proxy it belongs to.
 //
-// With an ECDSA signing key (bring your own) signatures are randomized: keys, serials and
-// validity are still deterministic, but two Authorities (replicas, restarts) sign
-// different bytes for the same window. One Authority still returns the same bytes within
-// a window, because it memoizes.
+// RFC 6979 derives the ECDSA nonce with HMAC from the key and the digest (section 3.2),
+// so there is no random source to get wrong. Its known weakness is to fault attacks (a
+// computation corrupted while signing the same message twice can reveal the key), which
+// take an attacker able to tamper with the control plane's process, who could read the
+// CA Secret anyway. Root generation stays random: it happens once, and is stored.
 //
 // # Cost
 //
-// Issuing is one HMAC-derived P-256 key and one signature; the signature dominates. On
-// the 2-core machine of the tests (go test -bench . ./pkg/ca) a new leaf takes 6 to 9 ms
-// with the generated RSA 3072 root and about 0.3 ms with an ECDSA P-256 root; a memoized
-// one about 0.3 µs. Since windows are aligned for every workload, all proxies rotate at
-// the same boundary: a thousand proxies cost a few CPU-seconds there, once per window.
+// Issuing is one HMAC-derived P-256 key and one signature. On the 2-core machine of the
+// tests (go test -run '^$' -bench . ./pkg/ca, Go 1.26) a new leaf takes about 0.27 ms
+// with the generated ECDSA P-256 root, 1 to 2 ms with a P-384 one, and 4 to 6 ms with
+// an RSA 3072 root (what bearkong generated before, where the signature dominates); a
+// memoized one about 0.2 µs. Since windows are aligned for every workload, all proxies
+// rotate at the same boundary: a thousand proxies cost about 0.3 CPU-seconds there (5
+// with an RSA 3072 root), once per window, and as much at the initial sync.
 type Authority struct {
 	trustDomain string
 	lifetime    time.Duration
@@ -247,12 +247,15 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// GenerateRoot returns the material of a new self-signed root for trustDomain: RSA 3072
-// (see RootRSABits), valid RootLifetime from an hour before now, CA:TRUE, key usage
-// certificate and CRL signing, URI SAN spiffe://<trust-domain> (the SPIFFE trust bundle
-// convention), subject O=bearkong.
+// GenerateRoot returns the material of a new self-signed root for trustDomain: ECDSA
+// P-256, 128-bit security like RSA 3072 (NIST SP 800-57 part 1, table 2) for a
+// twentieth of the signing CPU, and deterministic signatures as RSA PKCS#1 v1.5's are
+// (see Authority), valid RootLifetime from an hour before now, CA:TRUE,
+// key usage certificate and CRL signing, URI SAN spiffe://<trust-domain> (the SPIFFE
+// trust bundle convention), subject O=bearkong. A root generated before, RSA 3072, keeps
+// working: LoadOrCreate loads what the store holds and generates nothing.
 func GenerateRoot(trustDomain string, now time.Time) (Material, error) {
-	key, err := rsa.GenerateKey(rand.Reader, RootRSABits)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Material{}, fmt.Errorf("ca: generate root key: %w", err)
 	}
@@ -448,8 +451,10 @@ func (a *Authority) sign(tmpl *x509.Certificate, inputs []string, k int64) ([]by
 	s := a.mac("serial", inputs, k, 0)[:16]
 	s[0] = s[0]&0x3f | 0x40
 	tmpl.SerialNumber = new(big.Int).SetBytes(s)
-	// rand is not used by RSA PKCS#1 v1.5 signing; ECDSA uses it (see Authority).
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.p.cert, priv.Public(), a.p.signer)
+	// A nil random source makes the signature deterministic (see Authority): ECDSA keys
+	// sign per RFC 6979 (crypto/ecdsa.PrivateKey.Sign), RSA PKCS#1 v1.5 never reads it,
+	// and CreateCertificate reads it itself only to make up a missing serial, set above.
+	der, err := x509.CreateCertificate(nil, tmpl, a.p.cert, priv.Public(), a.p.signer)
 	if err != nil {
 		return nil, nil, err
 	}

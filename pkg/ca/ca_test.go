@@ -59,7 +59,7 @@ func (s *memStore) Create(_ context.Context, m Material) (Material, error) {
 	return *s.m, nil
 }
 
-// The RSA 3072 root that LoadOrCreate generates takes a second or so; the tests share one.
+// The tests share one root generated as LoadOrCreate generates it.
 var generated struct {
 	once sync.Once
 	m    Material
@@ -92,6 +92,15 @@ func certPEM(c *x509.Certificate) []byte {
 func ecKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func ecKeyOn(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(c, rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,16 +181,19 @@ func byoMaterials(t *testing.T) []struct {
 	inter := makeCert(t, certSpec{cn: "rsa intermediate", ca: true}, interKey, ecRoot, ecRootKey)
 	ecInterKey := ecKey(t)
 	ecInter := makeCert(t, certSpec{cn: "ec intermediate", ca: true}, ecInterKey, rsaRoot, rsaRootKey)
+	p384RootKey := ecKeyOn(t, elliptic.P384())
+	p384Root := makeCert(t, certSpec{cn: "p384 root", ca: true}, p384RootKey, nil, nil)
 	return []struct {
 		name   string
 		m      Material
 		isRoot bool
 	}{
-		{"generated RSA root", generatedRoot(t), true},
+		{"generated root", generatedRoot(t), true},
 		{"own ECDSA root", Material{certPEM(ecRoot), keyPEM(t, ecRootKey), certPEM(ecRoot)}, true},
 		{"own RSA root", Material{certPEM(rsaRoot), keyPEM(t, rsaRootKey), certPEM(rsaRoot)}, true},
 		{"RSA intermediate of an ECDSA root", Material{certPEM(inter), keyPEM(t, interKey), certPEM(ecRoot)}, false},
 		{"ECDSA intermediate of an RSA root, bundle of two roots", Material{certPEM(ecInter), keyPEM(t, ecInterKey), append(certPEM(ecRoot), certPEM(rsaRoot)...)}, false},
+		{"own ECDSA P-384 root", Material{certPEM(p384Root), keyPEM(t, p384RootKey), certPEM(p384Root)}, true},
 	}
 }
 
@@ -367,6 +379,41 @@ func TestDeterminism(t *testing.T) {
 	}
 }
 
+// TestDeterminismEveryKeyType checks that two Authorities on the same material, as two
+// replicas or a restart have, issue byte-identical workload and server certificates in a
+// window whatever the CA key: RSA (PKCS#1 v1.5) and ECDSA P-256 and P-384 (RFC 6979
+// deterministic signatures), as a root or as an intermediate.
+func TestDeterminismEveryKeyType(t *testing.T) {
+	now := time.Now()
+	for _, tc := range byoMaterials(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			var leaves [2]*Leaf
+			var servers [2]*tls.Certificate
+			for i := range leaves {
+				a, err := New(tc.m, Options{Now: fixedClock(now)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if leaves[i], err = a.Issue(podA); err != nil {
+					t.Fatal(err)
+				}
+				if servers[i], err = a.ServerCertificate([]string{"xds", "127.0.0.1"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(leaves[0].KeyPEM, leaves[1].KeyPEM) || leaves[0].Serial != leaves[1].Serial {
+				t.Fatal("two Authorities derived different keys or serials")
+			}
+			if !bytes.Equal(leaves[0].ChainPEM, leaves[1].ChainPEM) {
+				t.Error("two Authorities on the same material signed different workload certificates in one window")
+			}
+			if !slices.EqualFunc(servers[0].Certificate, servers[1].Certificate, bytes.Equal) {
+				t.Error("two Authorities on the same material signed different server certificates in one window")
+			}
+		})
+	}
+}
+
 // TestWindows checks the window arithmetic and the validity it gives, at the boundaries,
 // with the clock injected.
 func TestWindows(t *testing.T) {
@@ -477,10 +524,10 @@ func TestGeneratedRoot(t *testing.T) {
 		t.Error("the bundle of a generated root is not the root")
 	}
 	root := parseChain(t, s.m.CertPEM)[0]
-	pub, ok := root.PublicKey.(*rsa.PublicKey)
+	pub, ok := root.PublicKey.(*ecdsa.PublicKey)
 	switch {
-	case !ok || pub.N.BitLen() != 3072:
-		t.Errorf("root key %T, want RSA 3072", root.PublicKey)
+	case !ok || pub.Curve != elliptic.P256():
+		t.Errorf("root key %T, want ECDSA P-256", root.PublicKey)
 	case !root.IsCA || !root.BasicConstraintsValid:
 		t.Error("root is not CA:TRUE")
 	case root.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign:
@@ -491,8 +538,29 @@ func TestGeneratedRoot(t *testing.T) {
 		t.Errorf("root subject %s", root.Subject)
 	case root.NotAfter.Sub(root.NotBefore) != RootLifetime || root.NotBefore.After(now):
 		t.Errorf("root validity %s..%s", root.NotBefore, root.NotAfter)
-	case root.SignatureAlgorithm != x509.SHA256WithRSA:
-		t.Errorf("root signature %s, want SHA256-RSA (PKCS#1 v1.5, deterministic)", root.SignatureAlgorithm)
+	case root.SignatureAlgorithm != x509.ECDSAWithSHA256:
+		t.Errorf("root signature %s, want ECDSA-SHA256", root.SignatureAlgorithm)
+	}
+	if _, ok := a.p.signer.(*ecdsa.PrivateKey); !ok {
+		t.Errorf("signing key %T, want ECDSA", a.p.signer)
+	}
+
+	// Its leaves are signed by it and verify against the bundle, for both usages.
+	l, err := a.Issue(podA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := parseChain(t, l.ChainPEM)
+	if len(chain) != 1 || chain[0].SignatureAlgorithm != x509.ECDSAWithSHA256 {
+		t.Fatalf("leaf chain of %d, signature %s; want the leaf alone, ECDSA-SHA256", len(chain), chain[0].SignatureAlgorithm)
+	}
+	if err := chain[0].CheckSignatureFrom(root); err != nil {
+		t.Errorf("leaf not signed by the root: %v", err)
+	}
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if err := verify(chain, a.Bundle(), now, usage); err != nil {
+			t.Errorf("leaf does not verify for %v: %v", usage, err)
+		}
 	}
 
 	// A restart loads the same root and creates nothing.
@@ -780,13 +848,17 @@ func TestNoKeyInStrings(t *testing.T) {
 }
 
 // BenchmarkIssueUncached issues a new workload each time: key derivation and a signature,
-// with the generated RSA 3072 root and with a brought ECDSA P-256 root for comparison.
+// with the generated (ECDSA P-256) root and, for comparison, brought RSA 3072 (the root
+// bearkong generated before) and ECDSA P-384 roots.
 func BenchmarkIssueUncached(b *testing.B) {
-	ecRootKey := ecKey(b)
-	ecRoot := makeCert(b, certSpec{cn: "ec root", ca: true}, ecRootKey, nil, nil)
+	rsaRootKey := rsaKey(b, 3072)
+	rsaRoot := makeCert(b, certSpec{cn: "rsa root", ca: true}, rsaRootKey, nil, nil)
+	p384RootKey := ecKeyOn(b, elliptic.P384())
+	p384Root := makeCert(b, certSpec{cn: "p384 root", ca: true}, p384RootKey, nil, nil)
 	for name, m := range map[string]Material{
-		"RSA3072root": generatedRoot(b),
-		"P256root":    {certPEM(ecRoot), keyPEM(b, ecRootKey), certPEM(ecRoot)},
+		"generatedRoot": generatedRoot(b),
+		"RSA3072root":   {certPEM(rsaRoot), keyPEM(b, rsaRootKey), certPEM(rsaRoot)},
+		"P384root":      {certPEM(p384Root), keyPEM(b, p384RootKey), certPEM(p384Root)},
 	} {
 		b.Run(name, func(b *testing.B) {
 			a, err := New(m, Options{})
