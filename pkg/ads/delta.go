@@ -297,11 +297,51 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		}
 	}
 	if first {
-		for n, v := range req.GetInitialResourceVersions() {
-			if n != "*" && ts.sub.has(n) {
-				ts.setHeld(n, v)
-				delete(ts.answer, n)
+		s.initialVersions(t, ts, req.GetInitialResourceVersions())
+	}
+}
+
+// initialVersions records what a reconnecting client says it holds of the names it
+// subscribes to.
+func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial map[string]string) {
+	if len(initial) == 0 {
+		return
+	}
+	ts.dirty = true
+	if s.cur != nil && ts.sentView == nil {
+		// Take the client to hold the current view as it is, and record only where it
+		// differs: what it lacks (unheld), what it holds in another version or holds
+		// though it is gone (override). A client that reconnects to a replica with the
+		// same config, the common case, then costs no entry per name (a map entry per
+		// name per type per proxy was most of a delta reconnect's memory).
+		v := s.cur.Views[t]
+		ts.sentView = v
+		var lacks []string
+		for _, r := range subscribed(ts.sub, v) {
+			switch h, ok := initial[r.Name]; {
+			case !ok:
+				lacks = append(lacks, r.Name)
+			case h != r.Hash:
+				ts.setHeld(r.Name, h)
 			}
+		}
+		slices.Sort(lacks)
+		ts.unheld = lacks
+		for n, h := range initial {
+			if n == "*" || !ts.sub.has(n) {
+				continue
+			}
+			if _, ok := v.Get(n); !ok {
+				ts.setHeld(n, h)
+			}
+			delete(ts.answer, n)
+		}
+		return
+	}
+	for n, h := range initial {
+		if n != "*" && ts.sub.has(n) {
+			ts.setHeld(n, h)
+			delete(ts.answer, n)
 		}
 	}
 }
