@@ -47,6 +47,13 @@ type deltaProto struct {
 	// listenerRefs are the cached listeners' references (routes, secrets), by name, and
 	// scopeRefs the cached scopes' (their route configuration).
 	listenerRefs, scopeRefs map[string]xdsclient.Resource
+	// edsRefs counts the clusters that refer to each EDS name, routeRefs the listeners
+	// and scopes that refer to each route configuration: an update changes the
+	// subscriptions of the names its resources refer to, as Envoy adds and removes one
+	// watch per cluster or listener, instead of working the subscription out again from
+	// every cached resource (which made the simulator, not the server, the bound of a
+	// one-Service change at N=5000).
+	edsRefs, routeRefs map[string]int
 	// listenersSeen: an LDS response was applied (see Response's SRDS rule).
 	listenersSeen bool
 }
@@ -72,7 +79,8 @@ type deltaResource struct {
 }
 
 func newDeltaProto() *deltaProto {
-	p := &deltaProto{clusters: map[string]deltaCluster{}, warming: map[string][]string{}, listenerRefs: map[string]xdsclient.Resource{}, scopeRefs: map[string]xdsclient.Resource{}}
+	p := &deltaProto{clusters: map[string]deltaCluster{}, warming: map[string][]string{}, listenerRefs: map[string]xdsclient.Resource{}, scopeRefs: map[string]xdsclient.Resource{},
+		edsRefs: map[string]int{}, routeRefs: map[string]int{}}
 	for i := range p.types {
 		p.types[i].names = map[string]bool{}
 		p.types[i].versions = map[string]string{}
@@ -154,13 +162,7 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 			}
 		}
 	case LDS:
-		for _, r := range rs {
-			p.listenerRefs[r.Name] = r.Resource
-		}
-		for _, n := range removed {
-			delete(p.listenerRefs, n)
-		}
-		out = p.applyListeners()
+		out = p.applyRefs(p.listenerRefs, rs, removed)
 		scoped := false
 		for _, l := range p.listenerRefs {
 			scoped = scoped || l.Scoped
@@ -174,13 +176,7 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 		}
 		p.listenersSeen = true
 	case SRDS:
-		for _, r := range rs {
-			p.scopeRefs[r.Name] = r.Resource
-		}
-		for _, n := range removed {
-			delete(p.scopeRefs, n)
-		}
-		out = p.applyListeners()
+		out = p.applyRefs(p.scopeRefs, rs, removed)
 	}
 	if p.initializing && (t == CDS || t == EDS) && len(p.warming) == 0 {
 		p.initializing = false
@@ -191,13 +187,18 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 }
 
 func (p *deltaProto) applyClusters(rs []deltaResource, removed []string) []*discoveryv3.DeltaDiscoveryRequest {
+	touched := map[string]bool{}
+	var secrets []string
 	for _, r := range rs {
 		old, ok := p.clusters[r.Name]
 		if ok && old.res.Hash == r.Hash {
 			continue
 		}
-		if ok && old.warming {
-			p.unwarm(old.res.EDS, r.Name)
+		if ok {
+			if old.warming {
+				p.unwarm(old.res.EDS, r.Name)
+			}
+			p.unref(p.edsRefs, old.res.EDS, touched)
 		}
 		cl := deltaCluster{res: r.Resource}
 		if r.EDS != "" {
@@ -205,26 +206,38 @@ func (p *deltaProto) applyClusters(rs []deltaResource, removed []string) []*disc
 			p.warming[r.EDS] = append(p.warming[r.EDS], r.Name)
 		}
 		p.clusters[r.Name] = cl
+		p.ref(p.edsRefs, r.EDS, touched)
+		secrets = append(secrets, r.Secrets...)
 	}
 	for _, n := range removed {
 		if cl, ok := p.clusters[n]; ok {
 			if cl.warming {
 				p.unwarm(cl.res.EDS, n)
 			}
+			p.unref(p.edsRefs, cl.res.EDS, touched)
 			delete(p.clusters, n)
 		}
 	}
-	eds, secrets := map[string]bool{}, map[string]bool{}
-	for _, cl := range p.clusters {
-		if cl.res.EDS != "" {
-			eds[cl.res.EDS] = true
-		}
-		for _, s := range cl.res.Secrets {
-			secrets[s] = true
-		}
-	}
-	out := p.resubscribe(EDS, eds)
+	out := p.resubscribe(EDS, p.edsRefs, touched)
 	return append(out, p.subscribeMore(SDS, secrets)...)
+}
+
+// ref and unref count a reference to name in refs, and note it in touched.
+func (p *deltaProto) ref(refs map[string]int, name string, touched map[string]bool) {
+	if name != "" {
+		refs[name]++
+		touched[name] = true
+	}
+}
+
+func (p *deltaProto) unref(refs map[string]int, name string, touched map[string]bool) {
+	if name == "" {
+		return
+	}
+	if refs[name]--; refs[name] <= 0 {
+		delete(refs, name)
+	}
+	touched[name] = true
 }
 
 func (p *deltaProto) unwarm(eds, name string) {
@@ -236,47 +249,61 @@ func (p *deltaProto) unwarm(eds, name string) {
 	}
 }
 
-// applyListeners subscribes to the route configurations the cached listeners and scopes
-// name and the secrets the listeners name, and unsubscribes from the route configurations
-// none names any more. A scope's route configuration stays while the scope does, even
-// when the listener that took scopes goes, as on SotW (xdsclient).
-func (p *deltaProto) applyListeners() []*discoveryv3.DeltaDiscoveryRequest {
-	routes, secrets := map[string]bool{}, map[string]bool{}
-	for _, sc := range p.scopeRefs {
-		for _, r := range sc.Routes {
-			routes[r] = true
+// applyRefs applies an LDS or SRDS update to the cached listeners' or scopes' references
+// (cache): it subscribes to the route configurations and secrets they name, and
+// unsubscribes from the route configurations none names any more. A scope's route
+// configuration stays while the scope does, even when the listener that took scopes
+// goes, as on SotW (xdsclient).
+func (p *deltaProto) applyRefs(cache map[string]xdsclient.Resource, rs []deltaResource, removed []string) []*discoveryv3.DeltaDiscoveryRequest {
+	touched := map[string]bool{}
+	var secrets []string
+	drop := func(name string) {
+		if old, ok := cache[name]; ok {
+			for _, r := range old.Routes {
+				p.unref(p.routeRefs, r, touched)
+			}
+			delete(cache, name)
 		}
 	}
-	for _, refs := range p.listenerRefs {
-		for _, r := range refs.Routes {
-			routes[r] = true
+	for _, r := range rs {
+		drop(r.Name)
+		cache[r.Name] = r.Resource
+		for _, rt := range r.Routes {
+			p.ref(p.routeRefs, rt, touched)
 		}
-		for _, s := range refs.Secrets {
-			secrets[s] = true
-		}
+		secrets = append(secrets, r.Secrets...)
 	}
-	out := p.resubscribe(RDS, routes)
+	for _, n := range removed {
+		drop(n)
+	}
+	out := p.resubscribe(RDS, p.routeRefs, touched)
 	return append(out, p.subscribeMore(SDS, secrets)...)
 }
 
-// resubscribe makes the subscription of t exactly want: new names subscribed, names that
-// left unsubscribed and dropped from the cache. It returns the request, if any.
-func (p *deltaProto) resubscribe(t Type, want map[string]bool) []*discoveryv3.DeltaDiscoveryRequest {
+// resubscribe brings the subscription of t to refs for the touched names: those now
+// referred to subscribed, those no longer referred to unsubscribed and dropped from the
+// cache. It returns the request, if any.
+func (p *deltaProto) resubscribe(t Type, refs map[string]int, touched map[string]bool) []*discoveryv3.DeltaDiscoveryRequest {
 	ts := &p.types[t]
 	var sub, unsub []string
-	for n := range want {
-		if !ts.names[n] {
+	for n := range touched {
+		switch want := refs[n] > 0; {
+		case want && !ts.names[n]:
 			sub = append(sub, n)
-		}
-	}
-	for n := range ts.names {
-		if !want[n] {
+		case !want && ts.names[n]:
 			unsub = append(unsub, n)
 		}
 	}
+	return p.subscription(t, sub, unsub)
+}
+
+// subscription applies sub and unsub to the subscription of t and returns the request
+// that says so, if any.
+func (p *deltaProto) subscription(t Type, sub, unsub []string) []*discoveryv3.DeltaDiscoveryRequest {
 	if len(sub) == 0 && len(unsub) == 0 {
 		return nil
 	}
+	ts := &p.types[t]
 	for _, n := range sub {
 		ts.names[n] = true
 	}
@@ -291,14 +318,16 @@ func (p *deltaProto) resubscribe(t Type, want map[string]bool) []*discoveryv3.De
 	return []*discoveryv3.DeltaDiscoveryRequest{{TypeUrl: t.URL(), ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}}
 }
 
-// subscribeMore adds the names of want that are not subscribed yet; secrets stay
-// subscribed once named (as on SotW, see internal/xdsclient's secrets section).
-func (p *deltaProto) subscribeMore(t Type, want map[string]bool) []*discoveryv3.DeltaDiscoveryRequest {
-	add := maps.Clone(p.types[t].names)
-	for n := range want {
-		add[n] = true
+// subscribeMore subscribes to the names of want that are not subscribed yet; secrets
+// stay subscribed once named (as on SotW, see internal/xdsclient's secrets section).
+func (p *deltaProto) subscribeMore(t Type, want []string) []*discoveryv3.DeltaDiscoveryRequest {
+	var sub []string
+	for _, n := range want {
+		if !p.types[t].names[n] && !slices.Contains(sub, n) {
+			sub = append(sub, n)
+		}
 	}
-	return p.resubscribe(t, add)
+	return p.subscription(t, sub, nil)
 }
 
 // Has returns the version and hash of the cached resource of t named name.

@@ -182,3 +182,67 @@ func TestDeltaProtoScopes(t *testing.T) {
 		t.Errorf("reconnect = %+v, want %+v", got, want)
 	}
 }
+
+// TestDeltaProtoSharedReferences: a name that several clusters (or a listener and a
+// scope) refer to stays subscribed until the last of them goes, as Envoy's watches do.
+func TestDeltaProtoSharedReferences(t *testing.T) {
+	p := newDeltaProto()
+	p.Start()
+	shared := func(name string, hash uint64) xdsclient.Resource {
+		return xdsclient.Resource{Name: name, Hash: hash, EDS: "shared"}
+	}
+	steps := []struct {
+		name    string
+		typ     Type
+		rs      []xdsclient.Resource
+		removed []string
+		want    []dreq
+	}{
+		{"two clusters, one assignment", CDS, []xdsclient.Resource{shared("a", 1), shared("b", 1)}, nil,
+			[]dreq{{typ: EDS, sub: []string{"shared"}}, {typ: CDS, ack: true}}},
+		{"one goes: still referred to", CDS, nil, []string{"a"}, []dreq{{typ: CDS, ack: true}}},
+		{"the other changes its assignment", CDS, []xdsclient.Resource{cluster("b", 2)}, nil,
+			[]dreq{{typ: EDS, sub: []string{"b"}, unsub: []string{"shared"}}, {typ: CDS, ack: true}}},
+	}
+	for _, st := range steps {
+		var rs []deltaResource
+		for _, r := range st.rs {
+			rs = append(rs, deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)})
+		}
+		got, err := p.Response(st.typ, "n", rs, st.removed, "")
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if g := summarizeDelta(got); !equalReqs(g, st.want) {
+			t.Fatalf("%s: requests %+v, want %+v", st.name, g, st.want)
+		}
+	}
+	// Routes: a listener and a scope name the same route configuration.
+	p.types[LDS].requested, p.types[SRDS].requested = true, true
+	for _, st := range []struct {
+		name    string
+		typ     Type
+		rs      []xdsclient.Resource
+		removed []string
+		want    []dreq
+	}{
+		{"a listener names r", LDS, []xdsclient.Resource{{Name: "l", Hash: 1, Routes: []string{"r"}}}, nil,
+			[]dreq{{typ: RDS, sub: []string{"r"}}, {typ: LDS, ack: true}}},
+		{"a scope names r too", SRDS, []xdsclient.Resource{{Name: "s", Hash: 1, Routes: []string{"r"}}}, nil,
+			[]dreq{{typ: SRDS, ack: true}}},
+		{"the listener goes: the scope keeps r", LDS, nil, []string{"l"}, []dreq{{typ: LDS, ack: true}}},
+		{"the scope goes", SRDS, nil, []string{"s"}, []dreq{{typ: RDS, unsub: []string{"r"}}, {typ: SRDS, ack: true}}},
+	} {
+		var rs []deltaResource
+		for _, r := range st.rs {
+			rs = append(rs, deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)})
+		}
+		got, err := p.Response(st.typ, "n", rs, st.removed, "")
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if g := summarizeDelta(got); !equalReqs(g, st.want) {
+			t.Fatalf("%s: requests %+v, want %+v", st.name, g, st.want)
+		}
+	}
+}
