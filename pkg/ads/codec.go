@@ -198,21 +198,14 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 	names := 0
 	var h resource.NameListHash
 	h.Reset()
-	for rest := b; len(rest) > 0; {
-		num, typ, n := protowire.ConsumeTag(rest)
-		if n < 0 || typ != protowire.BytesType || num < fieldReqVersionInfo || num > fieldReqErrorDetail {
-			return false, nil
-		}
-		rest = rest[n:]
-		v, n := protowire.ConsumeBytes(rest)
-		if n < 0 {
-			return false, nil
-		}
-		rest = rest[n:]
+	if !bytesFields(b, fieldReqErrorDetail, func(num protowire.Number, v []byte) bool {
 		if num == fieldReqResourceNames {
 			names++
 			h.Add(v)
 		}
+		return true
+	}) {
+		return false, nil
 	}
 	r.Reset()
 	var err error
@@ -240,11 +233,7 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 			}
 			return utf8String(v)
 		}
-		for len(b) > 0 && err == nil {
-			num, _, n := protowire.ConsumeTag(b)
-			b = b[n:]
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
+		eachField(b, func(num protowire.Number, v []byte) bool {
 			switch num {
 			case fieldReqVersionInfo:
 				r.VersionInfo, err = str(v)
@@ -260,17 +249,12 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest) (bool, error) {
 			case fieldReqResponseNonce:
 				r.ResponseNonce, err = str(v)
 			case fieldReqNode:
-				if r.Node == nil {
-					r.Node = &corev3.Node{}
-				}
-				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.Node)
+				err = mergeNode(v, &r.Node)
 			case fieldReqErrorDetail:
-				if r.ErrorDetail == nil {
-					r.ErrorDetail = &status.Status{}
-				}
-				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.ErrorDetail)
+				err = mergeStatus(v, &r.ErrorDetail)
 			}
-		}
+			return err == nil
+		})
 	})
 	return true, err
 }
@@ -330,28 +314,20 @@ const (
 // fleet's initial sync after the responses.
 func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool, error) {
 	subs, unsubs, initial := 0, 0, 0
-	for rest := b; len(rest) > 0; {
-		num, typ, n := protowire.ConsumeTag(rest)
-		if n < 0 || typ != protowire.BytesType || num < fieldDeltaReqNode || num > fieldDeltaReqErrorDetail {
-			return false, nil
-		}
-		rest = rest[n:]
-		v, n := protowire.ConsumeBytes(rest)
-		if n < 0 {
-			return false, nil
-		}
-		rest = rest[n:]
+	if !bytesFields(b, fieldDeltaReqErrorDetail, func(num protowire.Number, v []byte) bool {
 		switch num {
 		case fieldDeltaReqSubscribe:
 			subs++
 		case fieldDeltaReqUnsubscribe:
 			unsubs++
 		case fieldDeltaReqInitial:
-			if !plainMapEntry(v) {
-				return false, nil
-			}
+			// A map<string, string> entry with only its key and value.
 			initial++
+			return bytesFields(v, fieldMapValue, func(protowire.Number, []byte) bool { return true })
 		}
+		return true
+	}) {
+		return false, nil
 	}
 	r.Reset()
 	if subs > 0 {
@@ -371,11 +347,7 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool
 			}
 			return utf8String(v)
 		}
-		for len(b) > 0 && err == nil {
-			num, _, n := protowire.ConsumeTag(b)
-			b = b[n:]
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
+		eachField(b, func(num protowire.Number, v []byte) bool {
 			var s string
 			switch num {
 			case fieldDeltaReqTypeURL:
@@ -390,51 +362,78 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool
 				}
 			case fieldDeltaReqInitial:
 				var key, value string
-				for len(v) > 0 && err == nil {
-					num, _, n := protowire.ConsumeTag(v)
-					v = v[n:]
-					f, n := protowire.ConsumeBytes(v)
-					v = v[n:]
+				eachField(v, func(num protowire.Number, f []byte) bool {
 					if num == fieldMapKey {
 						key, err = name(f)
 					} else {
 						value, err = utf8String(f)
 					}
-				}
+					return err == nil
+				})
 				r.InitialResourceVersions[key] = value
 			case fieldDeltaReqNonce:
 				r.ResponseNonce, err = utf8String(v)
 			case fieldDeltaReqNode:
-				if r.Node == nil {
-					r.Node = &corev3.Node{}
-				}
-				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.Node)
+				err = mergeNode(v, &r.Node)
 			case fieldDeltaReqErrorDetail:
-				if r.ErrorDetail == nil {
-					r.ErrorDetail = &status.Status{}
-				}
-				err = proto.UnmarshalOptions{Merge: true}.Unmarshal(v, r.ErrorDetail)
+				err = mergeStatus(v, &r.ErrorDetail)
 			}
-		}
+			return err == nil
+		})
 	})
 	return true, err
 }
 
-// plainMapEntry reports whether b is a well-formed map<string, string> entry with only
-// its key and value fields.
-func plainMapEntry(b []byte) bool {
+// bytesFields calls f with each field of the message b, in order, while it returns true,
+// and reports whether b is well formed, every field length-delimited and numbered from 1
+// to maxField, and f returned true for each: the messages the request fast paths handle.
+func bytesFields(b []byte, maxField protowire.Number, f func(protowire.Number, []byte) bool) bool {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType || (num != fieldMapKey && num != fieldMapValue) {
+		if n < 0 || typ != protowire.BytesType || num < 1 || num > maxField {
 			return false
 		}
 		b = b[n:]
-		if _, n = protowire.ConsumeBytes(b); n < 0 {
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
 			return false
 		}
 		b = b[n:]
+		if !f(num, v) {
+			return false
+		}
 	}
 	return true
+}
+
+// eachField calls f with each field of b, which bytesFields accepted, while it returns
+// true.
+func eachField(b []byte, f func(protowire.Number, []byte) bool) {
+	for len(b) > 0 {
+		num, _, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		b = b[n:]
+		if !f(num, v) {
+			return
+		}
+	}
+}
+
+// mergeNode and mergeStatus merge an occurrence of a message field into *dst, as
+// proto.Unmarshal does with a field that repeats.
+func mergeNode(v []byte, dst **corev3.Node) error {
+	if *dst == nil {
+		*dst = &corev3.Node{}
+	}
+	return proto.UnmarshalOptions{Merge: true}.Unmarshal(v, *dst)
+}
+
+func mergeStatus(v []byte, dst **status.Status) error {
+	if *dst == nil {
+		*dst = &status.Status{}
+	}
+	return proto.UnmarshalOptions{Merge: true}.Unmarshal(v, *dst)
 }
 
 func utf8String(v []byte) (string, error) {
