@@ -203,36 +203,17 @@ func TestDeltaProtoSharedReferences(t *testing.T) {
 		{"one goes: still referred to", CDS, nil, []string{"a"}, []dreq{{typ: CDS, ack: true}}},
 		{"the other changes its assignment", CDS, []xdsclient.Resource{cluster("b", 2)}, nil,
 			[]dreq{{typ: EDS, sub: []string{"b"}, unsub: []string{"shared"}}, {typ: CDS, ack: true}}},
-	}
-	for _, st := range steps {
-		var rs []deltaResource
-		for _, r := range st.rs {
-			rs = append(rs, deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)})
-		}
-		got, err := p.Response(st.typ, "n", rs, st.removed, "")
-		if err != nil {
-			t.Fatalf("%s: %v", st.name, err)
-		}
-		if g := summarizeDelta(got); !equalReqs(g, st.want) {
-			t.Fatalf("%s: requests %+v, want %+v", st.name, g, st.want)
-		}
-	}
-	// Routes: a listener and a scope name the same route configuration.
-	p.types[LDS].requested, p.types[SRDS].requested = true, true
-	for _, st := range []struct {
-		name    string
-		typ     Type
-		rs      []xdsclient.Resource
-		removed []string
-		want    []dreq
-	}{
+		// Routes: a listener and a scope name the same route configuration.
 		{"a listener names r", LDS, []xdsclient.Resource{{Name: "l", Hash: 1, Routes: []string{"r"}}}, nil,
 			[]dreq{{typ: RDS, sub: []string{"r"}}, {typ: LDS, ack: true}}},
 		{"a scope names r too", SRDS, []xdsclient.Resource{{Name: "s", Hash: 1, Routes: []string{"r"}}}, nil,
 			[]dreq{{typ: SRDS, ack: true}}},
 		{"the listener goes: the scope keeps r", LDS, nil, []string{"l"}, []dreq{{typ: LDS, ack: true}}},
 		{"the scope goes", SRDS, nil, []string{"s"}, []dreq{{typ: RDS, unsub: []string{"r"}}, {typ: SRDS, ack: true}}},
-	} {
+	}
+	for _, st := range steps {
+		// As if LDS and SRDS had been asked for (the listeners' rule is TestDeltaProto's).
+		p.types[LDS].requested, p.types[SRDS].requested = true, true
 		var rs []deltaResource
 		for _, r := range st.rs {
 			rs = append(rs, deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)})

@@ -170,22 +170,28 @@ func BenchmarkEDSAck(b *testing.B) {
 			if order == "envoy" {
 				slices.Reverse(names)
 			}
-			eds := s.types[resource.Endpoint]
-			raw, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resource.Endpoint.URL(), VersionInfo: eds.version, ResponseNonce: eds.nonce, ResourceNames: names})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			for b.Loop() {
-				var r discoveryv3.DiscoveryRequest
-				if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &r); err != nil {
-					b.Fatal(err)
-				}
-				if out, resps := s.onRequest(resource.Endpoint, &r); out.kind != ACK || len(resps) != 0 {
-					b.Fatalf("%v, %d responses", out.kind, len(resps))
-				}
-			}
+			benchmarkACK(b, s, resource.Endpoint, names)
 		})
+	}
+}
+
+// benchmarkACK measures decoding and handling the ACK of a synced session's last
+// response of t, naming names.
+func benchmarkACK(b *testing.B, s *session, t resource.Type, names []string) {
+	ts := &s.types[t]
+	raw, err := proto.Marshal(req(t, ts.version, ts.nonce, names...))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var r discoveryv3.DiscoveryRequest
+		if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &r); err != nil {
+			b.Fatal(err)
+		}
+		if out, resps := s.onRequest(t, &r); out.kind != ACK || len(resps) != 0 {
+			b.Fatalf("%v, %d responses", out.kind, len(resps))
+		}
 	}
 }
 
@@ -195,16 +201,31 @@ func BenchmarkEDSAck(b *testing.B) {
 // resources are written once and shared, and nothing pools a copy per stream (the issue
 // measured RSS climbing with every full push, the response buffers held by a pool).
 func TestCodecMemory(t *testing.T) {
-	const streams, resources, size = 64, 256, 4 << 10 // a 1 MiB response to 64 proxies
 	var anys []*anypb.Any
-	for i := range resources {
-		anys = append(anys, res(t, resource.Cluster, "c", strings.Repeat(string(rune('a'+i%26)), size)).Any)
+	for i := range memResources {
+		anys = append(anys, res(t, resource.Cluster, "c", strings.Repeat(string(rune('a'+i%26)), memSize)).Any)
 	}
-	respond := func(nonce int, rs []*anypb.Any) *discoveryv3.DiscoveryResponse {
+	testCodecMemory(t, func(nonce int, subset []int) proto.Message {
 		// Each stream builds its own response and list (session.respond), naming the
 		// snapshot's resources.
-		return &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resource.Cluster.URL(),
-			Nonce: strconv.Itoa(nonce), Resources: slices.Clone(rs)}
+		resp := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resource.Cluster.URL(), Nonce: strconv.Itoa(nonce)}
+		for _, i := range subset {
+			resp.Resources = append(resp.Resources, anys[i])
+		}
+		return resp
+	})
+}
+
+// A 1 MiB response to 64 proxies.
+const memStreams, memResources, memSize = 64, 256, 4 << 10
+
+// testCodecMemory marshals the response respond builds for each of memStreams streams,
+// with every resource, and checks the heap held while they are in flight and after;
+// then a few subsets under the same version, which must be other bytes.
+func testCodecMemory(t *testing.T, respond func(nonce int, subset []int) proto.Message) {
+	all := make([]int, memResources)
+	for i := range all {
+		all[i] = i
 	}
 	heap := func() int64 {
 		runtime.GC()
@@ -214,8 +235,8 @@ func TestCodecMemory(t *testing.T) {
 	}
 	base := heap()
 	var inFlight []mem.BufferSlice
-	for i := range streams {
-		bs, err := codec{}.Marshal(respond(i, anys))
+	for i := range memStreams {
+		bs, err := codec{}.Marshal(respond(i, all))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,7 +244,7 @@ func TestCodecMemory(t *testing.T) {
 	}
 	held := heap() - base
 	for i, bs := range inFlight {
-		if want, _ := proto.Marshal(respond(i, anys)); !bytes.Equal(bs.Materialize(), want) {
+		if want, _ := proto.Marshal(respond(i, all)); !bytes.Equal(bs.Materialize(), want) {
 			t.Fatalf("stream %d: the codec's bytes differ from proto.Marshal's", i)
 		}
 		bs.Free()
@@ -233,12 +254,11 @@ func TestCodecMemory(t *testing.T) {
 	const bound = 4 << 20 // a few copies of the 1 MiB response, not one per stream
 	if held > bound || retained > bound {
 		t.Fatalf("%d streams of a %d KiB response: %d KiB held while in flight, %d KiB after they were written; want both under %d KiB",
-			streams, resources*size>>10, held>>10, retained>>10, bound>>10)
+			memStreams, memResources*memSize>>10, held>>10, retained>>10, bound>>10)
 	}
-
 	// The same version with other resources (EDS names only what changed) is other bytes.
-	for i, rs := range [][]*anypb.Any{anys[:10], anys[1:], {anys[3], anys[2]}} {
-		resp := respond(1000+i, rs)
+	for i, subset := range [][]int{all[:10], all[1:], {3, 2}} {
+		resp := respond(1000+i, subset)
 		bs, err := codec{}.Marshal(resp)
 		if err != nil {
 			t.Fatal(err)
@@ -304,63 +324,20 @@ func TestDeltaCodecBytes(t *testing.T) {
 // resources to every proxy that needs them. As for state of the world, the bytes held for
 // those responses must not grow with the number of proxies.
 func TestDeltaCodecMemory(t *testing.T) {
-	const streams, resources, size = 64, 256, 4 << 10 // a 1 MiB response to 64 proxies
 	var rs []*resource.Resource
-	for i := range resources {
-		rs = append(rs, res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat(string(rune('a'+i%26)), size)))
+	for i := range memResources {
+		rs = append(rs, res(t, resource.Cluster, "c"+strconv.Itoa(i), strings.Repeat(string(rune('a'+i%26)), memSize)))
 	}
-	respond := func(nonce int, rs []*resource.Resource, removed ...string) *discoveryv3.DeltaDiscoveryResponse {
+	testCodecMemory(t, func(nonce int, subset []int) proto.Message {
 		// Each stream builds its own response and list (deltaSession.respond), with the
-		// resources' shared delta forms.
+		// resources' shared delta forms, and removed names of its own.
 		resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "v1", TypeUrl: resource.Cluster.URL(),
-			Nonce: strconv.Itoa(nonce), RemovedResources: removed}
-		for _, r := range rs {
-			resp.Resources = append(resp.Resources, r.Delta())
+			Nonce: strconv.Itoa(nonce), RemovedResources: []string{"gone-" + strconv.Itoa(nonce)}}
+		for _, i := range subset {
+			resp.Resources = append(resp.Resources, rs[i].Delta())
 		}
 		return resp
-	}
-	heap := func() int64 {
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
-	base := heap()
-	var inFlight []mem.BufferSlice
-	for i := range streams {
-		bs, err := codec{}.Marshal(respond(i, rs, "gone-"+strconv.Itoa(i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		inFlight = append(inFlight, bs)
-	}
-	held := heap() - base
-	for i, bs := range inFlight {
-		if want, _ := proto.Marshal(respond(i, rs, "gone-"+strconv.Itoa(i))); !bytes.Equal(bs.Materialize(), want) {
-			t.Fatalf("stream %d: the codec's bytes differ from proto.Marshal's", i)
-		}
-		bs.Free()
-	}
-	inFlight = nil
-	retained := heap() - base
-	const bound = 4 << 20 // a few copies of the 1 MiB response, not one per stream
-	if held > bound || retained > bound {
-		t.Fatalf("%d streams of a %d KiB response: %d KiB held while in flight, %d KiB after they were written; want both under %d KiB",
-			streams, resources*size>>10, held>>10, retained>>10, bound>>10)
-	}
-	// Other resources under the same version are other bytes.
-	for i, sub := range [][]*resource.Resource{rs[:10], rs[1:], {rs[3], rs[2]}} {
-		resp := respond(1000+i, sub)
-		bs, err := codec{}.Marshal(resp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want, _ := proto.Marshal(resp); !bytes.Equal(bs.Materialize(), want) {
-			t.Fatalf("subset %d: the codec's bytes differ from proto.Marshal's", i)
-		}
-		bs.Free()
-	}
-	runtime.KeepAlive(rs)
+	})
 }
 
 // TestCodecDeltaRequests holds the delta request fast path to proto.Unmarshal's result,

@@ -5,10 +5,6 @@ import (
 	"runtime"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
@@ -67,20 +63,6 @@ func BenchmarkTwoSetRDS(b *testing.B) {
 	b.Run(fmt.Sprintf("sotw/ack/services=%d", services), func(b *testing.B) {
 		s := newSession(nil, nil)
 		syncRDS(b, s, w.proxy(0), names)
-		rds := &s.types[resource.Route]
-		raw, err := proto.Marshal(req(resource.Route, rds.version, rds.nonce, names...))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		for b.Loop() {
-			var r discoveryv3.DiscoveryRequest
-			if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &r); err != nil {
-				b.Fatal(err)
-			}
-			if out, resps := s.onRequest(resource.Route, &r); out.kind != ACK || len(resps) != 0 {
-				b.Fatalf("%v, %d responses", out.kind, len(resps))
-			}
-		}
+		benchmarkACK(b, s, resource.Route, names)
 	})
 }
