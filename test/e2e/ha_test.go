@@ -744,12 +744,19 @@ func (h *haMesh) testLeaderKilled(t *testing.T) {
 	if bound := haLeaseDuration + 2*try + 500*time.Millisecond; leaseAfter > bound {
 		t.Errorf("the survivor took the Lease %s after the kill, want within %s", leaseAfter, bound)
 	}
-	mt, err := h.metrics(ctx, survivor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mt["bearkong_leader"] != 1 {
-		t.Errorf("the survivor's bearkong_leader = %v, want 1", mt["bearkong_leader"])
+	// client-go writes the Lease, then calls OnStartedLeading in a goroutine of its own,
+	// which sets the gauge: the API may name the survivor a moment before its metric does.
+	if err := localmesh.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+		mt, err := h.metrics(ctx, survivor)
+		if err != nil {
+			return err
+		}
+		if mt["bearkong_leader"] != 1 {
+			return fmt.Errorf("the survivor's bearkong_leader = %v, want 1", mt["bearkong_leader"])
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 
 	// Made after the kill, written by the new leader.
