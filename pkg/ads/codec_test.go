@@ -412,3 +412,53 @@ func FuzzCodecDeltaRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestSameNames: a request's names match a live list whatever their order, each once,
+// and nothing else does. Both ways are checked: in the list's order or its reverse
+// (compared byte by byte, see sameOrder), and in any other order (looked up by name).
+func TestSameNames(t *testing.T) {
+	set := resource.NewSet(
+		res(t, resource.Endpoint, "a.default", "1"), res(t, resource.Endpoint, "b.default", "1"),
+		res(t, resource.Endpoint, "c.default", "1"), res(t, resource.Endpoint, "d.default", "1"))
+	defer runtimeKeepAlive(set)
+	cases := []struct {
+		names []string
+		same  bool
+	}{
+		{[]string{"a.default", "b.default", "c.default", "d.default"}, true},
+		{[]string{"d.default", "c.default", "b.default", "a.default"}, true},
+		{[]string{"b.default", "d.default", "a.default", "c.default"}, true},
+		{[]string{"a.default", "b.default", "c.default"}, false},
+		{[]string{"a.default", "b.default", "c.default", "d.default", "e.default"}, false},
+		{[]string{"a.default", "b.default", "c.default", "c.default"}, false},
+		{[]string{"d.default", "c.default", "b.default", "b.default"}, false},
+		{[]string{"a.default", "b.default", "c.default", "x.default"}, false},
+		{[]string{"a.default", "c.default", "b.default", "d.default", "a.default"}, false},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.names, ","), func(t *testing.T) {
+			b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{VersionInfo: "v1", TypeUrl: resource.Endpoint.URL(), ResourceNames: c.names, ResponseNonce: "1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var h resource.NameListHash
+			h.Reset()
+			for _, n := range set.Names() {
+				h.Add([]byte(n))
+			}
+			found := false
+			resource.LookupNames(func(lookup resource.NameLookup) {
+				lookup.Lists(&h, len(set.Names()), func(list resource.NameList) bool {
+					found = true
+					if got := sameNames(b, list); got != c.same {
+						t.Errorf("sameNames = %v, want %v", got, c.same)
+					}
+					return true
+				})
+			})
+			if !found {
+				t.Fatal("the set's list is not live")
+			}
+		})
+	}
+}
