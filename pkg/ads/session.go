@@ -456,13 +456,20 @@ func (s *session) changedNames(ts *typeState, v resource.View) []string {
 			return out
 		}
 	}
+	// The subscription changed: each subscribed resource the proxy was not sent as it is
+	// now (a first subscription of a thousand names costs no look-up in sentSub: there is
+	// no sentView; nor in sub, which gave the resources).
 	var out []string
 	for _, r := range subscribed(ts.sub, v) {
-		if !ts.holds(r) {
+		if ts.sentView == nil || !ts.sentSub.has(r.Name) {
+			out = append(out, r.Name)
+		} else if old, ok := ts.sentView.Get(r.Name); !ok || (old != r && old.Hash != r.Hash) {
 			out = append(out, r.Name)
 		}
 	}
-	slices.Sort(out)
+	if !slices.IsSorted(out) {
+		slices.Sort(out)
+	}
 	return out
 }
 
@@ -556,10 +563,15 @@ func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.Di
 		// Only what the proxy does not hold can need sending. When the subscription is
 		// unchanged, the view diff is computed once per pair of sets and shared by every
 		// proxy, so this costs the size of the change, not of the subscription.
-		for _, n := range mergeNames(s.changedNames(ts, v), ts.refresh) {
-			if !ts.sub.has(n) {
-				continue
+		// changedNames are all subscribed: only the refreshed names need the check
+		// (refresh may be a list shared by every proxy: filtered into a new one).
+		var refresh []string
+		for _, n := range ts.refresh {
+			if ts.sub.has(n) {
+				refresh = append(refresh, n)
 			}
+		}
+		for _, n := range mergeNames(s.changedNames(ts, v), refresh) {
 			if r, ok := v.Get(n); ok {
 				send = append(send, r)
 			}
