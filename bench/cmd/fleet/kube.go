@@ -157,6 +157,13 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		r.Changes = append(r.Changes, chg)
 		logf("informer path: %-20s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy", kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes)
 	}
+	if len(r.Pushes) > 0 {
+		// Live memory after the pushes, as after sync: growth a collection returns is
+		// garbage between two GCs; growth that stays is held.
+		if r.AfterPushesGC, err = ch.stats(true); err != nil {
+			return nil, err
+		}
+	}
 	if err := r.end(ch, f); err != nil {
 		return nil, err
 	}

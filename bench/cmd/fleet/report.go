@@ -197,6 +197,11 @@ var rows = []row{
 	}), unit: "%+.0f"},
 	{label: "heap in use after 10 new Services, as it runs (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(c.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
 	{label: "heap in use after 10 new Services, after a GC (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(r.AfterPushesGC.HeapInuse) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after 10 new Services, after a GC (MiB)", get: afterPushes(func(r *Run, c *Change) float64 { return float64(r.AfterPushesGC.RSS) / mibf }), unit: "%.0f", ratio: true},
+	{label: "RSS after 10 new Services vs after sync, both after a GC (%)", get: afterPushes(func(r *Run, c *Change) float64 {
+		return 100 * (float64(r.AfterPushesGC.RSS)/float64(r.AfterSync.RSS) - 1)
+	}), unit: "%+.0f"},
+	{label: "peak RSS up to the end of the initial sync, VmHWM (MiB)", get: stat(func(r *Run) float64 { return float64(r.AfterSyncNoGC.HWM) / mibf }), unit: "%.0f", ratio: true},
 	{label: "peak RSS over the whole run, VmHWM (MiB)", get: stat(func(r *Run) float64 { return float64(r.PeakRSS()) / mibf }), unit: "%.0f", ratio: true},
 	{label: "RSS per proxy beyond the shared config (KiB)", get: stat(func(r *Run) float64 {
 		return (float64(r.AfterSync.RSS) - float64(r.Baseline.RSS)) / float64(r.N) / kib
@@ -336,6 +341,8 @@ func (r *report) markdown() string {
 			for _, p := range k.Pushes {
 				fmt.Fprintf(&b, " %.0f", float64(p.RSS)/mibf)
 			}
+			fmt.Fprintf(&b, "; then after a GC: heap %.0f MiB, RSS %.0f MiB (%+.0f %% against after sync, after a GC)",
+				float64(k.AfterPushesGC.HeapInuse)/mibf, float64(k.AfterPushesGC.RSS)/mibf, 100*(float64(k.AfterPushesGC.RSS)/float64(k.AfterSync.RSS)-1))
 		}
 		fmt.Fprintf(&b, "; peak RSS over the run %.0f MiB; streams lost %d.\n", float64(k.PeakRSS())/mibf, k.StreamsLost)
 	}
