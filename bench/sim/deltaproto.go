@@ -65,12 +65,7 @@ type deltaType struct {
 	names map[sym]bool
 	// cache is what the cache holds, by name: the version the server gave and the
 	// hash of the bytes.
-	cache map[sym]held
-}
-
-type held struct {
-	version sym
-	hash    uint64
+	cache map[sym]version
 }
 
 type deltaCluster struct {
@@ -95,7 +90,7 @@ func newDeltaProto() *deltaProto {
 		edsRefs: map[sym]int32{}, routeRefs: map[sym]int32{}}
 	for i := range p.types {
 		p.types[i].names = map[sym]bool{}
-		p.types[i].cache = map[sym]held{}
+		p.types[i].cache = map[sym]version{}
 	}
 	return p
 }
@@ -118,11 +113,11 @@ func (p *deltaProto) Reconnect() []*discoveryv3.DeltaDiscoveryRequest {
 		if !ts.requested {
 			continue
 		}
-		versions := make(map[string]string, len(ts.cache))
-		for n, h := range ts.cache {
-			versions[n.String()] = h.version.String()
+		initial := make(map[string]string, len(ts.cache))
+		for n, v := range ts.cache {
+			initial[n.String()] = v.held().version.String()
 		}
-		r := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), InitialResourceVersions: versions}
+		r := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), InitialResourceVersions: initial}
 		if !t.Wildcard() {
 			r.ResourceNamesSubscribe = sortedNames(ts.names)
 		}
@@ -160,7 +155,7 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 		if !t.Wildcard() && !ts.names[names[i]] {
 			continue // not subscribed: Envoy ignores it
 		}
-		ts.cache[names[i]] = held{version: intern(r.Version), hash: r.Hash}
+		ts.cache[names[i]] = internVersion(held{version: intern(r.Version), hash: r.Hash})
 	}
 	gone := make([]sym, len(removed))
 	for i, n := range removed {
@@ -181,6 +176,11 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 				}
 				delete(p.warming, n)
 			}
+		}
+		if len(p.warming) == 0 {
+			// A map keeps the room it grew to: the thousand clusters that warmed at
+			// sync would hold 64 KB a client for good.
+			p.warming = map[sym][]sym{}
 		}
 	case LDS:
 		out = p.applyRefs(p.listenerRefs, rs, names, gone)
@@ -355,7 +355,8 @@ func (p *deltaProto) subscribeMore(t Type, want []string) []*discoveryv3.DeltaDi
 
 // Has returns the version and hash of the cached resource of t named name.
 func (p *deltaProto) Has(t Type, name string) (string, uint64, bool) {
-	h, ok := p.types[t].cache[intern(name)]
+	v, ok := p.types[t].cache[intern(name)]
+	h := v.held()
 	return h.version.String(), h.hash, ok
 }
 

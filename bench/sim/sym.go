@@ -137,3 +137,57 @@ func (l symList) syms() []sym { return lists.value(uint32(l)) }
 
 func maphashString(s string) uint64 { return maphash.String(memoSeed, s) }
 func maphashBytes(b []byte) uint64  { return maphash.Bytes(memoSeed, b) }
+
+// version is an interned (version, hash) pair: what a client's cache holds of a
+// resource, in four bytes. The zero version is no version.
+type version uint32
+
+// held is what a version stands for: the version the server gave and the hash of the
+// bytes.
+type held struct {
+	version sym
+	hash    uint64
+}
+
+var versions struct {
+	shards [symShards]struct {
+		sync.RWMutex
+		ids  map[held]uint32
+		vals []held
+	}
+}
+
+func internVersion(h held) version {
+	i := uint32((uint64(h.version)*0x9e3779b97f4a7c15 ^ h.hash) % symShards)
+	sh := &versions.shards[i]
+	sh.RLock()
+	id, ok := sh.ids[h]
+	sh.RUnlock()
+	if ok {
+		return version(id)
+	}
+	sh.Lock()
+	defer sh.Unlock()
+	if id, ok := sh.ids[h]; ok {
+		return version(id)
+	}
+	if sh.ids == nil {
+		sh.ids = map[held]uint32{}
+		sh.vals = append(sh.vals, held{}) // id 0 is no version
+	}
+	id = uint32(len(sh.vals))*symShards + i
+	sh.vals = append(sh.vals, h)
+	sh.ids[h] = id
+	return version(id)
+}
+
+func (v version) held() held {
+	if v == 0 {
+		return held{}
+	}
+	sh := &versions.shards[v%symShards]
+	sh.RLock()
+	h := sh.vals[v/symShards]
+	sh.RUnlock()
+	return h
+}
