@@ -30,9 +30,9 @@ type symTable[T any] struct {
 	}
 }
 
-// lookup returns the id of key, adding it with the value make(key) if new. The id holds
+// lookup returns the id of key, adding it with the value mk(key) if new. The id holds
 // the shard in its low bits and the index in the shard above them; 0 is kept for "".
-func (t *symTable[T]) lookup(key string, make func(string) T) uint32 {
+func (t *symTable[T]) lookup(key string, mk func(string) T) uint32 {
 	if key == "" {
 		return 0
 	}
@@ -59,13 +59,13 @@ func (t *symTable[T]) lookup(key string, make func(string) T) uint32 {
 	}
 	key = strings.Clone(key) // the caller's key may alias a message buffer
 	id = uint32(len(sh.vals))*symShards + i
-	sh.vals = append(sh.vals, make(key))
+	sh.vals = append(sh.vals, mk(key))
 	sh.ids[key] = id
 	return id
 }
 
 // lookupBytes is lookup for a key in bytes, without a string for the usual hit.
-func (t *symTable[T]) lookupBytes(key []byte, make func(string) T) uint32 {
+func (t *symTable[T]) lookupBytes(key []byte, mk func(string) T) uint32 {
 	if len(key) == 0 {
 		return 0
 	}
@@ -77,7 +77,7 @@ func (t *symTable[T]) lookupBytes(key []byte, make func(string) T) uint32 {
 	if ok {
 		return id
 	}
-	return t.lookup(string(key), make)
+	return t.lookup(string(key), mk)
 }
 
 func (t *symTable[T]) value(id uint32) T {
