@@ -1,7 +1,9 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -34,6 +36,12 @@ func (c *Client) runDelta() {
 		}
 		err := c.handleDelta(&d, &resp)
 		resp.release()
+		if errors.Is(err, io.EOF) && c.reconnecting.Load() {
+			// A response that came before the stream was cut is applied, but its
+			// ACK cannot go out on the cut stream (gRPC's Send says io.EOF): that
+			// is the reconnect, not a stream the server ended.
+			err = c.reconnectDelta()
+		}
 		if err != nil {
 			c.finish(err)
 			return

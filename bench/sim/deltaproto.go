@@ -2,7 +2,6 @@ package sim
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -39,21 +38,23 @@ import (
 //     its current subscription and initial_resource_versions: the versions of what the
 //     cache holds, so that the server sends only what differs.
 type deltaProto struct {
-	types    [NumTypes]deltaType
-	clusters map[string]deltaCluster
+	types [NumTypes]deltaType
+	// The cache is kept by sym (see sym.go): maps of numbers, one small entry per
+	// resource, so that 5000 clients' caches fit beside the rest of a run.
+	clusters map[sym]deltaCluster
 	// warming maps an EDS name to the clusters that wait for it.
-	warming      map[string][]string
+	warming      map[sym][]sym
 	initializing bool
-	// listenerRefs are the cached listeners' references (routes, secrets), by name, and
-	// scopeRefs the cached scopes' (their route configuration).
-	listenerRefs, scopeRefs map[string]xdsclient.Resource
+	// listenerRefs are the cached listeners' route configurations, by name, and
+	// scopeRefs the cached scopes'.
+	listenerRefs, scopeRefs map[sym]deltaRefs
 	// edsRefs counts the clusters that refer to each EDS name, routeRefs the listeners
 	// and scopes that refer to each route configuration: an update changes the
 	// subscriptions of the names its resources refer to, as Envoy adds and removes one
 	// watch per cluster or listener, instead of working the subscription out again from
 	// every cached resource (which made the simulator, not the server, the bound of a
 	// one-Service change at N=5000).
-	edsRefs, routeRefs map[string]int
+	edsRefs, routeRefs map[sym]int32
 	// listenersSeen: an LDS response was applied (see Response's SRDS rule).
 	listenersSeen bool
 }
@@ -61,15 +62,21 @@ type deltaProto struct {
 type deltaType struct {
 	requested bool
 	// names is the explicit subscription (EDS, RDS, SDS); CDS and LDS are wildcard.
-	names map[string]bool
-	// versions and hashes are what the cache holds, by name.
-	versions map[string]string
-	hashes   map[string]uint64
+	names map[sym]bool
+	// cache is what the cache holds, by name: the version the server gave and the
+	// hash of the bytes.
+	cache map[sym]version
 }
 
 type deltaCluster struct {
-	res     xdsclient.Resource
+	hash    uint64
+	eds     sym
 	warming bool
+}
+
+type deltaRefs struct {
+	routes symList
+	scoped bool
 }
 
 // deltaResource is one resource of a response.
@@ -79,12 +86,11 @@ type deltaResource struct {
 }
 
 func newDeltaProto() *deltaProto {
-	p := &deltaProto{clusters: map[string]deltaCluster{}, warming: map[string][]string{}, listenerRefs: map[string]xdsclient.Resource{}, scopeRefs: map[string]xdsclient.Resource{},
-		edsRefs: map[string]int{}, routeRefs: map[string]int{}}
+	p := &deltaProto{clusters: map[sym]deltaCluster{}, warming: map[sym][]sym{}, listenerRefs: map[sym]deltaRefs{}, scopeRefs: map[sym]deltaRefs{},
+		edsRefs: map[sym]int32{}, routeRefs: map[sym]int32{}}
 	for i := range p.types {
-		p.types[i].names = map[string]bool{}
-		p.types[i].versions = map[string]string{}
-		p.types[i].hashes = map[string]uint64{}
+		p.types[i].names = map[sym]bool{}
+		p.types[i].cache = map[sym]version{}
 	}
 	return p
 }
@@ -107,9 +113,13 @@ func (p *deltaProto) Reconnect() []*discoveryv3.DeltaDiscoveryRequest {
 		if !ts.requested {
 			continue
 		}
-		r := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), InitialResourceVersions: maps.Clone(ts.versions)}
+		initial := make(map[string]string, len(ts.cache))
+		for n, v := range ts.cache {
+			initial[n.String()] = v.held().version.String()
+		}
+		r := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), InitialResourceVersions: initial}
 		if !t.Wildcard() {
-			r.ResourceNamesSubscribe = sortedKeys(ts.names)
+			r.ResourceNamesSubscribe = sortedNames(ts.names)
 		}
 		out = append(out, r)
 	}
@@ -124,48 +134,59 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 	if !ts.requested {
 		return nil, fmt.Errorf("%s response before any %s request", t, t)
 	}
-	seen := make(map[string]bool, len(rs))
-	for _, r := range rs {
-		if seen[r.Name] {
-			return nil, fmt.Errorf("duplicate %s resource %q in one response", t, r.Name)
+	names := make([]sym, len(rs))
+	for i, r := range rs {
+		names[i] = intern(r.Name)
+	}
+	if len(names) > 1 {
+		sorted := slices.Clone(names)
+		slices.Sort(sorted)
+		for i := 1; i < len(sorted); i++ {
+			if sorted[i] == sorted[i-1] {
+				return nil, fmt.Errorf("duplicate %s resource %q in one response", t, sorted[i])
+			}
 		}
-		seen[r.Name] = true
 	}
 	if nack != "" {
 		return []*discoveryv3.DeltaDiscoveryRequest{{TypeUrl: t.URL(), ResponseNonce: nonce,
 			ErrorDetail: &rpcstatus.Status{Code: 3, Message: nack}}}, nil
 	}
-	for _, r := range rs {
-		if !t.Wildcard() && !ts.names[r.Name] {
+	for i, r := range rs {
+		if !t.Wildcard() && !ts.names[names[i]] {
 			continue // not subscribed: Envoy ignores it
 		}
-		ts.versions[r.Name] = r.Version
-		ts.hashes[r.Name] = r.Hash
+		ts.cache[names[i]] = internVersion(held{version: intern(r.Version), hash: r.Hash})
 	}
-	for _, n := range removed {
-		delete(ts.versions, n)
-		delete(ts.hashes, n)
+	gone := make([]sym, len(removed))
+	for i, n := range removed {
+		gone[i] = intern(n)
+		delete(ts.cache, gone[i])
 	}
 	var out []*discoveryv3.DeltaDiscoveryRequest
 	switch t {
 	case CDS:
-		out = p.applyClusters(rs, removed)
+		out = p.applyClusters(rs, names, gone)
 	case EDS:
-		for _, r := range rs {
-			if ts.names[r.Name] {
-				for _, cn := range p.warming[r.Name] {
+		for _, n := range names {
+			if ts.names[n] {
+				for _, cn := range p.warming[n] {
 					cl := p.clusters[cn]
 					cl.warming = false
 					p.clusters[cn] = cl
 				}
-				delete(p.warming, r.Name)
+				delete(p.warming, n)
 			}
 		}
+		if len(p.warming) == 0 {
+			// A map keeps the room it grew to: the thousand clusters that warmed at
+			// sync would hold 64 KB a client for good.
+			p.warming = map[sym][]sym{}
+		}
 	case LDS:
-		out = p.applyRefs(p.listenerRefs, rs, removed)
+		out = p.applyRefs(p.listenerRefs, rs, names, gone)
 		scoped := false
 		for _, l := range p.listenerRefs {
-			scoped = scoped || l.Scoped
+			scoped = scoped || l.scoped
 		}
 		if scoped && !p.types[SRDS].requested && !p.listenersSeen {
 			// Only from the first LDS response, as Envoy 1.36 does (see
@@ -176,7 +197,7 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 		}
 		p.listenersSeen = true
 	case SRDS:
-		out = p.applyRefs(p.scopeRefs, rs, removed)
+		out = p.applyRefs(p.scopeRefs, rs, names, gone)
 	}
 	if p.initializing && (t == CDS || t == EDS) && len(p.warming) == 0 {
 		p.initializing = false
@@ -186,35 +207,36 @@ func (p *deltaProto) Response(t Type, nonce string, rs []deltaResource, removed 
 	return append(out, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t.URL(), ResponseNonce: nonce}), nil
 }
 
-func (p *deltaProto) applyClusters(rs []deltaResource, removed []string) []*discoveryv3.DeltaDiscoveryRequest {
-	touched := map[string]bool{}
+func (p *deltaProto) applyClusters(rs []deltaResource, names, removed []sym) []*discoveryv3.DeltaDiscoveryRequest {
+	var touched []sym
 	var secrets []string
-	for _, r := range rs {
-		old, ok := p.clusters[r.Name]
-		if ok && old.res.Hash == r.Hash {
+	for i, r := range rs {
+		name := names[i]
+		old, ok := p.clusters[name]
+		if ok && old.hash == r.Hash {
 			continue
 		}
 		if ok {
 			if old.warming {
-				p.unwarm(old.res.EDS, r.Name)
+				p.unwarm(old.eds, name)
 			}
-			p.unref(p.edsRefs, old.res.EDS, touched)
+			touched = p.unref(p.edsRefs, old.eds, touched)
 		}
-		cl := deltaCluster{res: r.Resource}
-		if r.EDS != "" {
+		cl := deltaCluster{hash: r.Hash, eds: intern(r.EDS)}
+		if cl.eds != 0 {
 			cl.warming = true
-			p.warming[r.EDS] = append(p.warming[r.EDS], r.Name)
+			p.warming[cl.eds] = append(p.warming[cl.eds], name)
 		}
-		p.clusters[r.Name] = cl
-		p.ref(p.edsRefs, r.EDS, touched)
+		p.clusters[name] = cl
+		touched = p.ref(p.edsRefs, cl.eds, touched)
 		secrets = append(secrets, r.Secrets...)
 	}
 	for _, n := range removed {
 		if cl, ok := p.clusters[n]; ok {
 			if cl.warming {
-				p.unwarm(cl.res.EDS, n)
+				p.unwarm(cl.eds, n)
 			}
-			p.unref(p.edsRefs, cl.res.EDS, touched)
+			touched = p.unref(p.edsRefs, cl.eds, touched)
 			delete(p.clusters, n)
 		}
 	}
@@ -223,25 +245,26 @@ func (p *deltaProto) applyClusters(rs []deltaResource, removed []string) []*disc
 }
 
 // ref and unref count a reference to name in refs, and note it in touched.
-func (p *deltaProto) ref(refs map[string]int, name string, touched map[string]bool) {
-	if name != "" {
-		refs[name]++
-		touched[name] = true
+func (p *deltaProto) ref(refs map[sym]int32, name sym, touched []sym) []sym {
+	if name == 0 {
+		return touched
 	}
+	refs[name]++
+	return append(touched, name)
 }
 
-func (p *deltaProto) unref(refs map[string]int, name string, touched map[string]bool) {
-	if name == "" {
-		return
+func (p *deltaProto) unref(refs map[sym]int32, name sym, touched []sym) []sym {
+	if name == 0 {
+		return touched
 	}
 	if refs[name]--; refs[name] <= 0 {
 		delete(refs, name)
 	}
-	touched[name] = true
+	return append(touched, name)
 }
 
-func (p *deltaProto) unwarm(eds, name string) {
-	l := slices.DeleteFunc(slices.Clone(p.warming[eds]), func(n string) bool { return n == name })
+func (p *deltaProto) unwarm(eds, name sym) {
+	l := slices.DeleteFunc(slices.Clone(p.warming[eds]), func(n sym) bool { return n == name })
 	if len(l) == 0 {
 		delete(p.warming, eds)
 	} else {
@@ -254,22 +277,23 @@ func (p *deltaProto) unwarm(eds, name string) {
 // unsubscribes from the route configurations none names any more. A scope's route
 // configuration stays while the scope does, even when the listener that took scopes
 // goes, as on SotW (xdsclient).
-func (p *deltaProto) applyRefs(cache map[string]xdsclient.Resource, rs []deltaResource, removed []string) []*discoveryv3.DeltaDiscoveryRequest {
-	touched := map[string]bool{}
+func (p *deltaProto) applyRefs(cache map[sym]deltaRefs, rs []deltaResource, names, removed []sym) []*discoveryv3.DeltaDiscoveryRequest {
+	var touched []sym
 	var secrets []string
-	drop := func(name string) {
+	drop := func(name sym) {
 		if old, ok := cache[name]; ok {
-			for _, r := range old.Routes {
-				p.unref(p.routeRefs, r, touched)
+			for _, r := range old.routes.syms() {
+				touched = p.unref(p.routeRefs, r, touched)
 			}
 			delete(cache, name)
 		}
 	}
-	for _, r := range rs {
-		drop(r.Name)
-		cache[r.Name] = r.Resource
-		for _, rt := range r.Routes {
-			p.ref(p.routeRefs, rt, touched)
+	for i, r := range rs {
+		drop(names[i])
+		refs := deltaRefs{routes: internList(r.Routes), scoped: r.Scoped}
+		cache[names[i]] = refs
+		for _, rt := range refs.routes.syms() {
+			touched = p.ref(p.routeRefs, rt, touched)
 		}
 		secrets = append(secrets, r.Secrets...)
 	}
@@ -280,81 +304,81 @@ func (p *deltaProto) applyRefs(cache map[string]xdsclient.Resource, rs []deltaRe
 	return append(out, p.subscribeMore(SDS, secrets)...)
 }
 
-// resubscribe brings the subscription of t to refs for the touched names: those now
-// referred to subscribed, those no longer referred to unsubscribed and dropped from the
-// cache. It returns the request, if any.
-func (p *deltaProto) resubscribe(t Type, refs map[string]int, touched map[string]bool) []*discoveryv3.DeltaDiscoveryRequest {
+// resubscribe brings the subscription of t to refs for the touched names (which may
+// repeat): those now referred to subscribed, those no longer referred to unsubscribed and
+// dropped from the cache. It returns the request, if any.
+func (p *deltaProto) resubscribe(t Type, refs map[sym]int32, touched []sym) []*discoveryv3.DeltaDiscoveryRequest {
 	ts := &p.types[t]
 	var sub, unsub []string
-	for n := range touched {
+	for _, n := range touched {
 		switch want := refs[n] > 0; {
 		case want && !ts.names[n]:
-			sub = append(sub, n)
+			ts.names[n] = true
+			sub = append(sub, n.String())
 		case !want && ts.names[n]:
-			unsub = append(unsub, n)
+			delete(ts.names, n)
+			delete(ts.cache, n)
+			unsub = append(unsub, n.String())
 		}
 	}
-	return p.subscription(t, sub, unsub)
+	return p.request(t, sub, unsub)
 }
 
-// subscription applies sub and unsub to the subscription of t and returns the request
-// that says so, if any.
-func (p *deltaProto) subscription(t Type, sub, unsub []string) []*discoveryv3.DeltaDiscoveryRequest {
+// request returns the request that says sub and unsub were applied to the subscription
+// of t, if any.
+func (p *deltaProto) request(t Type, sub, unsub []string) []*discoveryv3.DeltaDiscoveryRequest {
 	if len(sub) == 0 && len(unsub) == 0 {
 		return nil
 	}
-	ts := &p.types[t]
-	for _, n := range sub {
-		ts.names[n] = true
-	}
-	for _, n := range unsub {
-		delete(ts.names, n)
-		delete(ts.versions, n)
-		delete(ts.hashes, n)
-	}
 	slices.Sort(sub)
 	slices.Sort(unsub)
-	ts.requested = true
+	p.types[t].requested = true
 	return []*discoveryv3.DeltaDiscoveryRequest{{TypeUrl: t.URL(), ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}}
 }
 
 // subscribeMore subscribes to the names of want that are not subscribed yet; secrets
 // stay subscribed once named (as on SotW, see internal/xdsclient's secrets section).
 func (p *deltaProto) subscribeMore(t Type, want []string) []*discoveryv3.DeltaDiscoveryRequest {
+	ts := &p.types[t]
 	var sub []string
-	for _, n := range want {
-		if !p.types[t].names[n] && !slices.Contains(sub, n) {
-			sub = append(sub, n)
+	for i, n := range want {
+		if i > 0 && n == want[i-1] {
+			continue // every cluster names the same few secrets
+		}
+		if s := intern(n); !ts.names[s] {
+			ts.names[s] = true
+			sub = append(sub, s.String())
 		}
 	}
-	return p.subscription(t, sub, nil)
+	return p.request(t, sub, nil)
 }
 
 // Has returns the version and hash of the cached resource of t named name.
 func (p *deltaProto) Has(t Type, name string) (string, uint64, bool) {
-	v, ok := p.types[t].versions[name]
-	return v, p.types[t].hashes[name], ok
+	v, ok := p.types[t].cache[intern(name)]
+	h := v.held()
+	return h.version.String(), h.hash, ok
 }
 
 // Names returns the subscription of t, sorted.
-func (p *deltaProto) Names(t Type) []string { return sortedKeys(p.types[t].names) }
+func (p *deltaProto) Names(t Type) []string { return sortedNames(p.types[t].names) }
 
 // Warming returns the clusters that wait for their ClusterLoadAssignment, sorted.
 func (p *deltaProto) Warming() []string {
 	var out []string
 	for n, cl := range p.clusters {
 		if cl.warming {
-			out = append(out, n)
+			out = append(out, n.String())
 		}
 	}
 	slices.Sort(out)
 	return out
 }
 
-func sortedKeys(m map[string]bool) []string {
+func sortedNames(m map[sym]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
-		out = append(out, k)
+		out = append(out, k.String())
 	}
 	slices.Sort(out)
 	return out

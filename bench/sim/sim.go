@@ -289,6 +289,15 @@ func (c *Client) Events() []Event {
 	return slices.Clone(c.events)
 }
 
+// EventsMatch reports whether f says true of the client's events since the last Mark,
+// read in place: the driver asks it of every client every few milliseconds while a
+// change spreads, and a copy each time was garbage for the GC to chase.
+func (c *Client) EventsMatch(f func([]Event) bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return f(c.events)
+}
+
 // Lost reports whether the client's stream ended.
 func (c *Client) Lost() bool {
 	c.mu.Lock()

@@ -380,16 +380,14 @@ func measureChange(ctx context.Context, f *sim.Fleet, ch *child, kind, cluster s
 		return nil, err
 	}
 	want := expectation(kind)
+	// Clients that reached the change stay reached: each poll checks only the others.
+	pending := slices.Clone(f.Clients)
+	hasReached := func(evs []sim.Event) bool { return reached(evs, want) }
 	done := func() bool {
-		for _, cl := range f.Clients {
-			if cl.Mode != sim.Normal || cl.Lost() {
-				continue
-			}
-			if !reached(cl.Events(), want) {
-				return false
-			}
-		}
-		return true
+		pending = slices.DeleteFunc(pending, func(cl *sim.Client) bool {
+			return cl.Mode != sim.Normal || cl.Lost() || cl.EventsMatch(hasReached)
+		})
+		return len(pending) == 0
 	}
 	deadline := time.Now().Add(2 * time.Minute)
 	if kind == workload.Policy {
