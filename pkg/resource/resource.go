@@ -343,6 +343,9 @@ type Proxy struct {
 // nameList is a sorted name list shared by every live set with the same names.
 type nameList struct {
 	names []string
+	// key is names' key in nameLists (see namesKey), kept so that a list edited by a few
+	// names can be looked up without hashing every name again (see SharedEdit).
+	key uint64
 	// index maps each name to its position, built the first time a request is matched
 	// against the list (see NameList.Index).
 	indexOnce sync.Once
@@ -408,7 +411,7 @@ func internKeyed(key uint64, names []string) *nameList {
 		nameLists.names[n] = ref
 		names[i] = ref.s
 	}
-	nl := &nameList{names: names}
+	nl := &nameList{names: names, key: key}
 	nameLists.lists[key] = append(nameLists.lists[key], weak.Make(nl))
 	runtime.AddCleanup(nl, forgetNames, forget{key: key, names: names})
 	return nl
@@ -523,6 +526,100 @@ func SharedNames(v View, names []string) (Names, bool) {
 	}
 	nl := internKeyed(key, names)
 	return Names{list: nl.names, keep: nl}, true
+}
+
+// SharedEdit is SharedNames of the sorted union of n's names and add, less remove (add
+// and remove sorted and unique), found without building that list: ok is false when n
+// is not a shared list (CanonicalNames' or SharedNames' result holding its list, or no
+// names), or when the result is neither a set's list of v nor a live list of every name
+// of v (nor, with an empty v, a live list). The caller then builds the list itself.
+//
+// Why: Envoy subscribes to one more ClusterLoadAssignment and RouteConfiguration per new
+// Service (and unsubscribes from them when it goes). Building the edited list to look it
+// up cost each proxy a copy of its whole subscription (16 KB at S=1000, twice per new
+// Service) and hashing every name; the list keys are sums of per-name hashes, so the
+// edited list's key is n's plus or minus the names that change, and the candidates with
+// that key are compared with the edit as they stand.
+func SharedEdit(v View, n Names, add, remove []string) (Names, bool) {
+	var key uint64
+	switch {
+	case n.keep != nil && sameStrings(n.keep.names, n.list):
+		key = n.keep.key
+	case len(n.list) != 0:
+		return Names{}, false
+	}
+	added, removed := 0, 0
+	for _, a := range add {
+		if _, ok := slices.BinarySearch(n.list, a); !ok {
+			if _, gone := slices.BinarySearch(remove, a); !gone {
+				key += maphash.String(nameLists.seed, a)
+				added++
+			}
+		}
+	}
+	for _, r := range remove {
+		if _, ok := slices.BinarySearch(n.list, r); ok {
+			key -= maphash.String(nameLists.seed, r)
+			removed++
+		}
+	}
+	count := len(n.list) + added - removed
+	switch {
+	case added == 0 && removed == 0:
+		// Nothing added that was not there, nor removed that was: n as it is.
+		return n, true
+	case count == 0:
+		return Names{}, true
+	}
+	for _, set := range v {
+		if len(set.names) == count && set.nameList.key == key && equalEdit(set.names, n.list, add, remove) {
+			return Names{list: set.names, keep: set.nameList}, true
+		}
+	}
+	if len(v) > 0 && count != v.Len() {
+		return Names{}, false
+	}
+	nameLists.RLock()
+	defer nameLists.RUnlock()
+	for _, wp := range nameLists.lists[key] {
+		if nl := wp.Value(); nl != nil && len(nl.names) == count && equalEdit(nl.names, n.list, add, remove) {
+			return Names{list: nl.names, keep: nl}, true
+		}
+	}
+	return Names{}, false
+}
+
+// equalEdit reports whether list is the sorted union of base and add less remove, all
+// sorted and unique, walking them together.
+func equalEdit(list, base, add, remove []string) bool {
+	k := 0
+	for len(base) > 0 || len(add) > 0 {
+		var n string
+		switch {
+		case len(add) == 0 || (len(base) > 0 && base[0] < add[0]):
+			n, base = base[0], base[1:]
+		case len(base) == 0 || add[0] < base[0]:
+			n, add = add[0], add[1:]
+		default:
+			n, base, add = base[0], base[1:], add[1:]
+		}
+		for len(remove) > 0 && remove[0] < n {
+			remove = remove[1:]
+		}
+		if len(remove) > 0 && remove[0] == n {
+			continue
+		}
+		if k == len(list) || list[k] != n {
+			return false
+		}
+		k++
+	}
+	return k == len(list)
+}
+
+// sameStrings reports whether a and b are the same slice, not just equal.
+func sameStrings(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // liveList returns the live list of names filed under key, or nil.
