@@ -70,11 +70,13 @@ type deltaType struct {
 	// route configuration per new Service, and a walk over every subscribed name for
 	// each of those requests made a new Service cost O(S) per proxy.
 	dirty bool
-	// refresh (EDS) lists the assignments to send at the next reconcile even if the
-	// client holds them: those of the clusters the CDS response just sent, which Envoy
-	// keeps warming until their ClusterLoadAssignment comes (checked with Envoy 1.36 on
-	// delta: without it a changed cluster stays warming).
-	refresh []string
+	// refresh (EDS) lists, sorted by name, the clusters whose assignments the next
+	// reconcile sends even if the client holds them: those the CDS responses just sent,
+	// which Envoy keeps warming until their ClusterLoadAssignment comes (checked with
+	// Envoy 1.36 on delta: without it a changed cluster stays warming). It is the CDS
+	// response's own list while there is one (no copy of a thousand names per initial
+	// sync); only the names count.
+	refresh []*resource.Resource
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
 	// rejected maps the resources of NACKed responses to the hash rejected ("" for a
@@ -299,12 +301,8 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 // S=1000); resource.SharedEdit finds it from the edit alone.
 func (s *deltaSession) editNames(t resource.Type, sub *subscription, add, remove []string) {
 	v := s.view(t)
-	if s.cur != nil && (len(sub.names) == 0 || sameSlice(sub.keep.List(), sub.names)) {
-		base := sub.keep
-		if len(sub.names) == 0 {
-			base = resource.Names{}
-		}
-		if n, ok := resource.SharedEdit(v, base, add, remove); ok {
+	if s.cur != nil {
+		if n, ok := resource.SharedEdit(v, sub.names, sub.keep, add, remove); ok {
 			sub.setNames(n)
 			return
 		}
@@ -375,17 +373,35 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
+		covered, inOrder := coveredBy(ts.sub, v)
 		var lacks []string
-		for _, r := range subscribed(ts.sub, v) {
+		declared := 0 // entries of initial that name a covered resource
+		for _, r := range covered {
 			switch h, ok := initial[r.Name]; {
 			case !ok:
 				lacks = append(lacks, r.Name)
 			case h != r.Hash:
+				declared++
 				ts.setHeld(r.Name, h)
+			default:
+				declared++
 			}
 		}
-		slices.Sort(lacks)
+		if !inOrder {
+			slices.Sort(lacks)
+		}
 		ts.unheld = lacks
+		for n := range ts.answer {
+			if _, ok := initial[n]; ok && n != "*" && ts.sub.has(n) {
+				delete(ts.answer, n)
+			}
+		}
+		if _, ok := initial["*"]; ok {
+			declared++
+		}
+		if declared == len(initial) {
+			return // every entry was a covered resource: the common case
+		}
 		for n, h := range initial {
 			if n == "*" || !ts.sub.has(n) {
 				continue
@@ -393,7 +409,6 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 			if _, ok := v.Get(n); !ok {
 				ts.setHeld(n, h)
 			}
-			delete(ts.answer, n)
 		}
 		return
 	}
@@ -471,11 +486,9 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 			continue
 		}
 		send, removed := s.diff(t, ts)
-		if t == resource.Cluster {
+		if t == resource.Cluster && len(send) > 0 {
 			eds := &s.types[resource.Endpoint]
-			for _, r := range send {
-				eds.refresh = append(eds.refresh, r.Name)
-			}
+			eds.refresh = mergeResources(eds.refresh, send)
 		}
 		if t == resource.Cluster || t == resource.Endpoint {
 			// Clusters and their assignments go last.
@@ -500,6 +513,12 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 // diff works out what type t needs: the covered resources the client does not hold as
 // they are now (or must be answered, or refreshed), sorted by name, and the names it
 // holds or asked for that do not exist. The client is then taken to hold the view.
+//
+// It runs for every proxy on every change and on every initial sync and reconnect, so
+// it looks nothing up that it can walk: the lists it compares (the covered resources,
+// unheld, refresh) are sorted, and walked together; a first reconcile, where the client
+// holds nothing, sends what is covered without looking at anything; and what it builds
+// in name order is not sorted again.
 func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Resource, removed []string) {
 	v := s.cur.Views[t]
 	var changed []string
@@ -509,6 +528,7 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 		// once per pair of sets, for every proxy) and what went can need anything.
 		changed, fast = v.Changed(ts.sentView)
 	}
+	ordered := false // send is sorted by name, without repeats
 	if fast {
 		for _, n := range changed {
 			if r, ok := v.Get(n); ok && ts.sub.has(n) {
@@ -535,17 +555,25 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 				send = append(send, r)
 			}
 		}
-	} else {
-		covered := subscribed(ts.sub, v)
-		if ts.sentView == nil {
-			// The first reconcile sends nearly everything covered.
-			send = make([]*resource.Resource, 0, len(covered))
-		}
-		for _, r := range covered {
-			if ts.needs(r) {
+		for _, r := range ts.refresh {
+			if r, ok := v.Get(r.Name); ok && ts.sub.has(r.Name) {
 				send = append(send, r)
 			}
 		}
+	} else {
+		covered, inOrder := coveredBy(ts.sub, v)
+		if ts.sentView == nil && len(ts.override) == 0 {
+			// The client holds nothing of the type: everything covered goes, refresh
+			// included.
+			if inOrder {
+				send = slices.Clip(covered) // appended to below only as a copy
+			} else {
+				send = slices.Clone(covered)
+			}
+		} else {
+			send = ts.needed(covered, inOrder, v)
+		}
+		ordered = inOrder
 		gone := func(n string) bool { _, ok := v.Get(n); return !ok }
 		for n, h := range ts.override {
 			if h != "" && gone(n) {
@@ -563,11 +591,6 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			}
 		}
 	}
-	for _, n := range ts.refresh {
-		if r, ok := v.Get(n); ok && ts.sub.has(n) {
-			send = append(send, r)
-		}
-	}
 	if len(ts.rejected) > 0 && rejectedMoved(ts, v) {
 		// A NACKed response may have been rejected whole (a resource that does not
 		// decode) or in part (Envoy applies the clusters it can and names the others only
@@ -578,15 +601,21 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			case !ok:
 				removed = append(removed, n)
 			case ts.sub.has(n):
-				send = append(send, r)
+				send, ordered = append(send, r), false
 			}
 		}
 		ts.rejected = nil
 	}
-	slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
-	send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
-	slices.Sort(removed)
-	removed = slices.Compact(removed)
+	if !ordered && !sortedUnique(send) {
+		// A copy: send may be a set's own list.
+		send = slices.Clone(send)
+		slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
+		send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
+	}
+	if len(removed) > 1 {
+		slices.Sort(removed)
+		removed = slices.Compact(removed)
+	}
 	for _, n := range removed {
 		delete(ts.rejected, n)
 	}
@@ -594,6 +623,102 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	ts.dirty = false
 	ts.sentView = v
 	return send, removed
+}
+
+// needed returns the resources of covered (sorted by name when inOrder) that the client
+// does not hold as they are, or that refresh names. Where covered is sorted, unheld and
+// refresh are walked beside it rather than searched for each resource; where the client
+// was brought up to v itself (a reconnect that holds the current config), the sets are
+// v's and nothing is looked up.
+func (ts *deltaType) needed(covered []*resource.Resource, inOrder bool, v resource.View) []*resource.Resource {
+	var send []*resource.Resource
+	unheld, refresh := ts.unheld, ts.refresh
+	same := sameView(ts.sentView, v)
+	for _, r := range covered {
+		n := r.Name
+		need := false
+		if h, ok := ts.override[n]; ok {
+			need = h != r.Hash
+		} else if inOrder {
+			for len(unheld) > 0 && unheld[0] < n {
+				unheld = unheld[1:]
+			}
+			need = len(unheld) > 0 && unheld[0] == n
+		} else {
+			need = hasName(ts.unheld, n)
+		}
+		if !need && !same {
+			old, ok := ts.sentView.Get(n)
+			need = !ok || (old != r && old.Hash != r.Hash)
+		}
+		if len(ts.refresh) > 0 {
+			if inOrder {
+				for len(refresh) > 0 && refresh[0].Name < n {
+					refresh = refresh[1:]
+				}
+				need = need || (len(refresh) > 0 && refresh[0].Name == n)
+			} else if !need {
+				_, need = slices.BinarySearchFunc(ts.refresh, n, func(r *resource.Resource, n string) int { return strings.Compare(r.Name, n) })
+			}
+		}
+		if need {
+			send = append(send, r)
+		}
+	}
+	return send
+}
+
+// coveredBy returns the resources of v that sub covers, and whether they are sorted by
+// name. A subscription to exactly a set's names (its very list, as
+// resource.CanonicalNames leaves it) is that set's list, with no look-up per name; the
+// caller must not modify it.
+func coveredBy(sub subscription, v resource.View) ([]*resource.Resource, bool) {
+	if sub.wildcard {
+		return v.All(), len(v) <= 1
+	}
+	for _, set := range v {
+		if sameSlice(sub.names, set.Names()) {
+			return set.All(), true
+		}
+	}
+	return subscribed(sub, v), true
+}
+
+// sameView reports whether a and b are the same sets.
+func sameView(a, b resource.View) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b))
+}
+
+// sortedUnique reports whether rs is sorted by name without repeats.
+func sortedUnique(rs []*resource.Resource) bool {
+	for i := 1; i < len(rs); i++ {
+		if rs[i-1].Name >= rs[i].Name {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeResources returns the union of two lists sorted by name; it may return either.
+func mergeResources(a, b []*resource.Resource) []*resource.Resource {
+	switch {
+	case len(b) == 0:
+		return a
+	case len(a) == 0:
+		return b
+	}
+	out := make([]*resource.Resource, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		switch {
+		case a[0].Name < b[0].Name:
+			out, a = append(out, a[0]), a[1:]
+		case b[0].Name < a[0].Name:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
 }
 
 // rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a

@@ -190,6 +190,7 @@ func TestSharedEdit(t *testing.T) {
 	in := NewSet(mustNew(t, Endpoint, "ed-in", "1"))
 	union := CanonicalNames(View{abc, in}, []string{"ed-a", "ed-b", "ed-c", "ed-in"})
 	setNames := func(s *Set) Names { n, _ := SharedNames(View{s}, s.Names()); return n }
+	own := func(names ...string) Names { return Names{list: names} }
 	cases := []struct {
 		name        string
 		v           View
@@ -207,13 +208,14 @@ func TestSharedEdit(t *testing.T) {
 		{"a swap", View{abc}, setNames(ab), []string{"ed-c"}, []string{"ed-b"}, nil, false},
 		{"nothing changes", View{abc}, setNames(ab), []string{"ed-a"}, []string{"ed-z"}, ab.Names(), true},
 		{"a name the view lacks", View{abc}, setNames(ab), []string{"ed-x"}, nil, nil, false},
-		{"not a shared base", View{abc}, Names{list: []string{"ed-a", "ed-b"}}, []string{"ed-c"}, nil, nil, false},
+		{"a base of its own", View{abc}, own("ed-a", "ed-b"), []string{"ed-c"}, nil, abc.Names(), true},
+		{"a base of its own, unchanged", View{abc}, own("ed-a", "ed-b"), nil, []string{"ed-c"}, nil, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var got Names
 			var ok bool
-			allocs := testing.AllocsPerRun(10, func() { got, ok = SharedEdit(c.v, c.base, c.add, c.remove) })
+			allocs := testing.AllocsPerRun(10, func() { got, ok = SharedEdit(c.v, c.base.List(), c.base, c.add, c.remove) })
 			if ok != c.ok || !slices.Equal(got.List(), c.want) {
 				t.Fatalf("SharedEdit = %v, %v; want %v, %v", got.List(), ok, c.want, c.ok)
 			}
@@ -226,4 +228,37 @@ func TestSharedEdit(t *testing.T) {
 		})
 	}
 	runtime.KeepAlive(union)
+}
+
+// equalEdit agrees with building the edited list, for every edit of small lists.
+func TestEqualEdit(t *testing.T) {
+	names := []string{"a", "b", "c", "d", "e"}
+	subset := func(bits int) []string {
+		var out []string
+		for i, n := range names {
+			if bits&(1<<i) != 0 {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	for b := range 32 {
+		for a := range 32 {
+			for r := range 32 {
+				base, add, remove := subset(b), subset(a), subset(r)
+				var want []string
+				for _, n := range names {
+					if (slices.Contains(base, n) || slices.Contains(add, n)) && !slices.Contains(remove, n) {
+						want = append(want, n)
+					}
+				}
+				for l := range 32 {
+					list := subset(l)
+					if got := equalEdit(list, base, add, remove); got != slices.Equal(list, want) {
+						t.Fatalf("equalEdit(%v, %v, +%v, -%v) = %v", list, base, add, remove, got)
+					}
+				}
+			}
+		}
+	}
 }

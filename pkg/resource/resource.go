@@ -528,11 +528,11 @@ func SharedNames(v View, names []string) (Names, bool) {
 	return Names{list: nl.names, keep: nl}, true
 }
 
-// SharedEdit is SharedNames of the sorted union of n's names and add, less remove (add
-// and remove sorted and unique), found without building that list: ok is false when n
-// is not a shared list (CanonicalNames' or SharedNames' result holding its list, or no
-// names), or when the result is neither a set's list of v nor a live list of every name
-// of v (nor, with an empty v, a live list). The caller then builds the list itself.
+// SharedEdit is SharedNames of the sorted union of names and add, less remove (each
+// sorted and unique), found without building that list: ok is false when the result is
+// neither a set's list of v nor a live list of every name of v (nor, with an empty v, a
+// live list); the caller then builds the list itself. held, when it is the Names that
+// names came from (CanonicalNames' or SharedNames' result), saves hashing every name.
 //
 // Why: Envoy subscribes to one more ClusterLoadAssignment and RouteConfiguration per new
 // Service (and unsubscribes from them when it goes). Building the edited list to look it
@@ -540,13 +540,13 @@ func SharedNames(v View, names []string) (Names, bool) {
 // Service) and hashing every name; the list keys are sums of per-name hashes, so the
 // edited list's key is n's plus or minus the names that change, and the candidates with
 // that key are compared with the edit as they stand.
-func SharedEdit(v View, n Names, add, remove []string) (Names, bool) {
+func SharedEdit(v View, names []string, held Names, add, remove []string) (Names, bool) {
+	n := Names{list: names}
 	var key uint64
-	switch {
-	case n.keep != nil && sameStrings(n.keep.names, n.list):
-		key = n.keep.key
-	case len(n.list) != 0:
-		return Names{}, false
+	if held.keep != nil && sameStrings(held.keep.names, names) {
+		n, key = held, held.keep.key
+	} else {
+		key = namesKey(names)
 	}
 	added, removed := 0, 0
 	for _, a := range add {
@@ -565,9 +565,11 @@ func SharedEdit(v View, n Names, add, remove []string) (Names, bool) {
 	}
 	count := len(n.list) + added - removed
 	switch {
-	case added == 0 && removed == 0:
+	case added == 0 && removed == 0 && n.keep != nil:
 		// Nothing added that was not there, nor removed that was: n as it is.
 		return n, true
+	case added == 0 && removed == 0:
+		return SharedNames(v, names)
 	case count == 0:
 		return Names{}, true
 	}
@@ -590,31 +592,57 @@ func SharedEdit(v View, n Names, add, remove []string) (Names, bool) {
 }
 
 // equalEdit reports whether list is the sorted union of base and add less remove, all
-// sorted and unique, walking them together.
+// sorted and unique. It finds where in base each name is inserted or removed (add and
+// remove are a few names) and compares the runs of base between them with list by
+// equality, which is a pointer comparison for the interned strings of live lists: an
+// ordering comparison per name of base cost more than all the rest of a subscription.
 func equalEdit(list, base, add, remove []string) bool {
-	k := 0
-	for len(base) > 0 || len(add) > 0 {
-		var n string
-		switch {
-		case len(add) == 0 || (len(base) > 0 && base[0] < add[0]):
-			n, base = base[0], base[1:]
-		case len(base) == 0 || add[0] < base[0]:
-			n, add = add[0], add[1:]
-		default:
-			n, base, add = base[0], base[1:], add[1:]
-		}
-		for len(remove) > 0 && remove[0] < n {
-			remove = remove[1:]
-		}
-		if len(remove) > 0 && remove[0] == n {
-			continue
-		}
-		if k == len(list) || list[k] != n {
+	k, j := 0, 0 // in list, in base
+	removed := remove
+	// match: base[j:to] is what list holds next.
+	match := func(to int) bool {
+		if k+to-j > len(list) {
 			return false
 		}
-		k++
+		for ; j < to; j, k = j+1, k+1 {
+			if list[k] != base[j] {
+				return false
+			}
+		}
+		return true
 	}
-	return k == len(list)
+	for {
+		// The next name added (not in base, nor removed) and the next removed (in
+		// base), with their positions in base.
+		addAt, remAt := -1, -1
+		for ; len(add) > 0; add = add[1:] {
+			p, found := slices.BinarySearch(base, add[0])
+			if _, gone := slices.BinarySearch(removed, add[0]); !found && !gone {
+				addAt = p
+				break
+			}
+		}
+		for ; len(remove) > 0; remove = remove[1:] {
+			if p, found := slices.BinarySearch(base, remove[0]); found {
+				remAt = p
+				break
+			}
+		}
+		switch {
+		case addAt >= 0 && (remAt < 0 || addAt <= remAt):
+			if !match(addAt) || k == len(list) || list[k] != add[0] {
+				return false
+			}
+			k, add = k+1, add[1:]
+		case remAt >= 0:
+			if !match(remAt) {
+				return false
+			}
+			j, remove = j+1, remove[1:]
+		default:
+			return match(len(base)) && k == len(list)
+		}
+	}
 }
 
 // sameStrings reports whether a and b are the same slice, not just equal.
