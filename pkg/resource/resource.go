@@ -569,7 +569,9 @@ func SharedEdit(v View, names []string, held Names, add, remove []string) (Names
 		// Nothing added that was not there, nor removed that was: n as it is.
 		return n, true
 	case added == 0 && removed == 0:
-		return SharedNames(v, names)
+		// names is the caller's own list, which may be in use elsewhere: not to be
+		// rewritten by SharedNames.
+		return Names{}, false
 	case count == 0:
 		return Names{}, true
 	}
