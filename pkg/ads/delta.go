@@ -373,10 +373,9 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
-		covered, inOrder := coveredBy(ts.sub, v)
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
-		for _, r := range covered {
+		for _, r := range coveredBy(ts.sub, v) {
 			switch h, ok := initial[r.Name]; {
 			case !ok:
 				lacks = append(lacks, r.Name)
@@ -387,10 +386,7 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 				declared++
 			}
 		}
-		if !inOrder {
-			slices.Sort(lacks)
-		}
-		ts.unheld = lacks
+		ts.unheld = lacks // in name order, as covered
 		for n := range ts.answer {
 			if _, ok := initial[n]; ok && n != "*" && ts.sub.has(n) {
 				delete(ts.answer, n)
@@ -523,7 +519,7 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	v := s.cur.Views[t]
 	var changed []string
 	fast := false
-	if !ts.dirty && ts.sentView != nil {
+	if !ts.dirty && ts.sentView != nil && !ts.manyUnheld(v) {
 		// Nothing changed but the content: only what the views' diff names (computed
 		// once per pair of sets, for every proxy) and what went can need anything.
 		changed, fast = v.Changed(ts.sentView)
@@ -561,19 +557,15 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			}
 		}
 	} else {
-		covered, inOrder := coveredBy(ts.sub, v)
+		covered := coveredBy(ts.sub, v)
 		if ts.sentView == nil && len(ts.override) == 0 {
 			// The client holds nothing of the type: everything covered goes, refresh
-			// included.
-			if inOrder {
-				send = slices.Clip(covered) // appended to below only as a copy
-			} else {
-				send = slices.Clone(covered)
-			}
+			// included. Clipped: appended to below only as a copy.
+			send = slices.Clip(covered)
 		} else {
-			send = ts.needed(covered, inOrder, v)
+			send = ts.needed(covered, v)
 		}
-		ordered = inOrder
+		ordered = true
 		gone := func(n string) bool { _, ok := v.Get(n); return !ok }
 		for n, h := range ts.override {
 			if h != "" && gone(n) {
@@ -625,12 +617,28 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	return send, removed
 }
 
-// needed returns the resources of covered (sorted by name when inOrder) that the client
-// does not hold as they are, or that refresh names. Where covered is sorted, unheld and
-// refresh are walked beside it rather than searched for each resource; where the client
-// was brought up to v itself (a reconnect that holds the current config), the sets are
-// v's and nothing is looked up.
-func (ts *deltaType) needed(covered []*resource.Resource, inOrder bool, v resource.View) []*resource.Resource {
+// manyUnheld reports whether the names subscribed or refreshed since the last reconcile
+// are a good part of what the subscription covers in v: a first subscription to every
+// cluster's assignment after an empty one, or a CDS response of every cluster. Looking
+// each of them up costs more than walking the covered resources beside them.
+func (ts *deltaType) manyUnheld(v resource.View) bool {
+	n := len(ts.unheld) + len(ts.refresh)
+	if n < 16 {
+		return false
+	}
+	covered := len(ts.sub.names)
+	if ts.sub.wildcard {
+		covered = v.Len()
+	}
+	return n > covered/4
+}
+
+// needed returns the resources of covered (sorted by name) that the client does not hold
+// as they are, or that refresh names. unheld and refresh, sorted too, are walked beside
+// covered rather than searched for each resource; where the client was brought up to v
+// itself (a reconnect that holds the current config), the sets are v's and nothing is
+// looked up.
+func (ts *deltaType) needed(covered []*resource.Resource, v resource.View) []*resource.Resource {
 	var send []*resource.Resource
 	unheld, refresh := ts.unheld, ts.refresh
 	same := sameView(ts.sentView, v)
@@ -639,28 +647,20 @@ func (ts *deltaType) needed(covered []*resource.Resource, inOrder bool, v resour
 		need := false
 		if h, ok := ts.override[n]; ok {
 			need = h != r.Hash
-		} else if inOrder {
+		} else {
 			for len(unheld) > 0 && unheld[0] < n {
 				unheld = unheld[1:]
 			}
 			need = len(unheld) > 0 && unheld[0] == n
-		} else {
-			need = hasName(ts.unheld, n)
 		}
 		if !need && !same {
 			old, ok := ts.sentView.Get(n)
 			need = !ok || (old != r && old.Hash != r.Hash)
 		}
-		if len(ts.refresh) > 0 {
-			if inOrder {
-				for len(refresh) > 0 && refresh[0].Name < n {
-					refresh = refresh[1:]
-				}
-				need = need || (len(refresh) > 0 && refresh[0].Name == n)
-			} else if !need {
-				_, need = slices.BinarySearchFunc(ts.refresh, n, func(r *resource.Resource, n string) int { return strings.Compare(r.Name, n) })
-			}
+		for len(refresh) > 0 && refresh[0].Name < n {
+			refresh = refresh[1:]
 		}
+		need = need || (len(refresh) > 0 && refresh[0].Name == n)
 		if need {
 			send = append(send, r)
 		}
@@ -668,20 +668,28 @@ func (ts *deltaType) needed(covered []*resource.Resource, inOrder bool, v resour
 	return send
 }
 
-// coveredBy returns the resources of v that sub covers, and whether they are sorted by
-// name. A subscription to exactly a set's names (its very list, as
-// resource.CanonicalNames leaves it) is that set's list, with no look-up per name; the
-// caller must not modify it.
-func coveredBy(sub subscription, v resource.View) ([]*resource.Resource, bool) {
+// coveredBy returns the resources of v that sub covers, sorted by name. A subscription
+// to exactly a set's names (its very list, as resource.CanonicalNames leaves it) is that
+// set's list, with no look-up per name; the caller must not modify it.
+func coveredBy(sub subscription, v resource.View) []*resource.Resource {
 	if sub.wildcard {
-		return v.All(), len(v) <= 1
+		if len(v) <= 1 {
+			return v.All()
+		}
+		// A proxy's own set beside the shared one (its inbound cluster): merged in
+		// name order rather than sorted.
+		var all []*resource.Resource
+		for _, set := range v {
+			all = mergeResources(all, set.All())
+		}
+		return all
 	}
 	for _, set := range v {
 		if sameSlice(sub.names, set.Names()) {
-			return set.All(), true
+			return set.All()
 		}
 	}
-	return subscribed(sub, v), true
+	return subscribed(sub, v)
 }
 
 // sameView reports whether a and b are the same sets.
@@ -699,7 +707,11 @@ func sortedUnique(rs []*resource.Resource) bool {
 	return true
 }
 
-// mergeResources returns the union of two lists sorted by name; it may return either.
+// mergeResources returns the union of two lists sorted by name (of a name in both, b's
+// resource); it may return either. The shorter list's resources are placed by binary
+// search and the runs of the longer one between them copied: merging a proxy's own set
+// of a few resources into the shared set of a thousand costs a few comparisons, not a
+// thousand.
 func mergeResources(a, b []*resource.Resource) []*resource.Resource {
 	switch {
 	case len(b) == 0:
@@ -707,18 +719,19 @@ func mergeResources(a, b []*resource.Resource) []*resource.Resource {
 	case len(a) == 0:
 		return b
 	}
-	out := make([]*resource.Resource, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		switch {
-		case a[0].Name < b[0].Name:
-			out, a = append(out, a[0]), a[1:]
-		case b[0].Name < a[0].Name:
-			out, b = append(out, b[0]), b[1:]
-		default:
-			out, a, b = append(out, a[0]), a[1:], b[1:]
-		}
+	if len(a) < len(b) {
+		a, b = b, a
 	}
-	return append(append(out, a...), b...)
+	out := make([]*resource.Resource, 0, len(a)+len(b))
+	for _, r := range b {
+		i, found := slices.BinarySearchFunc(a, r.Name, func(x *resource.Resource, n string) int { return strings.Compare(x.Name, n) })
+		out, a = append(out, a[:i]...), a[i:]
+		if found {
+			a = a[1:]
+		}
+		out = append(out, r)
+	}
+	return append(out, a...)
 }
 
 // rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a
