@@ -8,6 +8,8 @@ import (
 	"time"
 	"unsafe"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
 	"github.com/bearkong/bearkong/pkg/resource"
 )
 
@@ -223,5 +225,47 @@ func TestDeltaSubscriptionLists(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A view of two sets (a proxy's own beside the shared one) is served in name order, on a
+// first sync and on a reconnect that holds part of it: the covered resources are the
+// sets merged, and what the client holds is walked beside them.
+func TestDeltaTwoSetViewInNameOrder(t *testing.T) {
+	shared := resource.NewSet(res(t, resource.Cluster, "two-b", "1"), res(t, resource.Cluster, "two-d", "1"), res(t, resource.Cluster, "two-e", "1"))
+	own := resource.NewSet(res(t, resource.Cluster, "two-a", "1"), res(t, resource.Cluster, "two-c", "1"))
+	p := proxy(t, baseContent())
+	p.Views[resource.Cluster] = resource.View{shared, own}
+	names := func(r *discoveryv3.DeltaDiscoveryResponse) []string {
+		var out []string
+		for _, res := range r.Resources {
+			out = append(out, res.Name)
+		}
+		return out
+	}
+
+	s := newDeltaSession(nil, nil)
+	s.onConfig(p, time.Time{})
+	_, resps := s.onRequest(resource.Cluster, dreq(resource.Cluster, ""))
+	if len(resps) != 1 || !slices.Equal(names(resps[0]), []string{"two-a", "two-b", "two-c", "two-d", "two-e"}) {
+		t.Fatalf("first sync sent %d responses: %v", len(resps), names(resps[0]))
+	}
+
+	r := s.cur.Views[resource.Cluster]
+	a, _ := r.Get("two-a")
+	d, _ := r.Get("two-d")
+	s = newDeltaSession(nil, nil)
+	s.onConfig(p, time.Time{})
+	req := dreq(resource.Cluster, "")
+	req.InitialResourceVersions = map[string]string{"two-a": a.Hash, "two-c": "old", "two-d": d.Hash, "two-gone": "x"}
+	_, resps = s.onRequest(resource.Cluster, req)
+	if len(resps) != 2 {
+		t.Fatalf("reconnect: %d responses, want the update and the removal", len(resps))
+	}
+	if got := names(resps[0]); !slices.Equal(got, []string{"two-b", "two-c", "two-e"}) {
+		t.Errorf("reconnect sent %v, want what it lacks or holds in another version", got)
+	}
+	if got := resps[1].RemovedResources; !slices.Equal(got, []string{"two-gone"}) {
+		t.Errorf("reconnect removed %v", got)
 	}
 }
