@@ -644,16 +644,16 @@ func (ts *deltaType) needed(covered []*resource.Resource, v resource.View) []*re
 	same := sameView(ts.sentView, v)
 	for _, r := range covered {
 		n := r.Name
-		need := false
+		var need bool
+		for len(unheld) > 0 && unheld[0] < n {
+			unheld = unheld[1:]
+		}
+		// As held: what override says wins, then unheld, then sentView.
 		if h, ok := ts.override[n]; ok {
 			need = h != r.Hash
-		} else {
-			for len(unheld) > 0 && unheld[0] < n {
-				unheld = unheld[1:]
-			}
-			need = len(unheld) > 0 && unheld[0] == n
-		}
-		if !need && !same {
+		} else if len(unheld) > 0 && unheld[0] == n {
+			need = true
+		} else if !same {
 			old, ok := ts.sentView.Get(n)
 			need = !ok || (old != r && old.Hash != r.Hash)
 		}

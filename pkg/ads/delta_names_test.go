@@ -269,3 +269,32 @@ func TestDeltaTwoSetViewInNameOrder(t *testing.T) {
 		t.Errorf("reconnect removed %v", got)
 	}
 }
+
+// A control plane that restarts takes the proxies' reconnects before its first config:
+// what they say they hold, recorded then, stands once the config comes, and nothing they
+// hold as it is is sent again.
+func TestDeltaReconnectBeforeConfig(t *testing.T) {
+	w := newFanOutWorld(t, 50)
+	p := w.proxy(0)
+	s := newDeltaSession(nil, nil)
+	for _, typ := range resource.Types {
+		initial := map[string]string{}
+		for _, r := range p.Views[typ].All() {
+			initial[r.Name] = r.Hash
+		}
+		req := dreq(typ, "", w.subscription(typ)...)
+		req.InitialResourceVersions = initial
+		if _, resps := s.onRequest(typ, req); len(resps) != 0 {
+			t.Fatalf("%s: %d responses before any config", typ, len(resps))
+		}
+	}
+	resps := s.onConfig(p, time.Time{})
+	if len(resps) != len(resource.Types) {
+		t.Errorf("%d responses, want one empty answer per type requested", len(resps))
+	}
+	for _, r := range resps {
+		if len(r.Resources)+len(r.RemovedResources) != 0 {
+			t.Errorf("%s: sent %d resources and removed %v, want nothing: the proxy holds them", r.TypeUrl, len(r.Resources), r.RemovedResources)
+		}
+	}
+}
