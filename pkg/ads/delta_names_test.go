@@ -274,15 +274,25 @@ func TestDeltaTwoSetViewInNameOrder(t *testing.T) {
 // what they say they hold, recorded then, stands once the config comes, and nothing they
 // hold as it is is sent again.
 func TestDeltaReconnectBeforeConfig(t *testing.T) {
-	w := newFanOutWorld(t, 50)
-	p := w.proxy(0)
+	// Names of its own (see TestDeltaOneNameSharesList).
+	content := baseContent()
+	for i := range 50 {
+		n := fmt.Sprintf("rc-%02d.ns", i)
+		content[resource.Cluster][n] = "cluster " + n
+		content[resource.Endpoint][n] = "endpoints of " + n
+	}
+	p := proxy(t, content)
 	s := newDeltaSession(nil, nil)
 	for _, typ := range resource.Types {
 		initial := map[string]string{}
 		for _, r := range p.Views[typ].All() {
 			initial[r.Name] = r.Hash
 		}
-		req := dreq(typ, "", w.subscription(typ)...)
+		var names []string // CDS, LDS, SRDS: legacy wildcard
+		if !typ.Wildcard() {
+			names = slices.Clone(p.Views[typ][0].Names())
+		}
+		req := dreq(typ, "", names...)
 		req.InitialResourceVersions = initial
 		if _, resps := s.onRequest(typ, req); len(resps) != 0 {
 			t.Fatalf("%s: %d responses before any config", typ, len(resps))
