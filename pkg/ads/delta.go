@@ -70,11 +70,13 @@ type deltaType struct {
 	// route configuration per new Service, and a walk over every subscribed name for
 	// each of those requests made a new Service cost O(S) per proxy.
 	dirty bool
-	// refresh (EDS) lists the assignments to send at the next reconcile even if the
-	// client holds them: those of the clusters the CDS response just sent, which Envoy
-	// keeps warming until their ClusterLoadAssignment comes (checked with Envoy 1.36 on
-	// delta: without it a changed cluster stays warming).
-	refresh []string
+	// refresh (EDS) lists, sorted by name, the clusters whose assignments the next
+	// reconcile sends even if the client holds them: those the CDS responses just sent,
+	// which Envoy keeps warming until their ClusterLoadAssignment comes (checked with
+	// Envoy 1.36 on delta: without it a changed cluster stays warming). It is the CDS
+	// response's own list while there is one (no copy of a thousand names per initial
+	// sync); only the names count.
+	refresh []*resource.Resource
 	// pending are the responses sent and not answered yet, oldest first.
 	pending []deltaPending
 	// rejected maps the resources of NACKed responses to the hash rejected ("" for a
@@ -121,6 +123,14 @@ func (ts *deltaType) setHeld(name, hash string) {
 	ts.override[name] = hash
 }
 
+// answerName records that the next reconcile must answer name.
+func (ts *deltaType) answerName(name string) {
+	if ts.answer == nil {
+		ts.answer = map[string]struct{}{}
+	}
+	ts.answer[name] = struct{}{}
+}
+
 // mustAnswer records that the next reconcile must answer name: send it, or name it in
 // removed_resources. view is the config the session has now (nil before the first): a
 // name it holds and the client does not is sent anyway, so only the others need an entry.
@@ -132,10 +142,7 @@ func (ts *deltaType) mustAnswer(name string, view resource.View) {
 			}
 		}
 	}
-	if ts.answer == nil {
-		ts.answer = map[string]struct{}{}
-	}
-	ts.answer[name] = struct{}{}
+	ts.answerName(name)
 }
 
 // deltaSession is the protocol state of one delta ADS stream, free of gRPC so that it can
@@ -236,29 +243,77 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		// names nothing), or "*".
 		s.wildcard(ts, true)
 	}
-	// added, fresh: names gained names (whose strings may be the request's), or only lost
-	// some (its strings are the previous list's, already the resources' own); either
-	// way it is a list of this session's own, which resource.CanonicalNames may rewrite;
-	// the one before may be shared (a set's, or /debug/streams').
-	added, fresh := false, false
-	if add := normalizeNames(sub); len(add) > 0 {
-		added, fresh = true, true
+	add, remove := normalizeNames(sub), normalizeNames(unsub)
+	if len(add) > 0 {
 		// Sent again even if held: the client may have dropped it.
 		for _, n := range add {
 			delete(ts.override, n)
 		}
 		ts.unheld = mergeNames(ts.unheld, add)
-		for _, n := range add {
-			ts.mustAnswer(n, s.view(t))
+		// The client holds none of them now (unheld): those the view has are sent
+		// anyway, so only the others need answering.
+		if v := s.view(t); !inOneSet(add, v) {
+			for _, n := range add {
+				if _, ok := v.Get(n); !ok {
+					ts.answerName(n)
+				}
+			}
 		}
-		// mergeNames returns a new list or one of its own: the old list is not modified.
-		ts.sub.names = mergeNames(ts.sub.names, add)
 	}
-	if remove := normalizeNames(unsub); len(remove) > 0 {
+	old := ts.sub.names
+	for _, n := range remove {
+		if !hasName(old, n) && !hasName(add, n) {
+			continue // a phantom unsubscription: nothing to do
+		}
+		if ts.sub.wildcard {
+			// Still covered by the wildcard, but the client cannot know whether to
+			// keep it: answer it.
+			ts.setHeld(n, "")
+			ts.mustAnswer(n, s.view(t))
+			continue
+		}
+		// Envoy drops what it unsubscribes from: forgotten (no longer covered), so
+		// that subscribing again gets it again.
+		delete(ts.override, n)
+		delete(ts.answer, n)
+		delete(ts.rejected, n)
+	}
+	if len(add) > 0 || len(remove) > 0 {
+		s.editNames(t, &ts.sub, add, remove)
+	}
+	if slices.Contains(unsub, "*") {
+		s.wildcard(ts, false)
+	}
+	if first {
+		s.initialVersions(t, ts, req.GetInitialResourceVersions())
+	}
+}
+
+// editNames makes sub's names the sorted union of its names and add, less remove (both
+// sorted and unique), in the form that costs the session the least memory of its own
+// (see resource.CanonicalNames). The list it had is not modified: it may be shared (a
+// set's, another proxy's, /debug/streams').
+//
+// Why not build the new list first: Envoy subscribes to one more assignment and route
+// configuration per new Service, and the list that results is then a shared one (the
+// new set's, or the union every proxy of the same view converges to). Building it to
+// find that out cost each proxy a copy of its whole subscription per name (16 KB at
+// S=1000); resource.SharedEdit finds it from the edit alone.
+func (s *deltaSession) editNames(t resource.Type, sub *subscription, add, remove []string) {
+	v := s.view(t)
+	if s.cur != nil {
+		if n, ok := resource.SharedEdit(v, sub.names, sub.keep, add, remove); ok {
+			sub.setNames(n)
+			return
+		}
+	}
+	// mergeNames returns a new list or one of its own (add, normalizeNames' copy).
+	names := mergeNames(sub.names, add)
+	if len(remove) > 0 {
 		// Both are sorted: one pass.
-		kept := make([]string, 0, len(ts.sub.names))
+		kept := make([]string, 0, len(names))
 		j := 0
-		for _, n := range ts.sub.names {
+		for _, n := range names {
 			for j < len(remove) && remove[j] < n {
 				j++
 			}
@@ -266,39 +321,41 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 				kept = append(kept, n)
 			}
 		}
-		for _, n := range remove {
-			if _, ok := slices.BinarySearch(ts.sub.names, n); !ok {
-				continue // a phantom unsubscription: nothing to do
-			}
-			if ts.sub.wildcard {
-				// Still covered by the wildcard, but the client cannot know whether to
-				// keep it: answer it.
-				ts.setHeld(n, "")
-				ts.mustAnswer(n, s.view(t))
-				continue
-			}
-			// Envoy drops what it unsubscribes from: forgotten (no longer covered), so
-			// that subscribing again gets it again.
-			delete(ts.override, n)
-			delete(ts.answer, n)
-			delete(ts.rejected, n)
-		}
-		ts.sub.names, fresh = kept, true
-	}
-	if slices.Contains(unsub, "*") {
-		s.wildcard(ts, false)
+		names = kept
 	}
 	switch {
-	case s.cur != nil && added:
-		ts.sub.setNames(resource.CanonicalNames(s.cur.Views[t], ts.sub.names))
-	case s.cur != nil && fresh:
-		if n, ok := resource.SharedNames(s.cur.Views[t], ts.sub.names); ok {
-			ts.sub.setNames(n)
+	case s.cur == nil:
+		sub.names = names
+	case len(add) > 0:
+		// Names gained names (whose strings may be the request's): its own list, which
+		// CanonicalNames may rewrite.
+		sub.setNames(resource.CanonicalNames(v, names))
+	default:
+		// Only lost some: its strings are the previous list's, already the resources'.
+		if n, ok := resource.SharedNames(v, names); ok {
+			sub.setNames(n)
+		} else {
+			sub.names = names
 		}
 	}
-	if first {
-		s.initialVersions(t, ts, req.GetInitialResourceVersions())
+}
+
+// inOneSet reports whether names (sorted) are exactly the names of a set of v: then v
+// has every one of them, with no look-up per name (a first subscription to every
+// cluster's assignment).
+func inOneSet(names []string, v resource.View) bool {
+	for _, set := range v {
+		if set.Len() == len(names) && slices.Equal(set.Names(), names) {
+			return true
+		}
 	}
+	return false
+}
+
+// hasName reports whether the sorted list holds name.
+func hasName(list []string, name string) bool {
+	_, ok := slices.BinarySearch(list, name)
+	return ok
 }
 
 // initialVersions records what a reconnecting client says it holds of the names it
@@ -317,16 +374,30 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 		v := s.cur.Views[t]
 		ts.sentView = v
 		var lacks []string
-		for _, r := range subscribed(ts.sub, v) {
+		declared := 0 // entries of initial that name a covered resource
+		for _, r := range coveredBy(ts.sub, v) {
 			switch h, ok := initial[r.Name]; {
 			case !ok:
 				lacks = append(lacks, r.Name)
 			case h != r.Hash:
+				declared++
 				ts.setHeld(r.Name, h)
+			default:
+				declared++
 			}
 		}
-		slices.Sort(lacks)
-		ts.unheld = lacks
+		ts.unheld = lacks // in name order, as covered
+		for n := range ts.answer {
+			if _, ok := initial[n]; ok && n != "*" && ts.sub.has(n) {
+				delete(ts.answer, n)
+			}
+		}
+		if _, ok := initial["*"]; ok {
+			declared++
+		}
+		if declared == len(initial) {
+			return // every entry was a covered resource: the common case
+		}
 		for n, h := range initial {
 			if n == "*" || !ts.sub.has(n) {
 				continue
@@ -334,7 +405,6 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 			if _, ok := v.Get(n); !ok {
 				ts.setHeld(n, h)
 			}
-			delete(ts.answer, n)
 		}
 		return
 	}
@@ -412,11 +482,9 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 			continue
 		}
 		send, removed := s.diff(t, ts)
-		if t == resource.Cluster {
+		if t == resource.Cluster && len(send) > 0 {
 			eds := &s.types[resource.Endpoint]
-			for _, r := range send {
-				eds.refresh = append(eds.refresh, r.Name)
-			}
+			eds.refresh = mergeResources(eds.refresh, send)
 		}
 		if t == resource.Cluster || t == resource.Endpoint {
 			// Clusters and their assignments go last.
@@ -441,15 +509,22 @@ func (s *deltaSession) reconcile() []*discoveryv3.DeltaDiscoveryResponse {
 // diff works out what type t needs: the covered resources the client does not hold as
 // they are now (or must be answered, or refreshed), sorted by name, and the names it
 // holds or asked for that do not exist. The client is then taken to hold the view.
+//
+// It runs for every proxy on every change and on every initial sync and reconnect, so
+// it looks nothing up that it can walk: the lists it compares (the covered resources,
+// unheld, refresh) are sorted, and walked together; a first reconcile, where the client
+// holds nothing, sends what is covered without looking at anything; and what it builds
+// in name order is not sorted again.
 func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Resource, removed []string) {
 	v := s.cur.Views[t]
 	var changed []string
 	fast := false
-	if !ts.dirty && ts.sentView != nil {
+	if !ts.dirty && ts.sentView != nil && !ts.manyUnheld(v) {
 		// Nothing changed but the content: only what the views' diff names (computed
 		// once per pair of sets, for every proxy) and what went can need anything.
 		changed, fast = v.Changed(ts.sentView)
 	}
+	ordered := false // send is sorted by name, without repeats
 	if fast {
 		for _, n := range changed {
 			if r, ok := v.Get(n); ok && ts.sub.has(n) {
@@ -476,17 +551,21 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 				send = append(send, r)
 			}
 		}
-	} else {
-		covered := subscribed(ts.sub, v)
-		if ts.sentView == nil {
-			// The first reconcile sends nearly everything covered.
-			send = make([]*resource.Resource, 0, len(covered))
-		}
-		for _, r := range covered {
-			if ts.needs(r) {
+		for _, r := range ts.refresh {
+			if r, ok := v.Get(r.Name); ok && ts.sub.has(r.Name) {
 				send = append(send, r)
 			}
 		}
+	} else {
+		covered := coveredBy(ts.sub, v)
+		if ts.sentView == nil && len(ts.override) == 0 {
+			// The client holds nothing of the type: everything covered goes, refresh
+			// included. Clipped: appended to below only as a copy.
+			send = slices.Clip(covered)
+		} else {
+			send = ts.needed(covered, v)
+		}
+		ordered = true
 		gone := func(n string) bool { _, ok := v.Get(n); return !ok }
 		for n, h := range ts.override {
 			if h != "" && gone(n) {
@@ -504,11 +583,6 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			}
 		}
 	}
-	for _, n := range ts.refresh {
-		if r, ok := v.Get(n); ok && ts.sub.has(n) {
-			send = append(send, r)
-		}
-	}
 	if len(ts.rejected) > 0 && rejectedMoved(ts, v) {
 		// A NACKed response may have been rejected whole (a resource that does not
 		// decode) or in part (Envoy applies the clusters it can and names the others only
@@ -519,15 +593,21 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 			case !ok:
 				removed = append(removed, n)
 			case ts.sub.has(n):
-				send = append(send, r)
+				send, ordered = append(send, r), false
 			}
 		}
 		ts.rejected = nil
 	}
-	slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
-	send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
-	slices.Sort(removed)
-	removed = slices.Compact(removed)
+	if !ordered && !sortedUnique(send) {
+		// A copy: send may be a set's own list.
+		send = slices.Clone(send)
+		slices.SortFunc(send, func(a, b *resource.Resource) int { return strings.Compare(a.Name, b.Name) })
+		send = slices.CompactFunc(send, func(a, b *resource.Resource) bool { return a.Name == b.Name })
+	}
+	if len(removed) > 1 {
+		slices.Sort(removed)
+		removed = slices.Compact(removed)
+	}
 	for _, n := range removed {
 		delete(ts.rejected, n)
 	}
@@ -535,6 +615,123 @@ func (s *deltaSession) diff(t resource.Type, ts *deltaType) (send []*resource.Re
 	ts.dirty = false
 	ts.sentView = v
 	return send, removed
+}
+
+// manyUnheld reports whether the names subscribed or refreshed since the last reconcile
+// are a good part of what the subscription covers in v: a first subscription to every
+// cluster's assignment after an empty one, or a CDS response of every cluster. Looking
+// each of them up costs more than walking the covered resources beside them.
+func (ts *deltaType) manyUnheld(v resource.View) bool {
+	n := len(ts.unheld) + len(ts.refresh)
+	if n < 16 {
+		return false
+	}
+	covered := len(ts.sub.names)
+	if ts.sub.wildcard {
+		covered = v.Len()
+	}
+	return n > covered/4
+}
+
+// needed returns the resources of covered (sorted by name) that the client does not hold
+// as they are, or that refresh names. unheld and refresh, sorted too, are walked beside
+// covered rather than searched for each resource; where the client was brought up to v
+// itself (a reconnect that holds the current config), the sets are v's and nothing is
+// looked up.
+func (ts *deltaType) needed(covered []*resource.Resource, v resource.View) []*resource.Resource {
+	var send []*resource.Resource
+	unheld, refresh := ts.unheld, ts.refresh
+	same := sameView(ts.sentView, v)
+	for _, r := range covered {
+		n := r.Name
+		var need bool
+		for len(unheld) > 0 && unheld[0] < n {
+			unheld = unheld[1:]
+		}
+		// As held: what override says wins, then unheld, then sentView.
+		if h, ok := ts.override[n]; ok {
+			need = h != r.Hash
+		} else if len(unheld) > 0 && unheld[0] == n {
+			need = true
+		} else if !same {
+			old, ok := ts.sentView.Get(n)
+			need = !ok || (old != r && old.Hash != r.Hash)
+		}
+		for len(refresh) > 0 && refresh[0].Name < n {
+			refresh = refresh[1:]
+		}
+		need = need || (len(refresh) > 0 && refresh[0].Name == n)
+		if need {
+			send = append(send, r)
+		}
+	}
+	return send
+}
+
+// coveredBy returns the resources of v that sub covers, sorted by name. A subscription
+// to exactly a set's names (its very list, as resource.CanonicalNames leaves it) is that
+// set's list, with no look-up per name; the caller must not modify it.
+func coveredBy(sub subscription, v resource.View) []*resource.Resource {
+	if sub.wildcard {
+		if len(v) <= 1 {
+			return v.All()
+		}
+		// A proxy's own set beside the shared one (its inbound cluster): merged in
+		// name order rather than sorted.
+		var all []*resource.Resource
+		for _, set := range v {
+			all = mergeResources(all, set.All())
+		}
+		return all
+	}
+	for _, set := range v {
+		if sameSlice(sub.names, set.Names()) {
+			return set.All()
+		}
+	}
+	return subscribed(sub, v)
+}
+
+// sameView reports whether a and b are the same sets.
+func sameView(a, b resource.View) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b))
+}
+
+// sortedUnique reports whether rs is sorted by name without repeats.
+func sortedUnique(rs []*resource.Resource) bool {
+	for i := 1; i < len(rs); i++ {
+		if rs[i-1].Name >= rs[i].Name {
+			return false
+		}
+	}
+	return true
+}
+
+// mergeResources returns the union of two lists sorted by name (of a name in both, b's
+// resource); it may return either. The shorter list's resources are placed by binary
+// search and the runs of the longer one between them copied: merging a proxy's own set
+// of a few resources into the shared set of a thousand costs a few comparisons, not a
+// thousand.
+func mergeResources(a, b []*resource.Resource) []*resource.Resource {
+	switch {
+	case len(b) == 0:
+		return a
+	case len(a) == 0:
+		return b
+	}
+	if len(a) < len(b) {
+		a, b = b, a
+	}
+	out := make([]*resource.Resource, 0, len(a)+len(b))
+	for _, r := range b {
+		i, found := slices.BinarySearchFunc(a, r.Name, func(x *resource.Resource, n string) int { return strings.Compare(x.Name, n) })
+		out, a = append(out, a[:i]...), a[i:]
+		if found {
+			a = a[1:]
+		}
+		out = append(out, r)
+	}
+	return append(out, a...)
 }
 
 // rejectedMoved reports whether a resource of ts.rejected changed, went, or (for a

@@ -184,3 +184,30 @@ func BenchmarkDeltaReconnect(b *testing.B) {
 	}
 	runtime.KeepAlive(held)
 }
+
+// BenchmarkDeltaSubscribeNewService measures what Envoy's subscription to a new
+// Service's assignment costs a synced proxy at S=1000, and its unsubscription when the
+// Service goes: the config gains a set with one more name, the proxy subscribes to it
+// and ACKs; the config goes back, the proxy unsubscribes. Either subscription is then
+// a set's list, so neither should cost a copy of the 1000 names.
+func BenchmarkDeltaSubscribeNewService(b *testing.B) {
+	w := newFanOutWorld(b, 1000)
+	s := newDeltaSession(nil, nil)
+	syncDelta(b, s, w)
+	grown := *w
+	grown.endpoints[0] = resource.NewSet(append(w.endpoints[0].All(), res(b, resource.Endpoint, "svc-new.ns", "endpoints of svc-new"))...)
+	big, small := grown.proxy(0), w.proxy(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		s.onConfig(big, time.Time{})
+		_, resps := s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"svc-new.ns"}})
+		if len(resps) != 1 || len(resps[0].Resources) != 1 {
+			b.Fatalf("%d responses to a subscription", len(resps))
+		}
+		s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResponseNonce: resps[0].Nonce})
+		for _, r := range s.onConfig(small, time.Time{}) {
+			s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce})
+		}
+		s.onRequest(resource.Endpoint, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Endpoint.URL(), ResourceNamesUnsubscribe: []string{"svc-new.ns"}})
+	}
+}

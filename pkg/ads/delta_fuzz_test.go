@@ -47,11 +47,33 @@ func (m *deltaModel) apply(r *discoveryv3.DeltaDiscoveryResponse) {
 }
 
 // fuzzDeltaConfig builds a config from a byte: which of six resources of each type
-// exist, and a generation for their content.
+// exist, and a generation for their content. With gen's high bit set, each view is two
+// sets, r3 to r5 before r0 to r2, as a proxy's own set beside the shared one: its
+// resources are then not in name order.
 func fuzzDeltaConfig(which, gen byte) *resource.Proxy {
 	p := &resource.Proxy{}
 	for _, t := range resource.Types {
 		var rs []*resource.Resource
+		if gen&0x80 != 0 {
+			var low, high []*resource.Resource
+			for i := range 6 {
+				if which&(1<<i) == 0 {
+					continue
+				}
+				n := fmt.Sprint("r", i)
+				r, err := resource.New(t, n, wrapperspb.String(fmt.Sprint(n, gen>>(i%4)&1)))
+				if err != nil {
+					panic(err)
+				}
+				if i < 3 {
+					low = append(low, r)
+				} else {
+					high = append(high, r)
+				}
+			}
+			p.Views[t] = resource.View{resource.NewSet(high...), resource.NewSet(low...)}
+			continue
+		}
 		for i := range 6 {
 			if which&(1<<i) == 0 {
 				continue
@@ -78,6 +100,8 @@ func FuzzDeltaSession(f *testing.F) {
 	f.Add([]byte{0, 0x3f, 0, 1, 2, 3, 4, 5, 0x10, 0x21, 0, 0x07, 1, 0x42, 0x80, 0x93})
 	f.Add([]byte{1, 0x81, 0x92, 0, 0x3f, 0, 0x0f, 0x42, 0x43, 0x80, 1, 0x3c, 0x50, 0x61, 6, 0, 0x01})
 	f.Add([]byte{0, 0x15, 0x40, 0x41, 0x80, 0x81, 0x90, 0x91, 0, 0x2a, 6, 0x40, 0x41, 0, 0x3f, 7})
+	// Views of two sets, out of name order: subscribe, reconnect, grow.
+	f.Add([]byte{0, 0x3f, 0x80, 0x10, 0x11, 0x14, 0x81, 0x91, 0xa1, 0x50, 0x51, 0x70, 0, 0x2d, 0x81, 0x92, 0})
 	// A NACK of a new config, the same config again, then a fix.
 	f.Add([]byte{0, 0x3f, 0, 0x10, 0x12, 0x81, 0x82, 0, 0x3f, 0x01, 0xf0, 0xf2, 0, 0x3f, 0x01, 0, 0x3f, 0x03, 0x50})
 	f.Fuzz(func(t *testing.T, ops []byte) {

@@ -181,3 +181,84 @@ func TestCanonicalNamesForgotten(t *testing.T) {
 	}
 	runtime.KeepAlive(v)
 }
+
+// SharedEdit finds the list a shared list becomes once a few names are added or removed,
+// among the sets of the view and the live unions, without building it.
+func TestSharedEdit(t *testing.T) {
+	abc := NewSet(mustNew(t, Endpoint, "ed-a", "1"), mustNew(t, Endpoint, "ed-b", "1"), mustNew(t, Endpoint, "ed-c", "1"))
+	ab := NewSet(mustNew(t, Endpoint, "ed-a", "1"), mustNew(t, Endpoint, "ed-b", "1"))
+	in := NewSet(mustNew(t, Endpoint, "ed-in", "1"))
+	union := CanonicalNames(View{abc, in}, []string{"ed-a", "ed-b", "ed-c", "ed-in"})
+	setNames := func(s *Set) Names { n, _ := SharedNames(View{s}, s.Names()); return n }
+	own := func(names ...string) Names { return Names{list: names} }
+	cases := []struct {
+		name        string
+		v           View
+		base        Names
+		add, remove []string
+		want        []string // the shared list's names; nil when none
+		ok          bool
+	}{
+		{"add one: the set's", View{abc}, setNames(ab), []string{"ed-c"}, nil, abc.Names(), true},
+		{"remove one: the set's", View{ab}, setNames(abc), nil, []string{"ed-c"}, ab.Names(), true},
+		{"from nothing", View{abc}, Names{}, []string{"ed-a", "ed-b", "ed-c"}, nil, abc.Names(), true},
+		{"to nothing", View{abc}, setNames(ab), nil, []string{"ed-a", "ed-b"}, nil, true},
+		{"the union of the view", View{abc, in}, setNames(abc), []string{"ed-in"}, nil, union.List(), true},
+		{"added and removed at once", View{abc}, setNames(ab), []string{"ed-c", "ed-x"}, []string{"ed-x"}, abc.Names(), true},
+		{"a swap", View{abc}, setNames(ab), []string{"ed-c"}, []string{"ed-b"}, nil, false},
+		{"nothing changes", View{abc}, setNames(ab), []string{"ed-a"}, []string{"ed-z"}, ab.Names(), true},
+		{"a name the view lacks", View{abc}, setNames(ab), []string{"ed-x"}, nil, nil, false},
+		{"a base of its own", View{abc}, own("ed-a", "ed-b"), []string{"ed-c"}, nil, abc.Names(), true},
+		{"a base of its own, unchanged", View{abc}, own("ed-a", "ed-b"), nil, []string{"ed-c"}, nil, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var got Names
+			var ok bool
+			allocs := testing.AllocsPerRun(10, func() { got, ok = SharedEdit(c.v, c.base.List(), c.base, c.add, c.remove) })
+			if ok != c.ok || !slices.Equal(got.List(), c.want) {
+				t.Fatalf("SharedEdit = %v, %v; want %v, %v", got.List(), ok, c.want, c.ok)
+			}
+			if len(c.want) > 0 && unsafe.SliceData(got.List()) != unsafe.SliceData(c.want) {
+				t.Error("not the shared list")
+			}
+			if allocs != 0 {
+				t.Errorf("%v allocations", allocs)
+			}
+		})
+	}
+	runtime.KeepAlive(union)
+}
+
+// equalEdit agrees with building the edited list, for every edit of small lists.
+func TestEqualEdit(t *testing.T) {
+	names := []string{"a", "b", "c", "d", "e"}
+	subset := func(bits int) []string {
+		var out []string
+		for i, n := range names {
+			if bits&(1<<i) != 0 {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	for b := range 32 {
+		for a := range 32 {
+			for r := range 32 {
+				base, add, remove := subset(b), subset(a), subset(r)
+				var want []string
+				for _, n := range names {
+					if (slices.Contains(base, n) || slices.Contains(add, n)) && !slices.Contains(remove, n) {
+						want = append(want, n)
+					}
+				}
+				for l := range 32 {
+					list := subset(l)
+					if got := equalEdit(list, base, add, remove); got != slices.Equal(list, want) {
+						t.Fatalf("equalEdit(%v, %v, +%v, -%v) = %v", list, base, add, remove, got)
+					}
+				}
+			}
+		}
+	}
+}

@@ -343,6 +343,9 @@ type Proxy struct {
 // nameList is a sorted name list shared by every live set with the same names.
 type nameList struct {
 	names []string
+	// key is names' key in nameLists (see namesKey), kept so that a list edited by a few
+	// names can be looked up without hashing every name again (see SharedEdit).
+	key uint64
 	// index maps each name to its position, built the first time a request is matched
 	// against the list (see NameList.Index).
 	indexOnce sync.Once
@@ -408,7 +411,7 @@ func internKeyed(key uint64, names []string) *nameList {
 		nameLists.names[n] = ref
 		names[i] = ref.s
 	}
-	nl := &nameList{names: names}
+	nl := &nameList{names: names, key: key}
 	nameLists.lists[key] = append(nameLists.lists[key], weak.Make(nl))
 	runtime.AddCleanup(nl, forgetNames, forget{key: key, names: names})
 	return nl
@@ -523,6 +526,130 @@ func SharedNames(v View, names []string) (Names, bool) {
 	}
 	nl := internKeyed(key, names)
 	return Names{list: nl.names, keep: nl}, true
+}
+
+// SharedEdit is SharedNames of the sorted union of names and add, less remove (each
+// sorted and unique), found without building that list: ok is false when the result is
+// neither a set's list of v nor a live list of every name of v (nor, with an empty v, a
+// live list); the caller then builds the list itself. held, when it is the Names that
+// names came from (CanonicalNames' or SharedNames' result), saves hashing every name.
+//
+// Why: Envoy subscribes to one more ClusterLoadAssignment and RouteConfiguration per new
+// Service (and unsubscribes from them when it goes). Building the edited list to look it
+// up cost each proxy a copy of its whole subscription (16 KB at S=1000, twice per new
+// Service) and hashing every name; the list keys are sums of per-name hashes, so the
+// edited list's key is n's plus or minus the names that change, and the candidates with
+// that key are compared with the edit as they stand.
+func SharedEdit(v View, names []string, held Names, add, remove []string) (Names, bool) {
+	n := Names{list: names}
+	var key uint64
+	if held.keep != nil && sameStrings(held.keep.names, names) {
+		n, key = held, held.keep.key
+	} else {
+		key = namesKey(names)
+	}
+	added, removed := 0, 0
+	for _, a := range add {
+		if _, ok := slices.BinarySearch(n.list, a); !ok {
+			if _, gone := slices.BinarySearch(remove, a); !gone {
+				key += maphash.String(nameLists.seed, a)
+				added++
+			}
+		}
+	}
+	for _, r := range remove {
+		if _, ok := slices.BinarySearch(n.list, r); ok {
+			key -= maphash.String(nameLists.seed, r)
+			removed++
+		}
+	}
+	count := len(n.list) + added - removed
+	switch {
+	case added == 0 && removed == 0 && n.keep != nil:
+		// Nothing added that was not there, nor removed that was: n as it is.
+		return n, true
+	case added == 0 && removed == 0:
+		// names is the caller's own list, which may be in use elsewhere: not to be
+		// rewritten by SharedNames.
+		return Names{}, false
+	case count == 0:
+		return Names{}, true
+	}
+	for _, set := range v {
+		if len(set.names) == count && set.nameList.key == key && equalEdit(set.names, n.list, add, remove) {
+			return Names{list: set.names, keep: set.nameList}, true
+		}
+	}
+	if len(v) > 0 && count != v.Len() {
+		return Names{}, false
+	}
+	nameLists.RLock()
+	defer nameLists.RUnlock()
+	for _, wp := range nameLists.lists[key] {
+		if nl := wp.Value(); nl != nil && len(nl.names) == count && equalEdit(nl.names, n.list, add, remove) {
+			return Names{list: nl.names, keep: nl}, true
+		}
+	}
+	return Names{}, false
+}
+
+// equalEdit reports whether list is the sorted union of base and add less remove, all
+// sorted and unique. It finds where in base each name is inserted or removed (add and
+// remove are a few names) and compares the runs of base between them with list by
+// equality, which is a pointer comparison for the interned strings of live lists: an
+// ordering comparison per name of base cost more than all the rest of a subscription.
+func equalEdit(list, base, add, remove []string) bool {
+	k, j := 0, 0 // in list, in base
+	removed := remove
+	// match: base[j:to] is what list holds next.
+	match := func(to int) bool {
+		if k+to-j > len(list) {
+			return false
+		}
+		for ; j < to; j, k = j+1, k+1 {
+			if list[k] != base[j] {
+				return false
+			}
+		}
+		return true
+	}
+	for {
+		// The next name added (not in base, nor removed) and the next removed (in
+		// base), with their positions in base.
+		addAt, remAt := -1, -1
+		for ; len(add) > 0; add = add[1:] {
+			p, found := slices.BinarySearch(base, add[0])
+			if _, gone := slices.BinarySearch(removed, add[0]); !found && !gone {
+				addAt = p
+				break
+			}
+		}
+		for ; len(remove) > 0; remove = remove[1:] {
+			if p, found := slices.BinarySearch(base, remove[0]); found {
+				remAt = p
+				break
+			}
+		}
+		switch {
+		case addAt >= 0 && (remAt < 0 || addAt <= remAt):
+			if !match(addAt) || k == len(list) || list[k] != add[0] {
+				return false
+			}
+			k, add = k+1, add[1:]
+		case remAt >= 0:
+			if !match(remAt) {
+				return false
+			}
+			j, remove = j+1, remove[1:]
+		default:
+			return match(len(base)) && k == len(list)
+		}
+	}
+}
+
+// sameStrings reports whether a and b are the same slice, not just equal.
+func sameStrings(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // liveList returns the live list of names filed under key, or nil.
