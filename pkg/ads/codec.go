@@ -273,22 +273,19 @@ func sameNames(b []byte, list resource.NameList) bool {
 		seen = make([]uint64, words)
 	}
 	count := 0
-	for len(b) > 0 {
-		num, _, l := protowire.ConsumeTag(b)
-		b = b[l:]
-		v, l := protowire.ConsumeBytes(b)
-		b = b[l:]
+	ok := true
+	eachField(b, func(num protowire.Number, v []byte) bool {
 		if num != fieldReqResourceNames {
-			continue
+			return true
 		}
-		i, ok := list.Index(v)
-		if !ok || seen[i/64]&(1<<(i%64)) != 0 {
-			return false
+		i, found := list.Index(v)
+		if ok = found && seen[i/64]&(1<<(i%64)) == 0; ok {
+			seen[i/64] |= 1 << (i % 64)
+			count++
 		}
-		seen[i/64] |= 1 << (i % 64)
-		count++
-	}
-	return count == n
+		return ok
+	})
+	return ok && count == n
 }
 
 // sameOrder reports whether the resource names in the well-formed request b are names,
@@ -302,21 +299,19 @@ func sameNames(b []byte, list resource.NameList) bool {
 func sameOrder(b []byte, names []string) bool {
 	fwd, rev := true, true
 	k := 0
-	for len(b) > 0 && (fwd || rev) {
-		num, _, l := protowire.ConsumeTag(b)
-		b = b[l:]
-		v, l := protowire.ConsumeBytes(b)
-		b = b[l:]
+	eachField(b, func(num protowire.Number, v []byte) bool {
 		if num != fieldReqResourceNames {
-			continue
+			return true
 		}
 		if k == len(names) {
+			fwd, rev = false, false
 			return false
 		}
 		fwd = fwd && string(v) == names[k]
 		rev = rev && string(v) == names[len(names)-1-k]
 		k++
-	}
+		return fwd || rev
+	})
 	return (fwd || rev) && k == len(names)
 }
 

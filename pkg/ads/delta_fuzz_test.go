@@ -53,27 +53,7 @@ func (m *deltaModel) apply(r *discoveryv3.DeltaDiscoveryResponse) {
 func fuzzDeltaConfig(which, gen byte) *resource.Proxy {
 	p := &resource.Proxy{}
 	for _, t := range resource.Types {
-		var rs []*resource.Resource
-		if gen&0x80 != 0 {
-			var low, high []*resource.Resource
-			for i := range 6 {
-				if which&(1<<i) == 0 {
-					continue
-				}
-				n := fmt.Sprint("r", i)
-				r, err := resource.New(t, n, wrapperspb.String(fmt.Sprint(n, gen>>(i%4)&1)))
-				if err != nil {
-					panic(err)
-				}
-				if i < 3 {
-					low = append(low, r)
-				} else {
-					high = append(high, r)
-				}
-			}
-			p.Views[t] = resource.View{resource.NewSet(high...), resource.NewSet(low...)}
-			continue
-		}
+		var low, high []*resource.Resource
 		for i := range 6 {
 			if which&(1<<i) == 0 {
 				continue
@@ -83,9 +63,17 @@ func fuzzDeltaConfig(which, gen byte) *resource.Proxy {
 			if err != nil {
 				panic(err)
 			}
-			rs = append(rs, r)
+			if i < 3 {
+				low = append(low, r)
+			} else {
+				high = append(high, r)
+			}
 		}
-		p.Views[t] = resource.View{resource.NewSet(rs...)}
+		if gen&0x80 != 0 {
+			p.Views[t] = resource.View{resource.NewSet(high...), resource.NewSet(low...)}
+		} else {
+			p.Views[t] = resource.View{resource.NewSet(append(low, high...)...)}
+		}
 	}
 	return p
 }
