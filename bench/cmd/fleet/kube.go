@@ -88,6 +88,15 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		return nil, err
 	}
 	logf("informer path: %d proxies synced in %.1fs", n, r.SyncAll)
+	heapProfile := func(string) {}
+	if c.profile {
+		profDir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
+		_ = os.MkdirAll(profDir, 0o755)
+		heapProfile = func(name string) {
+			_ = ch.post("/heapprofile?path="+filepath.Join(profDir, name+".heap.pprof"), &struct{}{})
+		}
+	}
+	heapProfile("kube")
 
 	nextIP := 1 << 16
 	kinds := []string{workload.Endpoint, workload.Endpoint, workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, kubeUnrelated}
@@ -163,6 +172,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		if r.AfterPushesGC, err = ch.stats(true); err != nil {
 			return nil, err
 		}
+		heapProfile("kube-pushes")
 	}
 	if err := r.end(ch, f); err != nil {
 		return nil, err

@@ -317,6 +317,10 @@ func runFleet(ctx context.Context, c config, impl string, size fleetSize, stuck 
 		if r.AfterPushesGC, err = ch.stats(true); err != nil {
 			return nil, err
 		}
+		if c.profile {
+			// Beside the one after sync: what the pushes left live.
+			_ = ch.post("/heapprofile?path="+filepath.Join(profDir, name+"-pushes.heap.pprof"), &struct{}{})
+		}
 	}
 	if err := r.end(ch, f); err != nil {
 		return nil, err
