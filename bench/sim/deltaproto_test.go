@@ -45,16 +45,7 @@ func TestDeltaProto(t *testing.T) {
 	if first.TypeUrl != CDS.URL() || len(first.ResourceNamesSubscribe) != 0 {
 		t.Fatalf("first request = %v, want CDS by legacy wildcard (no names)", first)
 	}
-	type step struct {
-		name    string
-		typ     Type
-		rs      []xdsclient.Resource
-		removed []string
-		nack    string
-		want    []dreq
-		warming []string
-	}
-	steps := []step{
+	steps := []deltaStep{
 		{name: "initial clusters subscribe to their assignments and secrets, then ACK", typ: CDS,
 			rs:      []xdsclient.Resource{cluster("b", 1, "cert"), cluster("a", 1, "cert")},
 			want:    []dreq{{typ: EDS, sub: []string{"a", "b"}}, {typ: SDS, sub: []string{"cert"}}, {typ: CDS, ack: true}},
@@ -120,6 +111,19 @@ func TestDeltaProto(t *testing.T) {
 	})
 }
 
+// deltaStep is one response a test hands the protocol (typ, its resources and removed
+// names, NACKed with nack if set) and the requests it must answer with; warming, when
+// set, the clusters still warming after it.
+type deltaStep struct {
+	name    string
+	typ     Type
+	rs      []xdsclient.Resource
+	removed []string
+	nack    string
+	want    []dreq
+	warming []string
+}
+
 // deltaResources builds the protocol's view of a response's resources, for tests.
 func deltaResources(rs ...xdsclient.Resource) []deltaResource {
 	out := make([]deltaResource, len(rs))
@@ -135,13 +139,7 @@ func deltaResources(rs ...xdsclient.Resource) []deltaResource {
 func TestDeltaProtoScopes(t *testing.T) {
 	p := newDeltaProto()
 	p.Start()
-	steps := []struct {
-		name    string
-		typ     Type
-		rs      []xdsclient.Resource
-		removed []string
-		want    []dreq
-	}{
+	steps := []deltaStep{
 		{name: "clusters", typ: CDS, rs: []xdsclient.Resource{cluster("a", 1)},
 			want: []dreq{{typ: EDS, sub: []string{"a"}}, {typ: CDS, ack: true}}},
 		{name: "warm: LDS", typ: EDS, rs: []xdsclient.Resource{{Name: "a", Hash: 1}},
@@ -191,34 +189,24 @@ func TestDeltaProtoSharedReferences(t *testing.T) {
 	shared := func(name string, hash uint64) xdsclient.Resource {
 		return xdsclient.Resource{Name: name, Hash: hash, EDS: "shared"}
 	}
-	steps := []struct {
-		name    string
-		typ     Type
-		rs      []xdsclient.Resource
-		removed []string
-		want    []dreq
-	}{
-		{"two clusters, one assignment", CDS, []xdsclient.Resource{shared("a", 1), shared("b", 1)}, nil,
-			[]dreq{{typ: EDS, sub: []string{"shared"}}, {typ: CDS, ack: true}}},
-		{"one goes: still referred to", CDS, nil, []string{"a"}, []dreq{{typ: CDS, ack: true}}},
-		{"the other changes its assignment", CDS, []xdsclient.Resource{cluster("b", 2)}, nil,
-			[]dreq{{typ: EDS, sub: []string{"b"}, unsub: []string{"shared"}}, {typ: CDS, ack: true}}},
+	steps := []deltaStep{
+		{name: "two clusters, one assignment", typ: CDS, rs: []xdsclient.Resource{shared("a", 1), shared("b", 1)},
+			want: []dreq{{typ: EDS, sub: []string{"shared"}}, {typ: CDS, ack: true}}},
+		{name: "one goes: still referred to", typ: CDS, removed: []string{"a"}, want: []dreq{{typ: CDS, ack: true}}},
+		{name: "the other changes its assignment", typ: CDS, rs: []xdsclient.Resource{cluster("b", 2)},
+			want: []dreq{{typ: EDS, sub: []string{"b"}, unsub: []string{"shared"}}, {typ: CDS, ack: true}}},
 		// Routes: a listener and a scope name the same route configuration.
-		{"a listener names r", LDS, []xdsclient.Resource{{Name: "l", Hash: 1, Routes: []string{"r"}}}, nil,
-			[]dreq{{typ: RDS, sub: []string{"r"}}, {typ: LDS, ack: true}}},
-		{"a scope names r too", SRDS, []xdsclient.Resource{{Name: "s", Hash: 1, Routes: []string{"r"}}}, nil,
-			[]dreq{{typ: SRDS, ack: true}}},
-		{"the listener goes: the scope keeps r", LDS, nil, []string{"l"}, []dreq{{typ: LDS, ack: true}}},
-		{"the scope goes", SRDS, nil, []string{"s"}, []dreq{{typ: RDS, unsub: []string{"r"}}, {typ: SRDS, ack: true}}},
+		{name: "a listener names r", typ: LDS, rs: []xdsclient.Resource{{Name: "l", Hash: 1, Routes: []string{"r"}}},
+			want: []dreq{{typ: RDS, sub: []string{"r"}}, {typ: LDS, ack: true}}},
+		{name: "a scope names r too", typ: SRDS, rs: []xdsclient.Resource{{Name: "s", Hash: 1, Routes: []string{"r"}}},
+			want: []dreq{{typ: SRDS, ack: true}}},
+		{name: "the listener goes: the scope keeps r", typ: LDS, removed: []string{"l"}, want: []dreq{{typ: LDS, ack: true}}},
+		{name: "the scope goes", typ: SRDS, removed: []string{"s"}, want: []dreq{{typ: RDS, unsub: []string{"r"}}, {typ: SRDS, ack: true}}},
 	}
 	for _, st := range steps {
 		// As if LDS and SRDS had been asked for (the listeners' rule is TestDeltaProto's).
 		p.types[LDS].requested, p.types[SRDS].requested = true, true
-		var rs []deltaResource
-		for _, r := range st.rs {
-			rs = append(rs, deltaResource{Resource: r, Version: fmt.Sprint(r.Hash)})
-		}
-		got, err := p.Response(st.typ, "n", rs, st.removed, "")
+		got, err := p.Response(st.typ, "n", deltaResources(st.rs...), st.removed, "")
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
