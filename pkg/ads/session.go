@@ -564,11 +564,15 @@ func (s *session) reconcileNamed(t resource.Type, ts *typeState) *discoveryv3.Di
 		// unchanged, the view diff is computed once per pair of sets and shared by every
 		// proxy, so this costs the size of the change, not of the subscription.
 		// changedNames are all subscribed: only the refreshed names need the check
-		// (refresh may be a list shared by every proxy: filtered into a new one).
-		var refresh []string
-		for _, n := range ts.refresh {
-			if ts.sub.has(n) {
-				refresh = append(refresh, n)
+		// (refresh may be a list shared by every proxy: filtered into a new one, and
+		// only when some name is not subscribed, which is rare).
+		refresh := ts.refresh
+		if i := slices.IndexFunc(refresh, func(n string) bool { return !ts.sub.has(n) }); i >= 0 {
+			refresh = slices.Clone(refresh[:i])
+			for _, n := range ts.refresh[i+1:] {
+				if ts.sub.has(n) {
+					refresh = append(refresh, n)
+				}
 			}
 		}
 		for _, n := range mergeNames(s.changedNames(ts, v), refresh) {
