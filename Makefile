@@ -35,8 +35,11 @@ run: install build
 # etcd and Envoys, so they need the tools from `make install`). The e2e suite runs twice:
 # whole, with every sidecar on the default xDS protocol (translate.DefaultXDSProtocol),
 # then its core tests (E2E_CORE) on the other protocol (BEARKONG_E2E_XDS_PROTOCOL=other).
+# pkg/ads, where every stream's loop runs beside the readers of /debug/streams and the
+# status metrics, runs once more under the race detector (about a minute).
 test: install/test build
 	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 10m ./pkg/ads
 	$(MAKE) --no-print-directory test/e2e/core XDS_PROTOCOL=other
 
 # The core e2e tests, on XDS_PROTOCOL (sotw, delta, default or other; empty is the

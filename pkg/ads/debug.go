@@ -85,9 +85,38 @@ type TypeInfo struct {
 	LastNack        *Nack      `json:"last_nack,omitempty"`
 }
 
-// publish makes the loop's current state visible to /debug/streams. The slices it shares
-// (names, serves) are never modified in place.
-func (l *loop) publish() {
+// snapshot returns the stream's state as /debug/streams shows it, or nil when node is
+// set and the stream is not that node's. It is built again only when the loop changed
+// something since the last one.
+func (st *stream) snapshot(node string) *StreamInfo {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.loop != nil {
+		if node != "" && st.loop.nodeID != node {
+			return nil
+		}
+		if st.dirty || st.info == nil {
+			st.info = st.loop.info()
+			st.dirty = false
+		}
+	}
+	info := st.info
+	if info == nil {
+		info = &StreamInfo{ID: st.id, Protocol: st.protocol, Peer: st.peer, ConnectedAt: st.connectedAt}
+	}
+	if node != "" && info.Node != node {
+		return nil
+	}
+	return info
+}
+
+// info builds the loop's state for /debug/streams; the caller holds st.mu. The slices it
+// shares (names, serves) are never modified in place.
+func (l *loop) info() *StreamInfo {
+	if l.node == nil {
+		// No request yet: nothing but the connection.
+		return &StreamInfo{ID: l.st.id, Protocol: l.st.protocol, Peer: l.st.peer, ConnectedAt: l.st.connectedAt}
+	}
 	info := &StreamInfo{
 		ID:          l.st.id,
 		Protocol:    l.proto.name(),
@@ -113,7 +142,7 @@ func (l *loop) publish() {
 	if info.Serves == nil {
 		info.Serves = []string{}
 	}
-	l.st.info.Store(info)
+	return info
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -30,7 +30,7 @@ func addFakeStreams(s *Server, n, names int, nackMsg string) {
 		info.Types.CDS.Subscribed = wildcardNames
 		info.Types.CDS.Nacks = 1
 		info.Types.CDS.LastNack = &Nack{Version: "v0", Nonce: "0", Message: nackMsg, At: now}
-		st.info.Store(info)
+		st.info = info
 		s.streams[st.id] = st
 	}
 }

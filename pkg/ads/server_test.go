@@ -376,3 +376,75 @@ func TestNACKIsVisible(t *testing.T) {
 		t.Fatalf("/debug/streams?node=n: %s", rec.Body.String())
 	}
 }
+
+// TestStreamsWhileServing: /debug/streams and the status metrics read the streams while
+// their loops handle requests and pushes (run with -race to check the locking), and what
+// they read is the stream's state now: after the last push is ACKed, each stream shows
+// the version and nonce its client ACKed and one EDS push per assignment change.
+func TestStreamsWhileServing(t *testing.T) {
+	e := start(t)
+	w := world{endpoints: map[string]int{"app-1": 1, "app-2": 2}, routeTag: map[string]string{}}
+	e.set(t, w)
+	var clients []*xdstest.Client
+	for i := range 3 {
+		c := e.connect(t, fmt.Sprint("reader-", i), nil)
+		e.waitSynced(t, c)
+		clients = append(clients, c)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, info := range e.srv.Streams("") {
+				_ = info.Types.EDS.VersionAcked
+			}
+			_, _ = e.reg.Gather()
+		}
+	}()
+	const changes = 20
+	for i := range changes {
+		w.endpoints["app-1"] = 2 + i
+		e.set(t, w)
+		for _, c := range clients {
+			if err := c.WaitFor(5*time.Second, func(rs []xdstest.Received) bool {
+				return xdstest.Count(rs, xdstest.EndpointType) == 2+i
+			}); err != nil {
+				t.Fatalf("change %d, %s: %v", i, c.Node.Id, err)
+			}
+		}
+	}
+	close(stop)
+	<-done
+	for _, c := range clients {
+		var last xdstest.Received
+		for _, r := range c.Received() {
+			if r.TypeURL == xdstest.EndpointType {
+				last = r
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			s := e.srv.Streams(c.Node.Id)
+			if len(s) != 1 {
+				t.Fatalf("%s: %d streams", c.Node.Id, len(s))
+			}
+			eds := s[0].Types.EDS
+			if eds.Status == ads.Synced && eds.VersionAcked == last.Version {
+				if eds.NonceSent != last.Nonce || eds.Pushes != changes+1 {
+					t.Errorf("%s: EDS nonce %q, %d pushes; want %q, %d", c.Node.Id, eds.NonceSent, eds.Pushes, last.Nonce, changes+1)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: EDS %+v; want SYNCED at %q", c.Node.Id, eds, last.Version)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
