@@ -33,19 +33,21 @@ const kubePush = "push"
 
 // runKube runs bearkong on the real informer path: a real etcd and kube-apiserver, S
 // Services with E pods each, N of whose pods have a proxy (the first pod of each
-// Service, then the second, ...), and changes made through the API.
-func runKube(ctx context.Context, c config) (*Run, error) {
+// Service, then the second, ...) speaking protocol (sotw or delta), and changes made
+// through the API.
+func runKube(ctx context.Context, c config, protocol string) (*Run, error) {
 	s := c.kubeServices
 	e := c.endpoints
 	n := min(c.kubeProxies, s*e)
-	r := &Run{Impl: "bearkong (informers)", Protocol: "sotw", Decode: "all", N: n, S: s, E: e}
+	r := &Run{Impl: "bearkong (informers)", Protocol: protocol, Decode: "all", N: n, S: s, E: e}
 	sim.FullDecode = true
-	dir, err := filepath.Abs(filepath.Join(c.out, "kube"))
+	name := "kube-" + protocol
+	dir, err := filepath.Abs(filepath.Join(c.out, name))
 	if err != nil {
 		return nil, err
 	}
 	_ = os.RemoveAll(dir)
-	logf("informer path: starting etcd and kube-apiserver")
+	logf("informer path, %s: starting etcd and kube-apiserver", protocol)
 	env, err := kubeenv.Start(ctx, kubeenv.Options{Dir: dir, BinDir: c.binDir})
 	if err != nil {
 		return nil, err
@@ -57,12 +59,12 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	logf("informer path: creating %d Services, %d Pods and %d EndpointSlices", s, s*e, s)
+	logf("informer path, %s: creating %d Services, %d Pods and %d EndpointSlices", protocol, s, s*e, s)
 	if err := createMesh(ctx, client, s, e); err != nil {
 		return nil, err
 	}
 
-	ch, err := startChild(ctx, c, filepath.Join(c.out, "kube.log"), "-impl", "kube", "-kubeconfig", env.Kubeconfig)
+	ch, err := startChild(ctx, c, filepath.Join(c.out, name+".log"), "-impl", "kube", "-kubeconfig", env.Kubeconfig)
 	if err != nil {
 		return nil, err
 	}
@@ -80,14 +82,14 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 			nodes = append(nodes, p.Node())
 		}
 	}
-	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, Window: c.window}, 3*time.Minute)
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, Window: c.window, Delta: protocol == "delta"}, 3*time.Minute)
 	if f != nil {
 		defer f.Close()
 	}
 	if err != nil {
 		return nil, err
 	}
-	logf("informer path: %d proxies synced in %.1fs", n, r.SyncAll)
+	logf("informer path, %s: %d proxies synced in %.1fs", protocol, n, r.SyncAll)
 	heapProfile := func(string) {}
 	if c.profile {
 		profDir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
@@ -96,7 +98,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 			_ = ch.post("/heapprofile?path="+filepath.Join(profDir, name+".heap.pprof"), &struct{}{})
 		}
 	}
-	heapProfile("kube")
+	heapProfile(name)
 
 	nextIP := 1 << 16
 	kinds := []string{workload.Endpoint, workload.Endpoint, workload.Endpoint, workload.NewService, workload.Policy, workload.Annotation, kubeUnrelated}
@@ -160,11 +162,11 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		}
 		if kind == kubePush {
 			r.Pushes = append(r.Pushes, chg)
-			logf("informer path: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  server RSS %s heap %s", len(r.Pushes), chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(chg.HeapInuse))
+			logf("informer path, %s: push %2d reached %d/%d  p50 %6.0fms  p99 %6.0fms  server RSS %s heap %s", protocol, len(r.Pushes), chg.Reached, chg.Clients, chg.P50, chg.P99, mib(chg.RSS), mib(chg.HeapInuse))
 			continue
 		}
 		r.Changes = append(r.Changes, chg)
-		logf("informer path: %-20s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy", kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes)
+		logf("informer path, %s: %-20s reached %d/%d  p50 %6.0fms  p99 %6.0fms  max %6.0fms  %8.0f B/proxy", protocol, kind, chg.Reached, chg.Clients, chg.P50, chg.P99, chg.Max, chg.Bytes)
 	}
 	if len(r.Pushes) > 0 {
 		// Live memory after the pushes, as after sync: growth a collection returns is
@@ -172,7 +174,7 @@ func runKube(ctx context.Context, c config) (*Run, error) {
 		if r.AfterPushesGC, err = ch.stats(true); err != nil {
 			return nil, err
 		}
-		heapProfile("kube-pushes")
+		heapProfile(name + "-pushes")
 	}
 	if err := r.end(ch, f); err != nil {
 		return nil, err

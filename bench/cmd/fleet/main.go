@@ -74,6 +74,7 @@ type config struct {
 	profile             bool
 	pushes              int
 	kubePushes          int
+	kubeProtocols       []string
 	pushImpls           []string
 	simMemory           int64
 	minAvailable        int64
@@ -101,6 +102,7 @@ func driverMain(args []string) error {
 	fs.IntVar(&c.kubeProxies, "kube-proxies", 1000, "N of the run through a real API server and informers (0 skips it); the proxies are the first N pods")
 	fs.IntVar(&c.kubeServices, "kube-services", 1000, "S of that run, E pods each (-endpoints)")
 	fs.IntVar(&c.kubePushes, "kube-pushes", 10, "new Services in a row at the end of the informer run, for memory (0 skips)")
+	kubeProtocols := fs.String("kube-protocols", "delta,sotw", "the clients' xDS protocols on the informer path, one run each (each with its own API server), the default protocol (delta) first")
 	fs.Int64Var(&c.simMemory, "sim-memory", 8<<30, "soft memory limit of the simulator's Go heap, in bytes (runtime/debug.SetMemoryLimit)")
 	fs.Int64Var(&c.minAvailable, "min-available", 6<<30, "stop the whole run (servers included) when the machine's MemAvailable drops below this many bytes")
 	fs.IntVar(&c.conns, "conns", 0, "gRPC connections the simulated proxies share (0: one each, as real Envoys)")
@@ -117,6 +119,15 @@ func driverMain(args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve the simulator's own /debug/pprof on this address (e.g. 127.0.0.1:6061)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	for _, p := range strings.Split(*kubeProtocols, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "sotw", "delta":
+			c.kubeProtocols = append(c.kubeProtocols, p)
+		case "":
+		default:
+			return fmt.Errorf("-kube-protocols: %q is neither sotw nor delta", p)
+		}
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -200,7 +211,10 @@ runs:
 			rep.save(c.out)
 		}
 	}
-	if c.kubeProxies > 0 && ctx.Err() == nil {
+	for _, protocol := range c.kubeProtocols {
+		if c.kubeProxies == 0 || ctx.Err() != nil {
+			break
+		}
 		// kubeenv picks free ports, but an API server is heavy: take the lock the
 		// e2e tests share, so as not to run beside them on a small machine.
 		unlock := func() {}
@@ -215,14 +229,16 @@ runs:
 		}
 		var r *Run
 		if err == nil {
-			r, err = runKube(ctx, c)
+			r, err = runKube(ctx, c, protocol)
 			unlock()
 		}
 		if err != nil {
-			logf("informer path: %v", err)
-			rep.Failed = append(rep.Failed, fmt.Sprintf("informer path: %v", err))
+			logf("informer path, %s: %v", protocol, err)
+			rep.Failed = append(rep.Failed, fmt.Sprintf("informer path, %s: %v", protocol, err))
+			continue
 		}
-		rep.Kube = r
+		rep.Kube = append(rep.Kube, r)
+		rep.save(c.out)
 	}
 	rep.Finished = time.Now()
 	rep.LoadEnd = loadAverage()

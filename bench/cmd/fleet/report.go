@@ -22,7 +22,7 @@ type report struct {
 	Workload  workload.Config `json:"workload"`
 	Runs      []*Run          `json:"runs"`
 	Stuck     []*Run          `json:"stuck"`
-	Kube      *Run            `json:"kube,omitempty"`
+	Kube      []*Run          `json:"kube,omitempty"` // the informer path, one run per protocol
 	LoadStart string          `json:"load_start"`
 	LoadEnd   string          `json:"load_end"`
 	// Failed are the runs that did not complete, with why.
@@ -314,8 +314,8 @@ func (r *report) markdown() string {
 			}
 		}
 	}
-	if k := r.Kube; k != nil {
-		fmt.Fprintf(&b, "\n### Through the informer path: API write to all ACKed\n\nbearkong, `bearkong cp`'s discovery defaults (quiet period 100 ms, max delay 1 s) over a real etcd and kube-apiserver; S=%d Services of E=%d pods, N=%d proxies (the first pod of each Service, then the second...); clients decode every resource; latencies from just before the API write to each proxy's ACK.\n\n", k.S, k.E, k.N)
+	for _, k := range r.Kube {
+		fmt.Fprintf(&b, "\n### Through the informer path: API write to all ACKed, %s\n\nbearkong, `bearkong cp`'s discovery defaults (quiet period 100 ms, max delay 1 s) over a real etcd and kube-apiserver of its own; S=%d Services of E=%d pods, N=%d proxies (the first pod of each Service, then the second...) on %s; clients decode every resource; latencies from just before the API write to each proxy's ACK.\n\n", protocolName(k.Protocol), k.S, k.E, k.N, protocolName(k.Protocol))
 		b.WriteString("| change | reached | p50 (ms) | p99 (ms) | max (ms) | bytes per proxy | control-plane CPU (s) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		fmt.Fprintf(&b, "| initial sync (%d proxies) | %d/%d | %.0f | | %.0f | | %.1f |\n", k.N, k.N-k.StreamsLost, k.N, k.SyncP50*1000, k.SyncAll*1000, k.SyncCPU)
 		names := map[string]string{workload.Endpoint: "endpoint (EndpointSlice update, ×3)", workload.NewService: "new Service (Service + EndpointSlice created)",
@@ -480,4 +480,12 @@ func ratio(rw row, b, p float64, ok bool) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f×", p/b)
+}
+
+// protocolName is how the report names a run's xDS protocol.
+func protocolName(p string) string {
+	if p == "delta" {
+		return "delta xDS"
+	}
+	return "state of the world"
 }
