@@ -39,8 +39,8 @@ func runKube(ctx context.Context, c config, protocol string) (*Run, error) {
 	s := c.kubeServices
 	e := c.endpoints
 	n := min(c.kubeProxies, s*e)
-	r := &Run{Impl: "bearkong (informers)", Protocol: protocol, Decode: "all", N: n, S: s, E: e}
-	sim.FullDecode = true
+	r := &Run{Impl: "bearkong (informers)", Protocol: protocol, Decode: c.kubeDecode, N: n, S: s, E: e}
+	sim.FullDecode = c.kubeDecode == "all"
 	name := "kube-" + protocol
 	dir, err := filepath.Abs(filepath.Join(c.out, name))
 	if err != nil {
@@ -82,7 +82,7 @@ func runKube(ctx context.Context, c config, protocol string) (*Run, error) {
 			nodes = append(nodes, p.Node())
 		}
 	}
-	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, Window: c.window, Delta: protocol == "delta"}, 3*time.Minute)
+	f, err := syncFleet(ctx, c, ch, r, nodes, sim.Options{Conns: c.conns, Window: c.window, Delta: protocol == "delta"}, 3*time.Minute+time.Duration(s/1000)*30*time.Second)
 	if f != nil {
 		defer f.Close()
 	}

@@ -75,6 +75,7 @@ type config struct {
 	pushes              int
 	kubePushes          int
 	kubeProtocols       []string
+	kubeDecode          string
 	pushImpls           []string
 	simMemory           int64
 	minAvailable        int64
@@ -102,6 +103,7 @@ func driverMain(args []string) error {
 	fs.IntVar(&c.kubeProxies, "kube-proxies", 1000, "N of the run through a real API server and informers (0 skips it); the proxies are the first N pods")
 	fs.IntVar(&c.kubeServices, "kube-services", 1000, "S of that run, E pods each (-endpoints)")
 	fs.IntVar(&c.kubePushes, "kube-pushes", 10, "new Services in a row at the end of the informer run, for memory (0 skips)")
+	fs.StringVar(&c.kubeDecode, "kube-decode", "all", "how the informer path's clients decode: all (every client every resource, as each Envoy does) or shared (once for the fleet, for large S)")
 	kubeProtocols := fs.String("kube-protocols", "delta,sotw", "the clients' xDS protocols on the informer path, one run each (each with its own API server), the default protocol (delta) first")
 	fs.Int64Var(&c.simMemory, "sim-memory", 8<<30, "soft memory limit of the simulator's Go heap, in bytes (runtime/debug.SetMemoryLimit)")
 	fs.Int64Var(&c.minAvailable, "min-available", 6<<30, "stop the whole run (servers included) when the machine's MemAvailable drops below this many bytes")
@@ -119,6 +121,9 @@ func driverMain(args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve the simulator's own /debug/pprof on this address (e.g. 127.0.0.1:6061)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if c.kubeDecode != "all" && c.kubeDecode != "shared" {
+		return fmt.Errorf("-kube-decode: %q is neither all nor shared", c.kubeDecode)
 	}
 	for _, p := range strings.Split(*kubeProtocols, ",") {
 		switch p = strings.TrimSpace(p); p {

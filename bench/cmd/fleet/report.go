@@ -315,7 +315,7 @@ func (r *report) markdown() string {
 		}
 	}
 	for _, k := range r.Kube {
-		fmt.Fprintf(&b, "\n### Through the informer path: API write to all ACKed, %s\n\nbearkong, `bearkong cp`'s discovery defaults (quiet period 100 ms, max delay 1 s) over a real etcd and kube-apiserver of its own; S=%d Services of E=%d pods, N=%d proxies (the first pod of each Service, then the second...) on %s; clients decode every resource; latencies from just before the API write to each proxy's ACK.\n\n", protocolName(k.Protocol), k.S, k.E, k.N, protocolName(k.Protocol))
+		fmt.Fprintf(&b, "\n### Through the informer path: API write to all ACKed, %s\n\nbearkong, `bearkong cp`'s discovery defaults (quiet period 100 ms, max delay 1 s) over a real etcd and kube-apiserver of its own; S=%d Services of E=%d pods, N=%d proxies (the first pod of each Service, then the second...) on %s; %s; latencies from just before the API write to each proxy's ACK.\n\n", protocolName(k.Protocol), k.S, k.E, k.N, protocolName(k.Protocol), decodeName(k.Decode))
 		b.WriteString("| change | reached | p50 (ms) | p99 (ms) | max (ms) | bytes per proxy | control-plane CPU (s) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		fmt.Fprintf(&b, "| initial sync (%d proxies) | %d/%d | %.0f | | %.0f | | %.1f |\n", k.N, k.N-k.StreamsLost, k.N, k.SyncP50*1000, k.SyncAll*1000, k.SyncCPU)
 		names := map[string]string{workload.Endpoint: "endpoint (EndpointSlice update, ×3)", workload.NewService: "new Service (Service + EndpointSlice created)",
@@ -488,4 +488,12 @@ func protocolName(p string) string {
 		return "delta xDS"
 	}
 	return "state of the world"
+}
+
+// decodeName says how a run's clients decode.
+func decodeName(d string) string {
+	if d == "shared" {
+		return "the fleet decodes each distinct resource once (shared decode)"
+	}
+	return "clients decode every resource they receive, as each Envoy does"
 }
