@@ -91,11 +91,16 @@ func runKube(ctx context.Context, c config, protocol string) (*Run, error) {
 	}
 	logf("informer path, %s: %d proxies synced in %.1fs", protocol, n, r.SyncAll)
 	heapProfile := func(string) {}
+	cpuProfile := func(string) func() { return func() {} }
 	if c.profile {
 		profDir, _ := filepath.Abs(filepath.Join(c.out, "prof"))
 		_ = os.MkdirAll(profDir, 0o755)
 		heapProfile = func(name string) {
 			_ = ch.post("/heapprofile?path="+filepath.Join(profDir, name+".heap.pprof"), &struct{}{})
+		}
+		cpuProfile = func(change string) func() {
+			_ = ch.post("/cpuprofile/start?path="+filepath.Join(profDir, name+"-"+change+".cpu.pprof"), &struct{}{})
+			return func() { _ = ch.post("/cpuprofile/stop", &struct{}{}) }
 		}
 	}
 	heapProfile(name)
@@ -156,7 +161,9 @@ func runKube(ctx context.Context, c config, protocol string) (*Run, error) {
 		if kind == kubePush {
 			mk = workload.NewService
 		}
+		stopProf := cpuProfile(kind + strconv.Itoa(seq))
 		chg, err := measureChange(ctx, f, ch, mk, cluster, apply)
+		stopProf()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kind, err)
 		}

@@ -115,7 +115,7 @@ func driverMain(args []string) error {
 	kubeLockWait := fs.Duration("kube-lock-wait", 10*time.Minute, "how long to wait for -kube-lock before skipping the informer run")
 	benchmarks := fs.String("benchmarks", "", "rewrite the generated part of this BENCHMARKS.md with the results")
 	fs.DurationVar(&c.timeout, "timeout", 14*time.Minute, "the whole run stops after this")
-	fs.BoolVar(&c.profile, "profile", false, "write CPU profiles of the initial sync and of each change, and heap profiles after sync, of the server processes to <out>/prof")
+	fs.BoolVar(&c.profile, "profile", false, "write CPU profiles of the initial sync and of each change, and heap profiles after sync and after the pushes, of the server processes to <out>/prof (on the informer path too)")
 	fs.StringVar(&c.binDir, "bin", "", "directory with etcd and kube-apiserver (default: <repo>/.cache/bin)")
 	cpuprofile := fs.String("cpuprofile", "", "write the simulator's CPU profile to this file")
 	pprofAddr := fs.String("pprof", "", "serve the simulator's own /debug/pprof on this address (e.g. 127.0.0.1:6061)")
