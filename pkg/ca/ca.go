@@ -130,12 +130,13 @@ func (l Leaf) LogValue() slog.Value { return slog.StringValue(l.String()) }
 // # Cost
 //
 // Issuing is one HMAC-derived P-256 key and one signature. On the 2-core machine of the
-// tests (go test -run '^$' -bench . ./pkg/ca, Go 1.26) a new leaf takes about 0.27 ms
-// with the generated ECDSA P-256 root, 1 to 2 ms with a P-384 one, and 4 to 6 ms with
-// an RSA 3072 root (what bearkong generated before, where the signature dominates); a
-// memoized one about 0.2 µs. Since windows are aligned for every workload, all proxies
-// rotate at the same boundary: a thousand proxies cost about 0.3 CPU-seconds there (5
-// with an RSA 3072 root), once per window, and as much at the initial sync.
+// tests (go test -run '^$' -bench . ./pkg/ca, Go 1.26) a new leaf takes about 0.15 ms
+// with the generated ECDSA P-256 root (written without crypto/x509, see leafder.go), 1
+// to 2 ms with a P-384 one, and 4 to 6 ms with an RSA 3072 root (what bearkong
+// generated before, where the signature dominates); a memoized one about 0.2 µs. Since
+// windows are aligned for every workload, all proxies rotate at the same boundary: a
+// thousand proxies cost about 0.15 CPU-seconds there (5 with an RSA 3072 root), once per
+// window, and as much at the initial sync.
 type Authority struct {
 	trustDomain string
 	lifetime    time.Duration
@@ -147,6 +148,8 @@ type Authority struct {
 	chainPEM   []byte // the intermediates sent after each leaf, PEM
 	chainDER   [][]byte
 	leafSecret []byte // HMAC key for every derivation
+
+	refState // workload certificates written without crypto/x509 (leafder.go)
 
 	mu      sync.Mutex
 	current int64 // the newest window seen; older entries are dropped
@@ -355,14 +358,16 @@ func (a *Authority) Issue(w Workload) (*Leaf, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: workload %s: %w", id, err)
 	}
-	tmpl := &x509.Certificate{
-		NotBefore:   nb,
-		NotAfter:    na,
-		URIs:        []*url.URL{u},
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	tmpl := workloadTemplate(u, nb, na)
+	var der []byte
+	var priv *ecdsa.PrivateKey
+	if ref := a.workloadReference(); ref != nil {
+		if priv, tmpl.SerialNumber, err = a.keyAndSerial(inputs, k); err == nil {
+			der, err = ref.der(tmpl.SerialNumber, nb, na, priv.Public(), u)
+		}
+	} else {
+		der, priv, err = a.sign(tmpl, inputs, k)
 	}
-	der, priv, err := a.sign(tmpl, inputs, k)
 	if err != nil {
 		return nil, fmt.Errorf("ca: workload %s: %w", id, err)
 	}
@@ -442,15 +447,11 @@ func (a *Authority) ServerCertificate(names []string) (*tls.Certificate, error) 
 
 // sign derives the key and serial of (inputs, k), completes tmpl with them and signs it.
 func (a *Authority) sign(tmpl *x509.Certificate, inputs []string, k int64) ([]byte, *ecdsa.PrivateKey, error) {
-	priv, err := a.deriveKey(inputs, k)
+	priv, serial, err := a.keyAndSerial(inputs, k)
 	if err != nil {
 		return nil, nil, err
 	}
-	// A positive serial of at most 20 bytes (RFC 5280 section 4.1.2.2) with 126 bits from
-	// the hash: unique per certificate as a random one would be.
-	s := a.mac("serial", inputs, k, 0)[:16]
-	s[0] = s[0]&0x3f | 0x40
-	tmpl.SerialNumber = new(big.Int).SetBytes(s)
+	tmpl.SerialNumber = serial
 	// A nil random source makes the signature deterministic (see Authority): ECDSA keys
 	// sign per RFC 6979 (crypto/ecdsa.PrivateKey.Sign), RSA PKCS#1 v1.5 never reads it,
 	// and CreateCertificate reads it itself only to make up a missing serial, set above.
@@ -459,6 +460,19 @@ func (a *Authority) sign(tmpl *x509.Certificate, inputs []string, k int64) ([]by
 		return nil, nil, err
 	}
 	return der, priv, nil
+}
+
+// keyAndSerial derives the key and serial of (inputs, k).
+func (a *Authority) keyAndSerial(inputs []string, k int64) (*ecdsa.PrivateKey, *big.Int, error) {
+	priv, err := a.deriveKey(inputs, k)
+	if err != nil {
+		return nil, nil, err
+	}
+	// A positive serial of at most 20 bytes (RFC 5280 section 4.1.2.2) with 126 bits from
+	// the hash: unique per certificate as a random one would be.
+	s := a.mac("serial", inputs, k, 0)[:16]
+	s[0] = s[0]&0x3f | 0x40
+	return priv, new(big.Int).SetBytes(s), nil
 }
 
 // deriveKey derives a P-256 private key from (inputs, k): a 32-byte HMAC output is the
