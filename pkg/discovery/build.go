@@ -147,6 +147,9 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 	if err != nil {
 		return err
 	}
+	// The last build's parts and proxies: what comes out the same is taken from them, so
+	// that consecutive snapshots share it (see sharePart).
+	prevParts, prevProxies := b.parts, b.proxies
 	*b = builder{
 		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
 		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
@@ -161,6 +164,7 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		if err != nil {
 			return err
 		}
+		part = sharePart(prevParts[key], part)
 		b.parts[key] = part
 		b.index[key] = len(b.order)
 		b.order = append(b.order, key)
@@ -187,7 +191,46 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		k := d.Namespace + "/" + d.Name
 		b.conflicts[k] = append(b.conflicts[k], d)
 	}
+	b.shareProxies(prevProxies)
 	return nil
+}
+
+// sharePart returns part, or old's model where part computes the same: old's Service,
+// diagnostics and pods, with part's source object. A full build recomputes every
+// Service, and without this every snapshot after one (any Service event, and the
+// periodic full build) held a generation of the whole mesh of its own: the control plane
+// keeps recent snapshots (its history, for the quarantine), and pkg/translate reuses a
+// Service's resources only for the same object. Comparing costs less than the build of
+// the part did.
+func sharePart(old, part *servicePart) *servicePart {
+	if old == nil || !sameService(old.svc, part.svc) || !slices.Equal(old.diags, part.diags) ||
+		!slices.EqualFunc(old.pods, part.pods, func(a, b mesh.Proxy) bool { return sameProxy(&a, &b) }) {
+		return part
+	}
+	if old.src == part.src {
+		return old
+	}
+	return &servicePart{src: part.src, svc: old.svc, diags: old.diags, pods: old.pods}
+}
+
+// shareProxies replaces each proxy of a full build that is the same as in prev (the last
+// build's) by prev's, and b.proxies by prev itself when every proxy is the same: for the
+// same reason as sharePart.
+func (b *builder) shareProxies(prev map[string]*mesh.Proxy) {
+	all := len(prev) == len(b.proxies)
+	for pk, p := range b.proxies {
+		if old := prev[pk]; old != nil && sameProxy(old, p) {
+			b.proxies[pk] = old
+			b.podSvcs[pk] = old.Services
+		} else {
+			all = false
+		}
+	}
+	if all && prev != nil {
+		// prev is the last snapshot's map (or the builder's own, if it changed since):
+		// shared either way, never modified in place (ownProxyMap).
+		b.proxies, b.ownProxies = prev, false
+	}
 }
 
 // update recomputes the dirty Services and what depends on them: the proxies of the pods
@@ -214,10 +257,11 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		if err != nil || svc != old.src {
 			return false, nil
 		}
-		rebuilt[i], err = buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		part, err := buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
 		if err != nil {
 			return false, err
 		}
+		rebuilt[i] = sharePart(old, part)
 	}
 
 	// The pods whose proxy may change, with their state as the rebuilt parts saw it.
