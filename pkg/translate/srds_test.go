@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
 )
@@ -133,5 +135,56 @@ func TestServiceRoutingReused(t *testing.T) {
 	}
 	if got == nil || got.Hash == old.Hash || got.Hash != want.Hash {
 		t.Errorf("routes of the changed app-2.default: hash %v, want %s (was %s)", got, want.Hash, old.Hash)
+	}
+}
+
+// TestServiceClustersReused is TestServiceRoutingReused for the cluster and the
+// ClusterLoadAssignment: an unchanged *mesh.Service gives the very resources again under
+// the same options, so that consecutive Translators (and the configs the control plane
+// remembers) share them and a change costs the marshalling of what it touched; a Service
+// that changed, or other options, give resources equal to building them afresh.
+func TestServiceClustersReused(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Endpoints = append(slices.Clone(changed.Endpoints), mesh.Endpoint{IP: "10.9.9.9", Pod: "new"})
+	b.Services[1] = &changed
+	ta, tb := mustNew(t, a), mustNew(t, b)
+	other, err := NewWithOptions(b, Options{TrustDomain: "other.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		typ     resource.Type
+		a, b, o *resource.Set
+		fresh   func(*mesh.Service, Options) proto.Message
+	}{
+		{resource.Cluster, ta.clusters, tb.clusters, other.clusters, func(svc *mesh.Service, o Options) proto.Message {
+			return setClusterAccessLog(clusterWith(svc, upstreamTLS(svc, o.TrustDomain)), ServiceAccessLog(svc, o.DefaultAccessLog))
+		}},
+		{resource.Endpoint, ta.endpoints, tb.endpoints, other.endpoints, func(svc *mesh.Service, _ Options) proto.Message {
+			return ClusterLoadAssignment(svc)
+		}},
+	} {
+		ra, _ := tc.a.Get("app-1.default")
+		rb, _ := tc.b.Get("app-1.default")
+		if ra == nil || ra != rb {
+			t.Errorf("%s of the unchanged app-1.default: not the same resource in both snapshots", tc.typ)
+		}
+		for _, c := range []struct {
+			set  *resource.Set
+			opts Options
+		}{{tc.b, Options{TrustDomain: DefaultTrustDomain}}, {tc.o, Options{TrustDomain: "other.example"}}} {
+			for _, svc := range b.Services {
+				got, _ := c.set.Get(ClusterName(svc))
+				want, err := resource.New(tc.typ, ClusterName(svc), tc.fresh(svc, c.opts))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got == nil || got.Hash != want.Hash {
+					t.Errorf("%s of %s with trust domain %s: hash %v, want %s", tc.typ, svc.Key(), c.opts.TrustDomain, got, want.Hash)
+				}
+			}
+		}
 	}
 }
