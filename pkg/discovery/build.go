@@ -79,7 +79,8 @@ type builder struct {
 	// pods (mesh.CheckPolicyConflicts and proxyModes).
 	conflicts map[string][]mesh.Diagnostic
 	// diags are the diagnostics of the Namespaces, of every part and of the conflicts,
-	// sorted; staleDiags says that a part's or a conflict's changed since.
+	// sorted; staleDiags says that a part's or a conflict's changed since. The slice is
+	// replaced when they change, never modified: snapshots share it.
 	diags      []mesh.Diagnostic
 	staleDiags bool
 	// wasFull reports whether the last build was a full one.
@@ -149,14 +150,14 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 	}
 	// The last build's parts and proxies: what comes out the same is taken from them, so
 	// that consecutive snapshots share it (see sharePart).
-	prevParts, prevProxies := b.parts, b.proxies
+	prevParts, prevProxies, prevDiags := b.parts, b.proxies, b.diags
 	*b = builder{
 		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
 		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
 		meshed: make(map[string]*mesh.Service, len(svcs)),
 		held:   o.held, nsModes: nsModes, nsDiags: nsDiags,
 		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, ownProxies: true,
-		conflicts: map[string][]mesh.Diagnostic{}, staleDiags: true,
+		conflicts: map[string][]mesh.Diagnostic{}, diags: prevDiags, staleDiags: true,
 	}
 	for _, svc := range svcs {
 		key := svc.Namespace + "/" + svc.Name
@@ -392,20 +393,27 @@ func sameHolds(a, b map[ObjectRef]*hold) bool {
 // snapshot assembles a snapshot from the builder's state, and adds the HTTPRoutes.
 func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
 	if b.staleDiags {
-		b.diags = slices.Clone(b.nsDiags)
+		diags := slices.Clone(b.nsDiags)
 		for _, k := range b.order {
-			b.diags = append(b.diags, b.parts[k].diags...)
-			b.diags = append(b.diags, b.conflicts[k]...)
+			diags = append(diags, b.parts[k].diags...)
+			diags = append(diags, b.conflicts[k]...)
 		}
-		mesh.SortDiagnostics(b.diags)
+		mesh.SortDiagnostics(diags)
+		if !slices.Equal(diags, b.diags) {
+			b.diags = diags
+		}
 		b.staleDiags = false
 	}
-	// The snapshot's own Services and Diagnostics slices: later steps set HTTPRoutes and
-	// AuthorizationPolicies in them.
+	// The snapshot's own Services slice: later steps set HTTPRoutes and
+	// AuthorizationPolicies in it. The Diagnostics are the builder's, shared with every
+	// snapshot since they last changed (b.diags is replaced, never modified, and the
+	// control plane keeps recent snapshots: a copy each was a fifth of a MiB per snapshot
+	// at S=1000); clipped, so that a later step that adds diagnostics appends to a copy
+	// (addDiagnostics).
 	snap := &mesh.Snapshot{
 		Services:    slices.Clone(b.svcs),
 		Proxies:     b.proxies,
-		Diagnostics: slices.Clone(b.diags),
+		Diagnostics: slices.Clip(b.diags),
 	}
 	b.ownProxies = false
 	var statuses []routeStatus
@@ -425,10 +433,21 @@ func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*
 			c.Routes = rs
 			snap.Services[i] = &c
 		}
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		addDiagnostics(snap, diags...)
 	}
-	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, statuses, nil
+}
+
+// addDiagnostics adds ds to snap's diagnostics, which may be shared with other snapshots
+// (see builder.snapshot): into a copy, sorted, and only when there is something to add.
+func addDiagnostics(snap *mesh.Snapshot, ds ...mesh.Diagnostic) {
+	if len(ds) == 0 {
+		return
+	}
+	all := make([]mesh.Diagnostic, 0, len(snap.Diagnostics)+len(ds))
+	all = append(append(all, snap.Diagnostics...), ds...)
+	mesh.SortDiagnostics(all)
+	snap.Diagnostics = all
 }
 
 // buildService computes one meshed Service's part of the snapshot from the Service, its

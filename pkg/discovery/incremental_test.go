@@ -3,6 +3,7 @@ package discovery
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -350,6 +351,12 @@ func TestFullBuildSharesUnchangedServices(t *testing.T) {
 				if old := prev.Proxies[k]; old != nil && sameProxy(old, p) && old != p {
 					t.Errorf("proxy %s did not change but is a new object", k)
 				}
+			}
+			if len(prev.Diagnostics) == 0 {
+				t.Fatal("the world has no diagnostics: nothing to share")
+			}
+			if slices.Equal(got.Diagnostics, prev.Diagnostics) && &got.Diagnostics[0] != &prev.Diagnostics[0] {
+				t.Error("the diagnostics did not change but are a copy")
 			}
 		})
 	}
