@@ -2,8 +2,10 @@ package translate
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -186,5 +188,63 @@ func TestServiceClustersReused(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestProxySetsSharedAcrossSnapshots: a proxy's listeners and local-app cluster depend on
+// its addresses, its mode and the options alone, so the Translator of the next snapshot
+// gives the proxy the very sets of the last one while any of them lives. Each change
+// otherwise built and marshalled them again for every proxy, and the new ones, kept
+// while the old ones went, left the heap fragmented after a series of changes.
+func TestProxySetsSharedAcrossSnapshots(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Endpoints = append(slices.Clone(changed.Endpoints), mesh.Endpoint{IP: "10.9.9.9", Pod: "new"})
+	b.Services[1] = &changed
+	for _, n := range []Node{nodeApp1A, nodeLocal} {
+		pa, pb := mustProxy(t, mustNew(t, a), n), mustProxy(t, mustNew(t, b), n)
+		if pa.Views[resource.Listener][0] != pb.Views[resource.Listener][0] {
+			t.Errorf("%s: the listeners are a new set in the next snapshot", n.ID)
+		}
+		if pa.Views[resource.Cluster][1] != pb.Views[resource.Cluster][1] {
+			t.Errorf("%s: the local-app cluster is a new set in the next snapshot", n.ID)
+		}
+		other, err := NewWithOptions(b, Options{ClusterDomain: "other.example"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		po := mustProxy(t, other, n)
+		if po.Views[resource.Listener][0] == pa.Views[resource.Listener][0] || po.Views[resource.Listener].Version() == pa.Views[resource.Listener].Version() {
+			t.Errorf("%s: the listeners under another cluster domain are the first snapshot's", n.ID)
+		}
+	}
+}
+
+// TestProxySetsForgotten: the sets filed for sharing across snapshots (liveSets) are
+// forgotten once nothing holds them, so that invented addresses (issue 16) leave nothing
+// behind once their Translator is gone.
+func TestProxySetsForgotten(t *testing.T) {
+	tr := mustNew(t, sampleSnapshot())
+	before := listenerSets.len() + localAppSets.len()
+	for i := range 200 {
+		ip := fmt.Sprintf("10.77.%d.%d", i/250, i%250+1)
+		mustProxy(t, tr, Node{ID: fmt.Sprintf("p%d.invented", i), PodNamespace: "invented", PodName: fmt.Sprint("p", i), ListenIP: ip, AppAddress: ip + ":9090"})
+	}
+	if got := listenerSets.len() + localAppSets.len(); got < before+2*unknownEntries {
+		t.Fatalf("%d entries after 200 invented nodes, want at least %d", got, before+2*unknownEntries)
+	}
+	// tr is not used from here on: the sets' only holder goes.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		got := listenerSets.len() + localAppSets.len()
+		if got <= before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries 5 s after the Translator went, want at most %d", got, before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -265,18 +266,24 @@ func (t *Translator) Proxy(n Node) (*resource.Proxy, error) {
 		listenerKey += " " + string(inLog) + " " + strings.Join(serves, "\x00")
 	}
 	listeners, err := t.listeners.get(listenerKey, known, t.knownLimit, func() (*resource.Set, error) {
-		n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
-		in, out := InboundListener(n, mode, td), OutboundListener(n, domain)
-		if logs {
-			in, out = withAccessLogs(in, inboundAccessLogs(inLog, serves)), withAccessLogs(out, outboundAccessLogs(serves))
-		}
-		return newSet(resource.Listener, in, out)
+		// Everything the listeners depend on: the key, and the options it leaves out.
+		key := listenerKey + "\x00" + td + "\x00" + domain + "\x00" + strconv.FormatBool(logs)
+		return listenerSets.get(key, func() (*resource.Set, error) {
+			n := Node{ListenIP: listenIP, OutboundIP: outboundIP}
+			in, out := InboundListener(n, mode, td), OutboundListener(n, domain)
+			if logs {
+				in, out = withAccessLogs(in, inboundAccessLogs(inLog, serves)), withAccessLogs(out, outboundAccessLogs(serves))
+			}
+			return newSet(resource.Listener, in, out)
+		})
 	})
 	if err != nil {
 		return nil, err
 	}
 	localApp, err := t.localApps.get(appAddress, known, t.knownLimit, func() (*resource.Set, error) {
-		return newSet(resource.Cluster, LocalAppCluster(Node{AppAddress: appAddress}))
+		return localAppSets.get(appAddress, func() (*resource.Set, error) {
+			return newSet(resource.Cluster, LocalAppCluster(Node{AppAddress: appAddress}))
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -417,6 +424,59 @@ func (c *memo[V]) get(key string, build func() (V, error)) (V, error) {
 		f, _ = c.m.LoadOrStore(key, sync.OnceValues(build))
 	}
 	return f.(func() (V, error))()
+}
+
+// liveSets files the sets built for a key while they live, so that the Translators of
+// consecutive snapshots give a proxy the same set for the same key: each entry is weak,
+// and goes when its set is collected (when no Translator's cache and no stream holds it
+// any more), so it holds no more than the Translators' bounded caches do (see
+// boundedMemo). Only for sets that are a function of their key alone.
+type liveSets struct {
+	m sync.Map // key string -> weak.Pointer[resource.Set]
+}
+
+// Why: a proxy's listeners and local-app cluster depend on its addresses, its mode and
+// the options, not on the snapshot; a Translator is built per snapshot, and each one
+// built and marshalled them again for every proxy on every change. The new sets lived
+// on while the old ones went, which after a series of changes left the heap fragmented
+// (issue 14) besides the CPU.
+var listenerSets, localAppSets liveSets
+
+type liveEntry struct {
+	key string
+	wp  weak.Pointer[resource.Set]
+}
+
+// get returns the live set filed under key, or build's, then filed there.
+func (c *liveSets) get(key string, build func() (*resource.Set, error)) (*resource.Set, error) {
+	if v, ok := c.m.Load(key); ok {
+		if s := v.(weak.Pointer[resource.Set]).Value(); s != nil {
+			return s, nil
+		}
+	}
+	s, err := build()
+	if err != nil {
+		return nil, err
+	}
+	wp := weak.Make(s)
+	for {
+		v, loaded := c.m.LoadOrStore(key, wp)
+		if !loaded {
+			runtime.AddCleanup(s, func(e liveEntry) { c.m.CompareAndDelete(e.key, e.wp) }, liveEntry{key, wp})
+			return s, nil
+		}
+		if live := v.(weak.Pointer[resource.Set]).Value(); live != nil {
+			return live, nil // another caller filed one first
+		}
+		c.m.CompareAndDelete(key, v) // a dead entry whose cleanup has not run yet
+	}
+}
+
+// len counts the entries, for tests.
+func (c *liveSets) len() int {
+	n := 0
+	c.m.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 // unknownNamespace is the short-name scopes' cache key of every namespace without a
