@@ -96,8 +96,9 @@ func BenchmarkNew(b *testing.B) {
 // BenchmarkProxy measures Proxy: "cached" is the common case (every piece already built
 // by an earlier proxy, as for all but the first proxy of a namespace), "parallel" the
 // same from many goroutines, "first" the first proxy after a snapshot, which marshals the
-// pieces shared by every namespace, and "new-namespace" the first proxy of each further
-// namespace, which builds its namespace's short-name scopes.
+// pieces shared by every namespace (its listeners and local-app cluster are the last
+// snapshot's, still alive: see liveSets), and "new-namespace" the first proxy of each
+// further namespace, which builds its namespace's short-name scopes.
 func BenchmarkProxy(b *testing.B) {
 	for _, n := range benchSizes {
 		snap := benchSnapshot(n, n/100, 3)
