@@ -23,6 +23,12 @@
 // Service shares one outbound entry, and the addresses of pods the snapshot does not know
 // share a small LRU (see boundedMemo). Output is sorted and marshalled
 // deterministically, so equal snapshots give equal versions, across restarts too.
+//
+// Consecutive Translators share what did not change: a Service's resources are built
+// once per *mesh.Service (which discovery hands every snapshot until the Service
+// changes: routingOf, clusterOf), and a proxy's listeners and local-app cluster once per
+// key while they live (liveSets). A change costs what it touched, and the Translators
+// still held (a config some stream has not left yet) hold one copy of the rest.
 package translate
 
 import (
