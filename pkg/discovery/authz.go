@@ -44,6 +44,7 @@ func authorize(snap *mesh.Snapshot, services corelisters.ServiceLister, policies
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	statuses := make([]policyStatus, 0, len(policies))
+	var diags []mesh.Diagnostic
 	for _, p := range policies {
 		target := p.Namespace + "/" + p.Spec.TargetRef.Name
 		reason, msg := v1alpha1.ReasonAccepted, "enforced on the inbound listeners of meshed Service "+target
@@ -79,10 +80,10 @@ func authorize(snap *mesh.Snapshot, services corelisters.ServiceLister, policies
 			Type: v1alpha1.ConditionAccepted, Status: status, Reason: reason, Message: truncate(msg, 1024), ObservedGeneration: p.Generation,
 		}})
 		if reason != v1alpha1.ReasonAccepted {
-			snap.Diagnostics = append(snap.Diagnostics, mesh.Diagnostic{Kind: KindAuthorizationPolicy, Namespace: p.Namespace, Name: p.Name, Reason: reason, Message: msg})
+			diags = append(diags, mesh.Diagnostic{Kind: KindAuthorizationPolicy, Namespace: p.Namespace, Name: p.Name, Reason: reason, Message: msg})
 		}
 	}
-	mesh.SortDiagnostics(snap.Diagnostics)
+	addDiagnostics(snap, diags...)
 	return statuses
 }
 

@@ -59,9 +59,10 @@ func BenchmarkBuild(b *testing.B) {
 // BenchmarkBuildPerChange is the cost of one endpoint change: one EndpointSlice of one
 // Service updated (an endpoint turns ready or not ready), then the snapshot built, in
 // meshes of S meshed Services of 3 pods each, 100 Services to a namespace, without
-// diagnostics. "full"
-// rebuilds every Service from the listers, as every build did before incremental
-// builds; "incremental" is what the worker does for such a change: the handlers'
+// diagnostics. "full" rebuilds every Service from the listers, as every build did before
+// incremental builds; "full-after-build" is the same by a builder that built before, as
+// the worker's full builds are (it shares what came out the same with the last build);
+// "incremental" is what the worker does for such a change: the handlers'
 // attribution (touchedServices) and a build that recomputes the touched Service only
 // (incremental.go).
 func BenchmarkBuildPerChange(b *testing.B) {
@@ -90,6 +91,21 @@ func BenchmarkBuildPerChange(b *testing.B) {
 			for b.Loop() {
 				change()
 				if _, _, err := build(sl, el, pl, nil, opts); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("S=%d/full-after-build", s), func(b *testing.B) {
+			// A full build by the worker's builder (a Service event): it compares each
+			// Service with the last build's to share what did not change.
+			var bl builder
+			if _, _, err := bl.build(nil, sl, el, pl, nil, opts); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				change()
+				if _, _, err := bl.build(nil, sl, el, pl, nil, opts); err != nil {
 					b.Fatal(err)
 				}
 			}

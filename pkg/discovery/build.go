@@ -79,7 +79,8 @@ type builder struct {
 	// pods (mesh.CheckPolicyConflicts and proxyModes).
 	conflicts map[string][]mesh.Diagnostic
 	// diags are the diagnostics of the Namespaces, of every part and of the conflicts,
-	// sorted; staleDiags says that a part's or a conflict's changed since.
+	// sorted; staleDiags says that a part's or a conflict's changed since. The slice is
+	// replaced when they change, never modified: snapshots share it.
 	diags      []mesh.Diagnostic
 	staleDiags bool
 	// wasFull reports whether the last build was a full one.
@@ -147,13 +148,16 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 	if err != nil {
 		return err
 	}
+	// The last build's parts and proxies: what comes out the same is taken from them, so
+	// that consecutive snapshots share it (see sharePart).
+	prevParts, prevProxies, prevDiags := b.parts, b.proxies, b.diags
 	*b = builder{
 		parts: make(map[string]*servicePart, len(svcs)), order: make([]string, 0, len(svcs)),
 		index: make(map[string]int, len(svcs)), svcs: make([]*mesh.Service, 0, len(svcs)),
 		meshed: make(map[string]*mesh.Service, len(svcs)),
 		held:   o.held, nsModes: nsModes, nsDiags: nsDiags,
 		podSvcs: map[string][]string{}, proxies: map[string]*mesh.Proxy{}, ownProxies: true,
-		conflicts: map[string][]mesh.Diagnostic{}, staleDiags: true,
+		conflicts: map[string][]mesh.Diagnostic{}, diags: prevDiags, staleDiags: true,
 	}
 	for _, svc := range svcs {
 		key := svc.Namespace + "/" + svc.Name
@@ -161,6 +165,7 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		if err != nil {
 			return err
 		}
+		part = sharePart(prevParts[key], part)
 		b.parts[key] = part
 		b.index[key] = len(b.order)
 		b.order = append(b.order, key)
@@ -187,7 +192,46 @@ func (b *builder) rebuild(services corelisters.ServiceLister, endpointSlices dis
 		k := d.Namespace + "/" + d.Name
 		b.conflicts[k] = append(b.conflicts[k], d)
 	}
+	b.shareProxies(prevProxies)
 	return nil
+}
+
+// sharePart returns part, or old's model where part computes the same: old's Service,
+// diagnostics and pods, with part's source object. A full build recomputes every
+// Service, and without this every snapshot after one (any Service event, and the
+// periodic full build) held a generation of the whole mesh of its own: the control plane
+// keeps recent snapshots (its history, for the quarantine), and pkg/translate reuses a
+// Service's resources only for the same object. Comparing costs less than the build of
+// the part did.
+func sharePart(old, part *servicePart) *servicePart {
+	if old == nil || !sameService(old.svc, part.svc) || !slices.Equal(old.diags, part.diags) ||
+		!slices.EqualFunc(old.pods, part.pods, func(a, b mesh.Proxy) bool { return sameProxy(&a, &b) }) {
+		return part
+	}
+	if old.src == part.src {
+		return old
+	}
+	return &servicePart{src: part.src, svc: old.svc, diags: old.diags, pods: old.pods}
+}
+
+// shareProxies replaces each proxy of a full build that is the same as in prev (the last
+// build's) by prev's, and b.proxies by prev itself when every proxy is the same: for the
+// same reason as sharePart.
+func (b *builder) shareProxies(prev map[string]*mesh.Proxy) {
+	all := len(prev) == len(b.proxies)
+	for pk, p := range b.proxies {
+		if old := prev[pk]; old != nil && sameProxy(old, p) {
+			b.proxies[pk] = old
+			b.podSvcs[pk] = old.Services
+		} else {
+			all = false
+		}
+	}
+	if all && prev != nil {
+		// prev is the last snapshot's map (or the builder's own, if it changed since):
+		// shared either way, never modified in place (ownProxyMap).
+		b.proxies, b.ownProxies = prev, false
+	}
 }
 
 // update recomputes the dirty Services and what depends on them: the proxies of the pods
@@ -214,10 +258,11 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		if err != nil || svc != old.src {
 			return false, nil
 		}
-		rebuilt[i], err = buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+		part, err := buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
 		if err != nil {
 			return false, err
 		}
+		rebuilt[i] = sharePart(old, part)
 	}
 
 	// The pods whose proxy may change, with their state as the rebuilt parts saw it.
@@ -348,20 +393,27 @@ func sameHolds(a, b map[ObjectRef]*hold) bool {
 // snapshot assembles a snapshot from the builder's state, and adds the HTTPRoutes.
 func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*mesh.Snapshot, []routeStatus, error) {
 	if b.staleDiags {
-		b.diags = slices.Clone(b.nsDiags)
+		diags := slices.Clone(b.nsDiags)
 		for _, k := range b.order {
-			b.diags = append(b.diags, b.parts[k].diags...)
-			b.diags = append(b.diags, b.conflicts[k]...)
+			diags = append(diags, b.parts[k].diags...)
+			diags = append(diags, b.conflicts[k]...)
 		}
-		mesh.SortDiagnostics(b.diags)
+		mesh.SortDiagnostics(diags)
+		if !slices.Equal(diags, b.diags) {
+			b.diags = diags
+		}
 		b.staleDiags = false
 	}
-	// The snapshot's own Services and Diagnostics slices: later steps set HTTPRoutes and
-	// AuthorizationPolicies in them.
+	// The snapshot's own Services slice: later steps set HTTPRoutes and
+	// AuthorizationPolicies in it. The Diagnostics are the builder's, shared with every
+	// snapshot since they last changed (b.diags is replaced, never modified, and the
+	// control plane keeps recent snapshots: a copy each was a fifth of a MiB per snapshot
+	// at S=1000); clipped, so that a later step that adds diagnostics appends to a copy
+	// (addDiagnostics).
 	snap := &mesh.Snapshot{
 		Services:    slices.Clone(b.svcs),
 		Proxies:     b.proxies,
-		Diagnostics: slices.Clone(b.diags),
+		Diagnostics: slices.Clip(b.diags),
 	}
 	b.ownProxies = false
 	var statuses []routeStatus
@@ -381,10 +433,21 @@ func (b *builder) snapshot(routes gwlisters.HTTPRouteLister, o *buildOptions) (*
 			c.Routes = rs
 			snap.Services[i] = &c
 		}
-		snap.Diagnostics = append(snap.Diagnostics, diags...)
+		addDiagnostics(snap, diags...)
 	}
-	mesh.SortDiagnostics(snap.Diagnostics)
 	return snap, statuses, nil
+}
+
+// addDiagnostics adds ds to snap's diagnostics, which may be shared with other snapshots
+// (see builder.snapshot): into a copy, sorted, and only when there is something to add.
+func addDiagnostics(snap *mesh.Snapshot, ds ...mesh.Diagnostic) {
+	if len(ds) == 0 {
+		return
+	}
+	all := make([]mesh.Diagnostic, 0, len(snap.Diagnostics)+len(ds))
+	all = append(append(all, snap.Diagnostics...), ds...)
+	mesh.SortDiagnostics(all)
+	snap.Diagnostics = all
 }
 
 // buildService computes one meshed Service's part of the snapshot from the Service, its

@@ -3,6 +3,7 @@ package discovery
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -281,5 +282,82 @@ func TestIncrementalBuildsThroughInformers(t *testing.T) {
 	}
 	if got := h.counter("bearkong_discovery_builds_total", map[string]string{"kind": buildFull}); got != 1 {
 		t.Errorf("full builds = %v, want 1 (the first)", got)
+	}
+}
+
+// TestFullBuildSharesUnchangedServices checks that a full build (after a Service event,
+// or the periodic one) hands the snapshot the very Services and proxies of the previous
+// build where nothing of them changed. A full build recomputes every Service, and it
+// used to give every one a new object: every snapshot the control plane still held (its
+// history of configs, for the quarantine) then carried a generation of the whole mesh
+// of its own (issue 14: heap 96 -> 139 MiB at S=1000 after 10 new Services).
+func TestFullBuildSharesUnchangedServices(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// change changes the world and returns the key of the Service whose model it
+		// changed ("" for none).
+		change func(t *testing.T, w *incrementalWorld) string
+	}{
+		{"no change", func(*testing.T, *incrementalWorld) string { return "" }},
+		{"one Service's policy", func(t *testing.T, w *incrementalWorld) string {
+			if err := w.svcs.Update(service("a", "web", meshed, withAnnotations(mesh.AnnotationMaxConnections, "7"))); err != nil {
+				t.Fatal(err)
+			}
+			return "a/web"
+		}},
+		{"a new Service", func(t *testing.T, w *incrementalWorld) string {
+			if err := w.svcs.Add(service("b", "extra", meshed, withSelector(map[string]string{"app": "none"}))); err != nil {
+				t.Fatal(err)
+			}
+			return "b/extra"
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newIncrementalWorld(t)
+			sl, el, pl, opts := w.listers()
+			var b builder
+			prev, _, err := b.build(nil, sl, el, pl, nil, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			changed := tc.change(t, w)
+			got, _, err := b.build(nil, sl, el, pl, nil, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !b.wasFull {
+				t.Fatal("the build was not a full one")
+			}
+			full, _, err := build(sl, el, pl, nil, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !sameMeaning(got, full) {
+				t.Fatalf("the build differs from a build from scratch\nbuilt:   %s\nscratch: %s", describeSnapshot(got), describeSnapshot(full))
+			}
+			for _, svc := range got.Services {
+				old := prev.Service(svc.Namespace, svc.Name)
+				if svc.Key() == changed {
+					if old == svc {
+						t.Errorf("Service %s changed but is the previous object", svc.Key())
+					}
+					continue
+				}
+				if old != svc {
+					t.Errorf("Service %s did not change but is a new object", svc.Key())
+				}
+			}
+			for k, p := range got.Proxies {
+				if old := prev.Proxies[k]; old != nil && sameProxy(old, p) && old != p {
+					t.Errorf("proxy %s did not change but is a new object", k)
+				}
+			}
+			if len(prev.Diagnostics) == 0 {
+				t.Fatal("the world has no diagnostics: nothing to share")
+			}
+			if slices.Equal(got.Diagnostics, prev.Diagnostics) && &got.Diagnostics[0] != &prev.Diagnostics[0] {
+				t.Error("the diagnostics did not change but are a copy")
+			}
+		})
 	}
 }

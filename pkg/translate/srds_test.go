@@ -2,8 +2,12 @@ package translate
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bearkong/bearkong/pkg/mesh"
 	"github.com/bearkong/bearkong/pkg/resource"
@@ -133,5 +137,114 @@ func TestServiceRoutingReused(t *testing.T) {
 	}
 	if got == nil || got.Hash == old.Hash || got.Hash != want.Hash {
 		t.Errorf("routes of the changed app-2.default: hash %v, want %s (was %s)", got, want.Hash, old.Hash)
+	}
+}
+
+// TestServiceClustersReused is TestServiceRoutingReused for the cluster and the
+// ClusterLoadAssignment: an unchanged *mesh.Service gives the very resources again under
+// the same options, so that consecutive Translators (and the configs the control plane
+// remembers) share them and a change costs the marshalling of what it touched; a Service
+// that changed, or other options, give resources equal to building them afresh.
+func TestServiceClustersReused(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Endpoints = append(slices.Clone(changed.Endpoints), mesh.Endpoint{IP: "10.9.9.9", Pod: "new"})
+	b.Services[1] = &changed
+	ta, tb := mustNew(t, a), mustNew(t, b)
+	other, err := NewWithOptions(b, Options{TrustDomain: "other.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		typ     resource.Type
+		a, b, o *resource.Set
+		fresh   func(*mesh.Service, Options) proto.Message
+	}{
+		{resource.Cluster, ta.clusters, tb.clusters, other.clusters, func(svc *mesh.Service, o Options) proto.Message {
+			return setClusterAccessLog(clusterWith(svc, upstreamTLS(svc, o.TrustDomain)), ServiceAccessLog(svc, o.DefaultAccessLog))
+		}},
+		{resource.Endpoint, ta.endpoints, tb.endpoints, other.endpoints, func(svc *mesh.Service, _ Options) proto.Message {
+			return ClusterLoadAssignment(svc)
+		}},
+	} {
+		ra, _ := tc.a.Get("app-1.default")
+		rb, _ := tc.b.Get("app-1.default")
+		if ra == nil || ra != rb {
+			t.Errorf("%s of the unchanged app-1.default: not the same resource in both snapshots", tc.typ)
+		}
+		for _, c := range []struct {
+			set  *resource.Set
+			opts Options
+		}{{tc.b, Options{TrustDomain: DefaultTrustDomain}}, {tc.o, Options{TrustDomain: "other.example"}}} {
+			for _, svc := range b.Services {
+				got, _ := c.set.Get(ClusterName(svc))
+				want, err := resource.New(tc.typ, ClusterName(svc), tc.fresh(svc, c.opts))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got == nil || got.Hash != want.Hash {
+					t.Errorf("%s of %s with trust domain %s: hash %v, want %s", tc.typ, svc.Key(), c.opts.TrustDomain, got, want.Hash)
+				}
+			}
+		}
+	}
+}
+
+// TestProxySetsSharedAcrossSnapshots: a proxy's listeners and local-app cluster depend on
+// its addresses, its mode and the options alone, so the Translator of the next snapshot
+// gives the proxy the very sets of the last one while any of them lives. Each change
+// otherwise built and marshalled them again for every proxy, and the new ones, kept
+// while the old ones went, left the heap fragmented after a series of changes.
+func TestProxySetsSharedAcrossSnapshots(t *testing.T) {
+	a := sampleSnapshot()
+	b := &mesh.Snapshot{Services: slices.Clone(a.Services), Proxies: a.Proxies}
+	changed := *b.Services[1]
+	changed.Endpoints = append(slices.Clone(changed.Endpoints), mesh.Endpoint{IP: "10.9.9.9", Pod: "new"})
+	b.Services[1] = &changed
+	for _, n := range []Node{nodeApp1A, nodeLocal} {
+		pa, pb := mustProxy(t, mustNew(t, a), n), mustProxy(t, mustNew(t, b), n)
+		if pa.Views[resource.Listener][0] != pb.Views[resource.Listener][0] {
+			t.Errorf("%s: the listeners are a new set in the next snapshot", n.ID)
+		}
+		if pa.Views[resource.Cluster][1] != pb.Views[resource.Cluster][1] {
+			t.Errorf("%s: the local-app cluster is a new set in the next snapshot", n.ID)
+		}
+		other, err := NewWithOptions(b, Options{ClusterDomain: "other.example"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		po := mustProxy(t, other, n)
+		if po.Views[resource.Listener][0] == pa.Views[resource.Listener][0] || po.Views[resource.Listener].Version() == pa.Views[resource.Listener].Version() {
+			t.Errorf("%s: the listeners under another cluster domain are the first snapshot's", n.ID)
+		}
+	}
+}
+
+// TestProxySetsForgotten: the sets filed for sharing across snapshots (liveSets) are
+// forgotten once nothing holds them, so that invented addresses (issue 16) leave nothing
+// behind once their Translator is gone.
+func TestProxySetsForgotten(t *testing.T) {
+	tr := mustNew(t, sampleSnapshot())
+	before := listenerSets.len() + localAppSets.len()
+	for i := range 200 {
+		ip := fmt.Sprintf("10.77.%d.%d", i/250, i%250+1)
+		mustProxy(t, tr, Node{ID: fmt.Sprintf("p%d.invented", i), PodNamespace: "invented", PodName: fmt.Sprint("p", i), ListenIP: ip, AppAddress: ip + ":9090"})
+	}
+	if got := listenerSets.len() + localAppSets.len(); got < before+2*unknownEntries {
+		t.Fatalf("%d entries after 200 invented nodes, want at least %d", got, before+2*unknownEntries)
+	}
+	// tr is not used from here on: the sets' only holder goes.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		got := listenerSets.len() + localAppSets.len()
+		if got <= before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries 5 s after the Translator went, want at most %d", got, before)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
