@@ -45,6 +45,7 @@ type State struct {
 	nextIP   int        // next fresh address index for changed and new endpoints
 	added    int
 	gen      int
+	proxies  []*mesh.Proxy // the last snapshot's, by pod index (see Snapshot)
 }
 
 type service struct {
@@ -52,6 +53,9 @@ type service struct {
 	index    int // position in the initial list; -1 for added Services
 	ips      []string
 	ann      map[string]string
+	// built is the last snapshot's object for this Service, while no change touched it
+	// (each change sets it to nil).
+	built *mesh.Service
 }
 
 // New returns the initial mesh of cfg.
@@ -156,6 +160,7 @@ func (s *State) Apply(kind string, seq int) (Change, error) {
 		s.nextIP++
 		sort.Strings(ips)
 		svc.ips = ips
+		svc.built = nil
 		return Change{Kind: kind, Cluster: svc.name + "." + svc.ns}, nil
 	case NewService:
 		svc := &service{ns: Namespace(0), name: fmt.Sprintf("svc-new-%04d", s.added), index: -1, ann: map[string]string{}}
@@ -178,11 +183,13 @@ func (s *State) Apply(kind string, seq int) (Change, error) {
 		svc := pick()
 		ann := map[string]string{BenchAnnotation: "v" + strconv.Itoa(s.gen)}
 		svc.ann = ann
+		svc.built = nil
 		return Change{Kind: kind, Cluster: svc.name + "." + svc.ns}, nil
 	case Policy:
 		svc := pick()
 		ann := map[string]string{mesh.AnnotationMaxConnections: strconv.Itoa(100 + s.gen)}
 		svc.ann = ann
+		svc.built = nil
 		return Change{Kind: kind, Cluster: svc.name + "." + svc.ns}, nil
 	case NoOp:
 		return Change{Kind: kind}, nil
@@ -190,40 +197,62 @@ func (s *State) Apply(kind string, seq int) (Change, error) {
 	return Change{}, fmt.Errorf("unknown change %q", kind)
 }
 
-// Snapshot builds the mesh as discovery would: fresh objects every time, equal content
-// for equal state.
+// Snapshot builds the mesh as discovery does: equal content for equal state, and the
+// objects of the last snapshot for the Services and proxies that did not change (a
+// full build of pkg/discovery shares them too, and translate reuses a Service's
+// resources for the same object). Shared objects are never modified.
 func (s *State) Snapshot() *mesh.Snapshot {
 	snap := &mesh.Snapshot{Services: make([]*mesh.Service, 0, len(s.services)), Proxies: make(map[string]*mesh.Proxy, s.cfg.Proxies)}
 	byIndex := make(map[int]*mesh.Service, s.cfg.Services)
 	for _, svc := range s.services {
-		ms := &mesh.Service{
-			Namespace:   svc.ns,
-			Name:        svc.name,
-			Annotations: make(map[string]string, len(svc.ann)),
-			Ports:       []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
-			Endpoints:   make([]mesh.Endpoint, 0, len(svc.ips)),
+		if svc.built == nil {
+			svc.built = s.build(svc)
 		}
-		for k, v := range svc.ann {
-			ms.Annotations[k] = v
-		}
-		ms.Policy, _ = mesh.ParsePolicy(ms.Namespace, ms.Name, ms.Annotations)
-		for _, ip := range svc.ips {
-			ms.Endpoints = append(ms.Endpoints, mesh.Endpoint{IP: ip})
-		}
-		snap.Services = append(snap.Services, ms)
+		snap.Services = append(snap.Services, svc.built)
 		if svc.index >= 0 {
-			byIndex[svc.index] = ms
+			byIndex[svc.index] = svc.built
 		}
 	}
-	for _, p := range Pods(s.cfg) {
+	pods := Pods(s.cfg)
+	if len(s.proxies) != len(pods) {
+		s.proxies = make([]*mesh.Proxy, len(pods))
+	}
+	for j, p := range pods {
 		ms := byIndex[p.Service]
-		ip := IP(1<<15 + len(snap.Proxies)) // pods that are not endpoints get addresses of their own
+		ip := IP(1<<15 + j) // pods that are not endpoints get addresses of their own
 		if p.Replica < len(ms.Endpoints) {
-			ms.Endpoints[p.Replica].Pod = p.Name
 			ip = ms.Endpoints[p.Replica].IP
 		}
-		mp := &mesh.Proxy{Namespace: p.Namespace, Name: p.Name, IP: ip, Services: []string{ms.Key()}}
+		mp := s.proxies[j]
+		if mp == nil || mp.IP != ip {
+			mp = &mesh.Proxy{Namespace: p.Namespace, Name: p.Name, IP: ip, Services: []string{ms.Key()}}
+			s.proxies[j] = mp
+		}
 		snap.Proxies[mp.Key()] = mp
 	}
 	return snap
+}
+
+// build makes svc's mesh.Service, its endpoints named after the pods that back them (pod
+// j of Pods is replica j div S of Service j mod S).
+func (s *State) build(svc *service) *mesh.Service {
+	ms := &mesh.Service{
+		Namespace:   svc.ns,
+		Name:        svc.name,
+		Annotations: make(map[string]string, len(svc.ann)),
+		Ports:       []mesh.ServicePort{{Name: "http", Port: 80, TargetPort: "9090", Protocol: "TCP"}},
+		Endpoints:   make([]mesh.Endpoint, 0, len(svc.ips)),
+	}
+	for k, v := range svc.ann {
+		ms.Annotations[k] = v
+	}
+	ms.Policy, _ = mesh.ParsePolicy(ms.Namespace, ms.Name, ms.Annotations)
+	for r, ip := range svc.ips {
+		e := mesh.Endpoint{IP: ip}
+		if svc.index >= 0 && r*s.cfg.Services+svc.index < s.cfg.Proxies {
+			e.Pod = ServiceName(svc.index) + "-" + strconv.Itoa(r)
+		}
+		ms.Endpoints = append(ms.Endpoints, e)
+	}
+	return ms
 }
