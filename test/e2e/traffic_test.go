@@ -14,6 +14,7 @@ import (
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/bearkong/bearkong/internal/localmesh"
+	"github.com/bearkong/bearkong/pkg/ads"
 	"github.com/bearkong/bearkong/pkg/mesh"
 )
 
@@ -39,10 +40,28 @@ func withService(t *testing.T, m *localmesh.Mesh, name string, annotations map[s
 	}
 	var pods []string
 	t.Cleanup(func() {
+		before := cdsVersions(m)
 		for _, p := range pods {
 			_ = m.RemovePod(context.Background(), p, false)
 		}
 		_ = m.DeleteService(context.Background(), name)
+		// Wait until the deletion has reached every proxy (its CDS changes): the next
+		// test must not take it for one of its own changes (TestNoOpChangesSendNothing
+		// right after TestClusterPolicyChangeReachesEnvoy saw its pushes). Bounded short:
+		// a Service a test took out of the mesh changes nothing when deleted.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := localmesh.Eventually(ctx, 5*time.Second, func(ctx context.Context) error {
+			after := cdsVersions(m)
+			for node, v := range before {
+				if a, ok := after[node]; ok && a == v {
+					return fmt.Errorf("%s still has CDS version %s", node, v)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Logf("deleting Service %s: %v", name, err)
+		}
 	})
 	for _, env := range envs {
 		p, err := m.AddPod(ctx, name, localmesh.PodOptions{Env: env})
@@ -51,6 +70,24 @@ func withService(t *testing.T, m *localmesh.Mesh, name string, annotations map[s
 		}
 		pods = append(pods, p.Name)
 	}
+}
+
+// cdsVersions returns the CDS version each stream has sent and its proxy ACKed, by node;
+// a stream that is not synced on CDS is left out.
+func cdsVersions(m *localmesh.Mesh) map[string]string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ss, err := streams(ctx, m)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, s := range ss {
+		if s.Types.CDS.Status == ads.Synced && s.Types.CDS.VersionAcked == s.Types.CDS.VersionSent {
+			out[s.Node] = s.Types.CDS.VersionSent
+		}
+	}
+	return out
 }
 
 func kind(k string) *gwv1.Kind { return (*gwv1.Kind)(&k) }
