@@ -67,9 +67,20 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	case *discoveryv3.DeltaDiscoveryRequest:
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
-		if ok, err := unmarshalDeltaRequest(buf.ReadOnlyData(), r); ok {
+		if ok, err := unmarshalDeltaRequest(buf.ReadOnlyData(), r, nil); ok {
 			return err
 		}
+	case *deltaRequest:
+		// The server's delta stream: initial_resource_versions go into r.versions.
+		r.versions.release()
+		r.decoded = false
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		if ok, err := unmarshalDeltaRequest(buf.ReadOnlyData(), r.DeltaDiscoveryRequest, &r.versions); ok {
+			r.decoded = err == nil
+			return err
+		}
+		return protoCodec.Unmarshal(data, r.DeltaDiscoveryRequest)
 	}
 	return protoCodec.Unmarshal(data, v)
 }
@@ -331,15 +342,17 @@ const (
 
 // unmarshalDeltaRequest decodes b into r (which it resets) as proto.Unmarshal does,
 // except that resource names and type URLs that bearkong knows are not allocated again
-// (see unmarshalRequest). It reports false, having done nothing, for a request with any
-// field it does not handle (resource locators, unknown fields): the proto codec takes
-// those.
+// (see unmarshalRequest), and that with versions non-nil (and empty), the entries of
+// initial_resource_versions go there (see resourceVersions) instead of r's map. It
+// reports false, having done nothing, for a request with any field it does not handle
+// (resource locators, unknown fields): the proto codec takes those.
 //
 // Why: Envoy's first delta requests subscribe to every cluster's assignment and every
 // route configuration, and a reconnecting Envoy lists all it holds in
 // initial_resource_versions: a string per name per proxy, the largest allocation of a
-// fleet's initial sync after the responses.
-func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool, error) {
+// fleet's initial sync after the responses, and a map and a version string per entry
+// per request, most of a fleet's reconnect.
+func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versions *resourceVersions) (bool, error) {
 	subs, unsubs, initial := 0, 0, 0
 	if !bytesFields(b, fieldDeltaReqErrorDetail, func(num protowire.Number, v []byte) bool {
 		switch num {
@@ -364,7 +377,11 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool
 		r.ResourceNamesUnsubscribe = make([]string, 0, unsubs)
 	}
 	if initial > 0 {
-		r.InitialResourceVersions = make(map[string]string, initial)
+		if versions != nil {
+			versions.reserve(initial)
+		} else {
+			r.InitialResourceVersions = make(map[string]string, initial)
+		}
 	}
 	var err error
 	resource.LookupNames(func(lookup resource.NameLookup) {
@@ -388,16 +405,25 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool
 					r.ResourceNamesUnsubscribe = append(r.ResourceNamesUnsubscribe, s)
 				}
 			case fieldDeltaReqInitial:
-				var key, value string
+				// A field of an entry given twice counts once, the last (a map entry is
+				// a message), and each must be valid.
+				var key string
+				var value []byte
 				eachField(v, func(num protowire.Number, f []byte) bool {
 					if num == fieldMapKey {
 						key, err = name(f)
-					} else {
-						value, err = utf8String(f)
+					} else if value = f; !utf8.Valid(f) {
+						err = errInvalidUTF8
 					}
 					return err == nil
 				})
-				r.InitialResourceVersions[key] = value
+				switch {
+				case err != nil:
+				case versions != nil:
+					versions.add(key, value)
+				default:
+					r.InitialResourceVersions[key] = string(value)
+				}
 			case fieldDeltaReqNonce:
 				r.ResponseNonce, err = utf8String(v)
 			case fieldDeltaReqNode:
@@ -408,6 +434,9 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest) (bool
 			return err == nil
 		})
 	})
+	if versions != nil {
+		versions.sort()
+	}
 	return true, err
 }
 

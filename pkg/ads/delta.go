@@ -187,6 +187,13 @@ func classifyDelta(ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) (Kind,
 // subscription change applies whatever the nonce says; the nonce decides only whether the
 // request ACKs or NACKs a response.
 func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscoveryRequest) (outcome, []*discoveryv3.DeltaDiscoveryResponse) {
+	return s.onDecoded(t, req, nil)
+}
+
+// onDecoded is onRequest for a request whose initial_resource_versions the codec
+// decoded apart (see deltaRequest): initial, or nil to read req's map. The session keeps
+// nothing of initial once it returns.
+func (s *deltaSession) onDecoded(t resource.Type, req *discoveryv3.DeltaDiscoveryRequest, initial *resourceVersions) (outcome, []*discoveryv3.DeltaDiscoveryResponse) {
 	ts := &s.types[t]
 	kind, i := classifyDelta(ts, req)
 	out := outcome{typ: t, kind: kind}
@@ -228,13 +235,13 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 		}
 		ts.onAck(s.metrics, t, answered.resp.SystemVersionInfo, s.now(), latest)
 	}
-	s.subscribe(t, ts, req)
+	s.subscribe(t, ts, req, initial)
 	return out, s.reconcile()
 }
 
 // subscribe applies a request's subscription delta, and on the first request of the
-// type, what the client says it already holds.
-func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) {
+// type, what the client says it already holds (initial, or nil for req's map).
+func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest, initial *resourceVersions) {
 	first := !ts.requested
 	ts.requested = true
 	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
@@ -285,7 +292,10 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		s.wildcard(ts, false)
 	}
 	if first {
-		s.initialVersions(t, ts, req.GetInitialResourceVersions())
+		if initial == nil {
+			initial = versionsOf(req.GetInitialResourceVersions())
+		}
+		s.initialVersions(t, ts, initial)
 	}
 }
 
@@ -360,59 +370,81 @@ func hasName(list []string, name string) bool {
 
 // initialVersions records what a reconnecting client says it holds of the names it
 // subscribes to.
-func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial map[string]string) {
-	if len(initial) == 0 {
+func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *resourceVersions) {
+	if initial.len() == 0 {
 		return
 	}
 	ts.dirty = true
+	entries := initial.entries
 	if s.cur != nil && ts.sentView == nil {
 		// Take the client to hold the current view as it is, and record only where it
 		// differs: what it lacks (unheld), what it holds in another version or holds
 		// though it is gone (override). A client that reconnects to a replica with the
 		// same config, the common case, then costs no entry per name (a map entry per
-		// name per type per proxy was most of a delta reconnect's memory).
+		// name per type per proxy was most of a delta reconnect's memory), and, with the
+		// entries and the covered resources both in name order, one walk of the two.
 		v := s.cur.Views[t]
 		ts.sentView = v
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
+		j := 0
+		prev := ""
 		for _, r := range coveredBy(ts.sub, v) {
-			switch h, ok := initial[r.Name]; {
-			case !ok:
+			if r.Name < prev {
+				j = 0 // not in name order after all: start the walk again
+			}
+			prev = r.Name
+			for j < len(entries) && entries[j].name < r.Name {
+				j++
+			}
+			switch {
+			case j == len(entries) || entries[j].name != r.Name:
 				lacks = append(lacks, r.Name)
-			case h != r.Hash:
+			case !initial.is(j, r.Hash):
 				declared++
-				ts.setHeld(r.Name, h)
+				ts.setHeld(r.Name, initial.version(j))
 			default:
 				declared++
 			}
 		}
 		ts.unheld = lacks // in name order, as covered
 		for n := range ts.answer {
-			if _, ok := initial[n]; ok && n != "*" && ts.sub.has(n) {
+			if _, ok := initial.find(n); ok && n != "*" && ts.sub.has(n) {
 				delete(ts.answer, n)
 			}
 		}
-		if _, ok := initial["*"]; ok {
+		if _, ok := initial.find("*"); ok {
 			declared++
 		}
-		if declared == len(initial) {
+		if declared == len(entries) {
 			return // every entry was a covered resource: the common case
 		}
-		for n, h := range initial {
-			if n == "*" || !ts.sub.has(n) {
+		for i, e := range entries {
+			if e.name == "*" || !ts.sub.has(e.name) {
 				continue
 			}
-			if _, ok := v.Get(n); !ok {
-				ts.setHeld(n, h)
+			if _, ok := v.Get(e.name); !ok {
+				ts.declareHeld(e.name, initial.version(i))
 			}
 		}
 		return
 	}
-	for n, h := range initial {
-		if n != "*" && ts.sub.has(n) {
-			ts.setHeld(n, h)
-			delete(ts.answer, n)
+	for i, e := range entries {
+		if e.name != "*" && ts.sub.has(e.name) {
+			delete(ts.answer, e.name)
+			ts.declareHeld(e.name, initial.version(i))
 		}
+	}
+}
+
+// declareHeld records that the client says it holds name at version. An empty version
+// (bearkong sends none, a peer control plane may have) is a resource held all the same,
+// which override cannot say ("" is nothing): the next reconcile answers it instead, sent
+// if it exists and removed if not.
+func (ts *deltaType) declareHeld(name, version string) {
+	ts.setHeld(name, version)
+	if version == "" {
+		ts.answerName(name)
 	}
 }
 
@@ -813,13 +845,31 @@ type delta struct {
 
 func (p *delta) name() string { return "delta" }
 
+// names counts the names of the request, initial_resource_versions included, however
+// the codec decoded them (one per name, as the proto's map holds them).
 func (p *delta) names(req request) int {
-	r := req.(*discoveryv3.DeltaDiscoveryRequest)
-	return len(r.GetResourceNamesSubscribe()) + len(r.GetResourceNamesUnsubscribe()) + len(r.GetInitialResourceVersions())
+	var r *discoveryv3.DeltaDiscoveryRequest
+	n := 0
+	switch req := req.(type) {
+	case *deltaRequest:
+		r, n = req.DeltaDiscoveryRequest, req.versions.len()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		r = req
+	}
+	return n + len(r.GetResourceNamesSubscribe()) + len(r.GetResourceNamesUnsubscribe()) + len(r.GetInitialResourceVersions())
 }
 
 func (p *delta) onRequest(t resource.Type, req request) (outcome, []response) {
-	out, resps := p.sess.onRequest(t, req.(*discoveryv3.DeltaDiscoveryRequest))
+	var out outcome
+	var resps []*discoveryv3.DeltaDiscoveryResponse
+	switch req := req.(type) {
+	case *deltaRequest:
+		out, resps = p.sess.onDecoded(t, req.DeltaDiscoveryRequest, req.initial())
+		// The session kept none of it: the entries can serve another request.
+		req.versions.release()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		out, resps = p.sess.onRequest(t, req)
+	}
 	return out, responses(resps)
 }
 
