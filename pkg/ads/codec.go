@@ -434,9 +434,6 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 			return err == nil
 		})
 	})
-	if versions != nil {
-		versions.sort()
-	}
 	return true, err
 }
 

@@ -375,66 +375,55 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *
 		return
 	}
 	ts.dirty = true
-	entries := initial.entries
 	if s.cur != nil && ts.sentView == nil {
 		// Take the client to hold the current view as it is, and record only where it
 		// differs: what it lacks (unheld), what it holds in another version or holds
 		// though it is gone (override). A client that reconnects to a replica with the
 		// same config, the common case, then costs no entry per name (a map entry per
-		// name per type per proxy was most of a delta reconnect's memory), and, with the
-		// entries and the covered resources both in name order, one walk of the two.
+		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
-		j := 0
-		prev := ""
 		for _, r := range coveredBy(ts.sub, v) {
-			if r.Name < prev {
-				j = 0 // not in name order after all: start the walk again
-			}
-			prev = r.Name
-			for j < len(entries) && entries[j].name < r.Name {
-				j++
-			}
-			switch {
-			case j == len(entries) || entries[j].name != r.Name:
+			switch found, same := initial.holds(r.Name, r.Hash); {
+			case !found:
 				lacks = append(lacks, r.Name)
-			case !initial.is(j, r.Hash):
+			case !same:
 				declared++
-				ts.setHeld(r.Name, initial.version(j))
+				ts.setHeld(r.Name, initial.version(r.Name))
 			default:
 				declared++
 			}
 		}
 		ts.unheld = lacks // in name order, as covered
 		for n := range ts.answer {
-			if _, ok := initial.find(n); ok && n != "*" && ts.sub.has(n) {
+			if initial.has(n) && n != "*" && ts.sub.has(n) {
 				delete(ts.answer, n)
 			}
 		}
-		if _, ok := initial.find("*"); ok {
+		if initial.has("*") {
 			declared++
 		}
-		if declared == len(entries) {
+		if declared == initial.len() {
 			return // every entry was a covered resource: the common case
 		}
-		for i, e := range entries {
-			if e.name == "*" || !ts.sub.has(e.name) {
-				continue
+		initial.each(func(n string) {
+			if n == "*" || !ts.sub.has(n) {
+				return
 			}
-			if _, ok := v.Get(e.name); !ok {
-				ts.declareHeld(e.name, initial.version(i))
+			if _, ok := v.Get(n); !ok {
+				ts.declareHeld(n, initial.version(n))
 			}
-		}
+		})
 		return
 	}
-	for i, e := range entries {
-		if e.name != "*" && ts.sub.has(e.name) {
-			delete(ts.answer, e.name)
-			ts.declareHeld(e.name, initial.version(i))
+	initial.each(func(n string) {
+		if n != "*" && ts.sub.has(n) {
+			delete(ts.answer, n)
+			ts.declareHeld(n, initial.version(n))
 		}
-	}
+	})
 }
 
 // declareHeld records that the client says it holds name at version. An empty version

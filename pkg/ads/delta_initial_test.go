@@ -62,7 +62,7 @@ func TestDeltaReconnectAllocs(t *testing.T) {
 		p := &resource.Proxy{}
 		p.Views[resource.Endpoint] = resource.View{set}
 		b := reconnectRequest(t, set.Names(), p, resource.Endpoint)
-		return testing.AllocsPerRun(20, func() {
+		return testing.AllocsPerRun(100, func() {
 			d := &delta{sess: newDeltaSession(nil, nil)}
 			d.onConfig(p, time.Time{})
 			_, resps := d.onRequest(resource.Endpoint, recvDelta(t, b))
@@ -73,7 +73,9 @@ func TestDeltaReconnectAllocs(t *testing.T) {
 	}
 	small, large := allocs(10), allocs(1000)
 	t.Logf("allocations per reconnect: %v at S=10, %v at S=1000", small, large)
-	if large > small+4 {
+	// A few more at S=1000 are the pooled entries made again after a GC emptied the pool;
+	// one per entry would be a thousand.
+	if large > small+50 {
 		t.Errorf("a reconnect of 1000 entries made %v allocations, one of 10 made %v: the decoding or the session allocates per entry", large, small)
 	}
 }
@@ -133,9 +135,11 @@ func decodeVersions(t testing.TB, r *deltaRequest, b []byte) (*discoveryv3.Delta
 
 // TestCodecDeltaRequestVersions: decoded for the server's stream, a request's
 // initial_resource_versions hold exactly what proto.Unmarshal puts in the map, whatever
-// the entries' form, in name order with one entry per name; a name bearkong serves is the
+// the entries' form, with one entry per name (the last given); a name bearkong serves is the
 // set's own string and a content hash is not a string at all. A request the fast path
 // does not take keeps them in the proto's map.
+//
+// Entries are counted with each, which gives each name once (the last given).
 func TestCodecDeltaRequestVersions(t *testing.T) {
 	known := resource.NewSet(res(t, resource.Endpoint, "vers-1.default", "1"), res(t, resource.Endpoint, "vers-2.default", "1"))
 	defer runtimeKeepAlive(known)
@@ -210,25 +214,25 @@ func TestCodecDeltaRequestVersions(t *testing.T) {
 				return
 			}
 			v := &r.versions
-			if !slices.IsSortedFunc(v.entries, func(a, b versionEntry) int { return cmpString(a.name, b.name) }) ||
-				len(slices.CompactFunc(slices.Clone(v.entries), func(a, b versionEntry) bool { return a.name == b.name })) != v.len() {
-				t.Fatalf("entries not sorted and unique: %v", v.entries)
-			}
 			hashes := 0
-			for i, e := range v.entries {
-				if e.odd == 0 {
+			v.each(func(name string) {
+				if i := v.index[name]; v.entries[i].odd == 0 {
 					hashes++
 				}
-				if j, ok := slices.BinarySearch(known.Names(), e.name); ok && unsafe.StringData(e.name) != unsafe.StringData(known.Names()[j]) {
-					t.Errorf("name %q was allocated again", e.name)
+				if j, ok := slices.BinarySearch(known.Names(), name); ok && unsafe.StringData(name) != unsafe.StringData(known.Names()[j]) {
+					t.Errorf("name %q was allocated again", name)
 				}
-				if !v.is(i, want.InitialResourceVersions[e.name]) || v.is(i, want.InitialResourceVersions[e.name]+"0") {
-					t.Errorf("entry %q: is(%q) is false", e.name, want.InitialResourceVersions[e.name])
+				w := want.InitialResourceVersions[name]
+				if found, same := v.holds(name, w); !found || !same {
+					t.Errorf("entry %q: holds(%q) = %v, %v", name, w, found, same)
 				}
-				if got, ok := v.find(e.name); !ok || got != i {
-					t.Errorf("find(%q) = %d, %v; want %d", e.name, got, ok, i)
+				if found, same := v.holds(name, w+"0"); !found || same {
+					t.Errorf("entry %q: holds(%q) = %v, %v", name, w+"0", found, same)
 				}
-			}
+				if !v.has(name) || v.version(name) != w {
+					t.Errorf("entry %q: has %v, version %q", name, v.has(name), v.version(name))
+				}
+			})
 			if hashes != c.hashes {
 				t.Errorf("%d versions held as hashes, want %d", hashes, c.hashes)
 			}

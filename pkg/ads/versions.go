@@ -1,9 +1,6 @@
 package ads
 
 import (
-	"cmp"
-	"slices"
-	"strings"
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -42,20 +39,28 @@ func (r *deltaRequest) initial() *resourceVersions {
 
 // resourceVersions is a request's initial_resource_versions
 // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xds),
-// the form the session reads: sorted by name, one entry per name (of a name given more
-// than once, the last, as proto.Unmarshal fills a map field), so that the session walks
-// it beside the resources it covers (sorted too) instead of looking each of them up.
+// in the form the session reads: the entries in the request's order, and an index from
+// each name to its entry (of a name given more than once, the last, as proto.Unmarshal
+// fills a map field).
 //
 // It allocates nothing per entry for what Envoy sends back on a reconnect: the names
-// bearkong serves are the live sets' own strings (resource.LookupNames), and a version
-// that is a content hash (resource.Resource.Hash: 16 lowercase hex digits, what bearkong
-// sends as every resource's version) is held as its 64-bit value. Any other version (a
-// peer's, an empty one) gets a string of its own, in odd.
+// bearkong serves are the live sets' own strings (resource.LookupNames), a version that
+// is a content hash (resource.Resource.Hash: 16 lowercase hex digits, what bearkong sends
+// as every resource's version) is held as its 64-bit value, and the entries and the
+// index are pooled (see versionsBufPool). Any other version (a peer's, an empty one)
+// gets a string of its own, in odd.
+//
+// Why an index and not the entries sorted by name, walked beside the covered resources:
+// Envoy lists them in its hash map's order, and sorting a thousand names that share
+// long prefixes cost four times what indexing them does.
 type resourceVersions struct {
 	entries []versionEntry
+	index   map[string]int32
 	odd     []string
-	// buf is the pooled slice that entries is, if any.
-	buf *[]versionEntry
+	// buf is the pooled memory that entries and index are, if any.
+	buf *versionsBuf
+	// m, when not nil, holds the entries instead: a proto's map (see versionsOf).
+	m map[string]string
 }
 
 type versionEntry struct {
@@ -64,12 +69,21 @@ type versionEntry struct {
 	hash uint64
 	// odd is 0 for a version held in hash, else the version is odd[odd-1].
 	odd int32
-	// pos is the entry's position in the request, which orders entries of one name.
-	pos int32
 }
 
 // hashDigits is the length of a content hash (resource.Resource.Hash).
 const hashDigits = 16
+
+// hexValue maps a byte to its value as a lowercase hex digit, or to 0xff.
+var hexValue = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i, c := range []byte("0123456789abcdef") {
+		t[c] = byte(i)
+	}
+	return t
+}()
 
 // parseHash returns the value of 16 lowercase hex digits; ok is false for anything else,
 // which a hash does not round-trip (uppercase digits, another length).
@@ -77,17 +91,13 @@ func parseHash(b []byte) (h uint64, ok bool) {
 	if len(b) != hashDigits {
 		return 0, false
 	}
+	var bad byte
 	for _, c := range b {
-		switch {
-		case '0' <= c && c <= '9':
-			h = h<<4 | uint64(c-'0')
-		case 'a' <= c && c <= 'f':
-			h = h<<4 | uint64(c-'a'+10)
-		default:
-			return 0, false
-		}
+		d := hexValue[c]
+		bad |= d
+		h = h<<4 | uint64(d&0xf)
 	}
-	return h, true
+	return h, bad&0xf0 == 0
 }
 
 // formatHash is the inverse of parseHash.
@@ -103,68 +113,77 @@ func formatHash(h uint64) [hashDigits]byte {
 
 // reserve makes room for n entries.
 func (v *resourceVersions) reserve(n int) {
-	if v.entries == nil && n > 0 {
-		v.buf = getVersionEntries(n)
-		v.entries = *v.buf
+	if v.index == nil && n > 0 {
+		v.buf = getVersionsBuf(n)
+		v.entries, v.index = v.buf.entries, v.buf.index
 	}
 }
 
 // add appends an entry, its version as it came (the caller checks that it is valid
-// UTF-8 unless it is a hash). Call sort once every entry is in.
+// UTF-8).
 func (v *resourceVersions) add(name string, version []byte) {
-	e := versionEntry{name: name, pos: int32(len(v.entries))}
+	e := versionEntry{name: name}
 	if h, ok := parseHash(version); ok {
 		e.hash = h
 	} else {
 		v.odd = append(v.odd, string(version))
 		e.odd = int32(len(v.odd))
 	}
+	if v.index == nil {
+		v.index = map[string]int32{}
+	}
+	v.index[name] = int32(len(v.entries))
 	v.entries = append(v.entries, e)
 }
 
-// sort puts the entries in name order and keeps, of each name, the last one given.
-func (v *resourceVersions) sort() {
-	if len(v.entries) < 2 {
-		return
-	}
-	byName := func(a, b versionEntry) int {
-		return cmp.Or(strings.Compare(a.name, b.name), cmp.Compare(a.pos, b.pos))
-	}
-	if !slices.IsSortedFunc(v.entries, byName) {
-		slices.SortFunc(v.entries, byName)
-	}
-	// Of a run of one name, the last (the latest in the request) stays.
-	out := v.entries[:0]
-	for i, e := range v.entries {
-		if i+1 < len(v.entries) && v.entries[i+1].name == e.name {
-			continue
-		}
-		out = append(out, e)
-	}
-	v.entries = out
-}
-
 // len is the number of names.
-func (v *resourceVersions) len() int { return len(v.entries) }
-
-// find returns the index of name's entry.
-func (v *resourceVersions) find(name string) (int, bool) {
-	return slices.BinarySearchFunc(v.entries, name, func(e versionEntry, n string) int { return strings.Compare(e.name, n) })
+func (v *resourceVersions) len() int {
+	if v.m != nil {
+		return len(v.m)
+	}
+	return len(v.index)
 }
 
-// is reports whether entry i's version is version, without allocating.
-func (v *resourceVersions) is(i int, version string) bool {
+// has reports whether name has an entry.
+func (v *resourceVersions) has(name string) bool {
+	if v.m != nil {
+		_, ok := v.m[name]
+		return ok
+	}
+	_, ok := v.index[name]
+	return ok
+}
+
+// holds reports whether name has an entry, and whether its version is version; it does
+// not allocate.
+func (v *resourceVersions) holds(name, version string) (found, same bool) {
+	if v.m != nil {
+		h, ok := v.m[name]
+		return ok, ok && h == version
+	}
+	i, ok := v.index[name]
+	if !ok {
+		return false, false
+	}
 	e := &v.entries[i]
 	if e.odd > 0 {
-		return v.odd[e.odd-1] == version
+		return true, v.odd[e.odd-1] == version
 	}
 	b := formatHash(e.hash)
-	return string(b[:]) == version
+	return true, string(b[:]) == version
 }
 
-// version returns entry i's version as a string (allocated for a hash: the session asks
-// only for versions it records, those that differ from what it serves).
-func (v *resourceVersions) version(i int) string {
+// version returns the version of name's entry ("" if none), as a string (allocated for a
+// hash: the session asks only for versions it records, those that differ from what it
+// serves).
+func (v *resourceVersions) version(name string) string {
+	if v.m != nil {
+		return v.m[name]
+	}
+	i, ok := v.index[name]
+	if !ok {
+		return ""
+	}
 	e := &v.entries[i]
 	if e.odd > 0 {
 		return v.odd[e.odd-1]
@@ -173,27 +192,39 @@ func (v *resourceVersions) version(i int) string {
 	return string(b[:])
 }
 
-// release gives the entries' memory back for another request's; v is empty after it.
+// each calls f with each name that has an entry.
+func (v *resourceVersions) each(f func(name string)) {
+	if v.m != nil {
+		for n := range v.m {
+			f(n)
+		}
+		return
+	}
+	unique := len(v.index) == len(v.entries)
+	for i, e := range v.entries {
+		if unique || int(v.index[e.name]) == i {
+			f(e.name)
+		}
+	}
+}
+
+// release gives the pooled memory back for another request's; v is empty after it.
 // The session keeps none of it: what it records are strings.
 func (v *resourceVersions) release() {
 	if v.buf != nil {
-		putVersionEntries(v.buf, v.entries)
+		v.buf.entries = v.entries
+		putVersionsBuf(v.buf)
 	}
 	*v = resourceVersions{}
 }
 
-// versionsOf returns the entries of a proto's map, sorted.
+// versionsOf returns the entries of a proto's map: the map itself, which the session
+// reads as it reads the codec's form.
 func versionsOf(m map[string]string) *resourceVersions {
-	v := &resourceVersions{}
-	if len(m) == 0 {
-		return v
+	if m == nil {
+		m = map[string]string{}
 	}
-	v.entries = make([]versionEntry, 0, len(m))
-	for n, h := range m {
-		v.add(n, []byte(h))
-	}
-	v.sort()
-	return v
+	return &resourceVersions{m: m}
 }
 
 // asMap returns the entries as proto.Unmarshal fills the map field.
@@ -201,45 +232,47 @@ func (v *resourceVersions) asMap() map[string]string {
 	if v.len() == 0 {
 		return nil
 	}
-	m := make(map[string]string, v.len())
-	for i, e := range v.entries {
-		m[e.name] = v.version(i)
-	}
-	return m
+	out := make(map[string]string, v.len())
+	v.each(func(name string) { out[name] = v.version(name) })
+	return out
 }
 
-// versionEntryPool recycles the entries of decoded requests: a stream's request is done
-// with once its session has answered it, and a fleet's reconnect decodes, per proxy,
-// three requests of a thousand entries at S=1000 (CDS, EDS, RDS; 32 KB each), all at
-// once. Slices grown past
-// maxPooledEntries are left to the collector, so the pool holds no outlier.
-var versionEntryPool sync.Pool
+// versionsBuf is the memory of a request's entries and index, recycled through
+// versionsBufPool: a stream's request is done with once its session has answered it,
+// and a fleet's reconnect decodes, per proxy, three requests of a thousand entries at
+// S=1000 (CDS, EDS, RDS; about 32 KB of entries and 40 KB of index each), all at once.
+// Buffers grown past maxPooledEntries are left to the collector, so the pool holds no
+// outlier.
+type versionsBuf struct {
+	entries []versionEntry
+	index   map[string]int32
+}
 
-const (
-	minPooledEntries = 64
-	maxPooledEntries = 1 << 14
-)
+var versionsBufPool sync.Pool
 
-// getVersionEntries returns a slice (as *buf) empty with room for n entries.
-func getVersionEntries(n int) *[]versionEntry {
+const maxPooledEntries = 1 << 14
+
+// getVersionsBuf returns an empty buffer with room for n entries.
+func getVersionsBuf(n int) *versionsBuf {
 	if n <= maxPooledEntries {
-		if p, ok := versionEntryPool.Get().(*[]versionEntry); ok {
-			if cap(*p) >= n {
-				return p
+		if b, ok := versionsBufPool.Get().(*versionsBuf); ok {
+			if cap(b.entries) >= n {
+				return b
 			}
-			versionEntryPool.Put(p) // for a smaller request
+			versionsBufPool.Put(b) // for a smaller request
 		}
 	}
-	e := make([]versionEntry, 0, max(n, minPooledEntries))
-	return &e
+	return &versionsBuf{entries: make([]versionEntry, 0, n), index: make(map[string]int32, n)}
 }
 
-// putVersionEntries gives back buf, whose slice is now used (it may have grown).
-func putVersionEntries(buf *[]versionEntry, used []versionEntry) {
-	if cap(used) > maxPooledEntries {
+// putVersionsBuf gives b back, its entries as used (they may have grown).
+func putVersionsBuf(b *versionsBuf) {
+	if cap(b.entries) > maxPooledEntries || len(b.index) > maxPooledEntries {
 		return
 	}
-	clear(used[:cap(used)]) // no name kept alive by the pool
-	*buf = used[:0]
-	versionEntryPool.Put(buf)
+	// Nothing of a request is kept alive by the pool.
+	clear(b.entries[:cap(b.entries)])
+	b.entries = b.entries[:0]
+	clear(b.index)
+	versionsBufPool.Put(b)
 }
