@@ -376,12 +376,8 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 	if unsubs > 0 {
 		r.ResourceNamesUnsubscribe = make([]string, 0, unsubs)
 	}
-	if initial > 0 {
-		if versions != nil {
-			versions.reserve(initial)
-		} else {
-			r.InitialResourceVersions = make(map[string]string, initial)
-		}
+	if initial > 0 && versions == nil {
+		r.InitialResourceVersions = make(map[string]string, initial)
 	}
 	var err error
 	resource.LookupNames(func(lookup resource.NameLookup) {
@@ -407,12 +403,14 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 			case fieldDeltaReqInitial:
 				// A field of an entry given twice counts once, the last (a map entry is
 				// a message), and each must be valid.
-				var key string
-				var value []byte
+				var key, value []byte
 				eachField(v, func(num protowire.Number, f []byte) bool {
 					if num == fieldMapKey {
-						key, err = name(f)
-					} else if value = f; !utf8.Valid(f) {
+						key = f
+					} else {
+						value = f
+					}
+					if !utf8.Valid(f) {
 						err = errInvalidUTF8
 					}
 					return err == nil
@@ -420,9 +418,14 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 				switch {
 				case err != nil:
 				case versions != nil:
-					versions.add(key, value)
+					// Kept as bytes: the session looks at them one by one only if they
+					// are not exactly what it serves (see resourceVersions).
+					versions.addRaw(v, key, value, initial)
 				default:
-					r.InitialResourceVersions[key] = string(value)
+					var k string
+					if k, err = name(key); err == nil {
+						r.InitialResourceVersions[k] = string(value)
+					}
 				}
 			case fieldDeltaReqNonce:
 				r.ResponseNonce, err = utf8String(v)

@@ -371,7 +371,7 @@ func hasName(list []string, name string) bool {
 // initialVersions records what a reconnecting client says it holds of the names it
 // subscribes to.
 func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *resourceVersions) {
-	if initial.len() == 0 {
+	if initial.empty() {
 		return
 	}
 	ts.dirty = true
@@ -383,9 +383,22 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *
 		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
+		covered := coveredBy(ts.sub, v)
+		if initial.sameAs(covered) {
+			// Exactly what it covers, as it is: nothing to record, and no entry to
+			// look at (see resourceVersions). What it subscribed to, it holds; a
+			// name to answer that it holds is answered.
+			ts.unheld = nil
+			for n := range ts.answer {
+				if _, ok := v.Get(n); ok && n != "*" && ts.sub.has(n) {
+					delete(ts.answer, n)
+				}
+			}
+			return
+		}
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
-		for _, r := range coveredBy(ts.sub, v) {
+		for _, r := range covered {
 			switch found, same := initial.holds(r.Name, r.Hash); {
 			case !found:
 				lacks = append(lacks, r.Name)
@@ -834,14 +847,15 @@ type delta struct {
 
 func (p *delta) name() string { return "delta" }
 
-// names counts the names of the request, initial_resource_versions included, however
-// the codec decoded them (one per name, as the proto's map holds them).
+// names counts the names of the request, initial_resource_versions included: as the
+// proto's map holds them, or, as the codec decoded them for the stream, as given (a name
+// given twice counts twice).
 func (p *delta) names(req request) int {
 	var r *discoveryv3.DeltaDiscoveryRequest
 	n := 0
 	switch req := req.(type) {
 	case *deltaRequest:
-		r, n = req.DeltaDiscoveryRequest, req.versions.len()
+		r, n = req.DeltaDiscoveryRequest, req.versions.size()
 	case *discoveryv3.DeltaDiscoveryRequest:
 		r = req
 	}

@@ -336,3 +336,55 @@ func TestDeltaInitialVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestDeltaInitialVersionsFingerprint: the session takes a reconnecting client's entries
+// as exactly what it covers, without decoding them, only when they are; any other set of
+// entries (versions swapped between names, a name given twice in place of another, more
+// or fewer names) is decoded and answered as proto.Unmarshal's map says.
+func TestDeltaInitialVersionsFingerprint(t *testing.T) {
+	base := with(baseContent(), resource.Cluster, "b", "2") // a and b of different content
+	ref := newDeltaSession(nil, nil)
+	ref.onConfig(proxy(t, base), time.Time{})
+	hash := func(name string) string {
+		r, _ := ref.cur.Views[resource.Cluster].Get(name)
+		return r.Hash
+	}
+	a, b := hash("a"), hash("b")
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
+	}
+	entry := func(name, version string) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, fieldDeltaReqInitial, protowire.BytesType), slices.Concat(str(1, name), str(2, version)))
+	}
+	cds := resource.Cluster
+	for _, c := range []struct {
+		name    string
+		entries [][]byte
+		decoded bool // the session had to look at the entries
+		want    []dsent
+	}{
+		{"exactly what it covers", [][]byte{entry("b", b), entry("a", a)}, false, []dsent{{typ: cds}}},
+		{"and *", [][]byte{entry("a", a), entry("*", "x"), entry("b", b)}, false, []dsent{{typ: cds}}},
+		{"versions swapped", [][]byte{entry("a", b), entry("b", a)}, true, []dsent{{typ: cds, sent: []string{"a=1", "b=2"}}}},
+		{"a name twice, another missing", [][]byte{entry("a", a), entry("a", a)}, true, []dsent{{typ: cds, sent: []string{"b=2"}}}},
+		{"a name twice, the last current", [][]byte{entry("a", "0123456789abcdef"), entry("b", b), entry("a", a)}, true, []dsent{{typ: cds}}},
+		{"a name twice, the last stale", [][]byte{entry("a", a), entry("b", b), entry("a", "0123456789abcdef")}, true, []dsent{{typ: cds, sent: []string{"a=1"}}}},
+		{"one more, gone", [][]byte{entry("a", a), entry("b", b), entry("gone", a)}, true, []dsent{{typ: cds, removed: []string{"gone"}}}},
+		{"one fewer", [][]byte{entry("a", a)}, true, []dsent{{typ: cds, sent: []string{"b=2"}}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newDeltaSession(nil, nil)
+			s.onConfig(proxy(t, base), time.Time{})
+			raw := slices.Concat(append([][]byte{str(fieldDeltaReqTypeURL, cds.URL())}, c.entries...)...)
+			req := recvDelta(t, raw).(*deltaRequest)
+			_, resps := s.onDecoded(cds, req.DeltaDiscoveryRequest, req.initial())
+			if decoded := req.versions.index != nil; decoded != c.decoded {
+				t.Errorf("entries decoded: %v, want %v", decoded, c.decoded)
+			}
+			req.versions.release()
+			if got := dsummary(t, resps); !equalDsent(got, c.want) {
+				t.Errorf("responses\n got %+v\nwant %+v", got, c.want)
+			}
+		})
+	}
+}
