@@ -388,3 +388,23 @@ func TestDeltaInitialVersionsFingerprint(t *testing.T) {
 		})
 	}
 }
+
+// TestCoveredSum: the sums coveredSum remembers are those of the very list asked about:
+// another list of the same length, or a part of the list, gets its own.
+func TestCoveredSum(t *testing.T) {
+	var one, two []*resource.Resource
+	for i := range 2 * minCachedSum {
+		one = append(one, res(t, resource.Endpoint, fmt.Sprint("sum-", i), "1"))
+		two = append(two, res(t, resource.Endpoint, fmt.Sprint("sum-", i), "2"))
+	}
+	for range 2 { // computed, then remembered
+		for _, rs := range [][]*resource.Resource{one, two, one[:minCachedSum], one[minCachedSum:], two[1:]} {
+			if got, want := coveredSum(rs), sumOf(rs); got != want {
+				t.Fatalf("coveredSum of %d resources from %s = %x, want %x", len(rs), rs[0].Name, got, want)
+			}
+		}
+	}
+	if sumOf(one) == sumOf(two) {
+		t.Fatal("two lists of other versions have the same sum")
+	}
+}

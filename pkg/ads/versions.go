@@ -3,6 +3,7 @@ package ads
 import (
 	"hash/maphash"
 	"sync"
+	"unsafe"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -181,12 +182,56 @@ func (v *resourceVersions) sameAs(rs []*resource.Resource) bool {
 	if v.m != nil || v.raw == nil || v.count != len(rs) {
 		return false
 	}
+	return coveredSum(rs) == v.sum
+}
+
+// coveredSum returns the sum of entryHash over rs, from coveredSums when rs is a list it
+// has seen.
+func coveredSum(rs []*resource.Resource) uint64 {
+	if len(rs) < minCachedSum {
+		return sumOf(rs)
+	}
+	c := &coveredSums
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		if len(e.rs) == len(rs) && unsafe.SliceData(e.rs) == unsafe.SliceData(rs) {
+			return e.sum
+		}
+	}
+	sum := sumOf(rs)
+	c.entries[c.next] = coveredSumEntry{rs: rs, sum: sum}
+	c.next = (c.next + 1) % len(c.entries)
+	return sum
+}
+
+func sumOf(rs []*resource.Resource) uint64 {
 	var sum uint64
 	for _, r := range rs {
 		sum += entryHash(r.Name, r.Hash)
 	}
-	return sum == v.sum
+	return sum
 }
+
+// coveredSums remembers the sums of the last lists of resources that sameAs compared
+// entries with: what a session covers is most often a set's own list (see coveredBy),
+// the same for every proxy, so a fleet's reconnect hashes each list once rather than once
+// per proxy. A list is immutable, and the entry keeps it alive, so its address is its
+// identity.
+var coveredSums struct {
+	mu      sync.Mutex
+	entries [16]coveredSumEntry
+	next    int
+}
+
+type coveredSumEntry struct {
+	rs  []*resource.Resource
+	sum uint64
+}
+
+// minCachedSum is the length from which coveredSum looks in coveredSums: below it,
+// hashing the list costs less than the lock.
+const minCachedSum = 64
 
 // materialize decodes raw into the entries and the index, once.
 func (v *resourceVersions) materialize() {
