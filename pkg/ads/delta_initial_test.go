@@ -118,9 +118,13 @@ func ackRequest(t testing.TB, typ resource.Type, nonce string) []byte {
 // decodeVersions decodes b as the server's stream does and returns the proto with the
 // initial_resource_versions put back in its map, as proto.Unmarshal fills it, and the
 // decoded request.
+//
+// The bytes come in three buffers, as a request read in several HTTP/2 frames does
+// (recvDelta gives them in one).
 func decodeVersions(t testing.TB, r *deltaRequest, b []byte) (*discoveryv3.DeltaDiscoveryRequest, error) {
 	t.Helper()
-	if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, r); err != nil {
+	data := mem.BufferSlice{mem.SliceBuffer(b[:len(b)/3]), mem.SliceBuffer(b[len(b)/3 : 2*len(b)/3]), mem.SliceBuffer(b[2*len(b)/3:])}
+	if err := (codec{}).Unmarshal(data, r); err != nil {
 		return nil, err
 	}
 	out := proto.Clone(r.DeltaDiscoveryRequest).(*discoveryv3.DeltaDiscoveryRequest)
