@@ -393,6 +393,7 @@ func FuzzCodecDeltaRequest(f *testing.F) {
 		{Node: &corev3.Node{Id: "a.default"}, TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"a", "b"}},
 		{ResponseNonce: "3", ResourceNamesUnsubscribe: []string{"*"}, ErrorDetail: &status.Status{Message: "x"}},
 		{InitialResourceVersions: map[string]string{"a": "1", "": ""}},
+		{InitialResourceVersions: map[string]string{"a": "0123456789abcdef", "b": "0123456789ABCDEF", "*": "x"}},
 	} {
 		b, _ := proto.Marshal(in)
 		f.Add(b)
@@ -410,6 +411,18 @@ func FuzzCodecDeltaRequest(f *testing.F) {
 				t.Fatalf("(-proto.Unmarshal +codec):\n%s", d)
 			}
 		}
+		// As the server's stream decodes it: initial_resource_versions apart.
+		r := newDeltaRequest()
+		got, gerr = decodeVersions(t, r, b)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("proto.Unmarshal: %v; codec, for the stream: %v", werr, gerr)
+		}
+		if werr == nil {
+			if d := cmpDiff(want, got); d != "" {
+				t.Fatalf("(-proto.Unmarshal +codec, for the stream):\n%s", d)
+			}
+		}
+		r.versions.release()
 	})
 }
 

@@ -187,6 +187,13 @@ func classifyDelta(ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) (Kind,
 // subscription change applies whatever the nonce says; the nonce decides only whether the
 // request ACKs or NACKs a response.
 func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscoveryRequest) (outcome, []*discoveryv3.DeltaDiscoveryResponse) {
+	return s.onDecoded(t, req, nil)
+}
+
+// onDecoded is onRequest for a request whose initial_resource_versions the codec
+// decoded apart (see deltaRequest): initial, or nil to read req's map. The session keeps
+// nothing of initial once it returns.
+func (s *deltaSession) onDecoded(t resource.Type, req *discoveryv3.DeltaDiscoveryRequest, initial *resourceVersions) (outcome, []*discoveryv3.DeltaDiscoveryResponse) {
 	ts := &s.types[t]
 	kind, i := classifyDelta(ts, req)
 	out := outcome{typ: t, kind: kind}
@@ -228,13 +235,13 @@ func (s *deltaSession) onRequest(t resource.Type, req *discoveryv3.DeltaDiscover
 		}
 		ts.onAck(s.metrics, t, answered.resp.SystemVersionInfo, s.now(), latest)
 	}
-	s.subscribe(t, ts, req)
+	s.subscribe(t, ts, req, initial)
 	return out, s.reconcile()
 }
 
 // subscribe applies a request's subscription delta, and on the first request of the
-// type, what the client says it already holds.
-func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest) {
+// type, what the client says it already holds (initial, or nil for req's map).
+func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv3.DeltaDiscoveryRequest, initial *resourceVersions) {
 	first := !ts.requested
 	ts.requested = true
 	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
@@ -285,7 +292,10 @@ func (s *deltaSession) subscribe(t resource.Type, ts *deltaType, req *discoveryv
 		s.wildcard(ts, false)
 	}
 	if first {
-		s.initialVersions(t, ts, req.GetInitialResourceVersions())
+		if initial == nil {
+			initial = versionsOf(req.GetInitialResourceVersions())
+		}
+		s.initialVersions(t, ts, initial)
 	}
 }
 
@@ -360,8 +370,8 @@ func hasName(list []string, name string) bool {
 
 // initialVersions records what a reconnecting client says it holds of the names it
 // subscribes to.
-func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial map[string]string) {
-	if len(initial) == 0 {
+func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *resourceVersions) {
+	if initial.empty() {
 		return
 	}
 	ts.dirty = true
@@ -373,46 +383,70 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial m
 		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
+		covered := coveredBy(ts.sub, v)
+		if initial.sameAs(covered) {
+			// Exactly what it covers, as it is: nothing to record, and no entry to
+			// look at (see resourceVersions). What it subscribed to, it holds; a
+			// name to answer that it holds is answered.
+			ts.unheld = nil
+			for n := range ts.answer {
+				if _, ok := v.Get(n); ok && n != "*" && ts.sub.has(n) {
+					delete(ts.answer, n)
+				}
+			}
+			return
+		}
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
-		for _, r := range coveredBy(ts.sub, v) {
-			switch h, ok := initial[r.Name]; {
-			case !ok:
+		for _, r := range covered {
+			switch found, same := initial.holds(r.Name, r.Hash); {
+			case !found:
 				lacks = append(lacks, r.Name)
-			case h != r.Hash:
+			case !same:
 				declared++
-				ts.setHeld(r.Name, h)
+				ts.setHeld(r.Name, initial.version(r.Name))
 			default:
 				declared++
 			}
 		}
 		ts.unheld = lacks // in name order, as covered
 		for n := range ts.answer {
-			if _, ok := initial[n]; ok && n != "*" && ts.sub.has(n) {
+			if initial.has(n) && n != "*" && ts.sub.has(n) {
 				delete(ts.answer, n)
 			}
 		}
-		if _, ok := initial["*"]; ok {
+		if initial.has("*") {
 			declared++
 		}
-		if declared == len(initial) {
+		if declared == initial.len() {
 			return // every entry was a covered resource: the common case
 		}
-		for n, h := range initial {
+		initial.each(func(n string) {
 			if n == "*" || !ts.sub.has(n) {
-				continue
+				return
 			}
 			if _, ok := v.Get(n); !ok {
-				ts.setHeld(n, h)
+				ts.declareHeld(n, initial.version(n))
 			}
-		}
+		})
 		return
 	}
-	for n, h := range initial {
+	initial.each(func(n string) {
 		if n != "*" && ts.sub.has(n) {
-			ts.setHeld(n, h)
 			delete(ts.answer, n)
+			ts.declareHeld(n, initial.version(n))
 		}
+	})
+}
+
+// declareHeld records that the client says it holds name at version. An empty version
+// (bearkong sends none, a peer control plane may have) is a resource held all the same,
+// which override cannot say ("" is nothing): the next reconcile answers it instead, sent
+// if it exists and removed if not.
+func (ts *deltaType) declareHeld(name, version string) {
+	ts.setHeld(name, version)
+	if version == "" {
+		ts.answerName(name)
 	}
 }
 
@@ -813,13 +847,32 @@ type delta struct {
 
 func (p *delta) name() string { return "delta" }
 
+// names counts the names of the request, initial_resource_versions included: as the
+// proto's map holds them, or, as the codec decoded them for the stream, as given (a name
+// given twice counts twice).
 func (p *delta) names(req request) int {
-	r := req.(*discoveryv3.DeltaDiscoveryRequest)
-	return len(r.GetResourceNamesSubscribe()) + len(r.GetResourceNamesUnsubscribe()) + len(r.GetInitialResourceVersions())
+	var r *discoveryv3.DeltaDiscoveryRequest
+	n := 0
+	switch req := req.(type) {
+	case *deltaRequest:
+		r, n = req.DeltaDiscoveryRequest, req.versions.size()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		r = req
+	}
+	return n + len(r.GetResourceNamesSubscribe()) + len(r.GetResourceNamesUnsubscribe()) + len(r.GetInitialResourceVersions())
 }
 
 func (p *delta) onRequest(t resource.Type, req request) (outcome, []response) {
-	out, resps := p.sess.onRequest(t, req.(*discoveryv3.DeltaDiscoveryRequest))
+	var out outcome
+	var resps []*discoveryv3.DeltaDiscoveryResponse
+	switch req := req.(type) {
+	case *deltaRequest:
+		out, resps = p.sess.onDecoded(t, req.DeltaDiscoveryRequest, req.initial())
+		// The session kept none of it: the entries can serve another request.
+		req.versions.release()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		out, resps = p.sess.onRequest(t, req)
+	}
 	return out, responses(resps)
 }
 

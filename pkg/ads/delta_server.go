@@ -9,5 +9,13 @@ import (
 // are the state-of-the-world side's (Server.serve); only the session differs.
 func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	p := &delta{gs: gs, sess: newDeltaSession(s.metrics, nil)}
-	return s.serve(gs.Context(), p, func() (request, error) { return gs.Recv() })
+	return s.serve(gs.Context(), p, func() (request, error) {
+		// Not gs.Recv: the codec decodes a deltaRequest's initial_resource_versions
+		// without a map (see deltaRequest).
+		r := newDeltaRequest()
+		if err := gs.RecvMsg(r); err != nil {
+			return nil, err
+		}
+		return r, nil
+	})
 }
