@@ -255,7 +255,9 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 	for i, k := range keys {
 		old := b.parts[k]
 		svc, err := services.Services(old.src.Namespace).Get(old.src.Name)
-		if err != nil || svc != old.src {
+		if err != nil || (svc != old.src && !isMeshed(svc)) {
+			// Gone or out of the mesh since: which Services are in the snapshot
+			// changes, which a full build works out.
 			return false, nil
 		}
 		part, err := buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)

@@ -27,9 +27,12 @@ import (
 // AuthorizationPolicies) is still computed from all the parts on every build; it reads
 // no lister but the routes' and the Namespaces'.
 //
-// Any other event (a Service, a Namespace, an HTTPRoute, an AuthorizationPolicy, a
-// tombstone without an object, a quarantine decision) makes the next build a full one,
-// and so does the first build and one every fullBuildEvery, as a safety net.
+// A Service's update that keeps it meshed touches that Service alone too (at S=10,000 a
+// full build for one Service's annotation cost 0.7 CPU-seconds). Any other event (a
+// Service added, deleted or joining or leaving the mesh, a Namespace, an HTTPRoute, an
+// AuthorizationPolicy, a tombstone without an object, a quarantine decision) makes the
+// next build a full one, and so does the first build and one every fullBuildEvery, as
+// a safety net.
 
 // fullBuildEvery bounds the time between full builds.
 const fullBuildEvery = 5 * time.Minute
@@ -46,6 +49,7 @@ const fullBuildEvery = 5 * time.Minute
 //   - A Pod touches the meshed Services of its namespace whose selector matches its old
 //     or new labels (their proxies and named target ports), and the Services whose
 //     slices name the pod (their ServiceAccounts, endpointServiceAccounts).
+//   - An update of a meshed Service that stays meshed touches that Service.
 func touchedServices(services corelisters.ServiceLister, sliceIdx cache.Indexer, kind string, oldObj, obj any) (keys []string, ok bool) {
 	if obj == nil {
 		return nil, false // a tombstone without an object: nothing to attribute
@@ -99,6 +103,19 @@ func touchedServices(services corelisters.ServiceLister, sliceIdx cache.Indexer,
 			}
 		}
 		return keys, true
+	case kindService:
+		// A meshed Service that stays meshed touches its own part: its ports,
+		// selector (the pods of its part), annotations and ServiceAccounts are read
+		// there, and what spans Services (pods shared with others, HTTPRoutes,
+		// AuthorizationPolicies, conflicts) is computed again from the parts on every
+		// build. One joining or leaving the mesh, added or deleted, changes which
+		// Services are in the snapshot: a full build.
+		o, ok1 := oldObj.(*corev1.Service)
+		n, ok2 := obj.(*corev1.Service)
+		if !ok1 || !ok2 || !isMeshed(o) || !isMeshed(n) || o.Namespace != n.Namespace || o.Name != n.Name {
+			return nil, false
+		}
+		return []string{n.Namespace + "/" + n.Name}, true
 	}
 	return nil, false
 }

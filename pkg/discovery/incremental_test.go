@@ -88,6 +88,34 @@ func (w *incrementalWorld) randomPod(r *rand.Rand, ns string, i int) *corev1.Pod
 	return p
 }
 
+// randomService is a new state of one of ns's meshed Services, still meshed: random
+// mesh-* annotations (timeout, mTLS mode, a cluster policy), selector and target port.
+func (w *incrementalWorld) randomService(r *rand.Rand, ns string) *corev1.Service {
+	name := []string{"web", "api", "shared", "named", "manual"}[r.IntN(5)]
+	var kv []string
+	if v := []string{"", "3s", "5s"}[r.IntN(3)]; v != "" {
+		kv = append(kv, mesh.AnnotationTimeout, v)
+	}
+	if v := []string{"", "PERMISSIVE", "STRICT"}[r.IntN(3)]; v != "" {
+		kv = append(kv, mesh.AnnotationMTLS, v)
+	}
+	if r.IntN(2) == 0 {
+		kv = append(kv, mesh.AnnotationMaxConnections, fmt.Sprint(1+r.IntN(100)))
+	}
+	opts := []func(*corev1.Service){meshed, withAnnotations(kv...)}
+	if name != "manual" {
+		opts = append(opts, withSelector([]map[string]string{{"app": "web"}, {"app": "api"}, {"tier": "shared"}}[r.IntN(3)]))
+	} else {
+		opts = append(opts, withSelector(nil))
+	}
+	if r.IntN(2) == 0 {
+		opts = append(opts, withPorts(corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromString("web"), Protocol: corev1.ProtocolTCP}))
+	}
+	svc := service(ns, name, opts...)
+	svc.ResourceVersion = fmt.Sprint(r.Int())
+	return svc
+}
+
 // randomSlice is a slice of svc in ns naming random pods, ready or not.
 func (w *incrementalWorld) randomSlice(r *rand.Rand, ns, name, svc string) *discoveryv1.EndpointSlice {
 	var eps []discoveryv1.Endpoint
@@ -107,7 +135,8 @@ func (w *incrementalWorld) listers() (corelisters.ServiceLister, discoverylister
 }
 
 // TestIncrementalBuildEqualsFullBuild applies random sequences of EndpointSlice and Pod
-// changes (add, update, delete) and checks, after each, that the incremental build of
+// changes (add, update, delete) and of updates of meshed Services that stay meshed
+// (annotations, selector, ports) and checks, after each, that the incremental build of
 // the Services the change touched (touchedServices, as the handlers attribute it) is the
 // same snapshot as a full build of the same listers, and that the previous snapshot was
 // not modified.
@@ -130,10 +159,14 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				var kind string
 				var oldObj, obj any
 				var idx cache.Indexer
-				if r.IntN(2) == 0 {
+				switch r.IntN(3) {
+				case 0:
 					kind, idx = kindPod, w.pods
 					obj = w.randomPod(r, ns, r.IntN(6))
-				} else {
+				case 1:
+					kind, idx = kindService, w.svcs
+					obj = w.randomService(r, ns)
+				default:
 					kind, idx = kindEndpointSlice, w.slices
 					svc := []string{"web", "api", "shared", "named", "manual", "unmeshed"}[r.IntN(6)]
 					obj = w.randomSlice(r, ns, fmt.Sprintf("%s-%d", svc, r.IntN(2)), svc)
@@ -142,7 +175,7 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				cur, exists, _ := idx.GetByKey(key)
 				// The handlers run after the cache changed: apply, then attribute.
 				switch {
-				case exists && r.IntN(3) == 0:
+				case exists && r.IntN(3) == 0 && kind != kindService:
 					if err := idx.Delete(cur); err != nil {
 						t.Fatal(err)
 					}
@@ -169,6 +202,9 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				got, _, err := b.build(dirty, sl, el, pl, nil, opts)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if kind == kindService && b.wasFull {
+					t.Fatalf("step %d: the update of Service %s made a full build", step, key)
 				}
 				full, _, err := build(sl, el, pl, nil, opts)
 				if err != nil {
