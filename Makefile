@@ -82,7 +82,7 @@ vet:
 # (state of the world and delta) against go-control-plane's snapshot cache and its
 # LinearCache-for-EDS setup, S=1000 E=3, BENCH_PROXIES proxies (N/all: every client decodes
 # every resource, as each Envoy does; N/shared: once for the fleet), then the informer path
-# through a real API server at N=1000, on delta then on state of the world; about 10
+# through a real API server at N=1000, on delta then on state of the world; about 8
 # minutes here, bounded by -timeout 40m;
 # results and logs go to bench/out. A memory guard stops the run if the machine's available
 # memory drops below 6 GiB. `make bench/go` runs the Go benchmarks of translate, of the ADS
