@@ -274,18 +274,25 @@ func dsummary(t *testing.T, resps []*discoveryv3.DeltaDiscoveryResponse) []dsent
 	return out
 }
 
+// clusterHashes returns the content hash (the version a delta client holds it at) of a
+// cluster of c by name.
+func clusterHashes(t *testing.T, c map[resource.Type]map[string]string) func(name string) string {
+	t.Helper()
+	ref := newDeltaSession(nil, nil)
+	ref.onConfig(proxy(t, c), time.Time{})
+	return func(name string) string {
+		r, _ := ref.cur.Views[resource.Cluster].Get(name)
+		return r.Hash
+	}
+}
+
 // TestDeltaInitialVersions: what a reconnecting client says it holds decides what its
 // first answer sends and removes, the same whether the session reads the proto's map or
 // the codec's decoding of the bytes, and whether the config comes before the request or
 // after it.
 func TestDeltaInitialVersions(t *testing.T) {
 	base := baseContent()
-	ref := newDeltaSession(nil, nil)
-	ref.onConfig(proxy(t, base), time.Time{})
-	hash := func(name string) string {
-		r, _ := ref.cur.Views[resource.Cluster].Get(name)
-		return r.Hash
-	}
+	hash := clusterHashes(t, base)
 	a, b := hash("a"), hash("b")
 	cds := resource.Cluster
 	for _, c := range []struct {
@@ -347,12 +354,7 @@ func TestDeltaInitialVersions(t *testing.T) {
 // or fewer names) is decoded and answered as proto.Unmarshal's map says.
 func TestDeltaInitialVersionsFingerprint(t *testing.T) {
 	base := with(baseContent(), resource.Cluster, "b", "2") // a and b of different content
-	ref := newDeltaSession(nil, nil)
-	ref.onConfig(proxy(t, base), time.Time{})
-	hash := func(name string) string {
-		r, _ := ref.cur.Views[resource.Cluster].Get(name)
-		return r.Hash
-	}
+	hash := clusterHashes(t, base)
 	a, b := hash("a"), hash("b")
 	str := func(num protowire.Number, s string) []byte {
 		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)

@@ -1,7 +1,6 @@
 package ads_test
 
 import (
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -32,15 +31,7 @@ func TestDeltaReconnectOverGRPC(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			srv := ads.NewServer(ads.Options{Metrics: ads.NewMetrics(reg)})
-			g := grpc.NewServer(tc.opts...)
-			srv.Register(g)
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go g.Serve(lis)
-			t.Cleanup(g.Stop)
-			e := &env{srv: srv, reg: reg, addr: lis.Addr().String()}
+			e := &env{srv: srv, reg: reg, addr: serveGRPC(t, srv, tc.opts...)}
 			w := world{endpoints: map[string]int{"app-1": 1, "app-2": 2, "app-3": 1}, routeTag: map[string]string{}}
 			e.set(t, w)
 

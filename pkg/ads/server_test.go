@@ -107,7 +107,14 @@ func start(t *testing.T, observe ...func(ads.Report)) *env {
 		o.Observe = observe[0]
 	}
 	srv := ads.NewServer(o)
-	g := grpc.NewServer(ads.ServerOptions()...)
+	return &env{srv: srv, reg: reg, addr: serveGRPC(t, srv, ads.ServerOptions()...)}
+}
+
+// serveGRPC serves srv on a gRPC server with opts, on 127.0.0.1, until the test ends,
+// and returns its address.
+func serveGRPC(t *testing.T, srv *ads.Server, opts ...grpc.ServerOption) string {
+	t.Helper()
+	g := grpc.NewServer(opts...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -115,7 +122,7 @@ func start(t *testing.T, observe ...func(ads.Report)) *env {
 	}
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return &env{srv: srv, reg: reg, addr: lis.Addr().String()}
+	return lis.Addr().String()
 }
 
 func (e *env) set(t testing.TB, w world) {
