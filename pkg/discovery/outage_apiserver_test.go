@@ -127,7 +127,15 @@ func TestRecoveryAfterAPIServerOutage(t *testing.T) {
 	if took > outageRecoveryBound {
 		t.Errorf("app-2 published %s after the API server was ready again; want within %s", took.Round(time.Millisecond), outageRecoveryBound)
 	}
-	if h := d.APIHealth(); !h.Reachable || gauge() != 1 {
-		t.Errorf("after the outage: %+v, gauge %v; want reachable", h, gauge())
+	// Reachable again within a few probes: a kube-apiserver just started may still
+	// answer a /readyz with 500 for a moment after its first 200 (seen in CI: 200, then
+	// 500 8 ms later), which the prober reports, as it should, until the next 200.
+	deadline := time.Now().Add(5 * time.Second)
+	for h := d.APIHealth(); !h.Reachable || gauge() != 1; h = d.APIHealth() {
+		if time.Now().After(deadline) {
+			t.Errorf("5s after the outage: %+v, gauge %v; want reachable", h, gauge())
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
