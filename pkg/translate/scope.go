@@ -223,26 +223,43 @@ type serviceRouting struct{ routes, scope *resource.Resource }
 // as it is: a change costs the routing of the Services it touched. Both resources depend
 // on the Service alone (ServiceRouteConfiguration, ServiceScope), so a reused one is
 // byte for byte what building it again would give.
-var routings sync.Map // weak.Pointer[mesh.Service] -> *serviceRouting
+var routings perService[weak.Pointer[mesh.Service], *serviceRouting]
 
 // routingOf returns svc's routing, built once per *mesh.Service.
 func routingOf(svc *mesh.Service) (*serviceRouting, error) {
-	key := weak.Make(svc)
-	if r, ok := routings.Load(key); ok {
-		return r.(*serviceRouting), nil
+	return routings.get(svc, weak.Make(svc), func() (*serviceRouting, error) {
+		routes, err := resource.New(resource.Route, ServiceRouteName(svc), ServiceRouteConfiguration(svc))
+		if err != nil {
+			return nil, err
+		}
+		k := ServiceScopeKey(svc)
+		scope, err := resource.New(resource.ScopedRoute, k, ServiceScope(k, svc))
+		if err != nil {
+			return nil, err
+		}
+		return &serviceRouting{routes: routes, scope: scope}, nil
+	})
+}
+
+// perService holds values built from a *mesh.Service (their key holds a weak pointer to
+// it, and whatever else they depend on) while the Service lives: an entry goes when its
+// Service is collected. For values that are a function of their key alone.
+type perService[K comparable, V any] struct {
+	m sync.Map // K -> V
+}
+
+// get returns the value filed under key, or build's, then filed there until svc goes.
+func (c *perService[K, V]) get(svc *mesh.Service, key K, build func() (V, error)) (V, error) {
+	if v, ok := c.m.Load(key); ok {
+		return v.(V), nil
 	}
-	routes, err := resource.New(resource.Route, ServiceRouteName(svc), ServiceRouteConfiguration(svc))
+	v, err := build()
 	if err != nil {
-		return nil, err
+		return v, err
 	}
-	k := ServiceScopeKey(svc)
-	scope, err := resource.New(resource.ScopedRoute, k, ServiceScope(k, svc))
-	if err != nil {
-		return nil, err
-	}
-	r, loaded := routings.LoadOrStore(key, &serviceRouting{routes: routes, scope: scope})
+	actual, loaded := c.m.LoadOrStore(key, v)
 	if !loaded {
-		runtime.AddCleanup(svc, func(key weak.Pointer[mesh.Service]) { routings.Delete(key) }, key)
+		runtime.AddCleanup(svc, func(key K) { c.m.Delete(key) }, key)
 	}
-	return r.(*serviceRouting), nil
+	return actual.(V), nil
 }

@@ -198,35 +198,30 @@ type clusterKey struct {
 // rest. Both resources depend on the key alone (clusterWith, upstreamTLS,
 // ServiceAccessLog, ClusterLoadAssignment), so a reused one is byte for byte what
 // building it again would give.
-var serviceClusters sync.Map // clusterKey -> *serviceCluster
+var serviceClusters perService[clusterKey, *serviceCluster]
 
 // clusterOf returns svc's cluster and assignment under opts, built once per
 // *mesh.Service and options; sockets shares transport sockets within one New.
 func clusterOf(svc *mesh.Service, opts Options, sockets *memo[*corev3.TransportSocket]) (*serviceCluster, error) {
 	key := clusterKey{svc: weak.Make(svc), trustDomain: opts.TrustDomain, accessLog: opts.DefaultAccessLog}
-	if c, ok := serviceClusters.Load(key); ok {
-		return c.(*serviceCluster), nil
-	}
-	name := ClusterName(svc)
-	var ts *corev3.TransportSocket
-	if svc.MTLS.Effective() != mesh.MTLSDisable {
-		ts, _ = sockets.get(upstreamTLSKey(svc), func() (*corev3.TransportSocket, error) {
-			return upstreamTLS(svc, opts.TrustDomain), nil
-		})
-	}
-	cluster, err := resource.New(resource.Cluster, name, setClusterAccessLog(clusterWith(svc, ts), ServiceAccessLog(svc, opts.DefaultAccessLog)))
-	if err != nil {
-		return nil, err
-	}
-	cla, err := resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc))
-	if err != nil {
-		return nil, err
-	}
-	c, loaded := serviceClusters.LoadOrStore(key, &serviceCluster{cluster: cluster, cla: cla})
-	if !loaded {
-		runtime.AddCleanup(svc, func(key clusterKey) { serviceClusters.Delete(key) }, key)
-	}
-	return c.(*serviceCluster), nil
+	return serviceClusters.get(svc, key, func() (*serviceCluster, error) {
+		name := ClusterName(svc)
+		var ts *corev3.TransportSocket
+		if svc.MTLS.Effective() != mesh.MTLSDisable {
+			ts, _ = sockets.get(upstreamTLSKey(svc), func() (*corev3.TransportSocket, error) {
+				return upstreamTLS(svc, opts.TrustDomain), nil
+			})
+		}
+		cluster, err := resource.New(resource.Cluster, name, setClusterAccessLog(clusterWith(svc, ts), ServiceAccessLog(svc, opts.DefaultAccessLog)))
+		if err != nil {
+			return nil, err
+		}
+		cla, err := resource.New(resource.Endpoint, name, ClusterLoadAssignment(svc))
+		if err != nil {
+			return nil, err
+		}
+		return &serviceCluster{cluster: cluster, cla: cla}, nil
+	})
 }
 
 // Snapshot returns the snapshot t was built from.
