@@ -433,20 +433,10 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 					r.ResourceNamesUnsubscribe = append(r.ResourceNamesUnsubscribe, s)
 				}
 			case fieldDeltaReqInitial:
-				// A field of an entry given twice counts once, the last (a map entry is
-				// a message), and each must be valid.
-				var key, value []byte
-				eachField(v, func(num protowire.Number, f []byte) bool {
-					if num == fieldMapKey {
-						key = f
-					} else {
-						value = f
-					}
-					if !utf8.Valid(f) {
-						err = errInvalidUTF8
-					}
-					return err == nil
-				})
+				key, value, valid := mapEntry(v)
+				if !valid {
+					err = errInvalidUTF8
+				}
 				switch {
 				case err != nil:
 				case versions != nil:
@@ -470,6 +460,23 @@ func unmarshalDeltaRequest(b []byte, r *discoveryv3.DeltaDiscoveryRequest, versi
 		})
 	})
 	return true, err
+}
+
+// mapEntry returns the key and value of a map<string, string> entry b, and whether every
+// field of it is valid UTF-8, as proto.Unmarshal requires. Of a field given twice, the
+// last counts (a map entry is a message), and each must be valid.
+func mapEntry(b []byte) (key, value []byte, valid bool) {
+	valid = true
+	eachField(b, func(num protowire.Number, f []byte) bool {
+		if num == fieldMapKey {
+			key = f
+		} else {
+			value = f
+		}
+		valid = utf8.Valid(f)
+		return valid
+	})
+	return key, value, valid
 }
 
 // bytesFields calls f with each field of the message b, in order, while it returns true,

@@ -245,15 +245,7 @@ func (v *resourceVersions) materialize() {
 	}
 	resource.LookupNames(func(lookup resource.NameLookup) {
 		eachField(v.raw, func(_ protowire.Number, entry []byte) bool {
-			var key, value []byte
-			eachField(entry, func(num protowire.Number, f []byte) bool {
-				if num == fieldMapKey {
-					key = f
-				} else {
-					value = f
-				}
-				return true
-			})
+			key, value, _ := mapEntry(entry) // checked as it was decoded
 			name, ok := lookup.Name(key)
 			if !ok {
 				name = string(key)
