@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bearkong/bearkong/pkg/resource"
 )
@@ -252,26 +251,6 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
-}
-
-// dsummary is what drun compares of responses: per response, its type, the resources
-// it sends ("name=body") and the names it removes.
-func dsummary(t *testing.T, resps []*discoveryv3.DeltaDiscoveryResponse) []dsent {
-	t.Helper()
-	var out []dsent
-	for _, r := range resps {
-		typ, _ := resource.TypeFromURL(r.TypeUrl)
-		d := dsent{typ: typ, removed: r.RemovedResources}
-		for _, res := range r.Resources {
-			var body wrapperspb.StringValue
-			if err := proto.Unmarshal(res.Resource.GetValue(), &body); err != nil {
-				t.Fatal(err)
-			}
-			d.sent = append(d.sent, res.Name+"="+body.Value)
-		}
-		out = append(out, d)
-	}
-	return out
 }
 
 // clusterHashes returns the content hash (the version a delta client holds it at) of a

@@ -64,16 +64,9 @@ func drun(t *testing.T, s *deltaSession, steps []dstep) []*discoveryv3.DeltaDisc
 		} else {
 			got = s.onConfig(proxy(t, st.config), time.Now())
 		}
-		var gotS, wantS []dsent
 		for _, r := range got {
 			typ, _ := resource.TypeFromURL(r.TypeUrl)
-			d := dsent{typ: typ, removed: r.RemovedResources}
 			for _, res := range r.Resources {
-				var body wrapperspb.StringValue
-				if err := proto.Unmarshal(res.Resource.GetValue(), &body); err != nil {
-					t.Fatal(err)
-				}
-				d.sent = append(d.sent, res.Name+"="+body.Value)
 				if res.Resource.GetTypeUrl() != r.TypeUrl {
 					t.Fatalf("step %d: Any type %s in a %s response", i, res.Resource.GetTypeUrl(), r.TypeUrl)
 				}
@@ -86,15 +79,34 @@ func drun(t *testing.T, s *deltaSession, steps []dstep) []*discoveryv3.DeltaDisc
 			if r.SystemVersionInfo != s.cur.Views[typ].Version() || r.Nonce == "" {
 				t.Fatalf("step %d: %s system_version_info %q nonce %q; the view's version is %s", i, typ, r.SystemVersionInfo, r.Nonce, s.cur.Views[typ].Version())
 			}
-			gotS = append(gotS, d)
 		}
-		wantS = append(wantS, st.want...)
+		gotS, wantS := dsummary(t, got), append([]dsent(nil), st.want...)
 		if !equalDsent(gotS, wantS) {
 			t.Fatalf("step %d: responses\n got %v\nwant %v", i, gotS, wantS)
 		}
 		all = append(all, got...)
 	}
 	return all
+}
+
+// dsummary is what drun compares of responses: per response, its type, the resources
+// it sends ("name=body") and the names it removes.
+func dsummary(t *testing.T, resps []*discoveryv3.DeltaDiscoveryResponse) []dsent {
+	t.Helper()
+	var out []dsent
+	for _, r := range resps {
+		typ, _ := resource.TypeFromURL(r.TypeUrl)
+		d := dsent{typ: typ, removed: r.RemovedResources}
+		for _, res := range r.Resources {
+			var body wrapperspb.StringValue
+			if err := proto.Unmarshal(res.Resource.GetValue(), &body); err != nil {
+				t.Fatal(err)
+			}
+			d.sent = append(d.sent, res.Name+"="+body.Value)
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 func equalDsent(a, b []dsent) bool {
