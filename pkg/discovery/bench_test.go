@@ -64,7 +64,8 @@ func BenchmarkBuild(b *testing.B) {
 // the worker's full builds are (it shares what came out the same with the last build);
 // "incremental" is what the worker does for such a change: the handlers'
 // attribution (touchedServices) and a build that recomputes the touched Service only
-// (incremental.go).
+// (incremental.go). "service-add-or-delete" is the same for a Service created or
+// deleted.
 func BenchmarkBuildPerChange(b *testing.B) {
 	for _, s := range []int{1000, 5000, 10000} {
 		svcs, slices, pods, nss := benchMesh(b, s, 100)
@@ -128,6 +129,41 @@ func BenchmarkBuildPerChange(b *testing.B) {
 				}
 				if _, _, err := bl.build(dirty, sl, el, pl, nil, opts); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("S=%d/service-add-or-delete", s), func(b *testing.B) {
+			// A meshed Service created, then deleted, in turns, in the middle of the
+			// mesh; it selects the pods of another Service. Incremental since Service
+			// events are (it was a full build).
+			var bl builder
+			if _, _, err := bl.build(nil, sl, el, pl, nil, opts); err != nil {
+				b.Fatal(err)
+			}
+			ns := fmt.Sprintf("ns-%d", s/200)
+			extra := service(ns, "extra", meshed, withSelector(map[string]string{"app": "svc-50"}))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, exists, _ := svcs.Get(extra); exists {
+					if err := svcs.Delete(extra); err != nil {
+						b.Fatal(err)
+					}
+				} else if err := svcs.Add(extra); err != nil {
+					b.Fatal(err)
+				}
+				keys, ok := touchedServices(sl, slices, kindService, nil, extra)
+				if !ok || len(keys) == 0 {
+					b.Fatalf("change not attributed: %v", keys)
+				}
+				dirty := map[string]bool{}
+				for _, k := range keys {
+					dirty[k] = true
+				}
+				if _, _, err := bl.build(dirty, sl, el, pl, nil, opts); err != nil {
+					b.Fatal(err)
+				}
+				if bl.wasFull {
+					b.Fatal("a full build")
 				}
 			}
 		})

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -236,49 +238,74 @@ func (b *builder) shareProxies(prev map[string]*mesh.Proxy) {
 
 // update recomputes the dirty Services and what depends on them: the proxies of the pods
 // they selected before or select now, and the conflicts of every Service of those pods.
-// It reports false, having changed nothing, when its state may no longer hold: the
-// quarantine changed, or a dirty Service is no longer the object it was built from (a
-// Service event not yet seen, which will ask for a full build anyway).
+// A dirty Service that the lister holds meshed and the builder does not is added; one
+// the builder holds and the lister no longer has, or has unmeshed, is dropped. It
+// reports false, having changed nothing, when its state may no longer hold: the
+// quarantine changed, or the lister could not be read.
 func (b *builder) update(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) (bool, error) {
 	if !sameHolds(b.held, o.held) {
 		return false, nil
 	}
 	defaultMTLS := o.defaultMTLS.Effective()
-	keys := make([]string, 0, len(dirty))
-	for k := range dirty {
-		if _, ok := b.index[k]; ok { // others are not meshed: a Service event adds them
-			keys = append(keys, k)
-		}
+	// Each dirty Service's part before (nil: not in the snapshot) and after (nil: not
+	// in it any more).
+	type change struct {
+		key       string
+		old, part *servicePart
 	}
-	sort.Strings(keys)
-	rebuilt := make([]*servicePart, len(keys))
-	for i, k := range keys {
+	var changes []change
+	for k := range dirty {
 		old := b.parts[k]
-		svc, err := services.Services(old.src.Namespace).Get(old.src.Name)
-		if err != nil || (svc != old.src && !isMeshed(svc)) {
-			// Gone or out of the mesh since: which Services are in the snapshot
-			// changes, which a full build works out.
+		ns, name, _ := strings.Cut(k, "/")
+		svc, err := services.Services(ns).Get(name)
+		switch {
+		case apierrors.IsNotFound(err):
+			svc = nil
+		case err != nil:
 			return false, nil
 		}
-		part, err := buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
-		if err != nil {
-			return false, err
+		var part *servicePart
+		if svc != nil && isMeshed(svc) {
+			part, err = buildService(svc, b.nsModes[svc.Namespace], defaultMTLS, o.held[ObjectRef{KindService, svc.Namespace, svc.Name}], endpointSlices, pods)
+			if err != nil {
+				return false, err
+			}
+			part = sharePart(old, part)
 		}
-		rebuilt[i] = sharePart(old, part)
+		if old != nil || part != nil {
+			changes = append(changes, change{k, old, part})
+		}
 	}
+	slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.key, b.key) })
 
 	// The pods whose proxy may change, with their state as the rebuilt parts saw it.
 	touchedPods := map[string]*mesh.Proxy{}
-	for i, k := range keys {
-		old, part := b.parts[k], rebuilt[i]
-		for _, pp := range old.pods {
-			pk := pp.Namespace + "/" + pp.Name
-			if _, ok := touchedPods[pk]; !ok {
-				touchedPods[pk] = nil
+	var added []string
+	dropped := false
+	for _, c := range changes {
+		k := c.key
+		if c.old != nil {
+			for _, pp := range c.old.pods {
+				pk := pp.Namespace + "/" + pp.Name
+				if _, ok := touchedPods[pk]; !ok {
+					touchedPods[pk] = nil
+				}
+				b.podSvcs[pk] = slices.DeleteFunc(slices.Clone(b.podSvcs[pk]), func(s string) bool { return s == k })
 			}
-			b.podSvcs[pk] = slices.DeleteFunc(slices.Clone(b.podSvcs[pk]), func(s string) bool { return s == k })
 		}
-		for _, pp := range part.pods {
+		if c.part == nil {
+			// Dropped: its conflicts go with it; its pods' other Services are
+			// recomputed below.
+			if len(c.old.diags) > 0 || len(b.conflicts[k]) > 0 {
+				b.staleDiags = true
+			}
+			delete(b.parts, k)
+			delete(b.meshed, k)
+			delete(b.conflicts, k)
+			dropped = true
+			continue
+		}
+		for _, pp := range c.part.pods {
 			pk := pp.Namespace + "/" + pp.Name
 			if touchedPods[pk] == nil {
 				touchedPods[pk] = &pp
@@ -287,20 +314,28 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 				b.podSvcs[pk] = slices.Insert(slices.Clone(b.podSvcs[pk]), i, k)
 			}
 		}
-		if !slices.Equal(old.diags, part.diags) {
+		if c.old == nil || !slices.Equal(c.old.diags, c.part.diags) {
 			b.staleDiags = true
 		}
-		b.parts[k] = part
-		b.svcs[b.index[k]] = part.svc
-		b.meshed[k] = part.svc
+		b.parts[k] = c.part
+		b.meshed[k] = c.part.svc
+		if c.old == nil {
+			added = append(added, k)
+		} else {
+			b.svcs[b.index[k]] = c.part.svc
+		}
 	}
-
+	if dropped || len(added) > 0 {
+		b.reorder(added)
+	}
 	// The Services whose conflicts may change: the rebuilt ones and every Service of a
 	// touched pod (before the change, a touched pod had the same Services but for
 	// rebuilt ones).
 	affected := map[string]bool{}
-	for _, k := range keys {
-		affected[k] = true
+	for _, c := range changes {
+		if c.part != nil {
+			affected[c.key] = true
+		}
 	}
 	for pk, pp := range touchedPods {
 		svcKeys := b.podSvcs[pk]
@@ -328,6 +363,31 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 	}
 	b.held = o.held
 	return true, nil
+}
+
+// reorder makes order, index and svcs hold the Services of parts again, after update
+// dropped some and added those of added: in the order of a full build (by namespace,
+// then name).
+func (b *builder) reorder(added []string) {
+	b.order = slices.DeleteFunc(b.order, func(k string) bool { return b.parts[k] == nil })
+	for _, k := range added {
+		i, _ := slices.BinarySearchFunc(b.order, k, compareKeys)
+		b.order = slices.Insert(b.order, i, k)
+	}
+	clear(b.index)
+	b.svcs = b.svcs[:0]
+	for i, k := range b.order {
+		b.index[k] = i
+		b.svcs = append(b.svcs, b.parts[k].svc)
+	}
+}
+
+// compareKeys orders Service keys ("namespace/name") by namespace, then name, as
+// rebuild sorts the Services: not as strings, where "a-b/x" comes before "a/y".
+func compareKeys(x, y string) int {
+	xn, xs, _ := strings.Cut(x, "/")
+	yn, ys, _ := strings.Cut(y, "/")
+	return cmp.Or(strings.Compare(xn, yn), strings.Compare(xs, ys))
 }
 
 // ownProxyMap makes b.proxies a map no snapshot shares, so that it can change.

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -88,10 +89,11 @@ func (w *incrementalWorld) randomPod(r *rand.Rand, ns string, i int) *corev1.Pod
 	return p
 }
 
-// randomService is a new state of one of ns's meshed Services, still meshed: random
-// mesh-* annotations (timeout, mTLS mode, a cluster policy), selector and target port.
+// randomService is a new state of one of ns's Services, or a new Service ("extra"):
+// meshed but one time in five, with random mesh-* annotations (timeout, mTLS mode, a
+// cluster policy), selector and target port.
 func (w *incrementalWorld) randomService(r *rand.Rand, ns string) *corev1.Service {
-	name := []string{"web", "api", "shared", "named", "manual"}[r.IntN(5)]
+	name := []string{"web", "api", "shared", "named", "manual", "unmeshed", "extra"}[r.IntN(7)]
 	var kv []string
 	if v := []string{"", "3s", "5s"}[r.IntN(3)]; v != "" {
 		kv = append(kv, mesh.AnnotationTimeout, v)
@@ -102,7 +104,10 @@ func (w *incrementalWorld) randomService(r *rand.Rand, ns string) *corev1.Servic
 	if r.IntN(2) == 0 {
 		kv = append(kv, mesh.AnnotationMaxConnections, fmt.Sprint(1+r.IntN(100)))
 	}
-	opts := []func(*corev1.Service){meshed, withAnnotations(kv...)}
+	opts := []func(*corev1.Service){withAnnotations(kv...)}
+	if r.IntN(5) > 0 {
+		opts = append(opts, meshed)
+	}
 	if name != "manual" {
 		opts = append(opts, withSelector([]map[string]string{{"app": "web"}, {"app": "api"}, {"tier": "shared"}}[r.IntN(3)]))
 	} else {
@@ -134,12 +139,12 @@ func (w *incrementalWorld) listers() (corelisters.ServiceLister, discoverylister
 		&buildOptions{namespaces: corelisters.NewNamespaceLister(w.nss)}
 }
 
-// TestIncrementalBuildEqualsFullBuild applies random sequences of EndpointSlice and Pod
-// changes (add, update, delete) and of updates of meshed Services that stay meshed
-// (annotations, selector, ports) and checks, after each, that the incremental build of
-// the Services the change touched (touchedServices, as the handlers attribute it) is the
-// same snapshot as a full build of the same listers, and that the previous snapshot was
-// not modified.
+// TestIncrementalBuildEqualsFullBuild applies random sequences of EndpointSlice, Pod and
+// Service changes (add, update, delete; Services joining and leaving the mesh, with
+// random annotations, selector and ports) and checks, after each, that the incremental
+// build of the Services the change touched (touchedServices, as the handlers attribute
+// it) is the same snapshot as a full build of the same listers, and that the previous
+// snapshot was not modified. None of these events makes a full build.
 func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 	// seen collects the diagnostics of the full builds, to check that the changes did
 	// reach the parts that span Services.
@@ -175,7 +180,7 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				cur, exists, _ := idx.GetByKey(key)
 				// The handlers run after the cache changed: apply, then attribute.
 				switch {
-				case exists && r.IntN(3) == 0 && kind != kindService:
+				case exists && r.IntN(3) == 0:
 					if err := idx.Delete(cur); err != nil {
 						t.Fatal(err)
 					}
@@ -203,8 +208,8 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if kind == kindService && b.wasFull {
-					t.Fatalf("step %d: the update of Service %s made a full build", step, key)
+				if b.wasFull {
+					t.Fatalf("step %d: the %s event of %s made a full build", step, kind, key)
 				}
 				full, _, err := build(sl, el, pl, nil, opts)
 				if err != nil {
@@ -264,8 +269,8 @@ func describeSnapshot(s *mesh.Snapshot) string {
 	return out
 }
 
-// TestIncrementalBuildsThroughInformers drives random pod and EndpointSlice changes
-// through the informers and checks that after each the published snapshot converges to
+// TestIncrementalBuildsThroughInformers drives random pod, EndpointSlice and Service
+// changes (Services created, updated and deleted) through the informers and checks that after each the published snapshot converges to
 // a full build of the informers' caches, and that the worker built incrementally.
 func TestIncrementalBuildsThroughInformers(t *testing.T) {
 	w := newIncrementalWorld(t)
@@ -282,23 +287,37 @@ func TestIncrementalBuildsThroughInformers(t *testing.T) {
 		ns := []string{"a", "b"}[r.IntN(2)]
 		var obj runtime.Object
 		var lister func() (metav1.Object, error)
-		if r.IntN(2) == 0 {
+		switch r.IntN(3) {
+		case 0:
 			p := w.randomPod(r, ns, r.IntN(6))
 			obj = p
 			lister = func() (metav1.Object, error) { return h.d.pods.Pods(ns).Get(p.Name) }
-		} else {
+		case 1:
 			svc := []string{"web", "api", "shared", "named", "manual"}[r.IntN(5)]
 			sl := w.randomSlice(r, ns, svc+"-0", svc)
 			obj = sl
 			lister = func() (metav1.Object, error) { return h.d.slices.EndpointSlices(ns).Get(sl.Name) }
+		default:
+			svc := w.randomService(r, ns)
+			obj = svc
+			lister = func() (metav1.Object, error) { return h.d.services.Services(ns).Get(svc.Name) }
 		}
+		// Services are deleted too, one event in four; the lister then has it no more.
 		_, err := lister()
-		h.apply(obj, err != nil)
+		deleted := false
+		if svc, isSvc := obj.(*corev1.Service); isSvc && err == nil && r.IntN(4) == 0 {
+			if err := h.client.CoreV1().Services(ns).Delete(context.Background(), svc.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			deleted = true
+		} else {
+			h.apply(obj, err != nil)
+		}
 		want := obj.(metav1.Object).GetResourceVersion()
 		deadline := time.Now().Add(waitFor)
 		for {
 			cur, err := lister()
-			if err == nil && cur.GetResourceVersion() == want {
+			if (deleted && err != nil) || (!deleted && err == nil && cur.GetResourceVersion() == want) {
 				full, _, err := build(h.d.services, h.d.slices, h.d.pods, nil, &buildOptions{namespaces: h.d.namespaces, defaultMTLS: h.d.opts.DefaultMTLS})
 				if err != nil {
 					t.Fatal(err)
