@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -30,7 +31,7 @@ import (
 // that the RBAC the product ships is the one under test: annotating a Namespace changes
 // the mode of its Services in the snapshot, an invalid value is reported as an Event on
 // the Namespace (written with that token) and counts as absent (the default mode), and the
-// ServiceAccounts come from the pods behind the endpoints.
+// ServiceAccounts come from the pods behind the endpoints. None of it makes a full build.
 func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts etcd and kube-apiserver: skipped with -short")
@@ -70,7 +71,9 @@ func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 	slice.Endpoints[0].TargetRef.Namespace, slice.Endpoints[0].TargetRef.UID = ns, created.UID
 	must(admin.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}))
 
-	d := New(client, Options{QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	reg := prometheus.NewRegistry()
+	d := New(client, Options{QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, Registerer: reg,
+		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- d.Run(runCtx) }()
@@ -158,6 +161,11 @@ func TestNamespaceMTLSWithTheAPIServer(t *testing.T) {
 
 	annotate(nil)
 	await("app-1 back to the default STRICT", mode(mesh.MTLSStrict))
+	// A Namespace's event rebuilds its Services, not the mesh: the only full build is
+	// the first.
+	if full := sumMetric(t, reg, "bearkong_discovery_builds_total", map[string]string{"kind": buildFull}); full != 1 {
+		t.Errorf("%v full builds, want 1 (the first)", full)
+	}
 }
 
 // bearkongClient applies manifests/bearkong's Namespace and RBAC with the admin client

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -129,7 +130,8 @@ func TestAuthorizationPoliciesWithTheAPIServer(t *testing.T) {
 		}
 	})
 
-	d := New(client, Options{QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AuthzClient: authz,
+	reg := prometheus.NewRegistry()
+	d := New(client, Options{QuietPeriod: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AuthzClient: authz, Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -247,6 +249,12 @@ spec:
 		svc := s.Service(ns, "app-3")
 		return svc != nil && svc.Authz == nil
 	})
+	// Policies are read on every build, so their events (and those of the statuses
+	// bearkong wrote) rebuild no Service: the only full build is the first.
+	if full, incremental := sumMetric(t, reg, "bearkong_discovery_builds_total", map[string]string{"kind": buildFull}),
+		sumMetric(t, reg, "bearkong_discovery_builds_total", map[string]string{"kind": buildIncremental}); full != 1 || incremental == 0 {
+		t.Errorf("%v full builds and %v incremental ones, want 1 (the first) and some", full, incremental)
+	}
 }
 
 func equalPolicy(a, b mesh.AuthzPolicy) bool {

@@ -238,7 +238,8 @@ func (b *builder) shareProxies(prev map[string]*mesh.Proxy) {
 
 // update recomputes the dirty Services and what depends on them: the proxies of the pods
 // they selected before or select now, and the conflicts of every Service of those pods.
-// A dirty Service that the lister holds meshed and the builder does not is added; one
+// A dirty Namespace (its name as the key) has its mode read again, and every Service of
+// it recomputed. A dirty Service that the lister holds meshed and the builder does not is added; one
 // the builder holds and the lister no longer has, or has unmeshed, is dropped. It
 // reports false, having changed nothing, when its state may no longer hold: the
 // quarantine changed, or the lister could not be read.
@@ -247,6 +248,21 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		return false, nil
 	}
 	defaultMTLS := o.defaultMTLS.Effective()
+	// A dirty Namespace (a key without a slash): its mode, then every Service of it that
+	// the builder holds, recomputed with it.
+	svcKeys := make(map[string]bool, len(dirty))
+	for k := range dirty {
+		if strings.Contains(k, "/") {
+			svcKeys[k] = true
+			continue
+		}
+		if err := b.updateNamespace(k, o.namespaces, defaultMTLS); err != nil {
+			return false, nil
+		}
+		for i := sort.Search(len(b.svcs), func(i int) bool { return b.svcs[i].Namespace >= k }); i < len(b.svcs) && b.svcs[i].Namespace == k; i++ {
+			svcKeys[b.order[i]] = true
+		}
+	}
 	// Each dirty Service's part before (nil: not in the snapshot) and after (nil: not
 	// in it any more).
 	type change struct {
@@ -254,7 +270,7 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		old, part *servicePart
 	}
 	var changes []change
-	for k := range dirty {
+	for k := range svcKeys {
 		old := b.parts[k]
 		ns, name, _ := strings.Cut(k, "/")
 		svc, err := services.Services(ns).Get(name)
@@ -363,6 +379,37 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 	}
 	b.held = o.held
 	return true, nil
+}
+
+// updateNamespace reads Namespace name's mode and diagnostic again (namespaceModes, for
+// one), into nsModes and nsDiags.
+func (b *builder) updateNamespace(name string, namespaces corelisters.NamespaceLister, defaultMTLS mesh.MTLSMode) error {
+	var mode mesh.MTLSMode
+	var diag *mesh.Diagnostic
+	if namespaces != nil {
+		ns, err := namespaces.Get(name)
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return err
+		default:
+			mode, diag = namespaceMode(ns, defaultMTLS)
+		}
+	}
+	if mode == "" {
+		delete(b.nsModes, name)
+	} else {
+		b.nsModes[name] = mode
+	}
+	// nsDiags is shared with the diagnostics of past snapshots: replaced, never modified.
+	diags := slices.DeleteFunc(slices.Clone(b.nsDiags), func(d mesh.Diagnostic) bool { return d.Name == name })
+	if diag != nil {
+		diags = append(diags, *diag)
+	}
+	if !slices.Equal(diags, b.nsDiags) {
+		b.nsDiags, b.staleDiags = diags, true
+	}
+	return nil
 }
 
 // reorder makes order, index and svcs hold the Services of parts again, after update

@@ -19,20 +19,19 @@ import (
 
 // Incremental builds. In a mesh of thousands of Services most events are endpoint and
 // pod changes of one Service, and rebuilding every Service from the listers for each
-// made one change cost time in proportion to the whole mesh. So the handlers record which
-// Services an EndpointSlice, Pod or Service event touches, and the next build recomputes only
+// made one change cost time in proportion to the whole mesh. So the handlers record
+// which Services an event touches (touchedServices), and the next build recomputes only
 // those (builder.build with a dirty set), reusing the other Services' parts of the last
 // build. Everything that depends on more than one Service (the Proxies map, the
 // mesh-timeout and mTLS conflicts between Services that share pods, HTTPRoutes and
 // AuthorizationPolicies) is still computed from all the parts on every build; it reads
-// no lister but the routes' and the Namespaces'.
+// no lister but the routes' and the policies'.
 //
-// A Service's event touches that Service alone too, whether it adds, deletes or
-// updates it (at S=10,000 a full build for one Service cost 0.7 CPU-seconds, and a new
-// Service took 1.1 s to reach the proxies). Any other event (a Namespace, an HTTPRoute,
-// an AuthorizationPolicy, a tombstone without an object, a quarantine decision) makes
-// the next build a full one, and so does the first build and one every fullBuildEvery,
-// as a safety net.
+// Every kind of event is attributed: a Service added or deleted touches that Service
+// alone (at S=10,000 a full build for one Service cost 0.7 CPU-seconds, and a new
+// Service took 1.1 s to reach the proxies); a Namespace, its Services. Only a tombstone
+// without an object and a quarantine decision make the next build a full one, and so do
+// the first build and one every fullBuildEvery, as a safety net.
 
 // fullBuildEvery bounds the time between full builds.
 const fullBuildEvery = 5 * time.Minute
@@ -50,6 +49,10 @@ const fullBuildEvery = 5 * time.Minute
 //     or new labels (their proxies and named target ports), and the Services whose
 //     slices name the pod (their ServiceAccounts, endpointServiceAccounts).
 //   - A Service's event touches that Service.
+//   - A Namespace's touches the Namespace (its name, no slash), and through it each of
+//     its meshed Services.
+//   - An HTTPRoute's or an AuthorizationPolicy's touches none: what they change is
+//     computed on every build.
 func touchedServices(services corelisters.ServiceLister, sliceIdx cache.Indexer, kind string, oldObj, obj any) (keys []string, ok bool) {
 	if obj == nil {
 		return nil, false // a tombstone without an object: nothing to attribute
@@ -118,6 +121,19 @@ func touchedServices(services corelisters.ServiceLister, sliceIdx cache.Indexer,
 			return nil, false
 		}
 		return []string{svc.Namespace + "/" + svc.Name}, true
+	case kindNamespace:
+		// A Namespace's mesh-mtls is the mode of its Services that have none of their
+		// own: its name asks builder.update to read the mode again and rebuild them.
+		ns, isNS := obj.(*corev1.Namespace)
+		if !isNS {
+			return nil, false
+		}
+		return []string{ns.Name}, true
+	case kindHTTPRoute, kindAuthzPolicy:
+		// Read on every build from all of them (builder.snapshot's routeRules, and
+		// authorize after it), on top of the parts, which they do not change: a build
+		// with nothing to recompute.
+		return nil, true
 	}
 	return nil, false
 }

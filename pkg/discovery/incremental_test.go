@@ -121,6 +121,16 @@ func (w *incrementalWorld) randomService(r *rand.Rand, ns string) *corev1.Servic
 	return svc
 }
 
+// randomNamespace is Namespace ns with a random mesh-mtls annotation, none, valid or
+// invalid.
+func randomNamespace(r *rand.Rand, ns string) *corev1.Namespace {
+	n := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, ResourceVersion: fmt.Sprint(r.Int())}}
+	if v := []string{"", "STRICT", "PERMISSIVE", "DISABLED", "bogus"}[r.IntN(5)]; v != "" {
+		n.Annotations = map[string]string{mesh.AnnotationMTLS: v}
+	}
+	return n
+}
+
 // randomSlice is a slice of svc in ns naming random pods, ready or not.
 func (w *incrementalWorld) randomSlice(r *rand.Rand, ns, name, svc string) *discoveryv1.EndpointSlice {
 	var eps []discoveryv1.Endpoint
@@ -139,9 +149,9 @@ func (w *incrementalWorld) listers() (corelisters.ServiceLister, discoverylister
 		&buildOptions{namespaces: corelisters.NewNamespaceLister(w.nss)}
 }
 
-// TestIncrementalBuildEqualsFullBuild applies random sequences of EndpointSlice, Pod and
-// Service changes (add, update, delete; Services joining and leaving the mesh, with
-// random annotations, selector and ports) and checks, after each, that the incremental
+// TestIncrementalBuildEqualsFullBuild applies random sequences of EndpointSlice, Pod,
+// Service and Namespace changes (add, update, delete; Services joining and leaving the
+// mesh, with random annotations, selector and ports; Namespaces' mesh-mtls) and checks, after each, that the incremental
 // build of the Services the change touched (touchedServices, as the handlers attribute
 // it) is the same snapshot as a full build of the same listers, and that the previous
 // snapshot was not modified. None of these events makes a full build.
@@ -164,13 +174,17 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 				var kind string
 				var oldObj, obj any
 				var idx cache.Indexer
-				switch r.IntN(3) {
+				switch r.IntN(4) {
 				case 0:
 					kind, idx = kindPod, w.pods
 					obj = w.randomPod(r, ns, r.IntN(6))
 				case 1:
 					kind, idx = kindService, w.svcs
 					obj = w.randomService(r, ns)
+				case 2:
+					// Namespace c has no Service: created and deleted as well.
+					kind, idx = kindNamespace, w.nss
+					obj = randomNamespace(r, []string{"a", "b", "c"}[r.IntN(3)])
 				default:
 					kind, idx = kindEndpointSlice, w.slices
 					svc := []string{"web", "api", "shared", "named", "manual", "unmeshed"}[r.IntN(6)]
@@ -229,7 +243,7 @@ func TestIncrementalBuildEqualsFullBuild(t *testing.T) {
 			}
 		})
 	}
-	for _, reason := range []string{mesh.ReasonConflictingPolicies, mesh.ReasonConflictingMTLSModes, mesh.ReasonNoEndpointSlices} {
+	for _, reason := range []string{mesh.ReasonConflictingPolicies, mesh.ReasonConflictingMTLSModes, mesh.ReasonNoEndpointSlices, mesh.ReasonInvalidAnnotation} {
 		if !seen[reason] {
 			t.Errorf("no full build had a %s diagnostic: the random changes miss a part of the build", reason)
 		}

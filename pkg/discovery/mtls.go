@@ -32,22 +32,33 @@ func namespaceModes(lister corelisters.NamespaceLister, defaultMode mesh.MTLSMod
 	}
 	var diags []mesh.Diagnostic
 	for _, ns := range list {
-		v, ok := ns.Annotations[mesh.AnnotationMTLS]
-		if !ok {
-			continue
+		m, d := namespaceMode(ns, defaultMode)
+		if d != nil {
+			diags = append(diags, *d)
 		}
-		m, err := mesh.ParseMTLSMode(v)
-		if err != nil {
-			diags = append(diags, mesh.Diagnostic{
-				Kind: KindNamespace, Name: ns.Name, Reason: mesh.ReasonInvalidAnnotation, Event: true,
-				Message: mesh.InvalidAnnotationMessage(mesh.AnnotationMTLS, v, err,
-					fmt.Sprintf("the Namespace's Services without a %s of their own get the control plane's default mode (%s)", mesh.AnnotationMTLS, defaultMode)),
-			})
-			continue
+		if m != "" {
+			out[ns.Name] = m
 		}
-		out[ns.Name] = m
 	}
 	return out, diags, nil
+}
+
+// namespaceMode is one Namespace's part of namespaceModes: its mode ("" when its
+// annotation is absent or invalid) and the diagnostic of an invalid one.
+func namespaceMode(ns *corev1.Namespace, defaultMode mesh.MTLSMode) (mesh.MTLSMode, *mesh.Diagnostic) {
+	v, ok := ns.Annotations[mesh.AnnotationMTLS]
+	if !ok {
+		return "", nil
+	}
+	m, err := mesh.ParseMTLSMode(v)
+	if err != nil {
+		return "", &mesh.Diagnostic{
+			Kind: KindNamespace, Name: ns.Name, Reason: mesh.ReasonInvalidAnnotation, Event: true,
+			Message: mesh.InvalidAnnotationMessage(mesh.AnnotationMTLS, v, err,
+				fmt.Sprintf("the Namespace's Services without a %s of their own get the control plane's default mode (%s)", mesh.AnnotationMTLS, defaultMode)),
+		}
+	}
+	return m, nil
 }
 
 // serviceMTLS works out a Service's mode: its own mesh-mtls, else its Namespace's, else
