@@ -50,6 +50,7 @@ func TestCodecBytes(t *testing.T) {
 		// body is written, and a response unlike them must not find one.
 		"large, unknown any fields (fallback)": {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Resources: []*anypb.Any{big.Any, withUnknown(small.Any)}},
 		"large, nil any (fallback)":            {VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Resources: []*anypb.Any{big.Any, nil}},
+		"many, unknown any fields (fallback)":  {VersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "8", Resources: append(slices.Clone(many[:40]), withUnknown(small.Any))},
 		"large, unknown fields (fallback)":     withUnknownResponse(&discoveryv3.DiscoveryResponse{VersionInfo: "abc", TypeUrl: resource.Endpoint.URL(), Nonce: "99999", Resources: []*anypb.Any{big.Any, small.Any}}),
 	}
 	checkCodecBytes(t, cases, func() *discoveryv3.DiscoveryResponse { return &discoveryv3.DiscoveryResponse{} })
@@ -320,6 +321,8 @@ func TestDeltaCodecBytes(t *testing.T) {
 			Resources: []*discoveryv3.Resource{big, {Name: "n", Aliases: []string{"m"}}}},
 		"large, unknown any fields (fallback)": {SystemVersionInfo: "abc", TypeUrl: resource.Endpoint.URL(),
 			Resources: []*discoveryv3.Resource{big, {Name: "n", Resource: withUnknown(small.Resource)}}},
+		"many, aliases (fallback)": {SystemVersionInfo: "v", TypeUrl: resource.Cluster.URL(), Nonce: "8",
+			Resources: append(slices.Clone(many[:40]), &discoveryv3.Resource{Name: "n", Aliases: []string{"m"}})},
 	}
 	checkCodecBytes(t, cases, func() *discoveryv3.DeltaDiscoveryResponse { return &discoveryv3.DeltaDiscoveryResponse{} })
 }
