@@ -239,10 +239,10 @@ func (b *builder) shareProxies(prev map[string]*mesh.Proxy) {
 // update recomputes the dirty Services and what depends on them: the proxies of the pods
 // they selected before or select now, and the conflicts of every Service of those pods.
 // A dirty Namespace (its name as the key) has its mode read again, and every Service of
-// it recomputed. A dirty Service that the lister holds meshed and the builder does not is added; one
-// the builder holds and the lister no longer has, or has unmeshed, is dropped. It
-// reports false, having changed nothing, when its state may no longer hold: the
-// quarantine changed, or the lister could not be read.
+// it recomputed. A dirty Service that the lister holds meshed and the builder does not
+// is added; one the builder holds and the lister no longer has, or has unmeshed, is
+// dropped. It reports false when its state may no longer hold (the quarantine changed,
+// or a lister could not be read), which calls for a full build.
 func (b *builder) update(dirty map[string]bool, services corelisters.ServiceLister, endpointSlices discoverylisters.EndpointSliceLister, pods corelisters.PodLister, o *buildOptions) (bool, error) {
 	if !sameHolds(b.held, o.held) {
 		return false, nil
@@ -401,7 +401,7 @@ func (b *builder) updateNamespace(name string, namespaces corelisters.NamespaceL
 	} else {
 		b.nsModes[name] = mode
 	}
-	// nsDiags is shared with the diagnostics of past snapshots: replaced, never modified.
+	// A new slice, compared with the old one.
 	diags := slices.DeleteFunc(slices.Clone(b.nsDiags), func(d mesh.Diagnostic) bool { return d.Name == name })
 	if diag != nil {
 		diags = append(diags, *diag)
