@@ -119,17 +119,7 @@ func BenchmarkBuildPerChange(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				oldObj, obj := change()
-				keys, ok := touchedServices(sl, slices, kindEndpointSlice, oldObj, obj)
-				if !ok || len(keys) == 0 {
-					b.Fatalf("change not attributed: %v", keys)
-				}
-				dirty := map[string]bool{}
-				for _, k := range keys {
-					dirty[k] = true
-				}
-				if _, _, err := bl.build(dirty, sl, el, pl, nil, opts); err != nil {
-					b.Fatal(err)
-				}
+				buildChange(b, &bl, kindEndpointSlice, oldObj, obj, sl, slices, el, pl, opts)
 			}
 		})
 		b.Run(fmt.Sprintf("S=%d/service-add-or-delete", s), func(b *testing.B) {
@@ -151,22 +141,29 @@ func BenchmarkBuildPerChange(b *testing.B) {
 				} else if err := svcs.Add(extra); err != nil {
 					b.Fatal(err)
 				}
-				keys, ok := touchedServices(sl, slices, kindService, nil, extra)
-				if !ok || len(keys) == 0 {
-					b.Fatalf("change not attributed: %v", keys)
-				}
-				dirty := map[string]bool{}
-				for _, k := range keys {
-					dirty[k] = true
-				}
-				if _, _, err := bl.build(dirty, sl, el, pl, nil, opts); err != nil {
-					b.Fatal(err)
-				}
-				if bl.wasFull {
-					b.Fatal("a full build")
-				}
+				buildChange(b, &bl, kindService, nil, extra, sl, slices, el, pl, opts)
 			}
 		})
+	}
+}
+
+// buildChange is what the worker does for one event: the handler's attribution
+// (touchedServices), then an incremental build of the Services it names.
+func buildChange(b *testing.B, bl *builder, kind string, oldObj, obj any, sl corelisters.ServiceLister, sliceIdx cache.Indexer,
+	el discoverylisters.EndpointSliceLister, pl corelisters.PodLister, opts *buildOptions) {
+	keys, ok := touchedServices(sl, sliceIdx, kind, oldObj, obj)
+	if !ok || len(keys) == 0 {
+		b.Fatalf("change not attributed: %v", keys)
+	}
+	dirty := map[string]bool{}
+	for _, k := range keys {
+		dirty[k] = true
+	}
+	if _, _, err := bl.build(dirty, sl, el, pl, nil, opts); err != nil {
+		b.Fatal(err)
+	}
+	if bl.wasFull {
+		b.Fatal("a full build")
 	}
 }
 
