@@ -250,17 +250,17 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 	defaultMTLS := o.defaultMTLS.Effective()
 	// A dirty Namespace (a key without a slash): its mode, then every Service of it that
 	// the builder holds, recomputed with it.
-	svcKeys := make(map[string]bool, len(dirty))
+	dirtySvcs := make(map[string]bool, len(dirty))
 	for k := range dirty {
 		if strings.Contains(k, "/") {
-			svcKeys[k] = true
+			dirtySvcs[k] = true
 			continue
 		}
 		if err := b.updateNamespace(k, o.namespaces, defaultMTLS); err != nil {
 			return false, nil
 		}
 		for i := sort.Search(len(b.svcs), func(i int) bool { return b.svcs[i].Namespace >= k }); i < len(b.svcs) && b.svcs[i].Namespace == k; i++ {
-			svcKeys[b.order[i]] = true
+			dirtySvcs[b.order[i]] = true
 		}
 	}
 	// Each dirty Service's part before (nil: not in the snapshot) and after (nil: not
@@ -270,7 +270,7 @@ func (b *builder) update(dirty map[string]bool, services corelisters.ServiceList
 		old, part *servicePart
 	}
 	var changes []change
-	for k := range svcKeys {
+	for k := range dirtySvcs {
 		old := b.parts[k]
 		ns, name, _ := strings.Cut(k, "/")
 		svc, err := services.Services(ns).Get(name)
