@@ -180,42 +180,122 @@ func TestCodecRequests(t *testing.T) {
 
 func runtimeKeepAlive(x any) { runtime.KeepAlive(x) }
 
+// TestCodecRecentNames: on a stream, a request whose names are byte for byte those of the
+// last request of its type that named a live list takes that list again (recentNames),
+// and every request still decodes as proto.Unmarshal decodes it: other names of the
+// same count and size, another type, another order, names split by another field.
+func TestCodecRecentNames(t *testing.T) {
+	set := resource.NewSet(
+		res(t, resource.Endpoint, "a.default", "1"), res(t, resource.Endpoint, "b.default", "1"),
+		res(t, resource.Endpoint, "c.default", "1"), res(t, resource.Endpoint, "d.default", "1"))
+	defer runtimeKeepAlive(set)
+	envoy := []string{"d.default", "c.default", "b.default", "a.default"}
+	marshal := func(r *discoveryv3.DiscoveryRequest) []byte {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	// Names, then the type URL, then more names: proto.Unmarshal appends them all.
+	split := protowire.AppendString(protowire.AppendTag(nil, fieldReqResourceNames, protowire.BytesType), "d.default")
+	split = protowire.AppendString(protowire.AppendTag(split, fieldReqTypeURL, protowire.BytesType), resource.Endpoint.URL())
+	for _, n := range envoy[1:] {
+		split = protowire.AppendString(protowire.AppendTag(split, fieldReqResourceNames, protowire.BytesType), n)
+	}
+	recent := &recentNames{}
+	steps := []struct {
+		name   string
+		b      []byte
+		shared bool // decodes to the set's own list
+		hits   int  // recent.hits after the step
+	}{
+		{"first ACK, in Envoy's order", marshal(req(resource.Endpoint, "v1", "1", envoy...)), true, 0},
+		{"next ACK, same names", marshal(req(resource.Endpoint, "v2", "2", envoy...)), true, 1},
+		{"same count and size, one name other", marshal(req(resource.Endpoint, "v2", "3", "d.default", "c.default", "b.default", "e.default")), false, 1},
+		{"the set's names again", marshal(req(resource.Endpoint, "v3", "4", envoy...)), true, 2},
+		// Lists are shared by their names, whatever the type; the type has an entry of its own.
+		{"another type, same names", marshal(req(resource.Route, "v1", "5", envoy...)), true, 2},
+		{"that type again", marshal(req(resource.Route, "v2", "6", envoy...)), true, 3},
+		{"names split by another field", split, true, 3},
+		{"sorted order", marshal(req(resource.Endpoint, "v3", "7", set.Names()...)), true, 3},
+		{"sorted order again", marshal(req(resource.Endpoint, "v4", "8", set.Names()...)), true, 4},
+		{"Envoy's order after it", marshal(req(resource.Endpoint, "v4", "9", envoy...)), true, 4},
+		{"a NACK with the same names", marshal(nack(resource.Endpoint, "v4", "10", "bad", envoy...)), true, 5},
+	}
+	for _, st := range steps {
+		want := &discoveryv3.DiscoveryRequest{}
+		if err := proto.Unmarshal(st.b, want); err != nil {
+			t.Fatal(err)
+		}
+		got := &sotwRequest{DiscoveryRequest: &discoveryv3.DiscoveryRequest{}, recent: recent}
+		if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(st.b)}, got); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if d := cmp.Diff(want, got.DiscoveryRequest, protocmp.Transform(), protocmp.SortRepeatedFields(&discoveryv3.DiscoveryRequest{}, "resource_names")); d != "" {
+			t.Fatalf("%s: (-proto.Unmarshal +codec):\n%s", st.name, d)
+		}
+		if shared := unsafe.SliceData(got.ResourceNames) == unsafe.SliceData(set.Names()); shared != st.shared {
+			t.Errorf("%s: the set's own list = %v, want %v", st.name, shared, st.shared)
+		}
+		if recent.hits != st.hits {
+			t.Errorf("%s: %d requests found their names in recentNames, want %d", st.name, recent.hits, st.hits)
+		}
+	}
+}
+
 // BenchmarkEDSAck measures what one proxy's EDS ACK costs the server at 1000 names:
 // decoding the request, then the session's handling of it. Envoy repeats its whole
 // subscription in every request, in watch order (newest first, so the reverse of the
 // order in which it created the clusters: sorted order reversed after an initial sync).
+// "envoy/stream" decodes as the server's stream does, which finds the names of the
+// previous ACK again (recentNames).
 func BenchmarkEDSAck(b *testing.B) {
 	w := newFanOutWorld(b, 1000)
-	for _, order := range []string{"sorted", "envoy"} {
+	for _, order := range []string{"sorted", "envoy", "envoy/stream"} {
 		b.Run("names=1000/order="+order, func(b *testing.B) {
 			s := newSession(nil, nil)
 			syncSession(b, s, w)
 			names := slices.Clone(w.clusters.Names())
-			if order == "envoy" {
+			if order != "sorted" {
 				slices.Reverse(names)
 			}
-			benchmarkACK(b, s, resource.Endpoint, names)
+			benchmarkACK(b, s, resource.Endpoint, names, order == "envoy/stream")
 		})
 	}
 }
 
 // benchmarkACK measures decoding and handling the ACK of a synced session's last
 // response of t, naming names.
-func benchmarkACK(b *testing.B, s *session, t resource.Type, names []string) {
+//
+// With stream, the request is decoded as a stream's is, which remembers the names of its
+// last request (recentNames): the first ACK looks them up, every other finds them there.
+func benchmarkACK(b *testing.B, s *session, t resource.Type, names []string, stream bool) {
 	ts := &s.types[t]
 	raw, err := proto.Marshal(req(t, ts.version, ts.nonce, names...))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	recent := &recentNames{}
 	for b.Loop() {
-		var r discoveryv3.DiscoveryRequest
-		if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &r); err != nil {
+		var v any = &discoveryv3.DiscoveryRequest{}
+		if stream {
+			v = &sotwRequest{DiscoveryRequest: &discoveryv3.DiscoveryRequest{}, recent: recent}
+		}
+		if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, v); err != nil {
 			b.Fatal(err)
 		}
-		if out, resps := s.onRequest(t, &r); out.kind != ACK || len(resps) != 0 {
+		r, ok := v.(*discoveryv3.DiscoveryRequest)
+		if !ok {
+			r = v.(*sotwRequest).DiscoveryRequest
+		}
+		if out, resps := s.onRequest(t, r); out.kind != ACK || len(resps) != 0 {
 			b.Fatalf("%v, %d responses", out.kind, len(resps))
 		}
+	}
+	if stream {
+		b.ReportMetric(float64(recent.hits), "hits")
 	}
 }
 
@@ -412,6 +492,46 @@ func TestCodecDeltaRequests(t *testing.T) {
 
 // FuzzCodecDeltaRequest: whatever the bytes, the codec decodes a delta request as
 // proto.Unmarshal does, or fails where it fails.
+// FuzzCodecRequest holds the state-of-the-world request fast path to proto.Unmarshal's
+// result, alone and as a stream decodes it (twice, the second time from recentNames),
+// with names that are a live list's or not, long or short.
+func FuzzCodecRequest(f *testing.F) {
+	set := resource.NewSet(res(f, resource.Endpoint, "a.default", "1"), res(f, resource.Endpoint, "b.default", "1"),
+		res(f, resource.Endpoint, strings.Repeat("l", 130)+".default", "1"))
+	defer runtimeKeepAlive(set)
+	long := set.Names()[2]
+	for _, in := range []*discoveryv3.DiscoveryRequest{
+		req(resource.Endpoint, "v1", "1", "b.default", "a.default", long),
+		req(resource.Endpoint, "v1", "1", long, "a.default", "b.default"),
+		req(resource.Endpoint, "v1", "1", "a.default", "a.default"),
+		{Node: &corev3.Node{Id: "a.default"}, TypeUrl: resource.Cluster.URL(), ErrorDetail: &status.Status{Message: "x"}},
+	} {
+		b, _ := proto.Marshal(in)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := &discoveryv3.DiscoveryRequest{}
+		werr := proto.Unmarshal(b, want)
+		recent := &recentNames{}
+		for i, v := range []any{&discoveryv3.DiscoveryRequest{}, &sotwRequest{DiscoveryRequest: &discoveryv3.DiscoveryRequest{}, recent: recent},
+			&sotwRequest{DiscoveryRequest: &discoveryv3.DiscoveryRequest{}, recent: recent}} {
+			gerr := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, v)
+			if (werr == nil) != (gerr == nil) {
+				t.Fatalf("decode %d: proto.Unmarshal: %v; codec: %v", i, werr, gerr)
+			}
+			got, ok := v.(*discoveryv3.DiscoveryRequest)
+			if !ok {
+				got = v.(*sotwRequest).DiscoveryRequest
+			}
+			if werr == nil {
+				if d := cmp.Diff(want, got, protocmp.Transform(), protocmp.SortRepeatedFields(&discoveryv3.DiscoveryRequest{}, "resource_names")); d != "" {
+					t.Fatalf("decode %d: (-proto.Unmarshal +codec):\n%s", i, d)
+				}
+			}
+		}
+	})
+}
+
 func FuzzCodecDeltaRequest(f *testing.F) {
 	for _, in := range []*discoveryv3.DeltaDiscoveryRequest{
 		{Node: &corev3.Node{Id: "a.default"}, TypeUrl: resource.Endpoint.URL(), ResourceNamesSubscribe: []string{"a", "b"}},

@@ -63,6 +63,6 @@ func BenchmarkTwoSetRDS(b *testing.B) {
 	b.Run(fmt.Sprintf("sotw/ack/services=%d", services), func(b *testing.B) {
 		s := newSession(nil, nil)
 		syncRDS(b, s, w.proxy(0), names)
-		benchmarkACK(b, s, resource.Route, names)
+		benchmarkACK(b, s, resource.Route, names, false)
 	})
 }

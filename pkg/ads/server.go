@@ -223,7 +223,15 @@ type protocol interface {
 // StreamAggregatedResources serves one proxy's state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	p := &sotw{gs: gs, sess: newSession(s.metrics, nil), keep: s.observe != nil}
-	return s.serve(gs.Context(), p, func() (request, error) { return gs.Recv() })
+	r := &sotwRequest{recent: &recentNames{}}
+	return s.serve(gs.Context(), p, func() (request, error) {
+		// Not gs.Recv: the codec finds a request's names in the stream's recentNames.
+		r.DiscoveryRequest = &discoveryv3.DiscoveryRequest{}
+		if err := gs.RecvMsg(r); err != nil {
+			return nil, err
+		}
+		return r.DiscoveryRequest, nil
+	})
 }
 
 // serve runs one stream of either protocol until it ends.
