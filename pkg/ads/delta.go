@@ -383,8 +383,7 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *
 		// name per type per proxy was most of a delta reconnect's memory).
 		v := s.cur.Views[t]
 		ts.sentView = v
-		covered := coveredBy(ts.sub, v)
-		if initial.sameAs(covered) {
+		if initial.sameAsCovered(ts.sub, v) {
 			// Exactly what it covers, as it is: nothing to record, and no entry to
 			// look at (see resourceVersions). What it subscribed to, it holds; a
 			// name to answer that it holds is answered.
@@ -396,6 +395,7 @@ func (s *deltaSession) initialVersions(t resource.Type, ts *deltaType, initial *
 			}
 			return
 		}
+		covered := coveredBy(ts.sub, v)
 		var lacks []string
 		declared := 0 // entries of initial that name a covered resource
 		for _, r := range covered {

@@ -3,6 +3,7 @@ package ads
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -391,5 +392,63 @@ func TestCoveredSum(t *testing.T) {
 	}
 	if sumOf(one) == sumOf(two) {
 		t.Fatal("two lists of other versions have the same sum")
+	}
+}
+
+// TestSameAsCovered: whether a reconnecting client's entries are exactly what its
+// subscription covers, worked out without building that list, is what the list says:
+// for views of a shared set and a proxy's own, and subscriptions by wildcard, to one
+// set's names, to both sets' and to some of them.
+func TestSameAsCovered(t *testing.T) {
+	var shared, own []*resource.Resource
+	for i := range 2 * minCachedSum {
+		shared = append(shared, res(t, resource.Cluster, fmt.Sprint("svc-", i), "1"))
+	}
+	own = append(own, res(t, resource.Cluster, "local-app", "1"))
+	sharedSet, ownSet := resource.NewSet(shared...), resource.NewSet(own...)
+	view := resource.View{sharedSet, ownSet}
+	all := resource.CanonicalNames(view, append(slices.Clone(sharedSet.Names()), "local-app"))
+	slices.Sort(all.List())
+	some := []string{"local-app", "svc-1", "svc-2"}
+	subs := map[string]subscription{
+		"wildcard":        {wildcard: true},
+		"the shared set":  {names: sharedSet.Names()},
+		"the own set":     {names: ownSet.Names()},
+		"both sets":       {names: all.List()},
+		"some names":      {names: some},
+		"some and absent": {names: append(slices.Clone(some), "svc-absent")},
+	}
+	for name, sub := range subs {
+		covered := coveredBy(sub, view)
+		held := map[string]string{}
+		for _, r := range covered {
+			held[r.Name] = r.Hash
+		}
+		other := res(t, resource.Cluster, "x", "2").Hash
+		for entries, same := range map[string]bool{"exactly": true, "one changed": false, "one missing": false, "one more": false, "and *": true} {
+			m := maps.Clone(held)
+			switch entries {
+			case "one changed":
+				m[covered[0].Name] = other
+			case "one missing":
+				delete(m, covered[len(covered)-1].Name)
+			case "one more":
+				m["svc-gone"] = other
+			case "and *":
+				m["*"] = ""
+			}
+			b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.Cluster.URL(), InitialResourceVersions: m})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := newDeltaRequest()
+			if _, err := decodeVersions(t, r, b); err != nil {
+				t.Fatal(err)
+			}
+			if got := r.initial().sameAsCovered(sub, view); got != same {
+				t.Errorf("%s, entries %s: sameAsCovered = %v, want %v", name, entries, got, same)
+			}
+			r.versions.release()
+		}
 	}
 }

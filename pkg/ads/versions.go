@@ -176,13 +176,52 @@ func (v *resourceVersions) addRaw(entry, key, value []byte, room int) {
 	v.sum += entryHash(key, value)
 }
 
-// sameAs reports whether the entries are exactly the resources rs, each at its content
-// hash, "*" aside. It does not decode the entries.
-func (v *resourceVersions) sameAs(rs []*resource.Resource) bool {
-	if v.m != nil || v.raw == nil || v.count != len(rs) {
+// sameAsCovered reports whether the entries are exactly the resources that sub covers in
+// view (coveredBy), each at its content hash, "*" aside. It decodes no entry and builds
+// no list: what a wildcard covers is every set of view (a view's sets never share a
+// name), each set's sum worked out once for every proxy (coveredSum); a subscription to
+// exactly a set's names is that set; only another subscription is looked up name by name.
+//
+// Why: a proxy's clusters and scopes are a shared set and one of its own, which coveredBy
+// merges into a new list, per proxy and per type, whose sum coveredSum then cannot find.
+// When a fleet reconnects at once, those lists are garbage on top of the requests.
+func (v *resourceVersions) sameAsCovered(sub subscription, view resource.View) bool {
+	if v.m != nil || v.raw == nil {
 		return false
 	}
-	return coveredSum(rs) == v.sum
+	var sets []*resource.Set
+	if sub.wildcard {
+		sets = view
+	} else {
+		for _, set := range view {
+			if sameSlice(sub.names, set.Names()) {
+				sets = []*resource.Set{set}
+				break
+			}
+		}
+	}
+	if sets == nil {
+		count, sum := 0, uint64(0)
+		for _, n := range sub.names {
+			if r, ok := view.Get(n); ok {
+				count++
+				sum += entryHash(r.Name, r.Hash)
+			}
+		}
+		return count == v.count && sum == v.sum
+	}
+	count := 0
+	for _, set := range sets {
+		count += set.Len()
+	}
+	if count != v.count {
+		return false
+	}
+	var sum uint64
+	for _, set := range sets {
+		sum += coveredSum(set.All())
+	}
+	return sum == v.sum
 }
 
 // coveredSum returns the sum of entryHash over rs, from coveredSums when rs is a list it
