@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"testing"
 
@@ -156,6 +157,31 @@ func BenchmarkProxy(b *testing.B) {
 				b.StartTimer()
 				if _, err := fresh.Proxy(nodes[i%len(nodes)]); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+		// What a change costs the proxies that it did not touch: the next snapshot holds
+		// the same *mesh.Service objects (discovery hands over those of the Services that
+		// did not change) and one Service more, and every proxy asks for its config again.
+		// Reported per snapshot, for one proxy of each Service.
+		b.Run(fmt.Sprintf("services=%d/next-snapshot", n), func(b *testing.B) {
+			b.ReportAllocs()
+			extra := &mesh.Service{Namespace: "zz-new", Name: "svc-new", Ports: snap.Services[0].Ports}
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				next := &mesh.Snapshot{Services: append(slices.Clone(snap.Services), extra), Proxies: snap.Proxies}
+				if i%2 == 1 {
+					next.Services = slices.Clone(snap.Services)
+				}
+				fresh, err := New(next)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				for _, nd := range nodes {
+					if _, err := fresh.Proxy(nd); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
 		})

@@ -202,13 +202,39 @@ func TestProxySetsSharedAcrossSnapshots(t *testing.T) {
 	changed := *b.Services[1]
 	changed.Endpoints = append(slices.Clone(changed.Endpoints), mesh.Endpoint{IP: "10.9.9.9", Pod: "new"})
 	b.Services[1] = &changed
-	for _, n := range []Node{nodeApp1A, nodeLocal} {
+	for _, n := range []Node{nodeApp1A, nodeApp2A, nodeLocal} {
 		pa, pb := mustProxy(t, mustNew(t, a), n), mustProxy(t, mustNew(t, b), n)
+		if n.ID == nodeApp2A.ID {
+			// It serves app-2, which changed: its inbound routes are built again, the
+			// same, as the endpoints are not in them.
+			if pa.Views[resource.Route][1] == pb.Views[resource.Route][1] || pa.Views[resource.Route][1].Version() != pb.Views[resource.Route][1].Version() {
+				t.Errorf("%s: the inbound routes of a changed Service are not built again, or differ", n.ID)
+			}
+			continue
+		}
 		if pa.Views[resource.Listener][0] != pb.Views[resource.Listener][0] {
 			t.Errorf("%s: the listeners are a new set in the next snapshot", n.ID)
 		}
 		if pa.Views[resource.Cluster][1] != pb.Views[resource.Cluster][1] {
 			t.Errorf("%s: the local-app cluster is a new set in the next snapshot", n.ID)
+		}
+		if n.ID == nodeApp1A.ID {
+			// It serves app-1, which the change did not touch: its inbound routes are the
+			// same set, its namespace's short-name scopes the same resources.
+			if pa.Views[resource.Route][1] != pb.Views[resource.Route][1] {
+				t.Errorf("%s: the inbound routes are a new set in the next snapshot", n.ID)
+			}
+			if ra, rb := pa.Views[resource.ScopedRoute][1].All(), pb.Views[resource.ScopedRoute][1].All(); len(ra) != 2 || len(rb) != 2 || ra[0] != rb[0] {
+				t.Errorf("%s: app-1's short-name scope is a new resource in the next snapshot", n.ID)
+			}
+			deny, err := NewWithOptions(b, Options{DefaultDeny: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pd := mustProxy(t, deny, n)
+			if pd.Views[resource.Route][1] == pb.Views[resource.Route][1] || pd.Views[resource.Route].Version() == pb.Views[resource.Route].Version() {
+				t.Errorf("%s: the inbound routes under default deny are those without", n.ID)
+			}
 		}
 		other, err := NewWithOptions(b, Options{ClusterDomain: "other.example"})
 		if err != nil {
