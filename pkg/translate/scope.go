@@ -225,9 +225,9 @@ type serviceRouting struct{ routes, scope *resource.Resource }
 // byte for byte what building it again would give.
 var routings perService[weak.Pointer[mesh.Service], *serviceRouting]
 
-// routingOf returns svc's routing, built once per *mesh.Service.
-func routingOf(svc *mesh.Service) (*serviceRouting, error) {
-	return routings.get(svc, weak.Make(svc), func() (*serviceRouting, error) {
+// routingOf returns svc's routing, built once per *mesh.Service (wp is weak.Make(svc)).
+func routingOf(svc *mesh.Service, wp weak.Pointer[mesh.Service]) (*serviceRouting, error) {
+	return routings.get(svc, wp, func() (*serviceRouting, error) {
 		routes, err := resource.New(resource.Route, ServiceRouteName(svc), ServiceRouteConfiguration(svc))
 		if err != nil {
 			return nil, err

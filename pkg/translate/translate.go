@@ -148,12 +148,14 @@ func NewWithOptions(snap *mesh.Snapshot, opts Options) (*Translator, error) {
 	if err := parallelChunks(len(snap.Services), func(lo, hi int) error {
 		for i := lo; i < hi; i++ {
 			svc := snap.Services[i]
-			c, err := clusterOf(svc, opts, &sockets)
+			// One weak pointer for both caches: making one looks the Service's span up.
+			wp := weak.Make(svc)
+			c, err := clusterOf(svc, wp, opts, &sockets)
 			if err != nil {
 				return err
 			}
 			clusters[i], clas[i] = c.cluster, c.cla
-			r, err := routingOf(svc)
+			r, err := routingOf(svc, wp)
 			if err != nil {
 				return err
 			}
@@ -201,9 +203,10 @@ type clusterKey struct {
 var serviceClusters perService[clusterKey, *serviceCluster]
 
 // clusterOf returns svc's cluster and assignment under opts, built once per
-// *mesh.Service and options; sockets shares transport sockets within one New.
-func clusterOf(svc *mesh.Service, opts Options, sockets *memo[*corev3.TransportSocket]) (*serviceCluster, error) {
-	key := clusterKey{svc: weak.Make(svc), trustDomain: opts.TrustDomain, accessLog: opts.DefaultAccessLog}
+// *mesh.Service (wp is weak.Make(svc)) and options; sockets shares transport sockets
+// within one New.
+func clusterOf(svc *mesh.Service, wp weak.Pointer[mesh.Service], opts Options, sockets *memo[*corev3.TransportSocket]) (*serviceCluster, error) {
+	key := clusterKey{svc: wp, trustDomain: opts.TrustDomain, accessLog: opts.DefaultAccessLog}
 	return serviceClusters.get(svc, key, func() (*serviceCluster, error) {
 		name := ClusterName(svc)
 		var ts *corev3.TransportSocket
