@@ -338,13 +338,10 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest, recent *recentN
 			r.ResourceNames = l
 		}
 	}
-	rest := [][]byte{b}
-	if r.ResourceNames != nil {
-		rest = [][]byte{b[:from], b[to:]}
-	}
+	hit := r.ResourceNames != nil
 	var err error
 	resource.LookupNames(func(lookup resource.NameLookup) {
-		shared := r.ResourceNames != nil
+		shared := hit
 		if !shared && names > 0 {
 			// The subscription is most often exactly a set's names (EDS for every
 			// cluster), in Envoy's watch order: then the request takes that set's
@@ -378,32 +375,35 @@ func unmarshalRequest(b []byte, r *discoveryv3.DiscoveryRequest, recent *recentN
 			}
 			return utf8String(v)
 		}
-		for _, part := range rest {
-			eachField(part, func(num protowire.Number, v []byte) bool {
-				switch num {
-				case fieldReqVersionInfo:
-					r.VersionInfo, err = str(v)
-				case fieldReqResourceNames:
-					if !shared {
-						var name string
-						if name, err = str(v); err == nil {
-							r.ResourceNames = append(r.ResourceNames, name)
-						}
+		decode := func(num protowire.Number, v []byte) bool {
+			switch num {
+			case fieldReqVersionInfo:
+				r.VersionInfo, err = str(v)
+			case fieldReqResourceNames:
+				if !shared {
+					var name string
+					if name, err = str(v); err == nil {
+						r.ResourceNames = append(r.ResourceNames, name)
 					}
-				case fieldReqTypeURL:
-					r.TypeUrl, err = typeURL(v)
-				case fieldReqResponseNonce:
-					r.ResponseNonce, err = str(v)
-				case fieldReqNode:
-					err = mergeNode(v, &r.Node)
-				case fieldReqErrorDetail:
-					err = mergeStatus(v, &r.ErrorDetail)
 				}
-				return err == nil
-			})
-			if err != nil {
-				break
+			case fieldReqTypeURL:
+				r.TypeUrl, err = typeURL(v)
+			case fieldReqResponseNonce:
+				r.ResponseNonce, err = str(v)
+			case fieldReqNode:
+				err = mergeNode(v, &r.Node)
+			case fieldReqErrorDetail:
+				err = mergeStatus(v, &r.ErrorDetail)
 			}
+			return err == nil
+		}
+		if !hit {
+			eachField(b, decode)
+			return
+		}
+		// The names are known: only the fields around them.
+		if eachField(b[:from], decode); err == nil {
+			eachField(b[to:], decode)
 		}
 	})
 	return true, err
@@ -432,12 +432,11 @@ type sotwRequest struct {
 // It holds only lists that live sets or subscriptions share, so it costs a stream no
 // copy of its names.
 type recentNames struct {
-	entries [resource.NumTypes]recentEntry
-	hits    int // for tests
+	entries [resource.NumTypes]recentEntry // by type
+	hits    int                            // for tests
 }
 
 type recentEntry struct {
-	typeURL     string
 	count, size int
 	key         uint64
 	names       []string
@@ -446,25 +445,30 @@ type recentEntry struct {
 // recentSeed keys recentNames' hashes, for the life of the process.
 var recentSeed = maphash.MakeSeed()
 
-func (m *recentNames) find(typeURL []byte, count, size int, key uint64) ([]string, bool) {
-	for i := range m.entries {
-		e := &m.entries[i]
-		if e.names != nil && e.typeURL == string(typeURL) && e.count == count && e.size == size && e.key == key {
-			m.hits++
-			return e.names, true
+// entry returns the entry of the type typeURL names, or nil for a type bearkong does not
+// serve.
+func (m *recentNames) entry(typeURL []byte) *recentEntry {
+	for _, t := range resource.Types {
+		if string(typeURL) == t.URL() {
+			return &m.entries[t]
 		}
+	}
+	return nil
+}
+
+func (m *recentNames) find(typeURL []byte, count, size int, key uint64) ([]string, bool) {
+	if e := m.entry(typeURL); e != nil && e.names != nil && e.count == count && e.size == size && e.key == key {
+		m.hits++
+		return e.names, true
 	}
 	return nil, false
 }
 
-// remember files names for typeURL, in place of the type's previous entry. Only the
-// types bearkong serves are remembered.
+// remember files names for typeURL, in place of the type's previous entry.
 func (m *recentNames) remember(typeURL []byte, count, size int, key uint64, names []string) {
-	t, ok := resource.TypeFromURL(string(typeURL))
-	if !ok {
-		return
+	if e := m.entry(typeURL); e != nil {
+		*e = recentEntry{count: count, size: size, key: key, names: names}
 	}
-	m.entries[t] = recentEntry{typeURL: t.URL(), count: count, size: size, key: key, names: names}
 }
 
 // sameNames reports whether the resource names in the well-formed request b are the

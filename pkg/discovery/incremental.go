@@ -169,7 +169,7 @@ const (
 func newBuilds(reg prometheus.Registerer) *prometheus.CounterVec {
 	c := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "bearkong_discovery_builds_total",
-		Help: "Snapshot builds attempted, by kind: full (every Service from the informer caches) or incremental (only the Services an EndpointSlice, Pod or Service change touched).",
+		Help: "Snapshot builds attempted, by kind: full (every Service from the informer caches) or incremental (only the Services an event touched: an EndpointSlice, Pod, Service or Namespace change; none for an HTTPRoute or AuthorizationPolicy change).",
 	}, []string{"kind"}))
 	c.WithLabelValues(buildFull)
 	c.WithLabelValues(buildIncremental)
