@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"runtime"
 	"slices"
 	"sort"
@@ -153,6 +154,10 @@ type Set struct {
 	// one computation.
 	diffMu sync.Mutex
 	diffs  []setDiff
+
+	// input is the list the set was built from by NewSetFrom, in the caller's order,
+	// which the next NewSetFrom compares its own with.
+	input []*Resource
 }
 
 type setDiff struct {
@@ -176,17 +181,107 @@ func NewSet(rs ...*Resource) *Set {
 	s.nameList = internNames(names)
 	s.names = s.nameList.names
 	s.list = make([]*Resource, len(s.names))
-	h := sha256.New()
 	for i, n := range s.names {
-		r := s.byName[n]
-		s.list[i] = r
-		h.Write([]byte(n))
-		h.Write([]byte{0})
-		h.Write([]byte(r.Hash))
-		h.Write([]byte{0})
+		s.list[i] = s.byName[n]
 	}
-	s.version = hex.EncodeToString(h.Sum(nil)[:8])
+	s.version = listVersion(s.names, s.list)
 	return s
+}
+
+// maxEdits bounds the resources NewSetFrom edits into a copy of the previous set; beyond
+// that, building the set anew costs about as much.
+const maxEdits = 64
+
+// NewSetFrom is NewSet(rs...), worked out from prev, a set that the caller built from
+// an earlier list with NewSetFrom, when rs is that list with a few resources replaced by
+// others of the same name. It returns prev itself when their content is the same, and
+// otherwise a copy of prev with the replaced resources, which shares prev's names.
+// In any other case (no prev, another length, other names) it is NewSet(rs...): prev is
+// a hint, never a condition of the result. NewSetFrom keeps rs: the caller must not
+// modify it.
+//
+// Why: every snapshot rebuilds the sets every proxy shares, one resource per Service,
+// and nearly every change touches one Service. Building a set anew sorts, interns and
+// hashes every name: a fifth of a millisecond per thousand Services and set, twenty
+// milliseconds per change at S=10,000 for the four sets. With prev, what a change costs
+// follows the resources it replaced, apart from a pass over rs comparing pointers and,
+// for a set whose content changed, the copy and its version's hash.
+func NewSetFrom(prev *Set, rs []*Resource) *Set {
+	if prev == nil || prev.input == nil || len(rs) != len(prev.input) || len(prev.list) != len(rs) {
+		return newSetFrom(rs)
+	}
+	// The positions where rs holds another resource than prev's list did, and of those,
+	// the ones whose content differs.
+	var edits []int
+	for i, r := range rs {
+		if r == prev.input[i] {
+			continue
+		}
+		if old := prev.input[i]; r.Name != old.Name || len(edits) == maxEdits {
+			return newSetFrom(rs)
+		}
+		edits = append(edits, i)
+	}
+	// rs has prev's names (its input had them once each: its list is as long), each
+	// where prev's input had it. Now the replaced resources whose content differs, by
+	// their position in the name order.
+	type edit struct {
+		at int
+		r  *Resource
+	}
+	var changed []edit
+	for _, i := range edits {
+		p, ok := slices.BinarySearch(prev.names, rs[i].Name)
+		if !ok {
+			return newSetFrom(rs)
+		}
+		if prev.list[p].Hash != rs[i].Hash {
+			changed = append(changed, edit{p, rs[i]})
+		}
+	}
+	if len(changed) == 0 {
+		return prev
+	}
+	slices.SortFunc(changed, func(a, b edit) int { return a.at - b.at })
+	s := &Set{
+		names:    prev.names,
+		nameList: prev.nameList,
+		byName:   maps.Clone(prev.byName),
+		list:     slices.Clone(prev.list),
+		input:    rs,
+	}
+	names := make([]string, len(changed))
+	for k, e := range changed {
+		s.list[e.at] = e.r
+		s.byName[prev.names[e.at]] = e.r
+		names[k] = prev.names[e.at]
+	}
+	s.version = listVersion(s.names, s.list)
+	s.diffs = []setDiff{{from: weak.Make(prev), changed: names}}
+	return s
+}
+
+// newSetFrom is NewSet of rs, kept as the input of the next NewSetFrom.
+func newSetFrom(rs []*Resource) *Set {
+	s := NewSet(rs...)
+	s.input = rs
+	return s
+}
+
+// listVersion is the content hash over names and the hashes of list, in that order.
+// It hashes a few kilobytes at a time: a write per name cost a copy of each string.
+func listVersion(names []string, list []*Resource) string {
+	h := sha256.New()
+	buf := make([]byte, 0, 8<<10)
+	for i, n := range names {
+		buf = append(append(append(append(buf, n...), 0), list[i].Hash...), 0)
+		if len(buf) >= 4<<10 {
+			h.Write(buf)
+			buf = buf[:0]
+		}
+	}
+	h.Write(buf)
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // Version is a content hash over the names and hashes of every resource in the set.

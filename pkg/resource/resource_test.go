@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -91,4 +92,110 @@ func TestDelta(t *testing.T) {
 	if w2 := r.Delta(); w2 != w || w.Name != "a" || w.Version != r.Hash || w.Resource != r.Any {
 		t.Fatalf("Delta: %+v, then %p (first %p)", w, w2, w)
 	}
+}
+
+// TestNewSetFrom: a set worked out from the previous one is the set NewSet builds from
+// the same list, whatever the previous one was; it is the previous set itself when the
+// content is, shares its names when only content changed, and knows what changed.
+func TestNewSetFrom(t *testing.T) {
+	list := func(bodies ...string) []*Resource {
+		rs := make([]*Resource, len(bodies))
+		for i, b := range bodies {
+			// Not in name order, as translate lists them (by Service).
+			rs[i] = mustNew(t, Endpoint, string(rune('z'-i)), b)
+		}
+		return rs
+	}
+	same := func(t *testing.T, got *Set, rs []*Resource) {
+		t.Helper()
+		want := NewSet(rs...)
+		if got.Version() != want.Version() || !slices.Equal(got.Names(), want.Names()) || got.Len() != want.Len() {
+			t.Fatalf("got %s %v, want %s %v", got.Version(), got.Names(), want.Version(), want.Names())
+		}
+		for i, r := range want.All() {
+			g, ok := got.Get(r.Name)
+			if !ok || g.Hash != r.Hash || got.All()[i].Hash != r.Hash || got.All()[i].Name != r.Name {
+				t.Fatalf("resource %s: got %v, want hash %s", r.Name, g, r.Hash)
+			}
+		}
+	}
+	base := list("1", "1", "1", "1")
+	prev := NewSetFrom(nil, base)
+	same(t, prev, base)
+
+	t.Run("same resources", func(t *testing.T) {
+		if got := NewSetFrom(prev, slices.Clone(base)); got != prev {
+			t.Fatal("the same resources must give the previous set")
+		}
+	})
+	t.Run("rebuilt with the same content", func(t *testing.T) {
+		rs := slices.Clone(base)
+		rs[2] = mustNew(t, Endpoint, rs[2].Name, "1")
+		if got := NewSetFrom(prev, rs); got != prev {
+			t.Fatal("resources of the same content must give the previous set")
+		}
+	})
+	t.Run("content changed", func(t *testing.T) {
+		rs := slices.Clone(base)
+		rs[1] = mustNew(t, Endpoint, rs[1].Name, "2")
+		rs[3] = mustNew(t, Endpoint, rs[3].Name, "2")
+		got := NewSetFrom(prev, rs)
+		same(t, got, rs)
+		if &got.Names()[0] != &prev.Names()[0] {
+			t.Fatal("a set whose names did not change must share its names with the previous one")
+		}
+		if c := got.Changed(prev); !slices.Equal(c, []string{rs[3].Name, rs[1].Name}) {
+			t.Fatalf("Changed: %v", c)
+		}
+		if r, _ := prev.Get(rs[1].Name); r != base[1] {
+			t.Fatal("the previous set must not change")
+		}
+		// And the next change starts from this set.
+		next := slices.Clone(rs)
+		next[0] = mustNew(t, Endpoint, rs[0].Name, "3")
+		same(t, NewSetFrom(got, next), next)
+		if c := NewSetFrom(got, next).Changed(got); !slices.Equal(c, []string{next[0].Name}) {
+			t.Fatalf("Changed: %v", c)
+		}
+	})
+	t.Run("other lists", func(t *testing.T) {
+		renamed := slices.Clone(base)
+		renamed[0] = mustNew(t, Endpoint, "a", "1")
+		dup := slices.Clone(base)
+		dup[0] = mustNew(t, Endpoint, base[1].Name, "2")
+		moved := []*Resource{base[1], base[0], base[2], base[3]}
+		for name, rs := range map[string][]*Resource{
+			"longer":    append(slices.Clone(base), mustNew(t, Endpoint, "a", "1")),
+			"shorter":   base[1:],
+			"renamed":   renamed,
+			"duplicate": dup,
+			"reordered": moved,
+			"empty":     nil,
+		} {
+			t.Run(name, func(t *testing.T) {
+				got := NewSetFrom(prev, rs)
+				same(t, got, rs)
+				// A set from a list with duplicates does not serve as a previous one.
+				same(t, NewSetFrom(got, slices.Clone(rs)), rs)
+			})
+		}
+	})
+	t.Run("a previous set NewSet built", func(t *testing.T) {
+		rs := slices.Clone(base)
+		rs[0] = mustNew(t, Endpoint, rs[0].Name, "2")
+		same(t, NewSetFrom(NewSet(base...), rs), rs)
+	})
+	t.Run("many changes", func(t *testing.T) {
+		var bodies []string
+		for range maxEdits + 2 {
+			bodies = append(bodies, "1")
+		}
+		many := list(bodies...)
+		from := NewSetFrom(nil, many)
+		rs := slices.Clone(many)
+		for i := range rs {
+			rs[i] = mustNew(t, Endpoint, rs[i].Name, "2")
+		}
+		same(t, NewSetFrom(from, rs), rs)
+	})
 }

@@ -94,6 +94,39 @@ func BenchmarkNew(b *testing.B) {
 	}
 }
 
+// BenchmarkNewPerChange measures New for one endpoint change, as discovery hands the
+// snapshots: a new *mesh.Service for the Service whose endpoint went away or came back,
+// the same objects for every other, after a Translator of the snapshot before. With
+// BenchmarkBuildPerChange in pkg/discovery, it is what one change costs the control plane
+// before any proxy asks, at S = 1,000, 5,000 and 10,000.
+func BenchmarkNewPerChange(b *testing.B) {
+	for _, n := range []int{1000, 5000, 10000} {
+		snap := benchSnapshot(n, n/100, 3)
+		k := len(snap.Services) / 2
+		svc := snap.Services[k]
+		fewer := *svc
+		fewer.Endpoints = svc.Endpoints[1:]
+		var snaps [2]*mesh.Snapshot
+		for i, s := range []*mesh.Service{&fewer, svc} {
+			snaps[i] = &mesh.Snapshot{Services: slices.Clone(snap.Services), Proxies: snap.Proxies}
+			snaps[i].Services[k] = s
+		}
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			if _, err := New(snaps[1]); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := New(snaps[i%2]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
 // BenchmarkProxy measures Proxy: "cached" is the common case (every piece already built
 // by an earlier proxy, as for all but the first proxy of a namespace), "parallel" the
 // same from many goroutines, "first" the first proxy after a snapshot, which marshals the
