@@ -1,6 +1,8 @@
 package resource
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -158,6 +160,22 @@ func TestNewSetFrom(t *testing.T) {
 			t.Fatalf("Changed: %v", c)
 		}
 	})
+	t.Run("inserted and removed", func(t *testing.T) {
+		rs := slices.Insert(slices.Clone(base), 2, mustNew(t, Endpoint, "a", "1"), mustNew(t, Endpoint, "zz", "1"))
+		rs = slices.Delete(rs, 0, 1)
+		rs[0] = mustNew(t, Endpoint, rs[0].Name, "2")
+		got := NewSetFrom(prev, rs)
+		same(t, got, rs)
+		if c := got.Changed(prev); !slices.Equal(c, []string{"a", rs[0].Name, "zz"}) {
+			t.Fatalf("Changed: %v", c)
+		}
+		// Back: the names are those of prev again, and their list the same one.
+		back := NewSetFrom(got, base)
+		same(t, back, base)
+		if &back.Names()[0] != &prev.Names()[0] {
+			t.Fatal("a set of the names of a live set must share its list")
+		}
+	})
 	t.Run("other lists", func(t *testing.T) {
 		renamed := slices.Clone(base)
 		renamed[0] = mustNew(t, Endpoint, "a", "1")
@@ -165,12 +183,15 @@ func TestNewSetFrom(t *testing.T) {
 		dup[0] = mustNew(t, Endpoint, base[1].Name, "2")
 		moved := []*Resource{base[1], base[0], base[2], base[3]}
 		for name, rs := range map[string][]*Resource{
-			"longer":    append(slices.Clone(base), mustNew(t, Endpoint, "a", "1")),
-			"shorter":   base[1:],
-			"renamed":   renamed,
-			"duplicate": dup,
-			"reordered": moved,
-			"empty":     nil,
+			"longer":     append(slices.Clone(base), mustNew(t, Endpoint, "a", "1")),
+			"shorter":    base[1:],
+			"renamed":    renamed,
+			"duplicate":  dup,
+			"reordered":  moved,
+			"moved back": {base[1], base[2], base[3], base[0]},
+			"twice":      append(slices.Clone(base), base[0]),
+			"new twice":  append(slices.Clone(base), mustNew(t, Endpoint, "a", "1"), mustNew(t, Endpoint, "a", "2")),
+			"empty":      nil,
 		} {
 			t.Run(name, func(t *testing.T) {
 				got := NewSetFrom(prev, rs)
@@ -198,4 +219,67 @@ func TestNewSetFrom(t *testing.T) {
 		}
 		same(t, NewSetFrom(from, rs), rs)
 	})
+}
+
+// TestNewSetFromRandomEdits holds NewSetFrom to NewSet through random series of lists,
+// each the last with a few resources replaced, inserted, removed or moved.
+func TestNewSetFromRandomEdits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for series := range 200 {
+		var rs []*Resource
+		for i := range rng.IntN(20) {
+			rs = append(rs, mustNew(t, Route, fmt.Sprint("r", i), "0"))
+		}
+		var prev *Set
+		for step := range 10 {
+			next := slices.Clone(rs)
+			for range rng.IntN(4) {
+				switch k := rng.IntN(len(next) + 1); rng.IntN(5) {
+				case 0: // another content, or the same
+					if k < len(next) {
+						next[k] = mustNew(t, Route, next[k].Name, fmt.Sprint(rng.IntN(2)))
+					}
+				case 1: // a new name, or one that is already there
+					next = slices.Insert(next, k, mustNew(t, Route, fmt.Sprint("r", rng.IntN(40)), "0"))
+				case 2:
+					if k < len(next) {
+						next = slices.Delete(next, k, k+1)
+					}
+				case 3: // moved
+					if k < len(next) {
+						r := next[k]
+						next = slices.Insert(slices.Delete(next, k, k+1), rng.IntN(len(next)), r)
+					}
+				}
+			}
+			got, want := NewSetFrom(prev, next), NewSet(next...)
+			if got.Version() != want.Version() || !slices.Equal(got.Names(), want.Names()) {
+				t.Fatalf("series %d step %d: %s %v, want %s %v", series, step, got.Version(), got.Names(), want.Version(), want.Names())
+			}
+			for _, r := range want.All() {
+				if g, ok := got.Get(r.Name); !ok || g.Hash != r.Hash {
+					t.Fatalf("series %d step %d: %s", series, step, r.Name)
+				}
+			}
+			for _, r := range rs {
+				if _, ok := want.Get(r.Name); !ok {
+					if _, ok := got.Get(r.Name); ok {
+						t.Fatalf("series %d step %d: %s removed, still there", series, step, r.Name)
+					}
+				}
+			}
+			if prev != nil {
+				var changed []string
+				for _, r := range want.All() {
+					if o, ok := prev.Get(r.Name); !ok || o.Hash != r.Hash {
+						changed = append(changed, r.Name)
+					}
+				}
+				if c := got.Changed(prev); !slices.Equal(c, changed) {
+					t.Fatalf("series %d step %d: Changed %v, want %v", series, step, c, changed)
+				}
+			}
+			prev, rs = got, next
+		}
+	}
 }

@@ -96,7 +96,8 @@ func BenchmarkNew(b *testing.B) {
 
 // BenchmarkNewPerChange measures New for one endpoint change, as discovery hands the
 // snapshots: a new *mesh.Service for the Service whose endpoint went away or came back,
-// the same objects for every other, after a Translator of the snapshot before. With
+// the same objects for every other, after a Translator of the snapshot before; and for a
+// Service created or deleted. With
 // BenchmarkBuildPerChange in pkg/discovery, it is what one change costs the control plane
 // before any proxy asks, at S = 1,000, 5,000 and 10,000.
 func BenchmarkNewPerChange(b *testing.B) {
@@ -111,19 +112,27 @@ func BenchmarkNewPerChange(b *testing.B) {
 			snaps[i] = &mesh.Snapshot{Services: slices.Clone(snap.Services), Proxies: snap.Proxies}
 			snaps[i].Services[k] = s
 		}
-		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			if _, err := New(snaps[1]); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if _, err := New(snaps[i%2]); err != nil {
+		// A Service created next to it, and deleted, in turn.
+		added := &mesh.Service{Namespace: svc.Namespace, Name: svc.Name + "-b", Ports: svc.Ports, Endpoints: svc.Endpoints}
+		withAdded := [2]*mesh.Snapshot{snap, {Services: slices.Insert(slices.Clone(snap.Services), k+1, added), Proxies: snap.Proxies}}
+		for _, c := range []struct {
+			name  string
+			snaps [2]*mesh.Snapshot
+		}{{"", snaps}, {"/service-add-or-delete", withAdded}} {
+			b.Run(fmt.Sprintf("services=%d%s", n, c.name), func(b *testing.B) {
+				if _, err := New(c.snaps[1]); err != nil {
 					b.Fatal(err)
 				}
-				i++
-			}
-		})
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if _, err := New(c.snaps[i%2]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
 	}
 }
 
