@@ -86,8 +86,8 @@ vet:
 # minutes here, bounded by -timeout 40m;
 # results and logs go to bench/out. A memory guard stops the run if the machine's available
 # memory drops below 6 GiB. `make bench/go` runs the Go benchmarks of translate, of the ADS
-# fan-out and of discovery's builds (BenchmarkBuildPerChange: one endpoint change at
-# S = 1,000, 5,000 and 10,000).
+# fan-out and of discovery's builds; what one endpoint change costs at S = 1,000, 5,000 and
+# 10,000 is BenchmarkBuildPerChange (discovery) plus BenchmarkNewPerChange (translate).
 BENCH_PROXIES ?= 1000/all
 BENCH_IMPLS   ?= bearkong,bearkong-delta,peer,peer-linear
 
