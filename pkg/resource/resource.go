@@ -307,13 +307,15 @@ func (s *Set) edited(e setEdits, rs []*Resource) *Set {
 			names = append(names, name)
 			n.list = append(n.list, r)
 		}
+		insert := func(r *Resource) {
+			add(r.Name, r)
+			changed = append(changed, r.Name)
+			n.byName[r.Name] = r
+			key += maphash.String(nameLists.seed, r.Name)
+		}
 		for p, name := range s.names {
-			for len(ins) > 0 && ins[0].Name < name {
-				add(ins[0].Name, ins[0])
-				changed = append(changed, ins[0].Name)
-				n.byName[ins[0].Name] = ins[0]
-				key += maphash.String(nameLists.seed, ins[0].Name)
-				ins = ins[1:]
+			for ; len(ins) > 0 && ins[0].Name < name; ins = ins[1:] {
+				insert(ins[0])
 			}
 			switch {
 			case len(rem) > 0 && rem[0] == p:
@@ -330,10 +332,7 @@ func (s *Set) edited(e setEdits, rs []*Resource) *Set {
 			}
 		}
 		for _, r := range ins {
-			add(r.Name, r)
-			changed = append(changed, r.Name)
-			n.byName[r.Name] = r
-			key += maphash.String(nameLists.seed, r.Name)
+			insert(r)
 		}
 		n.nameList = internKeyed(key, names)
 		n.names = n.nameList.names
