@@ -446,7 +446,8 @@ type recentEntry struct {
 var recentSeed = maphash.MakeSeed()
 
 // entry returns the entry of the type typeURL names, or nil for a type bearkong does not
-// serve.
+// serve. It is resource.TypeFromURL on the request's bytes: a string of them, to call
+// that, would be allocated for every request.
 func (m *recentNames) entry(typeURL []byte) *recentEntry {
 	for _, t := range resource.Types {
 		if string(typeURL) == t.URL() {
